@@ -1,0 +1,57 @@
+# bearing-fl — user commands. Each installs what it needs into .venv (idempotent: re-installs only when
+# pyproject.toml or requirements.lock change).
+#   make run    demo data (if data/raw has none) -> the pipeline -> prints where the outputs are
+#   make test   the whole test suite (what CI runs)
+#   make bench  benchmarks, written to BENCHMARKS.md
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+RAW_DIR ?= data/raw/demo
+
+# Offline, project-local runtime (see bearing_core/env.py, which sets the same defaults for direct CLI use).
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export GX_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export RAY_USAGE_STATS_ENABLED := 0
+export DO_NOT_TRACK := 1
+export PREFECT_HOME := $(CURDIR)/.prefect
+export FLWR_HOME := $(CURDIR)/.flwr
+export RAY_TMPDIR := $(CURDIR)/.ray
+
+.PHONY: run test bench install clean-data help
+
+help:
+	@echo "make run    # demo data -> pipeline; prints where outputs are"
+	@echo "make test   # test suite"
+	@echo "make bench  # benchmarks -> BENCHMARKS.md"
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first: pins the local CPU wheel so nothing later pulls a CUDA build
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	@if [ -z "$$(find data/raw -mindepth 1 -not -name '.gitkeep' -not -name 'README.md' -print -quit)" ]; then \
+		echo "data/raw is empty: generating synthetic IMS demo data in $(RAW_DIR)"; \
+		$(BIN)/bearing demo-data --out $(RAW_DIR); \
+	fi
+	$(BIN)/bearing run --raw-dir $(RAW_DIR)
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m bench.ingest --files 1000
+	$(BIN)/python -m bench.federated
+
+clean-data:
+	rm -rf data/processed/* data/models/* reports .prefect
+	touch data/processed/.gitkeep data/models/.gitkeep

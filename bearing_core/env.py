@@ -1,0 +1,50 @@
+"""Environment defaults that keep every run offline and project-local.
+
+Call :func:`configure_environment` before importing prefect / flwr / great_expectations / ray:
+several of them read their settings at import time. Values already set by the user win.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+OFFLINE_DEFAULTS: dict[str, str] = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    # otherwise `flwr run` pip-installs the app's dependencies (a CUDA torch) on every run
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_UI_ENABLED": "true",
+    "DO_NOT_TRACK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def project_root() -> Path:
+    """The directory that holds data/, .prefect/ ...: $BEARING_PROJECT_DIR, else the current directory."""
+    return Path(os.environ.get("BEARING_PROJECT_DIR", os.getcwd())).resolve()
+
+
+def configure_environment(root: Path | None = None) -> dict[str, str]:
+    """Set offline defaults and project-local homes (PREFECT_HOME, FLWR_HOME, RAY_TMPDIR).
+
+    Returns the variables this call set (those not already present in the environment).
+    """
+    root = (root or project_root()).resolve()
+    wanted = dict(OFFLINE_DEFAULTS)
+    wanted["PREFECT_HOME"] = str(root / ".prefect")
+    wanted["FLWR_HOME"] = str(root / ".flwr")
+    wanted["RAY_TMPDIR"] = str(root / ".ray")
+    # Local API only: the Prefect server (when started) binds loopback.
+    wanted["PREFECT_SERVER_API_HOST"] = "127.0.0.1"
+    set_now: dict[str, str] = {}
+    for key, value in wanted.items():
+        if key not in os.environ:
+            os.environ[key] = value
+            set_now[key] = value
+    for key in ("PREFECT_HOME", "FLWR_HOME", "RAY_TMPDIR"):
+        Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
+    return set_now

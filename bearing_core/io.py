@@ -1,0 +1,77 @@
+"""Atomic writes: every output is written to a temporary file in the same directory, then renamed.
+
+A reader therefore sees either the previous complete file or the new complete file, never a half-written one,
+whatever moment the writer is killed at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success fsync it and rename it onto ``target``.
+
+    On any exception the temporary file is removed and ``target`` is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:
+    return write_bytes_atomic(target, text.encode("utf-8"))
+
+
+def write_json_atomic(target: str | os.PathLike[str], obj: Any) -> Path:
+    return write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_parquet_atomic(target: str | os.PathLike[str], table: Any, **kwargs: Any) -> Path:
+    """Write a pyarrow Table (or pandas DataFrame) to Parquet atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    kwargs.setdefault("compression", "zstd")
+    with atomic_path(target, suffix=".parquet.tmp") as tmp:
+        pq.write_table(table, tmp, **kwargs)
+    return Path(target)
+
+
+def remove_stale_temp_files(directory: str | os.PathLike[str]) -> int:
+    """Delete temp files left behind by a killed writer (names start with '.' and end with '.tmp')."""
+    count = 0
+    directory = Path(directory)
+    if not directory.exists():
+        return 0
+    for p in directory.rglob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            count += 1
+    return count

@@ -1,0 +1,1 @@
+"""The `bearing` command: a thin layer over bearing_core and the Prefect flows."""
