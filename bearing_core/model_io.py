@@ -1,0 +1,132 @@
+"""Saving and loading a trained model directory: everything needed to score new data, nothing else.
+
+Layout of a model directory::
+
+    weights.pt    the state_dict (torch.save; loaded with weights_only=True, so no pickled code runs)
+    config.json   {"format_version", "model": ModelConfig, "input_columns": [...], "weights_sha256", "extra": {...}}
+    scaler.json   Scaler.to_dict()
+
+The directory is written as a whole: files go into a hidden staging directory beside the target, which is then
+renamed into place, so a reader never sees a half-written model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bearing_core.autoencoder import Autoencoder, ModelConfig
+from bearing_core.fingerprint import sha256_file
+from bearing_core.io import atomic_path, write_json_atomic
+from bearing_core.scaling import Scaler
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.pt"
+CONFIG_FILE = "config.json"
+SCALER_FILE = "scaler.json"
+
+
+@dataclass
+class LoadedModel:
+    """A model read back by :func:`load_model` (already in eval mode)."""
+
+    model: Autoencoder
+    model_cfg: ModelConfig
+    scaler: Scaler
+    input_columns: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def save_model(
+    out_dir: str | os.PathLike[str],
+    model: Autoencoder,
+    model_cfg: ModelConfig,
+    scaler: Scaler,
+    input_columns: list[str],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the model directory ``out_dir`` atomically (an existing one is replaced) and return its path.
+
+    ``extra`` is free JSON metadata (training config, metrics, threshold, data fingerprints...).
+    """
+    out_dir = Path(out_dir)
+    if len(input_columns) != model_cfg.n_inputs or scaler.n_features != model_cfg.n_inputs:
+        raise ValueError(
+            f"model has {model_cfg.n_inputs} inputs but {len(input_columns)} input columns "
+            f"and a scaler of width {scaler.n_features}"
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    try:
+        with atomic_path(staging / WEIGHTS_FILE) as tmp:
+            torch.save(model.state_dict(), tmp)
+        write_json_atomic(staging / SCALER_FILE, scaler.to_dict())
+        write_json_atomic(
+            staging / CONFIG_FILE,
+            {
+                "format_version": FORMAT_VERSION,
+                "model": model_cfg.model_dump(mode="json"),
+                "input_columns": list(input_columns),
+                "weights_sha256": sha256_file(staging / WEIGHTS_FILE),
+                "extra": extra or {},
+            },
+        )
+        _replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename ``src`` onto ``dst``; an existing ``dst`` is moved aside first and deleted after the swap."""
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+    os.replace(dst, trash / dst.name)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.replace(trash / dst.name, dst)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def load_model(model_dir: str | os.PathLike[str]) -> LoadedModel:
+    """Read a directory written by :func:`save_model`; the weights' checksum is verified."""
+    model_dir = Path(model_dir)
+    for name in (WEIGHTS_FILE, CONFIG_FILE, SCALER_FILE):
+        if not (model_dir / name).is_file():
+            raise FileNotFoundError(f"not a model directory: {model_dir / name} is missing")
+    config = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{model_dir / CONFIG_FILE}: format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
+    actual = sha256_file(model_dir / WEIGHTS_FILE)
+    if actual != config["weights_sha256"]:
+        raise ValueError(f"{model_dir / WEIGHTS_FILE}: sha256 {actual} does not match config.json")
+    model_cfg = ModelConfig.model_validate(config["model"])
+    model = Autoencoder(model_cfg)
+    model.load_state_dict(torch.load(model_dir / WEIGHTS_FILE, weights_only=True, map_location="cpu"), strict=True)
+    model.eval()
+    scaler = Scaler.from_dict(json.loads((model_dir / SCALER_FILE).read_text(encoding="utf-8")))
+    return LoadedModel(
+        model=model,
+        model_cfg=model_cfg,
+        scaler=scaler,
+        input_columns=list(config["input_columns"]),
+        extra=dict(config.get("extra", {})),
+        path=model_dir,
+    )
