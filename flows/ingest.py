@@ -1,0 +1,44 @@
+"""Flow: ingest a raw IMS directory into a processed dataset (same as `bearing ingest`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from bearing_core.config import DataPaths, IngestConfig
+from bearing_core.fingerprint import tree_fingerprint
+from tasks.ingest import ingest_task
+
+
+@flow(name="ingest", log_prints=True)
+def ingest_flow(
+    raw_dir: str = "data/raw/demo",
+    out_dir: str | None = None,
+    workers: int | None = None,
+    batch_size: int = 32,
+    channels: int | None = None,
+) -> dict[str, Any]:
+    """Raw IMS snapshot files -> samples/ + features.parquet + quarantine.parquet.
+
+    Args:
+        raw_dir: directory of raw IMS files (one sub-folder per site, or files at its top).
+        out_dir: processed dataset directory; default data/processed/<name of raw_dir>.
+        workers: parallel worker processes (default: all cores).
+        batch_size: files per worker task.
+        channels: 4 or 8; default inferred from the first valid file.
+    """
+    cfg = IngestConfig(raw_dir=raw_dir, out_dir=out_dir, batch_size=batch_size, channels=channels)
+    out = str(cfg.resolved_out_dir(DataPaths()))
+    outputs_missing = not (Path(out) / "features.parquet").is_file()
+    result = ingest_task.with_options(refresh_cache=outputs_missing or None)(
+        raw_dir=str(Path(raw_dir)),
+        out_dir=out,
+        raw_fingerprint=tree_fingerprint(raw_dir),
+        workers=workers,
+        batch_size=batch_size,
+        channels=channels,
+    )
+    print(result["summary"])
+    return result
