@@ -1,0 +1,51 @@
+"""Flow: validate a processed dataset with Great Expectations (same as `bearing validate`).
+
+Publishes the summary as a markdown artifact and the per-check results as a table artifact, then fails the flow
+run (ValidationFailed) when an error expectation failed, so nothing downstream (partitioning, training) runs on
+bad data. Warnings and quarantined snapshots do not fail the run.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from bearing_core.validation import ValidationConfig, ValidationReport
+from tasks.validate import validate_task, validation_inputs_fingerprint
+
+
+def artifact_key(dataset_dir: str | Path) -> str:
+    """Prefect artifact key for a dataset (lowercase letters, digits and dashes): validation-<dataset name>."""
+    name = re.sub(r"[^a-z0-9]+", "-", Path(dataset_dir).resolve().name.lower()).strip("-")
+    return f"validation-{name or 'dataset'}"
+
+
+@flow(name="validate", log_prints=True)
+def validate_flow(dataset_dir: str, config: ValidationConfig | None = None) -> ValidationReport:
+    """Validate ``dataset_dir`` (samples, features, timeline), quarantine bad snapshots, build the Data Docs.
+
+    Args:
+        dataset_dir: processed dataset directory (output of the ingest flow).
+        config: validation thresholds; default ValidationConfig().
+
+    Returns the ValidationReport; raises ValidationFailed (failing the run) on a blocking error.
+    """
+    cfg = config or ValidationConfig()
+    dataset = Path(dataset_dir).resolve()
+    if not dataset.is_dir():
+        raise FileNotFoundError(f"dataset directory not found: {dataset}")
+    docs_missing = not (dataset / "validation" / "report.json").is_file()
+    report = validate_task.with_options(refresh_cache=docs_missing or None)(
+        dataset_dir=str(dataset),
+        settings=cfg.model_dump(mode="json"),
+        inputs_fingerprint=validation_inputs_fingerprint(dataset),
+    )
+    key = artifact_key(dataset)
+    create_markdown_artifact(markdown=report.to_markdown(), key=key, description=report.headline())
+    create_table_artifact(table=report.table_rows(), key=f"{key}-checks", description="One row per expectation")
+    print(report.summary_text())
+    report.raise_for_errors()
+    return report
