@@ -1,0 +1,295 @@
+"""Read one raw NASA IMS snapshot file: a fast path for good files, a precise path for bad ones.
+
+Format (IMS bearing data set): one file = one snapshot, named after its acquisition time
+``YYYY.MM.DD.hh.mm.ss``; ASCII, ``expected_samples`` lines (20,480), no header, 4 or 8 tab-separated decimal
+values per line (accelerations in g). Accepted variations: ``\\n`` or ``\\r\\n`` line endings (a lone ``\\r``
+too, as pyarrow does), spaces/tabs at the end of a line, a final newline or not, blank lines after the last sample.
+
+Reading strategy:
+
+* **Fast path** - ``pyarrow.csv`` parses the bytes straight into float64 columns (one C++ pass, no Python per
+  value), copied into one ``(n_samples, n_channels)`` float32 array. A 1.1 MB IMS file takes ~4 ms on one core.
+* **Normalised retry** - if pyarrow refuses the file (e.g. tabs at line ends), whitespace at line ends and
+  blank lines at the end are removed and pyarrow tries again.
+* **Precise path** - only when both fail, or the values contain nulls/non-finite numbers, the file is
+  re-read line by line in Python to produce an exact reason such as ``line 17: 7 columns, expected 8``.
+  It defines the accepted grammar: the fast paths only accept files the precise path also accepts.
+
+Values are stored as float32: IMS values have 3 decimals and magnitudes far below 1,000 g, so rounding a
+stored value to 3 decimals gives back the text exactly (float64 -> float32 cannot double-round a decimal
+with few digits).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from bearing_core.config import IMS_SAMPLES_PER_SNAPSHOT, channel_names
+
+MAX_FILE_BYTES = 64 * 1024 * 1024
+"""Files larger than this are refused before reading (a real IMS file is ~1.1 MB for 8 channels)."""
+
+SNAPSHOT_NAME_PATTERN = re.compile(r"(\d{4})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})")
+VALID_CHANNEL_COUNTS = (4, 8)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+# The precise path's grammar of one value (after stripping surrounding spaces).
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# Bytes that cannot appear in an IMS text file: control characters other than \t \n \r, and non-ASCII.
+_BINARY_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]")
+
+
+class IMSFormatError(ValueError):
+    """A file is not a valid IMS snapshot. ``reason`` is precise and short, e.g. ``line 17: 7 columns, expected 8``."""
+
+    def __init__(self, reason: str, path: str | os.PathLike[str] | None = None) -> None:
+        self.reason = reason
+        self.path = Path(path) if path is not None else None
+        super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
+
+
+@dataclass(frozen=True)
+class IMSSnapshot:
+    """One parsed snapshot: its acquisition time and the samples, ``data[sample, channel]`` in g (float32)."""
+
+    path: Path
+    timestamp: datetime
+    data: np.ndarray
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Channel names, from the column count (8 -> B1_a..B4_b, 4 -> B1..B4)."""
+        return channel_names(self.data.shape[1])
+
+
+def parse_snapshot_time(name: str) -> datetime:
+    """Acquisition time encoded in an IMS file name ``YYYY.MM.DD.hh.mm.ss`` (naive, as recorded).
+
+    Raises :class:`IMSFormatError` for names that do not have that shape or are not a real date/time.
+    """
+    match = SNAPSHOT_NAME_PATTERN.fullmatch(name)
+    if match is None:
+        raise IMSFormatError("name is not a timestamp YYYY.MM.DD.hh.mm.ss")
+    try:
+        return datetime(*(int(part) for part in match.groups()))
+    except ValueError as exc:
+        raise IMSFormatError(f"name is not a valid timestamp YYYY.MM.DD.hh.mm.ss: {exc}") from None
+
+
+def read_raw_bytes(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of ``path``, refusing directories, unreadable files and files over ``max_bytes``.
+
+    The size is checked before reading (and the read is capped), so a stray huge file cannot exhaust memory.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > max_bytes:
+                raise IMSFormatError(f"file too large: {size} bytes, limit {max_bytes}")
+            data = fh.read(max_bytes + 1)
+    except IsADirectoryError:
+        raise IMSFormatError("is a directory, expected a snapshot file") from None
+    except PermissionError:
+        raise IMSFormatError("unreadable: permission denied") from None
+    except OSError as exc:
+        if exc.errno == errno.EISDIR:
+            raise IMSFormatError("is a directory, expected a snapshot file") from None
+        raise IMSFormatError(f"unreadable: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise IMSFormatError(f"file too large: more than {max_bytes} bytes")
+    return data
+
+
+def parse_ims_bytes(
+    raw: bytes,
+    expected_samples: int = IMS_SAMPLES_PER_SNAPSHOT,
+    expected_channels: int | None = None,
+    *,
+    use_threads: bool = False,
+) -> np.ndarray:
+    """Parse the content of an IMS file -> ``(expected_samples, n_channels)`` float32.
+
+    ``expected_channels`` (4 or 8) is the dataset's channel count; ``None`` accepts either, consistently.
+    ``use_threads`` lets pyarrow use its thread pool (leave it off inside worker processes).
+    Raises :class:`IMSFormatError` with a precise reason.
+    """
+    if expected_channels is not None and expected_channels not in VALID_CHANNEL_COUNTS:
+        raise ValueError(f"expected_channels must be 4 or 8, not {expected_channels}")
+    data = _parse_fast(raw, expected_samples, expected_channels, use_threads)
+    if data is None:
+        stripped = _strip_line_ends(raw)
+        if stripped != raw:
+            data = _parse_fast(stripped, expected_samples, expected_channels, use_threads)
+    if data is None:
+        data = _parse_precise(raw, expected_samples, expected_channels)
+    return data
+
+
+def read_ims_file(
+    path: str | os.PathLike[str],
+    expected_samples: int = IMS_SAMPLES_PER_SNAPSHOT,
+    expected_channels: int | None = None,
+    *,
+    max_bytes: int = MAX_FILE_BYTES,
+    use_threads: bool = False,
+) -> IMSSnapshot:
+    """Read and validate one IMS snapshot file (name, size, content).
+
+    Raises :class:`IMSFormatError` (with ``path`` set) for any invalid file.
+    """
+    path = Path(path)
+    try:
+        timestamp = parse_snapshot_time(path.name)
+        raw = read_raw_bytes(path, max_bytes)
+        data = parse_ims_bytes(raw, expected_samples, expected_channels, use_threads=use_threads)
+    except IMSFormatError as exc:
+        raise IMSFormatError(exc.reason, path) from None
+    return IMSSnapshot(path=path, timestamp=timestamp, data=data)
+
+
+def _strip_line_ends(raw: bytes) -> bytes:
+    """``raw`` without spaces/tabs at line ends and blank lines at the end, ``\\n``-terminated (~7 ms per file).
+
+    Only runs on the retry path. Per-line ``rstrip`` (C) is 4x faster here than one regex over the file, which
+    would try a match at every tab.
+    """
+    lines = [line.rstrip(b" \t") for line in raw.splitlines()]  # bytes.splitlines: \n, \r\n, \r only
+    while lines and not lines[-1]:
+        lines.pop()
+    return b"\n".join(lines) + b"\n"
+
+
+def _first_line_columns(raw: bytes) -> int:
+    """Column count of the first line (trailing whitespace ignored)."""
+    end = len(raw)
+    for line_break in (b"\n", b"\r"):
+        position = raw.find(line_break, 0, end)
+        if position >= 0:
+            end = position
+    return raw[:end].rstrip(b" \t").count(b"\t") + 1
+
+
+def _parse_fast(
+    raw: bytes, expected_samples: int, expected_channels: int | None, use_threads: bool
+) -> np.ndarray | None:
+    """pyarrow parse of a well-formed file, or ``None`` when anything is off (the precise path then decides)."""
+    n_channels = expected_channels or _first_line_columns(raw)
+    if n_channels not in VALID_CHANNEL_COUNTS:
+        return None
+    names = [f"c{i}" for i in range(n_channels)]
+    try:
+        table = pa_csv.read_csv(
+            pa.py_buffer(raw),
+            read_options=pa_csv.ReadOptions(column_names=names, use_threads=use_threads, block_size=1 << 24),
+            parse_options=_PARSE_OPTIONS,
+            convert_options=pa_csv.ConvertOptions(
+                column_types={name: pa.float64() for name in names},
+                null_values=[""],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if table.num_rows != expected_samples or any(col.null_count for col in table.columns):
+        return None
+    data = np.empty((table.num_rows, n_channels), dtype=np.float32)
+    with np.errstate(over="ignore"):  # |value| > float32 max becomes inf, rejected just below
+        for j, column in enumerate(table.columns):
+            data[:, j] = column.to_numpy()
+    if not np.isfinite(data).all():
+        return None
+    return data
+
+
+_PARSE_OPTIONS = pa_csv.ParseOptions(
+    delimiter="\t",
+    quote_char=False,
+    double_quote=False,
+    escape_char=False,
+    newlines_in_values=False,
+    ignore_empty_lines=False,
+)
+
+
+def _parse_precise(raw: bytes, expected_samples: int, expected_channels: int | None) -> np.ndarray:
+    """Line-by-line parse that either returns the samples or raises the exact reason (first problem wins).
+
+    Memory stays proportional to the file: lines are split into tokens one at a time, and a file with far more
+    lines than samples is refused from a line count before being split at all.
+    """
+    if not raw.strip():
+        raise IMSFormatError("empty file")
+    binary = _BINARY_BYTE.search(raw)
+    if binary is not None:
+        line_no = len(_LINE_BREAK.findall(raw[: binary.start()].decode("ascii"))) + 1
+        raise IMSFormatError(f"line {line_no}: binary data (byte 0x{raw[binary.start()]:02x}), not IMS text")
+    text = raw.decode("ascii").rstrip(" \t\r\n")  # final newline and trailing blank lines
+    n_lines = text.count("\n") + text.count("\r") - text.count("\r\n") + 1
+    if n_lines > 2 * expected_samples:
+        raise IMSFormatError(f"{n_lines} lines, expected {expected_samples} samples")
+    lines = [line.rstrip(" \t") for line in _LINE_BREAK.split(text)]
+    counts = np.fromiter((line.count("\t") + 1 if line else 0 for line in lines), dtype=np.int64, count=len(lines))
+    reference = _reference_column_count(counts, expected_channels)
+    values = np.empty((len(lines), reference), dtype=np.float64)
+    for i, line in enumerate(lines):
+        line_no = i + 1
+        if counts[i] == 0:
+            raise IMSFormatError(f"line {line_no}: empty line")
+        if counts[i] != reference:
+            raise IMSFormatError(f"line {line_no}: {_columns(counts[i])}, expected {reference}")
+        for j, token in enumerate(line.split("\t")):
+            values[i, j] = _parse_value(token, line_no, j + 1)
+    if len(lines) != expected_samples:
+        raise IMSFormatError(f"{len(lines)} samples, expected {expected_samples}")
+    return values.astype(np.float32)
+
+
+def _reference_column_count(counts: np.ndarray, expected_channels: int | None) -> int:
+    """The column count every line must have; raises when the whole file has a wrong (uniform) count."""
+    non_empty = counts[counts > 0]
+    uniform = non_empty.size > 0 and bool((non_empty == non_empty[0]).all())
+    if uniform and expected_channels is not None and non_empty[0] != expected_channels:
+        raise IMSFormatError(f"{_columns(non_empty[0])}, expected {expected_channels}")
+    if expected_channels is not None:
+        return expected_channels
+    values, frequency = np.unique(non_empty, return_counts=True)
+    most_common = int(values[np.argmax(frequency)])
+    if most_common not in VALID_CHANNEL_COUNTS:
+        if uniform:
+            raise IMSFormatError(f"{_columns(most_common)}, expected 4 or 8")
+        first_bad = int(np.flatnonzero(~np.isin(counts, VALID_CHANNEL_COUNTS) & (counts > 0))[0])
+        raise IMSFormatError(f"line {first_bad + 1}: {_columns(counts[first_bad])}, expected 4 or 8")
+    return most_common
+
+
+def _columns(n: int | np.integer) -> str:
+    return f"{int(n)} column" if n == 1 else f"{int(n)} columns"
+
+
+def _parse_value(token: str, line_no: int, column_no: int) -> float:
+    """One value of the precise path, with the exact reason when it is not a finite float32 number."""
+    text = token.strip(" ")
+    where = f"line {line_no} column {column_no}"
+    if not text:
+        raise IMSFormatError(f"{where}: empty value")
+    if _NON_FINITE.fullmatch(text):
+        raise IMSFormatError(f"{where}: non-finite value {text!r}")
+    if not _NUMBER.fullmatch(text):
+        raise IMSFormatError(f"{where}: not a number: {text!r}")
+    value = float(text)
+    if not np.isfinite(value) or abs(value) > _FLOAT32_MAX:
+        raise IMSFormatError(f"{where}: value out of float32 range {text!r}")
+    return value

@@ -1,0 +1,697 @@
+"""Raw IMS directory -> processed Parquet dataset: incremental, parallel, atomic.
+
+Outputs (the shared data contract, see README): ``samples/<rel>.parquet`` (one per valid snapshot),
+``features.parquet``, ``quarantine.parquet``, ``manifest.parquet``, ``dataset.json``.
+
+Which files are snapshots:
+    ``RAW_DIR/<file>`` (site = name of RAW_DIR) and ``RAW_DIR/<site>/<file>``. Metadata files (``*.json``,
+    ``*.md``, ``*.csv``, ``*.txt``, ``README*``) and hidden files/folders are skipped. Files nested deeper
+    (``RAW_DIR/<site>/<folder>/...``), empty folders inside a site and non-regular files (FIFOs, sockets) are
+    quarantined, never read.
+    Two files of one site with the same timestamp: the later-sorted path is quarantined.
+
+Incremental bookkeeping (``manifest.parquet``: path, size, mtime_ns, sha256, status, reason):
+    a file whose size and mtime_ns match its manifest row is *unchanged* and not read at all; a file whose
+    stat changed but whose sha256 equals the manifest's is also unchanged (content-addressed: ``touch`` does
+    not re-parse); anything else is parsed again. Quarantined files are re-tried only when they change,
+    except files that could not be read (unreadable or too large: no sha256), which are re-tried every run (a
+    permission fix does not change mtime).
+    Deleted raw files disappear from every output, their samples file included. Changing ``expected_samples``,
+    the rig or the feature set, or passing a ``channels`` that differs from the dataset's, re-ingests all.
+
+Counting (``IngestReport``): ``ingested`` = valid files parsed in this run, ``unchanged`` = valid files
+reused from the previous run, ``quarantined`` = every file in quarantine.parquet with stage "ingest" after the
+run, new or carried over. So ``ingested + unchanged + quarantined`` = all snapshot candidates, and a re-run on
+an unchanged directory reports ``ingested 0, unchanged N, quarantined Q`` with ``parsed == 0``.
+
+Channel count: ``cfg.channels``, else the one in an existing ``dataset.json``, else that of the first valid file
+in sorted path order (parsed in-process before the pool starts). Files with another count are quarantined.
+
+Crash safety: every file is written via temp + rename (:mod:`bearing_core.io`), in the order samples ->
+features.parquet -> quarantine.parquet -> dataset.json -> obsolete samples removed -> manifest.parquet. The
+manifest, written last, only ever describes outputs that exist, so a run killed at any moment leaves the
+previous outputs readable and the next run redoes exactly the unfinished files (stale temp files are removed
+first). A lock file (``OUT/.ingest.lock``) stops two ingests from writing one output directory at once.
+
+Parallelism: ``cfg.workers`` processes (spawn: safe with the threads pyarrow starts, and the workers are direct
+children, so ``RUSAGE_CHILDREN`` accounts for them; scripts calling this need the usual
+``if __name__ == "__main__":`` guard), work unit = ``cfg.batch_size`` files. Workers read, hash, parse, compute
+features and write the samples files (in background threads that hide the fsync latency), returning only a small
+row per file; at most two batches per worker are in flight, so memory stays bounded whatever the number of
+files. ``workers=1`` (or a single batch) runs in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import multiprocessing
+import os
+import stat
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bearing_core.config import IngestConfig, RigConfig, channel_names
+from bearing_core.features import FEATURES, compute_features, feature_columns
+from bearing_core.ims_reader import (
+    MAX_FILE_BYTES,
+    IMSFormatError,
+    parse_ims_bytes,
+    parse_snapshot_time,
+    read_raw_bytes,
+)
+from bearing_core.io import remove_stale_temp_files, write_json_atomic, write_parquet_atomic
+
+SAMPLES_DIR = "samples"
+FEATURES_FILE = "features.parquet"
+QUARANTINE_FILE = "quarantine.parquet"
+MANIFEST_FILE = "manifest.parquet"
+DATASET_FILE = "dataset.json"
+LOCK_FILE = ".ingest.lock"
+INGEST_STAGE = "ingest"
+
+METADATA_SUFFIXES = (".json", ".md", ".csv", ".txt")
+# Samples parquet: dictionary encoding, no codec. IMS values are 3-decimal quantised (a few thousand distinct
+# values per channel), so the dictionary alone makes a 1.1 MB snapshot ~190 kB (raw float32: 660 kB). Measured
+# per file: zstd-1 on top saves 8 % of the size for +25 % write CPU; snappy/lz4 gain nothing.
+_SAMPLES_PARQUET_OPTIONS = {"compression": "none", "use_dictionary": True}
+
+_NESTED_REASON = "nested too deep: snapshots must be RAW_DIR/<file> or RAW_DIR/<site>/<file>"
+
+# Per worker process: threads writing samples files, and snapshots allowed to wait for them (~0.7 MB each).
+_WRITER_THREADS = 2
+_MAX_PENDING_WRITES = 4
+
+QUARANTINE_SCHEMA = pa.schema([("file", pa.string()), ("reason", pa.string()), ("stage", pa.string())])
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("sha256", pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+Status = Literal["ok", "quarantined", "unchanged"]
+
+
+class IngestError(RuntimeError):
+    """The run cannot proceed (e.g. another ingest holds the output directory's lock)."""
+
+
+@dataclass(frozen=True)
+class IngestProgress:
+    """Progress after each batch: files checked/parsed so far out of those needing it, and their raw bytes."""
+
+    files_done: int
+    files_total: int
+    bytes_done: int
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """Outcome of :func:`ingest_directory` (counting rules in the module docstring)."""
+
+    out_dir: Path
+    ingested: int
+    unchanged: int
+    quarantined: int
+    parsed: int
+    removed: int
+    channels: tuple[str, ...]
+    rebuilt_reason: str | None = None
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+    def summary_line(self) -> str:
+        return f"ingested {self.ingested}, unchanged {self.unchanged}, quarantined {self.quarantined}"
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """A snapshot candidate found by the scan: path relative to RAW_DIR (posix), its site and stat."""
+
+    rel: str
+    site: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class _Task:
+    rel: str
+    abs_path: str
+    site: str
+    prev_sha256: str | None
+
+
+@dataclass(frozen=True)
+class _WorkerSettings:
+    out_dir: str
+    expected_samples: int
+    channels: int | None
+    rig: RigConfig
+    max_bytes: int
+    use_threads: bool
+
+
+@dataclass(frozen=True)
+class _Result:
+    """What a worker returns per file: small (one feature row at most), whatever the file size."""
+
+    rel: str
+    site: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    status: Status
+    parsed: bool
+    reason: str | None = None
+    timestamp: datetime | None = None
+    n_channels: int | None = None
+    features: np.ndarray | None = None
+
+
+def is_metadata_name(name: str) -> bool:
+    """Dataset metadata (README, *.json, ...) and hidden files are not snapshots."""
+    lower = name.lower()
+    return name.startswith(".") or lower.startswith("readme") or lower.endswith(METADATA_SUFFIXES)
+
+
+def samples_path(out_dir: Path, rel: str) -> Path:
+    """``OUT/samples/<rel>.parquet`` for the raw file at relative path ``rel``."""
+    return out_dir / SAMPLES_DIR / f"{rel}.parquet"
+
+
+def scan_raw_directory(raw_dir: Path) -> tuple[list[RawFile], list[tuple[str, str]]]:
+    """Snapshot candidates (sorted by path) and ``(rel, reason)`` of entries quarantined by layout alone."""
+    raw_dir = Path(raw_dir)
+    top_site = raw_dir.resolve().name
+    candidates: list[RawFile] = []
+    rejected: list[tuple[str, str]] = []
+
+    def add(path: Path, rel: str, site: str) -> None:
+        try:
+            st = path.stat()
+        except OSError:  # dangling symlink etc.: the reader reports why it cannot be read
+            candidates.append(RawFile(rel, site, -1, -1))
+            return
+        if not stat.S_ISREG(st.st_mode):
+            rejected.append((rel, "not a regular file"))
+        else:
+            candidates.append(RawFile(rel, site, st.st_size, st.st_mtime_ns))
+
+    for entry in sorted(os.scandir(raw_dir), key=lambda e: e.name):
+        if is_metadata_name(entry.name):
+            continue
+        if not entry.is_dir():
+            add(Path(entry.path), entry.name, top_site)
+            continue
+        for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
+            if is_metadata_name(sub.name):
+                continue
+            rel = f"{entry.name}/{sub.name}"
+            if not sub.is_dir():
+                add(Path(sub.path), rel, entry.name)
+                continue
+            nested_files = [p.relative_to(raw_dir).as_posix() for p in _walk_files(Path(sub.path))]
+            rejected.extend((p, _NESTED_REASON) for p in nested_files)
+            if not nested_files:
+                rejected.append((rel, "is a directory, expected a snapshot file"))
+    candidates.sort(key=lambda f: f.rel)
+    return candidates, rejected
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+    """Non-metadata files under ``root`` (any depth, hidden folders skipped), sorted."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not is_metadata_name(name):
+                yield Path(dirpath) / name
+
+
+def find_duplicate_timestamps(files: Sequence[RawFile]) -> dict[str, str]:
+    """``{rel: reason}`` for files whose (site, timestamp-from-name) repeats an earlier-sorted path."""
+    first_seen: dict[tuple[str, datetime], str] = {}
+    duplicates: dict[str, str] = {}
+    for f in sorted(files, key=lambda f: f.rel):
+        try:
+            ts = parse_snapshot_time(Path(f.rel).name)
+        except IMSFormatError:
+            continue  # the reader quarantines the bad name
+        key = (f.site, ts)
+        if key in first_seen:
+            duplicates[f.rel] = (
+                f"duplicate timestamp {ts.isoformat(sep=' ')} in site {f.site!r}: same as {first_seen[key]}"
+            )
+        else:
+            first_seen[key] = f.rel
+    return duplicates
+
+
+def ingest_directory(
+    cfg: IngestConfig, progress: Callable[[IngestProgress], None] | None = None
+) -> IngestReport:
+    """Bring ``cfg.resolved_out_dir()`` up to date with ``cfg.raw_dir`` (see the module docstring)."""
+    raw_dir = Path(cfg.raw_dir)
+    out_dir = cfg.resolved_out_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(out_dir / LOCK_FILE):
+        remove_stale_temp_files(out_dir)
+        return _ingest_locked(cfg, raw_dir, out_dir, progress)
+
+
+def _ingest_locked(
+    cfg: IngestConfig, raw_dir: Path, out_dir: Path, progress: Callable[[IngestProgress], None] | None
+) -> IngestReport:
+    previous = _PreviousRun.load(out_dir)
+    rebuilt_reason = previous.settings_mismatch(cfg)
+    if rebuilt_reason is not None:
+        previous = _PreviousRun.empty(out_dir)
+    n_channels = cfg.channels or previous.n_channels
+
+    candidates, layout_rejects = scan_raw_directory(raw_dir)
+    duplicates = find_duplicate_timestamps(candidates)
+    scan_quarantine = dict(layout_rejects) | duplicates
+    snapshots = [f for f in candidates if f.rel not in duplicates]
+
+    results: list[_Result] = []
+    tasks: list[_Task] = []
+    for f in snapshots:
+        reused = previous.reuse(f)
+        if reused is not None:
+            results.append(reused)
+        else:
+            tasks.append(_Task(f.rel, str(raw_dir / f.rel), f.site, previous.reusable_sha256(f.rel)))
+
+    settings = _WorkerSettings(
+        out_dir=str(out_dir),
+        expected_samples=cfg.expected_samples,
+        channels=n_channels,
+        rig=cfg.rig,
+        max_bytes=MAX_FILE_BYTES,
+        use_threads=False,
+    )
+    tracker = _ProgressTracker(len(tasks), progress)
+    if n_channels is None:
+        # Infer the dataset's channel count from the first valid file in sorted order, in-process.
+        while tasks and settings.channels is None:
+            result = _process_file(tasks.pop(0), settings, write_samples)
+            results.append(result)
+            tracker.advance([result])
+            if result.status == "ok" and result.n_channels is not None:
+                settings = dataclasses.replace(settings, channels=result.n_channels)
+    for batch_results in _run_batches(tasks, settings, cfg.workers, cfg.batch_size):
+        results.extend(batch_results)
+        tracker.advance(batch_results)
+    n_channels = settings.channels
+    results = [previous.resolve_unchanged(r) for r in results]
+
+    channels = channel_names(n_channels) if n_channels is not None else ()
+    ok = [r for r in results if r.status == "ok"]
+    quarantined = [r for r in results if r.status == "quarantined"]
+    ingest_quarantine = {r.rel: r.reason or "" for r in quarantined} | scan_quarantine
+    present = {f.rel for f in candidates} | set(scan_quarantine)
+
+    # Write order matters for crash safety (module docstring): samples are already written by the workers.
+    outputs = {
+        "samples": out_dir / SAMPLES_DIR,
+        "features": out_dir / FEATURES_FILE,
+        "quarantine": out_dir / QUARANTINE_FILE,
+        "dataset": out_dir / DATASET_FILE,
+        "manifest": out_dir / MANIFEST_FILE,
+    }
+    write_parquet_atomic(outputs["features"], _features_table(ok, previous, channels))
+    write_parquet_atomic(outputs["quarantine"], _quarantine_table(ingest_quarantine, previous, present))
+    write_json_atomic(outputs["dataset"], _dataset_description(raw_dir, cfg, channels, ok))
+    _remove_obsolete_samples(out_dir, {r.rel for r in ok})
+    write_parquet_atomic(outputs["manifest"], _manifest_table(results))
+
+    return IngestReport(
+        out_dir=out_dir,
+        ingested=sum(1 for r in ok if r.parsed),
+        unchanged=sum(1 for r in ok if not r.parsed),
+        quarantined=len(ingest_quarantine),
+        parsed=sum(1 for r in results if r.parsed),
+        removed=len(set(previous.manifest) - present),
+        channels=channels,
+        rebuilt_reason=rebuilt_reason,
+        outputs=outputs,
+    )
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``lock_path`` (released by the OS even if the process is killed)."""
+    with open(lock_path, "a+b") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IngestError(f"another ingest is writing {lock_path.parent} (lock {lock_path.name} is held)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class _ProgressTracker:
+    """Counts finished files/bytes and forwards them to the user's callback after each batch."""
+
+    def __init__(self, total: int, callback: Callable[[IngestProgress], None] | None) -> None:
+        self.total, self.callback = total, callback
+        self.files = 0
+        self.bytes = 0
+        self._emit()
+
+    def advance(self, batch: Sequence[_Result]) -> None:
+        self.files += len(batch)
+        self.bytes += sum(max(r.size, 0) for r in batch)
+        self._emit()
+
+    def _emit(self) -> None:
+        if self.callback is not None:
+            self.callback(IngestProgress(self.files, self.total, self.bytes))
+
+
+def _run_batches(
+    tasks: list[_Task], settings: _WorkerSettings, workers: int, batch_size: int
+) -> Iterator[list[_Result]]:
+    """Results batch by batch: in-process for one worker or one batch, else a bounded process pool."""
+    batches = [tasks[i : i + batch_size] for i in range(0, len(tasks), batch_size)]
+    if workers <= 1 or len(batches) <= 1:
+        in_process = dataclasses.replace(settings, use_threads=True)
+        for batch in batches:
+            yield _process_batch(batch, in_process)
+        return
+    context = multiprocessing.get_context("spawn")
+    max_in_flight = 2 * workers
+    pending = iter(batches)
+    with ProcessPoolExecutor(max_workers=min(workers, len(batches)), mp_context=context) as pool:
+        in_flight: set[Future[list[_Result]]] = set()
+        for batch in pending:
+            in_flight.add(pool.submit(_process_batch, batch, settings))
+            if len(in_flight) >= max_in_flight:
+                break
+        while in_flight:
+            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                next_batch = next(pending, None)
+                if next_batch is not None:
+                    in_flight.add(pool.submit(_process_batch, next_batch, settings))
+                yield future.result()
+
+
+def _process_batch(tasks: Iterable[_Task], settings: _WorkerSettings) -> list[_Result]:
+    """Worker entry point (module-level, so it pickles under spawn).
+
+    Samples files are written by background threads while the next file is parsed: each atomic write ends with
+    an fsync, whose disk latency (several ms, far more when the disk is busy) would otherwise idle the core.
+    At most ``_MAX_PENDING_WRITES`` snapshots wait for their write (bounded memory), and the batch returns only
+    once every write has completed, so a result never describes a samples file that does not exist yet.
+    """
+    pending: deque[Future[Path]] = deque()
+    with ThreadPoolExecutor(max_workers=_WRITER_THREADS, thread_name_prefix="samples-writer") as writers:
+
+        def write_in_background(*args: Any) -> None:
+            pending.append(writers.submit(write_samples, *args))
+            while len(pending) > _MAX_PENDING_WRITES:
+                pending.popleft().result()
+
+        results = [_process_file(task, settings, write_in_background) for task in tasks]
+        while pending:
+            pending.popleft().result()
+    return results
+
+
+def _process_file(task: _Task, settings: _WorkerSettings, write: Callable[..., object]) -> _Result:
+    """Read, hash, parse, featurise one file and ``write`` its samples; bad files become a quarantine result.
+
+    ``write`` takes :func:`write_samples`' arguments (called directly, or queued to a writer thread).
+    """
+    path = Path(task.abs_path)
+    try:
+        st = path.stat()  # before reading: if the file changes meanwhile, the next run sees a new mtime
+        size, mtime_ns = st.st_size, st.st_mtime_ns
+    except OSError:
+        size, mtime_ns = -1, -1
+    sha256: str | None = None
+    try:
+        raw = read_raw_bytes(path, settings.max_bytes)
+        sha256 = hashlib.sha256(raw).hexdigest()
+        if task.prev_sha256 is not None and sha256 == task.prev_sha256:
+            return _Result(task.rel, task.site, size, mtime_ns, sha256, "unchanged", parsed=False)
+        timestamp = parse_snapshot_time(path.name)
+        data = parse_ims_bytes(raw, settings.expected_samples, settings.channels, use_threads=settings.use_threads)
+    except IMSFormatError as exc:
+        read = sha256 is not None  # unreadable/too-large files were not parsed
+        return _Result(task.rel, task.site, size, mtime_ns, sha256, "quarantined", parsed=read, reason=exc.reason)
+    features = compute_features(data, settings.rig).ravel()
+    write(samples_path(Path(settings.out_dir), task.rel), data, timestamp, task.rel, task.site)
+    return _Result(
+        task.rel,
+        task.site,
+        size,
+        mtime_ns,
+        sha256,
+        "ok",
+        parsed=True,
+        timestamp=timestamp,
+        n_channels=data.shape[1],
+        features=features,
+    )
+
+
+def write_samples(target: Path, data: np.ndarray, timestamp: datetime, rel: str, site: str) -> Path:
+    """One snapshot's samples as Parquet: ``timestamp`` (same on every row) + one float32 column per channel.
+
+    Key-value metadata ``file``, ``site``, ``path``, ``timestamp`` (ISO) make the file self-describing.
+    """
+    n_samples = data.shape[0]
+    columns = np.ascontiguousarray(data.T)
+    arrays = [pa.array(np.full(n_samples, np.datetime64(timestamp, "us")))]
+    arrays += [pa.array(columns[j]) for j in range(columns.shape[0])]
+    schema = pa.schema(
+        [("timestamp", pa.timestamp("us"))] + [(name, pa.float32()) for name in channel_names(data.shape[1])],
+        metadata={"file": Path(rel).name, "site": site, "path": rel, "timestamp": timestamp.isoformat()},
+    )
+    return write_parquet_atomic(target, pa.Table.from_arrays(arrays, schema=schema), **_SAMPLES_PARQUET_OPTIONS)
+
+
+def read_samples(path: str | os.PathLike[str]) -> tuple[np.ndarray, datetime, dict[str, str]]:
+    """Read back one samples file -> (``(n_samples, n_channels)`` float32, timestamp, key-value metadata)."""
+    table = pq.read_table(path)
+    metadata = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if not k.startswith(b"ARROW")}
+    data = np.column_stack([table.column(i).to_numpy() for i in range(1, table.num_columns)])
+    return data.astype(np.float32, copy=False), datetime.fromisoformat(metadata["timestamp"]), metadata
+
+
+class _PreviousRun:
+    """What the last completed (or partially completed) run left: manifest, features rows, dataset.json."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        manifest: dict[str, dict],
+        features: pa.Table | None,
+        dataset: dict | None,
+        quarantine: pa.Table | None,
+    ) -> None:
+        self.out_dir = out_dir
+        self.manifest = manifest
+        self.features = features
+        self.dataset = dataset
+        self.quarantine = quarantine
+        self.feature_paths: set[str] = set(features.column("path").to_pylist()) if features is not None else set()
+
+    @classmethod
+    def empty(cls, out_dir: Path) -> "_PreviousRun":
+        return cls(out_dir, {}, None, None, _read_parquet_or_none(out_dir / QUARANTINE_FILE))
+
+    @classmethod
+    def load(cls, out_dir: Path) -> "_PreviousRun":
+        manifest_table = _read_parquet_or_none(out_dir / MANIFEST_FILE)
+        manifest = {row["path"]: row for row in manifest_table.to_pylist()} if manifest_table is not None else {}
+        dataset = None
+        with contextlib.suppress(OSError, ValueError):
+            dataset = json.loads((out_dir / DATASET_FILE).read_text())
+        return cls(
+            out_dir,
+            manifest,
+            _read_parquet_or_none(out_dir / FEATURES_FILE),
+            dataset,
+            _read_parquet_or_none(out_dir / QUARANTINE_FILE),
+        )
+
+    @property
+    def n_channels(self) -> int | None:
+        channels = (self.dataset or {}).get("channels") or []
+        return len(channels) or None
+
+    def settings_mismatch(self, cfg: IngestConfig) -> str | None:
+        """Why previous outputs cannot be reused with ``cfg`` (then everything is re-ingested), or None."""
+        if self.dataset is None:
+            return None
+        checks = {
+            "expected_samples": (self.dataset.get("expected_samples"), cfg.expected_samples),
+            "rig": (self.dataset.get("rig"), json.loads(cfg.rig.model_dump_json())),
+            "features": (self.dataset.get("features"), list(FEATURES)),
+        }
+        if cfg.channels is not None and self.n_channels is not None:
+            checks["channels"] = (self.n_channels, cfg.channels)
+        for name, (before, now) in checks.items():
+            if before != now:
+                return f"{name} changed since the previous run ({before!r} -> {now!r})"
+        return None
+
+    def _row_available(self, rel: str, status: str | None) -> bool:
+        """A manifest entry is reusable only if its outputs exist (a killed run may have lost them)."""
+        if status == "ok":
+            return rel in self.feature_paths and samples_path(self.out_dir, rel).is_file()
+        return status == "quarantined"
+
+    def reuse(self, f: RawFile) -> _Result | None:
+        """The unchanged result for ``f`` when its stat matches the manifest, else None (it must be read)."""
+        row = self.manifest.get(f.rel)
+        if row is None or row["sha256"] is None or f.size < 0:
+            return None
+        if (row["size"], row["mtime_ns"]) != (f.size, f.mtime_ns) or not self._row_available(f.rel, row["status"]):
+            return None
+        return _Result(
+            f.rel, f.site, f.size, f.mtime_ns, row["sha256"], row["status"], parsed=False, reason=row["reason"]
+        )
+
+    def reusable_sha256(self, rel: str) -> str | None:
+        """The manifest sha256 a worker may compare against to skip parsing a touched-but-identical file."""
+        row = self.manifest.get(rel)
+        if row is None or not self._row_available(rel, row["status"]):
+            return None
+        return row["sha256"]
+
+    def resolve_unchanged(self, result: _Result) -> _Result:
+        """Turn a worker's "unchanged" (same sha256, new stat) into the previous status and reason."""
+        if result.status != "unchanged":
+            return result
+        row = self.manifest[result.rel]
+        return _Result(
+            result.rel,
+            result.site,
+            result.size,
+            result.mtime_ns,
+            result.sha256,
+            row["status"],
+            parsed=False,
+            reason=row["reason"],
+        )
+
+
+def _read_parquet_or_none(path: Path) -> pa.Table | None:
+    """A previous output, or None if absent/unreadable (then the affected files are simply re-ingested)."""
+    if not path.is_file():
+        return None
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowInvalid):
+        return None
+
+
+def _features_table(ok: Sequence[_Result], previous: _PreviousRun, channels: Sequence[str]) -> pa.Table:
+    """features.parquet: new rows from this run's parses + previous rows of unchanged files, sorted."""
+    columns = feature_columns(channels)
+    schema = pa.schema(
+        [("timestamp", pa.timestamp("us")), ("file", pa.string()), ("site", pa.string()), ("path", pa.string())]
+        + [(c, pa.float64()) for c in columns]
+    )
+    new = [r for r in ok if r.parsed]
+    matrix = np.vstack([r.features for r in new]) if new else np.empty((0, len(columns)))
+    new_table = pa.Table.from_arrays(
+        [
+            pa.array([r.timestamp for r in new], pa.timestamp("us")),
+            pa.array([Path(r.rel).name for r in new], pa.string()),
+            pa.array([r.site for r in new], pa.string()),
+            pa.array([r.rel for r in new], pa.string()),
+        ]
+        + [pa.array(matrix[:, j]) for j in range(len(columns))],
+        schema=schema,
+    )
+    reused = [r.rel for r in ok if not r.parsed]
+    parts = [new_table]
+    if reused and previous.features is not None:
+        kept = previous.features.filter(pc.is_in(previous.features.column("path"), pa.array(reused, pa.string())))
+        parts.append(kept.select(schema.names).cast(schema))
+    table = pa.concat_tables(parts)
+    return table.sort_by([("timestamp", "ascending"), ("site", "ascending"), ("path", "ascending")])
+
+
+def _quarantine_table(ingest_rows: dict[str, str], previous: _PreviousRun, present: set[str]) -> pa.Table:
+    """quarantine.parquet: this stage's rows, plus other stages' rows for raw files that still exist."""
+    files = list(ingest_rows)
+    reasons = [ingest_rows[f] for f in files]
+    stages = [INGEST_STAGE] * len(files)
+    if previous.quarantine is not None:
+        for row in previous.quarantine.to_pylist():
+            if row.get("stage") != INGEST_STAGE and row.get("file") in present:
+                files.append(row["file"])
+                reasons.append(row["reason"])
+                stages.append(row["stage"])
+    table = pa.Table.from_arrays(
+        [pa.array(files, pa.string()), pa.array(reasons, pa.string()), pa.array(stages, pa.string())],
+        schema=QUARANTINE_SCHEMA,
+    )
+    return table.sort_by([("file", "ascending"), ("stage", "ascending")])
+
+
+def _manifest_table(results: Sequence[_Result]) -> pa.Table:
+    rows = sorted(results, key=lambda r: r.rel)
+    return pa.Table.from_arrays(
+        [
+            pa.array([r.rel for r in rows], pa.string()),
+            pa.array([r.size for r in rows], pa.int64()),
+            pa.array([r.mtime_ns for r in rows], pa.int64()),
+            pa.array([r.sha256 for r in rows], pa.string()),
+            pa.array([r.status for r in rows], pa.string()),
+            pa.array([r.reason for r in rows], pa.string()),
+        ],
+        schema=MANIFEST_SCHEMA,
+    )
+
+
+def _dataset_description(raw_dir: Path, cfg: IngestConfig, channels: Sequence[str], ok: Sequence[_Result]) -> dict:
+    return {
+        "name": raw_dir.resolve().name,
+        "channels": list(channels),
+        "expected_samples": cfg.expected_samples,
+        "fs_hz": cfg.rig.fs_hz,
+        "features": list(FEATURES),
+        "sites": sorted({r.site for r in ok}),
+        "rig": json.loads(cfg.rig.model_dump_json()),
+    }
+
+
+def _remove_obsolete_samples(out_dir: Path, valid: set[str]) -> None:
+    """Delete samples files of raw files that are gone or now quarantined (and orphans of killed runs)."""
+    root = out_dir / SAMPLES_DIR
+    if not root.is_dir():
+        return
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix().removesuffix(".parquet")
+            if rel not in valid:
+                path.unlink(missing_ok=True)
+        if Path(dirpath) != root and not os.listdir(dirpath):
+            os.rmdir(dirpath)
