@@ -1,0 +1,163 @@
+"""The bearing ClientApp: one site (SuperNode) training the autoencoder on its OWN partition file only.
+
+A client reads ``<clients-dir>/client_<partition-id>.parquet`` (written by :mod:`bearing_core.partition`):
+metadata columns, the model's input columns, and ``split`` ("train" | "holdout"). It answers three message types
+(see :mod:`bearing_core.federated.messages`): ``query`` (scaler statistics of its train rows), ``train`` (local
+epochs from the global weights, optionally with the FedProx term) and ``evaluate`` (MSE on its holdout rows).
+Only weights and aggregate statistics leave the client.
+
+Where the partition is:
+
+* simulation: :func:`build_client_app` bakes ``clients_dir`` in; Flower's simulation sets ``partition-id`` in
+  each virtual node's ``node_config``;
+* deployment: ``flower-supernode --node-config "clients-dir='/site/clients/iid' partition-id=0"`` (what
+  ``bearing site`` passes); the module-level :data:`app` reads both from ``node_config``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from bearing_core.autoencoder import build_model, get_weights, set_weights
+from bearing_core.federated.messages import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    METRICS_KEY,
+    PARTITION_KEY,
+    WEIGHT_KEY,
+    parse_round_config,
+    stats_reply,
+)
+from bearing_core.inputs import META_COLUMNS
+from bearing_core.partition.writer import SPLIT_HOLDOUT, SPLIT_TRAIN
+from bearing_core.scaling import local_stats
+from bearing_core.training import derive_seed, evaluate, train_local
+
+#: Columns of a client partition file that are not model inputs.
+NON_INPUT_COLUMNS = frozenset({*META_COLUMNS, "split"})
+
+
+def partition_file(clients_dir: str | os.PathLike[str], partition_id: int) -> Path:
+    """``<clients_dir>/client_<partition_id>.parquet``."""
+    return Path(clients_dir) / f"client_{partition_id}.parquet"
+
+
+@functools.lru_cache(maxsize=8)
+def _read_partition(path: str, mtime_ns: int) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """Input column names, train rows and holdout rows (float64) of one partition file (cached per version)."""
+    table = pq.read_table(path)
+    if "split" not in table.column_names:
+        raise ValueError(f"{path}: no 'split' column (expected a client partition file)")
+    columns = tuple(name for name in table.column_names if name not in NON_INPUT_COLUMNS)
+    if not columns:
+        raise ValueError(f"{path}: no input columns besides {sorted(NON_INPUT_COLUMNS)}")
+    split = np.asarray(table.column("split").to_numpy(zero_copy_only=False)).astype(str)
+    unknown = sorted(set(split) - {SPLIT_TRAIN, SPLIT_HOLDOUT})
+    if unknown:
+        raise ValueError(f"{path}: column 'split' has values {unknown}, expected 'train' or 'holdout'")
+    X = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in columns])
+    return columns, X[split == SPLIT_TRAIN], X[split == SPLIT_HOLDOUT]
+
+
+def load_partition(clients_dir: str | os.PathLike[str], partition_id: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(input_columns, X_train, X_holdout)`` of this client; clear error when the file is missing."""
+    path = partition_file(clients_dir, partition_id)
+    if not path.is_file():
+        raise FileNotFoundError(f"partition file not found: {path} (clients-dir / partition-id of this node)")
+    columns, X_train, X_holdout = _read_partition(str(path), path.stat().st_mtime_ns)
+    return list(columns), X_train, X_holdout
+
+
+def _node_partition(context: Context, clients_dir: Path | None) -> tuple[Path, int]:
+    """Where this node's data is: baked ``clients_dir`` or node config ``clients-dir``, and ``partition-id``."""
+    node = context.node_config
+    if "partition-id" not in node:
+        raise ValueError("node config has no 'partition-id' (pass --node-config \"partition-id=<k> ...\")")
+    where = clients_dir if clients_dir is not None else node.get("clients-dir")
+    if where is None:
+        raise ValueError("node config has no 'clients-dir' (pass --node-config \"clients-dir='<dir>' ...\")")
+    return Path(str(where)), int(node["partition-id"])
+
+
+def _maybe_fail(config: dict[str, object], partition_id: int, server_round: int) -> None:
+    """Deliberate failure requested by the server's fault-injection settings (chaos testing)."""
+    if int(config.get("fault-partition-id", -1)) != partition_id or int(config.get("fault-round", -1)) != server_round:
+        return
+    if config.get("fault-mode") == "sleep":
+        time.sleep(float(config.get("fault-sleep-s", 0.0)))
+        return
+    raise RuntimeError(f"injected fault: client {partition_id} fails in round {server_round}")
+
+
+def build_client_app(clients_dir: str | os.PathLike[str] | None = None) -> ClientApp:
+    """A ClientApp reading partitions from ``clients_dir`` (``None``: from each node's ``clients-dir`` config)."""
+    baked = Path(clients_dir) if clients_dir is not None else None
+    app = ClientApp()
+
+    @app.query()
+    def scaler_stats(msg: Message, context: Context) -> Message:
+        """Count / sum / sum of squared deviations of the TRAIN rows: the input of federated scaling."""
+        where, pid = _node_partition(context, baked)
+        columns, X_train, X_holdout = load_partition(where, pid)
+        return stats_reply(msg, local_stats(X_train), columns, pid, len(X_holdout))
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        """Local epochs from the global weights on the scaled TRAIN rows; replies new weights + train loss."""
+        torch.set_num_threads(1)
+        where, pid = _node_partition(context, baked)
+        config = msg.content[CONFIG_KEY]
+        server_round = int(config["server-round"])
+        _maybe_fail(dict(config), pid, server_round)
+        model_cfg, scaler, train_cfg = parse_round_config(config)
+        _, X_train, _ = load_partition(where, pid)
+        if len(X_train) == 0:
+            raise ValueError(f"client {pid} has no train rows")
+        global_weights = msg.content[ARRAYS_KEY].to_numpy_ndarrays()
+        model = build_model(model_cfg, train_cfg.seed)
+        set_weights(model, global_weights)
+        local_cfg = train_cfg.model_copy(update={"seed": derive_seed(train_cfg.seed, server_round, pid)})
+        start = time.perf_counter()
+        result = train_local(model, scaler.transform(X_train), local_cfg, global_weights=global_weights)
+        metrics = MetricRecord(
+            {
+                "train_loss": float(result["train_loss"]),
+                "train_s": time.perf_counter() - start,
+                PARTITION_KEY: pid,
+                WEIGHT_KEY: int(result["num_examples"]),
+            }
+        )
+        content = RecordDict({ARRAYS_KEY: ArrayRecord(get_weights(model)), METRICS_KEY: metrics})
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate_holdout(msg: Message, context: Context) -> Message:
+        """MSE / RMSE of the global model on the scaled HOLDOUT rows (weight 0 when the client has none)."""
+        torch.set_num_threads(1)
+        where, pid = _node_partition(context, baked)
+        model_cfg, scaler, train_cfg = parse_round_config(msg.content[CONFIG_KEY])
+        _, _, X_holdout = load_partition(where, pid)
+        model = build_model(model_cfg, train_cfg.seed)
+        set_weights(model, msg.content[ARRAYS_KEY].to_numpy_ndarrays())
+        if len(X_holdout):
+            result = evaluate(model, scaler.transform(X_holdout))
+            mse, rmse = float(result["mse"]), float(result["rmse"])
+        else:
+            mse = rmse = float("nan")
+        metrics = MetricRecord({"eval_mse": mse, "eval_rmse": rmse, PARTITION_KEY: pid, WEIGHT_KEY: len(X_holdout)})
+        return Message(RecordDict({METRICS_KEY: metrics}), reply_to=msg)
+
+    return app
+
+
+#: Deployment entry point (``[tool.flwr.app.components] clientapp``): partition location from node config.
+app = build_client_app()

@@ -1,0 +1,160 @@
+"""Typed configuration of one federated training run.
+
+The same :class:`FederatedConfig` drives both runtimes: the in-process simulation (``run_federated``) hands it to
+the ServerApp directly; a deployment (``flwr run`` against a SuperLink) carries it in the Flower *run config*, a
+flat ``{str: int | float | str | bool}`` mapping (``[tool.flwr.app.config]`` + ``--run-config`` overrides).
+:meth:`FederatedConfig.to_run_config` / :meth:`FederatedConfig.from_run_config` convert between the two, so a
+setting has one name and one default wherever it is set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Strategy name -> class name in ``flwr.serverapp.strategy``. Order = order shown in errors and ``--help``.
+STRATEGY_CLASSES: dict[str, str] = {
+    "fedavg": "FedAvg",
+    "fedprox": "FedProx",
+    "fedadam": "FedAdam",
+    "fedmedian": "FedMedian",
+    "fedtrimmedavg": "FedTrimmedAvg",
+    "krum": "Krum",
+}
+STRATEGIES: tuple[str, ...] = tuple(STRATEGY_CLASSES)
+
+
+def check_strategy(name: str) -> str:
+    """``name`` lower-cased if it is a known strategy, else ``ValueError`` with one line listing the choices."""
+    key = name.strip().lower()
+    if key not in STRATEGY_CLASSES:
+        raise ValueError(f"unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
+    return key
+
+
+class FaultInjection(BaseModel):
+    """Make one client fail on purpose in one round (chaos testing of the fault-tolerance path)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partition_id: int = Field(..., ge=0, description="Client (partition id) that fails")
+    round: int = Field(1, ge=1, description="Server round in which it fails (its train step)")
+    mode: Literal["raise", "sleep"] = Field(
+        "raise", description="'raise': the ClientApp raises; 'sleep': it stalls for sleep_s before replying"
+    )
+    sleep_s: float = Field(30.0, ge=0, description="Stall duration for mode 'sleep' (exceed round_timeout_s)")
+
+    def to_config(self) -> dict[str, int | float | str]:
+        """As flat ``fault-*`` keys (run config, and the train config the server sends to clients)."""
+        return {f"fault-{name.replace('_', '-')}": value for name, value in self.model_dump().items()}
+
+
+class FederatedConfig(BaseModel):
+    """One federated run: strategy, rounds, local training, model shape and fault tolerance."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: str = Field("fedavg", description=f"Aggregation strategy, one of {', '.join(STRATEGIES)}")
+    rounds: int = Field(10, ge=1, description="Federated rounds (train + evaluate on every sampled client)")
+    local_epochs: int = Field(1, ge=1, description="Epochs each client trains on its own rows per round")
+    lr: float = Field(1e-3, gt=0, description="Client learning rate (Adam)")
+    batch_size: int = Field(32, ge=1, description="Client mini-batch size")
+    proximal_mu: float = Field(0.01, ge=0, description="FedProx proximal term weight (used by 'fedprox' only)")
+    server_lr: float = Field(1e-2, gt=0, description="Server learning rate eta (used by 'fedadam' only)")
+    trim_beta: float = Field(0.2, ge=0, lt=0.5, description="Fraction cut at each end ('fedtrimmedavg' only)")
+    hidden: tuple[int, ...] = Field((4, 2, 4), min_length=1, description="Autoencoder hidden layer widths")
+    activation: Literal["relu", "tanh", "elu"] = Field("relu", description="Autoencoder hidden activation")
+    scale: bool = Field(True, description="Standardise inputs with the federated mean/std (else identity scaling)")
+    seed: int = Field(0, ge=0, description="Seeds model initialisation, client shuffling and client sampling")
+    num_clients: int = Field(2, ge=1, description="Clients (SuperNodes) expected in the federation")
+    fraction_train: float = Field(1.0, gt=0, le=1, description="Fraction of connected clients sampled per round")
+    min_available_fraction: float = Field(
+        1.0, gt=0, le=1, description="Fraction of num_clients that must be connected before a round starts"
+    )
+    min_fit_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Fraction of the sampled clients whose replies must succeed for a round to count; "
+        "failed or late replies are logged and left out of the aggregate",
+    )
+    round_timeout_s: float = Field(600.0, gt=0, description="Seconds the server waits for replies in each step")
+    fault: FaultInjection | None = Field(None, description="Deliberate client failure, for testing")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        return check_strategy(value)
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, hidden: tuple[int, ...]) -> tuple[int, ...]:
+        if any(width <= 0 for width in hidden):
+            raise ValueError(f"hidden layer widths must be positive, got {hidden}")
+        return hidden
+
+    @property
+    def min_available_clients(self) -> int:
+        """Clients that must be connected before the server samples (at least 1)."""
+        return max(1, math.ceil(self.min_available_fraction * self.num_clients))
+
+    def min_successful(self, sampled: int) -> int:
+        """Successful replies needed out of ``sampled`` for a step to count (at least 1)."""
+        return max(1, math.ceil(self.min_fit_fraction * sampled))
+
+    def to_run_config(self) -> dict[str, int | float | str | bool]:
+        """Flat Flower run config (kebab-case keys; tuples as comma-separated strings; no fault = no keys)."""
+        out: dict[str, int | float | str | bool] = {}
+        for name, value in self.model_dump(exclude={"fault"}).items():
+            key = name.replace("_", "-")
+            out[key] = ",".join(str(v) for v in value) if isinstance(value, tuple | list) else value
+        if self.fault is not None:
+            out.update(self.fault.to_config())
+        return out
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FederatedConfig:
+        """Inverse of :meth:`to_run_config`; keys this model does not know (e.g. ``out-dir``) are ignored."""
+        fields: dict[str, Any] = {}
+        fault: dict[str, Any] = {}
+        for key, value in run_config.items():
+            name = key.replace("-", "_")
+            if name.startswith("fault_"):
+                fault[name.removeprefix("fault_")] = value
+            elif name in cls.model_fields:
+                fields[name] = value
+        if isinstance(fields.get("hidden"), str):
+            fields["hidden"] = tuple(int(width) for width in fields["hidden"].split(",") if width.strip())
+        if fault:
+            fields["fault"] = FaultInjection(**fault)
+        return cls(**fields)
+
+
+class SimulationResources(BaseModel):
+    """Ray resources of an in-process simulation, sized for a small shared machine by default.
+
+    Ray starts ``floor(num_cpus / client_num_cpus)`` actors (worker processes, each importing torch) and feeds
+    every virtual client's messages through them, so 100 clients run on 2 actors; raise ``num_cpus`` on bigger
+    machines. Ray's temporary files go to ``$RAY_TMPDIR`` (project-local, see :mod:`bearing_core.env`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_cpus: int = Field(2, ge=1, description="CPUs Ray may use in total")
+    client_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per running client (fractional allowed)")
+    object_store_mb: int = Field(128, ge=80, description="Ray object store size (MiB); models here are tiny")
+
+    def backend_config(self) -> dict[str, Any]:
+        """The ``backend_config`` of ``flwr.simulation.run_simulation``."""
+        return {
+            "client_resources": {"num_cpus": self.client_num_cpus, "num_gpus": 0.0},
+            "init_args": {
+                "num_cpus": self.num_cpus,
+                "num_gpus": 0,
+                "include_dashboard": False,
+                "object_store_memory": self.object_store_mb * 1024 * 1024,
+            },
+        }

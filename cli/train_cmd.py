@@ -1,0 +1,141 @@
+"""``bearing train DATASET_DIR``: partition, federated training (Flower simulation), centralized baseline."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # type hints only: heavy imports stay inside run() so `bearing --help` is fast
+    import pandas as pd
+    from pydantic import ValidationError
+
+    from bearing_core.federated.config import FederatedConfig
+
+HELP = "Federated training (Flower simulation) of the autoencoder, with its centralized baseline."
+DESCRIPTION = """\
+Partition DATASET_DIR's healthy period into --clients client files (DATASET_DIR/clients/<partition>/), run
+--rounds federated rounds with --strategy in a Flower simulation on this machine (federated feature scaling
+first: clients share only count/sum/sum-of-squares), train the same model centrally on the union of the same
+train rows for the same number of epochs, and print a per-round table (train loss, holdout MSE/RMSE).
+The model (weights, config, scaler, input columns) and metrics.parquet go to --out
+(default: data/models/<UTC timestamp>-<hash>/). A client failing in a round is left out of that round."""
+
+PARTITIONS = ("iid", "quantity", "dirichlet", "natural")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by ``bearing train`` and ``bearing federate`` (they map onto FederatedConfig)."""
+    from bearing_core.federated.config import STRATEGIES  # light module: pydantic only
+
+    parser.add_argument("--rounds", type=int, default=10, help="federated rounds (default: 10)")
+    parser.add_argument(
+        "--strategy", choices=STRATEGIES, default="fedavg", help="aggregation strategy (default: fedavg)"
+    )
+    parser.add_argument("--local-epochs", type=int, default=1, help="client epochs per round (default: 1)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="client learning rate (default: 1e-3)")
+    parser.add_argument("--batch-size", type=int, default=32, help="client mini-batch size (default: 32)")
+    parser.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight (default: 0.01)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of partitioning, init and shuffling (default: 0)")
+    parser.add_argument("--min-fit-fraction", type=float, default=0.5, help="successful replies needed per round")
+    parser.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait for replies per step")
+
+
+def federated_config(args: argparse.Namespace) -> FederatedConfig:
+    """The FederatedConfig of the parsed flags (pydantic ValidationError on bad values)."""
+    from bearing_core.federated.config import FederatedConfig
+
+    return FederatedConfig(
+        strategy=args.strategy,
+        rounds=args.rounds,
+        local_epochs=args.local_epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        proximal_mu=args.mu,
+        seed=args.seed,
+        num_clients=args.clients,
+        min_fit_fraction=args.min_fit_fraction,
+        round_timeout_s=args.round_timeout,
+    )
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line for the first pydantic error: ``field: message``."""
+    error = exc.errors()[0]
+    location = ".".join(str(part) for part in error.get("loc", ()))
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{location}: {message}" if location else message
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help=HELP, description=DESCRIPTION)
+    parser.add_argument("dataset_dir", metavar="DATASET_DIR", type=Path, help="processed dataset (bearing ingest)")
+    parser.add_argument("--partition", choices=PARTITIONS, default="iid", help="how rows are split among clients")
+    parser.add_argument("--clients", type=int, default=4, help="number of simulated clients (default: 4)")
+    add_training_arguments(parser)
+    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (default: 0.5)")
+    parser.add_argument("--feature", default="mean_abs", help="feature used per channel (default: mean_abs)")
+    period = parser.add_mutually_exclusive_group()
+    period.add_argument(
+        "--train-fraction", type=float, default=None, help="healthy period = earliest fraction per site (default: 0.2)"
+    )
+    period.add_argument(
+        "--train-until", type=datetime.fromisoformat, default=None, help="healthy period = up to this UTC time"
+    )
+    parser.add_argument("--out", dest="model_dir", type=Path, default=None, help="model directory")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Partition + train + baseline; exit 2 on configuration/data errors, 1 if training fails, else 0."""
+    from pydantic import ValidationError
+
+    from bearing_core.config import DataPaths
+    from bearing_core.federated.simulation import CENTRALIZED, GLOBAL, model_version, partition_params, run_federated
+    from bearing_core.fingerprint import sha256_file
+    from bearing_core.inputs import InputConfig
+    from bearing_core.partition.build import partition_dataset
+    from bearing_core.partition.writer import MANIFEST_FILE, scheme_dir
+
+    try:
+        cfg = federated_config(args)
+        period = (
+            {"train_until": args.train_until} if args.train_until else {"train_fraction": args.train_fraction or 0.2}
+        )
+        input_cfg = InputConfig(feature=args.feature, **period)
+        manifest = partition_dataset(
+            args.dataset_dir, args.partition, args.clients, args.seed, input_cfg,
+            partition_params(args.partition, args.clients, args.alpha),
+        )
+    except ValidationError as exc:
+        print(f"bearing train: error: {validation_message(exc)}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"bearing train: error: {exc}", file=sys.stderr)
+        return 2
+    clients_dir = scheme_dir(args.dataset_dir, args.partition)
+    model_dir = args.model_dir or DataPaths().models_root / model_version(sha256_file(clients_dir / MANIFEST_FILE), cfg)
+    print(f"partition {args.partition}: {manifest.num_clients} clients, train rows "
+          f"{[c.train_rows for c in manifest.clients]}, holdout rows {[c.holdout_rows for c in manifest.clients]}")
+    try:
+        result = run_federated(clients_dir, cfg, model_dir)
+    except Exception as exc:  # noqa: BLE001 - report any training failure as one line + exit code
+        print(f"bearing train: training failed: {exc}", file=sys.stderr)
+        return 1
+    print_table(result.metrics, GLOBAL, f"federated ({cfg.strategy})")
+    print_table(result.metrics, CENTRALIZED, "centralized baseline")
+    for failure in result.failures:
+        print(f"excluded: round {failure['round']} {failure['step']} client {failure['client']}: {failure['reason']}")
+    print(f"model:   {result.model_dir}")
+    print(f"metrics: {result.model_dir / 'metrics.parquet'}")
+    return 0
+
+
+def print_table(metrics: pd.DataFrame, client: str, title: str) -> None:
+    """One line per round: round, train loss, eval MSE, eval RMSE."""
+    rows = metrics[metrics["client"] == client].sort_values("round")
+    print(f"\n{title}\n{'round':>5}  {'train loss':>12}  {'eval MSE':>12}  {'eval RMSE':>12}")
+    for row in rows.itertuples():
+        print(f"{row.round:>5}  {row.train_loss:>12.6f}  {row.eval_mse:>12.6f}  {row.eval_rmse:>12.6f}")
