@@ -20,6 +20,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cli.ingest_cmd",
     "cli.validate_cmd",
     "cli.train_cmd",
+    "cli.run_cmd",
+    "cli.site_cmd",
+    "cli.federate_cmd",
 )
 
 
