@@ -1,0 +1,84 @@
+"""``bearing score DATASET_DIR``: score every valid snapshot with a calibrated model and raise debounced alarms."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # type hints only: pandas is imported inside run() so `bearing --help` stays fast
+    import pandas as pd
+
+HELP = "Score snapshots with a trained model: anomaly score, top channel, debounced alarms (incremental)."
+DESCRIPTION = """\
+Score every valid (not quarantined) snapshot of DATASET_DIR with the model's reconstruction error (MSE over its
+inputs, scaled units) against the threshold saved with the model (threshold.json). An alarm is raised for a site
+when K of its last N snapshots exceed the threshold (default 3 of 3), so single spikes do not alarm.
+Incremental: rows already scored by the same model in the output file are reused; only new snapshots are scored.
+--model latest = data/models/latest (a directory/symlink, or a file naming a version under data/models), else
+the newest directory under data/models holding weights.pt. A model without threshold.json can be calibrated on
+the fly with --calibrate CLIENTS_DIR (the partition's holdout rows). Prints an alarm summary per site."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("score", help=HELP, description=DESCRIPTION)
+    parser.add_argument("dataset_dir", metavar="DATASET_DIR", type=Path, help="processed dataset (bearing ingest)")
+    parser.add_argument("--model", default="latest", help="model directory, or 'latest' (default: latest)")
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="output file, Parquet or .csv (default: DATASET_DIR/scores.parquet)",
+    )
+    parser.add_argument(
+        "--k", type=int, default=3, help="alarm when K of the last N snapshots are anomalous (default: 3)"
+    )
+    parser.add_argument("--n", type=int, default=3, help="debounce window N, snapshots per site (default 3)")
+    parser.add_argument(
+        "--calibrate", metavar="CLIENTS_DIR", type=Path, default=None,
+        help="(re)calibrate the threshold on this partition's holdout rows first (writes threshold.json)",
+    )
+    parser.add_argument("--method", choices=("quantile", "mean_kstd"), default="quantile", help="with --calibrate")
+    parser.add_argument("--quantile", type=float, default=0.995, help="with --calibrate --method quantile")
+    parser.add_argument("--kstd", type=float, default=3.0, help="with --calibrate --method mean_kstd: mean + KSTD·σ")
+    parser.add_argument("--per-site", action="store_true", help="with --calibrate: also per-site thresholds")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 on success, 2 on bad input (missing model/threshold/dataset, bad parameters)."""
+    from pydantic import ValidationError
+
+    from bearing_core.config import DataPaths
+    from bearing_core.scoring import alarm_summary, resolve_model_dir, update_scores
+    from bearing_core.threshold import ThresholdConfig, calibrate_from_clients
+
+    try:
+        model_dir = resolve_model_dir(args.model, DataPaths().models_root)
+        if args.calibrate is not None:
+            cfg = ThresholdConfig(method=args.method, quantile=args.quantile, k=args.kstd, per_site=args.per_site)
+            record = calibrate_from_clients(model_dir, args.calibrate, cfg)
+            print(f"calibrated: threshold {record.threshold:.6g} ({cfg.describe()}, {record.calibration_size} rows)")
+        result = update_scores(args.dataset_dir, model_dir, args.out, args.k, args.n)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        print(f"bearing score: error: {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"bearing score: error: {exc}", file=sys.stderr)
+        return 2
+    scores = result.scores
+    print(f"model {model_dir}: scored {result.n_scored} new snapshots, reused {result.n_reused}; "
+          f"{int(scores['is_anomaly'].sum())} over threshold, {int(scores['alarm'].sum())} in alarm")
+    print_alarm_summary(alarm_summary(scores))
+    print(f"scores: {result.path}")
+    return 0
+
+
+def print_alarm_summary(summary: pd.DataFrame) -> None:
+    """One line per site: snapshots, alarm snapshots, first alarm time and file, most frequent top channel."""
+    print(f"{'site':<16} {'snapshots':>9} {'alarms':>7}  {'first alarm':<20} {'file':<20} top channel")
+    for row in summary.itertuples():
+        never = row.first_alarm is None or str(row.first_alarm) == "NaT"
+        first = "-" if never else f"{row.first_alarm:%Y-%m-%d %H:%M:%S}"
+        print(f"{row.site:<16} {row.snapshots:>9} {row.alarm_snapshots:>7}  {first:<20} "
+              f"{row.first_alarm_file or '-':<20} {row.top_channel or '-'}")

@@ -1,0 +1,195 @@
+"""Scoring: debounce logic on hand-made series, and end-to-end on small demo data (ingest → train → calibrate →
+score), including incremental scoring of one new snapshot."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bearing_core.autoencoder import ModelConfig
+from bearing_core.config import IngestConfig
+from bearing_core.ingest import ingest_directory
+from bearing_core.inputs import InputConfig
+from bearing_core.model_io import save_model
+from bearing_core.partition.build import partition_dataset
+from bearing_core.partition.writer import SPLIT_TRAIN, read_client, scheme_dir
+from bearing_core.scaling import Scaler, local_stats, merge_stats
+from bearing_core.scoring import (
+    SCORE_COLUMNS,
+    alarm_summary,
+    channel_of_inputs,
+    debounce_alarms,
+    read_scores,
+    resolve_model_dir,
+    score_dataset,
+    update_scores,
+)
+from bearing_core.synthetic import GroundTruth, generate_demo
+from bearing_core.threshold import ThresholdConfig, calibrate_from_clients
+from bearing_core.training import TrainConfig, train_centralized
+
+N_SAMPLES = 8192
+
+
+def _series(flags: dict[str, list[int]]) -> pd.DataFrame:
+    """Rows of several sites, 10 minutes apart, interleaved by time; ``is_anomaly`` from 0/1 lists."""
+    frames = [
+        pd.DataFrame({"site": site, "is_anomaly": np.array(values, dtype=bool),
+                      "timestamp": pd.Timestamp("2004-01-01") + pd.to_timedelta(np.arange(len(values)) * 10 + s, "min")})
+        for s, (site, values) in enumerate(flags.items())
+    ]
+    return pd.concat(frames).sort_values("timestamp").reset_index(drop=True)
+
+
+def test_single_spikes_do_not_alarm_but_a_run_does() -> None:
+    df = _series({"a": [0, 1, 0, 1, 0, 0, 1, 1, 0, 1, 1, 1, 1, 0], "b": [1, 0, 1, 1, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0]})
+    alarm = debounce_alarms(df, k=3, n=3)
+    by_site = {site: alarm[(df["site"] == site).to_numpy()].astype(int).tolist() for site in ("a", "b")}
+    assert by_site["a"] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0]
+    assert by_site["b"] == [0] * 14  # b's anomalies never make 3 in a row: no alarm even while a is alarming
+
+
+def test_k_of_n_counts_within_each_site_only_and_in_time_order() -> None:
+    df = _series({"a": [1, 0, 1, 0, 0, 1, 1], "b": [0, 1, 0, 1, 1, 0, 0]})
+    alarm = debounce_alarms(df, k=2, n=3)
+    assert alarm[(df["site"] == "a").to_numpy()].astype(int).tolist() == [0, 0, 1, 0, 0, 0, 1]
+    assert alarm[(df["site"] == "b").to_numpy()].astype(int).tolist() == [0, 0, 0, 1, 1, 1, 0]
+    shuffled = df.sample(frac=1.0, random_state=0)
+    assert np.array_equal(debounce_alarms(shuffled, 2, 3), alarm[shuffled.index.to_numpy()])  # row order irrelevant
+    assert debounce_alarms(df, 1, 1).tolist() == df["is_anomaly"].tolist()
+    assert debounce_alarms(df.iloc[:0], 3, 3).size == 0
+    with pytest.raises(ValueError, match="1 <= k <= n"):
+        debounce_alarms(df, 4, 3)
+
+
+def test_channel_of_inputs_maps_feature_columns_to_channels() -> None:
+    channels = ["B1_a", "B1_b", "B3_a"]
+    assert channel_of_inputs(["B1_a_mean_abs", "B1_b_env_bpfi", "B3_a", "other"], channels) == [
+        "B1_a", "B1_b", "B3_a", "other"
+    ]
+
+
+def test_resolve_model_dir_latest(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    with pytest.raises(FileNotFoundError, match="no model under"):
+        resolve_model_dir("latest", root)
+    for name in ("v1", "v2"):
+        (root / name).mkdir(parents=True)
+        (root / name / "weights.pt").write_bytes(b"w")
+    (root / "not-a-model").mkdir()
+    newest = max((root / "v1", root / "v2"), key=lambda p: (p / "weights.pt").stat().st_mtime_ns)
+    assert resolve_model_dir("latest", root) == newest
+    (root / "latest").write_text("v1\n")
+    assert resolve_model_dir("latest", root) == root / "v1"
+    assert resolve_model_dir(root / "v2", root) == root / "v2"
+    with pytest.raises(FileNotFoundError, match="model directory not found"):
+        resolve_model_dir(root / "nope", root)
+
+
+@dataclass
+class DemoModel:
+    """A small ingested demo dataset and a model trained + calibrated on its healthy period."""
+
+    raw: Path
+    dataset: Path
+    model: Path
+    truth: GroundTruth
+    held_back: Path
+    """site_1's last raw file, moved out of ``raw`` before ingest (to test incremental scoring)."""
+
+
+def build_demo_model(root: Path) -> DemoModel:
+    """2 sites x 24 files (site_1 faulty, site_2 healthy) → ingest (without site_1's last file) → natural partition
+    (earliest half of each site, last 20 % of it held out) → ELU autoencoder on the envelope features → calibration."""
+    raw, dataset = root / "raw", root / "dataset"
+    truth = generate_demo(raw, sites=2, files_per_site=24, n_samples=N_SAMPLES)
+    last = sorted((raw / "site_1").iterdir())[-1]
+    held_back = root / "held_back" / last.name
+    held_back.parent.mkdir()
+    shutil.move(last, held_back)
+    ingest_directory(IngestConfig(raw_dir=raw, out_dir=dataset, workers=1, expected_samples=N_SAMPLES))
+    columns = [f"{ch}_{f}" for ch in truth.channels for f in ("env_bpfo", "env_bpfi", "env_bsf")]
+    manifest = partition_dataset(dataset, "natural", 2, 0, InputConfig(columns=tuple(columns), train_fraction=0.5))
+    clients = scheme_dir(dataset, "natural")
+    parts = [read_client(clients, c.client_id, split=SPLIT_TRAIN)[columns].to_numpy() for c in manifest.clients]
+    scaler = Scaler.from_stats(merge_stats([local_stats(p) for p in parts]))
+    model_cfg = ModelConfig(n_inputs=len(columns), hidden=(12, 6, 12), activation="elu")
+    result = train_centralized(scaler.transform(np.concatenate(parts)), None, model_cfg,
+                               TrainConfig(lr=1e-2, local_epochs=50, seed=0), rounds=1)
+    model = save_model(root / "models" / "v1", result.model, model_cfg, scaler, columns)
+    calibrate_from_clients(model, clients, ThresholdConfig())
+    return DemoModel(raw, dataset, model, truth, held_back)
+
+
+@pytest.fixture(scope="module")
+def demo_model(tmp_path_factory: pytest.TempPathFactory) -> DemoModel:
+    return build_demo_model(tmp_path_factory.mktemp("demo"))
+
+
+def test_score_dataset_alarms_after_onset_and_never_before(demo_model: DemoModel) -> None:
+    scores = score_dataset(demo_model.dataset, demo_model.model)
+    assert list(scores.columns) == list(SCORE_COLUMNS)
+    assert len(scores) == 47 and scores["path"].is_unique
+    assert scores[["timestamp", "site"]].equals(scores.sort_values(["timestamp", "site"])[["timestamp", "site"]])
+    assert (scores["is_anomaly"] == (scores["score"] > scores["threshold"])).all()
+    faulty = demo_model.truth.sites["site_1"]
+    site_1 = scores[scores["site"] == "site_1"]
+    alarms = site_1[site_1["alarm"]]
+    assert len(alarms) > 0
+    assert alarms["timestamp"].min() >= pd.Timestamp(faulty.onset)
+    assert (alarms["top_channel"].str[:2] == faulty.bearing).all()  # the alarm names the faulty bearing
+    assert not scores.loc[scores["site"] == "site_2", "alarm"].any()
+
+    since = score_dataset(demo_model.dataset, demo_model.model, since=faulty.onset)
+    assert since["timestamp"].min() >= pd.Timestamp(faulty.onset)
+    full = scores.set_index("path").loc[since["path"]]
+    assert np.array_equal(since["alarm"].to_numpy(), full["alarm"].to_numpy())  # debounce had its context rows
+
+
+def test_update_scores_scores_only_new_snapshots(demo_model: DemoModel, tmp_path: Path) -> None:
+    first = update_scores(demo_model.dataset, demo_model.model, tmp_path / "scores.parquet")
+    assert (first.n_scored, first.n_reused, len(first.scores)) == (47, 0, 47)
+    again = update_scores(demo_model.dataset, demo_model.model, tmp_path / "scores.parquet")
+    assert (again.n_scored, again.n_reused) == (0, 47)
+    pd.testing.assert_frame_equal(again.scores, first.scores)
+
+    shutil.copy(demo_model.held_back, demo_model.raw / "site_1" / demo_model.held_back.name)
+    ingest_directory(IngestConfig(raw_dir=demo_model.raw, out_dir=demo_model.dataset, workers=1,
+                                  expected_samples=N_SAMPLES))
+    third = update_scores(demo_model.dataset, demo_model.model, tmp_path / "scores.parquet")
+    assert (third.n_scored, third.n_reused, len(third.scores)) == (1, 47, 48)
+    new_row = third.scores[third.scores["file"] == demo_model.held_back.name].iloc[0]
+    assert bool(new_row["alarm"])  # the failure snapshot, alarmed thanks to the two previous rows as context
+    reference = score_dataset(demo_model.dataset, demo_model.model)
+    pd.testing.assert_frame_equal(third.scores, reference, check_exact=False, rtol=1e-6)  # float32 batches
+    stored = read_scores(tmp_path / "scores.parquet")
+    assert len(stored) == 48 and set(stored["model_version"]) == {"v1"}
+
+    csv = update_scores(demo_model.dataset, demo_model.model, tmp_path / "scores.csv")
+    assert csv.n_scored == 48 and len(read_scores(tmp_path / "scores.csv")) == 48
+
+    summary = alarm_summary(third.scores).set_index("site")
+    assert summary.loc["site_2", "alarm_snapshots"] == 0 and summary.loc["site_2", "top_channel"] == ""
+    assert summary.loc["site_1", "alarm_snapshots"] == int(third.scores.query("site == 'site_1'")["alarm"].sum())
+    assert summary.loc["site_1", "first_alarm"] == third.scores.loc[third.scores["alarm"], "timestamp"].min()
+
+
+def test_score_cli_prints_alarm_summary(demo_model: DemoModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.score_cmd import register, run
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["score", str(demo_model.dataset), "--model", str(demo_model.model),
+                              "--out", str(tmp_path / "s.parquet")])
+    assert run(args) == 0
+    out = capsys.readouterr().out
+    assert "site_1" in out and "site_2" in out and str(tmp_path / "s.parquet") in out
+    bad = parser.parse_args(["score", str(tmp_path / "nothing"), "--model", str(demo_model.model)])
+    assert run(bad) == 2
+    assert "bearing score: error:" in capsys.readouterr().err
