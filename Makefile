@@ -22,12 +22,14 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export FLWR_HOME := $(CURDIR)/.flwr
 export RAY_TMPDIR := $(CURDIR)/.ray
 
-.PHONY: run test bench install clean-data help
+.PHONY: run test bench install serve stop clean-data help
 
 help:
 	@echo "make run    # demo data -> pipeline; prints where outputs are"
 	@echo "make test   # test suite"
 	@echo "make bench  # benchmarks -> BENCHMARKS.md"
+	@echo "make serve  # local Prefect server + deployments + worker on 127.0.0.1:4200"
+	@echo "make stop   # stop the worker, then the server"
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +53,13 @@ test: install
 bench: install
 	$(BIN)/python -m bench.ingest --files 1000
 	$(BIN)/python -m bench.federated
+	$(BIN)/python -m bench.detection
+
+serve: install
+	scripts/serve.sh
+
+stop:
+	scripts/stop.sh
 
 clean-data:
 	rm -rf data/processed/* data/models/* reports .prefect

@@ -20,7 +20,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cli.ingest_cmd",
     "cli.validate_cmd",
     "cli.train_cmd",
+    "cli.score_cmd",
+    "cli.evaluate_cmd",
     "cli.run_cmd",
+    "cli.models_cmd",
+    "cli.import_features_cmd",
     "cli.site_cmd",
     "cli.federate_cmd",
 )

@@ -1,0 +1,369 @@
+"""Model registry: atomic publication with a model card, the 'latest' champion, champion/challenger promotion."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import bearing_core.registry as registry
+from cli import models_cmd
+from bearing_core.autoencoder import ModelConfig, build_model
+from bearing_core.config import IMS_CHANNELS_4
+from bearing_core.fingerprint import sha256_file
+from bearing_core.inputs import InputConfig
+from bearing_core.model_io import load_model, save_model
+from bearing_core.partition.build import partition_dataset
+from bearing_core.partition.writer import SPLIT_TRAIN, load_manifest, read_client, scheme_dir
+from bearing_core.registry import (
+    COMPLETE_FILE,
+    LATEST,
+    MODEL_CARD_FILE,
+    PROMOTION_FILE,
+    current_champion,
+    holdout_data,
+    list_versions,
+    original_units_mse,
+    promote,
+    promote_if_better,
+    publish_model,
+    resolve_model,
+)
+from bearing_core.scaling import Scaler, local_stats
+from bearing_core.threshold import calibrate_from_clients, load_threshold
+from bearing_core.training import TrainConfig, evaluate, train_centralized
+
+
+def _write_dataset(root: Path, rows_per_site: int = 200) -> Path:
+    """A tiny processed dataset: two sites, four correlated mean_abs channels (an AE learns it in a few epochs)."""
+    rng = np.random.default_rng(3)
+    frames = []
+    for offset, site in enumerate(("site_1", "site_2")):
+        stamps = pd.date_range("2004-02-12 10:32:39", periods=rows_per_site, freq="10min").astype("datetime64[us]")
+        frame = pd.DataFrame({"timestamp": stamps, "file": stamps.strftime("%Y.%m.%d.%H.%M.%S"), "site": site})
+        frame["path"] = site + "/" + frame["file"]
+        latent = rng.normal(size=rows_per_site)
+        for j, channel in enumerate(IMS_CHANNELS_4):
+            frame[f"{channel}_mean_abs"] = 0.1 + 0.01 * offset + 0.01 * (j + 1) * latent + 0.001 * rng.normal(
+                size=rows_per_site
+            )
+            frame[f"{channel}_rms"] = 2.0 * frame[f"{channel}_mean_abs"]
+        frames.append(frame)
+    root.mkdir(parents=True)
+    pd.concat(frames).sort_values(["timestamp", "site"]).to_parquet(root / "features.parquet", index=False)
+    meta = {"name": root.name, "channels": list(IMS_CHANNELS_4), "expected_samples": 20480, "fs_hz": 20000.0,
+            "features": ["mean_abs", "rms"], "sites": ["site_1", "site_2"], "rig": {}}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Partition manifest (iid, 2 clients, 20 % holdout) of the tiny dataset 'plant_a'."""
+    dataset = _write_dataset(tmp_path_factory.mktemp("processed") / "plant_a")
+    partition_dataset(dataset, "iid", 2, 0, InputConfig(train_fraction=0.5))
+    return scheme_dir(dataset, "iid") / "manifest.json"
+
+
+@pytest.fixture(scope="module")
+def rms_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same data, but the model inputs are the rms columns (incompatible with a mean_abs model)."""
+    dataset = _write_dataset(tmp_path_factory.mktemp("processed") / "plant_rms")
+    partition_dataset(dataset, "iid", 2, 0, InputConfig(feature="rms", train_fraction=0.5))
+    return scheme_dir(dataset, "iid") / "manifest.json"
+
+
+def _train(out: Path, manifest_path: Path, rounds: int, calibrate: bool = False, seed: int = 0) -> Path:
+    """A training output like the federated run's: model files + metrics.parquet (+ calibrated threshold.json)."""
+    spec = load_manifest(manifest_path)
+    columns = spec.input_columns
+    train = pd.concat([read_client(manifest_path.parent, c.client_id, SPLIT_TRAIN) for c in spec.clients])
+    X_train = train[columns].to_numpy()
+    X_hold = holdout_data(manifest_path)[columns].to_numpy()
+    scaler = Scaler.from_stats(local_stats(X_train))
+    model_cfg = ModelConfig(n_inputs=len(columns))
+    if rounds:
+        result = train_centralized(scaler.transform(X_train), scaler.transform(X_hold), model_cfg,
+                                   TrainConfig(lr=0.01, batch_size=16, seed=seed), rounds)
+        model, history = result.model, result.history
+    else:  # untrained: the weights as initialised
+        model = build_model(model_cfg, seed)
+        history = [{"round": 1, "train_loss": float("nan"), **evaluate(model, scaler.transform(X_hold))}]
+    final_mse = float(history[-1]["mse"])
+    save_model(out, model, model_cfg, scaler, columns,
+               extra={"trained_by": "federated", "strategy": "fedavg", "strategy_params": {"fraction_train": 1.0},
+                      "federated_config": {"strategy": "fedavg", "rounds": len(history), "lr": 0.01},
+                      "final_eval_mse": final_mse, "failures": []})
+    rows = [{"round": int(h["round"]), "client": client, "train_loss": h["train_loss"],
+             "eval_mse": h["mse"] * factor, "eval_rmse": float(np.sqrt(h["mse"] * factor)),
+             "num_train_examples": len(X_train), "num_eval_examples": len(X_hold), "wall_s": 0.01}
+            for h in history for client, factor in (("global", 1.0), ("centralized", 0.9), ("0", 1.1))]
+    pd.DataFrame(rows).to_parquet(out / "metrics.parquet", index=False)
+    if calibrate:
+        calibrate_from_clients(out, manifest_path.parent)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, manifest: Path) -> dict[str, Path]:
+    """Training outputs outside any registry: 'good' (10 rounds), 'better' (40), 'untrained' (no training)."""
+    root = tmp_path_factory.mktemp("training")
+    return {
+        "good": _train(root / "good", manifest, 10, calibrate=True),
+        "better": _train(root / "better", manifest, 40),
+        "untrained": _train(root / "untrained", manifest, 0),
+    }
+
+
+def _expected_mse(model_dir: Path, data: pd.DataFrame) -> float:
+    """Reference: reconstruct in scaled space, map back with the model's own scaler, MSE in original units."""
+    loaded = load_model(model_dir)
+    X = data[loaded.input_columns].to_numpy(np.float64)
+    with torch.no_grad():
+        recon = loaded.model(torch.from_numpy(loaded.scaler.transform(X))).double().numpy()
+    return float(np.mean((loaded.scaler.inverse_transform(recon) - X) ** 2))
+
+
+def test_publish_writes_a_complete_version_with_card_and_fingerprint(
+    tmp_path: Path, manifest: Path, trained: dict[str, Path]
+) -> None:
+    models = tmp_path / "models"
+    info = publish_model(trained["good"], manifest, partition_manifest_sha256=sha256_file(manifest),
+                         models_root=models, version="v1")
+    vdir = models / "v1"
+    assert info.path == vdir and info.version == "v1" and not info.is_latest
+    names = {p.name for p in vdir.iterdir()}
+    assert {"weights.pt", "config.json", "scaler.json", "metrics.parquet", "threshold.json",
+            "fingerprint.json", MODEL_CARD_FILE, COMPLETE_FILE} <= names
+    complete = json.loads((vdir / COMPLETE_FILE).read_text())
+    assert complete["version"] == "v1"
+    assert complete["files"]["weights.pt"] == sha256_file(trained["good"] / "weights.pt")
+    assert all(complete["files"][n] == sha256_file(vdir / n) for n in complete["files"])
+    fp = json.loads((vdir / "fingerprint.json").read_text())
+    spec = load_manifest(manifest)
+    assert fp["partition_manifest_sha256"] == sha256_file(manifest) and fp["dataset"] == "plant_a"
+    assert fp["sites"] == ["site_1", "site_2"] and fp["num_clients"] == 2
+    assert fp["train_rows"] == sum(c.train_rows for c in spec.clients) == 160
+    assert fp["holdout_rows"] == sum(c.holdout_rows for c in spec.clients) == 40
+    assert fp["period_start"].startswith("2004-02-12T10:32:39")
+
+    card = (vdir / MODEL_CARD_FILE).read_text()
+    for section in ("## What it is", "## Intended use", "## Training data", "## Inputs", "## Architecture",
+                    "## Strategy and hyper-parameters", "## Final metrics (round 10)", "## Federated vs centralized",
+                    "## Threshold", "## Limitations"):
+        assert section in card, section
+    final_mse = load_model(vdir).extra["final_eval_mse"]
+    assert f"| federated (fedavg) | {final_mse:.6g} |" in card
+    assert f"| centralized baseline (same rows, same epochs) | {0.9 * final_mse:.6g} |" in card
+    assert "Cost of federation (relative MSE gap): +11.1 %" in card
+    assert "| train rows | 160 |" in card and "| sites | site_1, site_2 |" in card
+    threshold = load_threshold(vdir)  # copied with the weights it was calibrated for
+    assert f"| threshold | {threshold.threshold:.6g} |" in card and "| calibration_size | 40 |" in card
+    assert "| layers | 4 → 4 → 2 → 4 → 4 |" in card and "`B1_mean_abs`" in card
+    assert fp["dataset_sha256"] in card
+
+
+def test_first_model_is_promoted_and_latest_is_a_symlink_to_the_whole_version(
+    tmp_path: Path, manifest: Path, trained: dict[str, Path]
+) -> None:
+    models = tmp_path / "models"
+    publish_model(trained["good"], manifest, models_root=models, version="v1")
+    decision = promote_if_better(models / "v1", holdout_data(manifest))
+    assert decision.promoted and decision.champion is None and "first model" in decision.reason
+    assert decision.challenger_mse == pytest.approx(_expected_mse(models / "v1", holdout_data(manifest)), rel=1e-6)
+    assert decision.eval_rows == 40
+    link = models / LATEST
+    assert link.is_symlink() and os.readlink(link) == "v1"
+    assert resolve_model(models, "latest") == (models / "v1").resolve()
+    assert load_model(link).input_columns == load_model(models / "v1").input_columns
+    saved = json.loads((models / "v1" / PROMOTION_FILE).read_text())
+    assert saved["promoted"] is True and saved["challenger"] == "v1"
+
+
+def test_worse_challenger_is_not_promoted_and_champion_kept(
+    tmp_path: Path, manifest: Path, trained: dict[str, Path]
+) -> None:
+    models = tmp_path / "models"
+    publish_model(trained["good"], manifest, models_root=models, version="champ")
+    promote_if_better(models / "champ", holdout_data(manifest))
+    publish_model(trained["untrained"], manifest, models_root=models, version="chall")
+    data = holdout_data(manifest)
+    decision = promote_if_better(models / "chall", data)
+    assert not decision.promoted and decision.champion == "champ"
+    assert decision.challenger_mse == pytest.approx(_expected_mse(models / "chall", data), rel=1e-6)
+    assert decision.champion_mse == pytest.approx(_expected_mse(models / "champ", data), rel=1e-6)
+    assert decision.challenger_mse > decision.champion_mse
+    assert "worse than champion champ" in decision.reason
+    assert current_champion(models) == "champ" and os.readlink(models / LATEST) == "champ"
+    assert json.loads((models / "chall" / PROMOTION_FILE).read_text())["promoted"] is False
+
+
+def test_better_or_equal_challenger_is_promoted(tmp_path: Path, manifest: Path, trained: dict[str, Path]) -> None:
+    models = tmp_path / "models"
+    data = holdout_data(manifest)
+    publish_model(trained["good"], manifest, models_root=models, version="a")
+    promote_if_better(models / "a", data)
+    publish_model(trained["good"], manifest, models_root=models, version="a-again")  # same weights: equal MSE
+    equal = promote_if_better(models / "a-again", data)
+    assert equal.promoted and equal.challenger_mse == equal.champion_mse and "not worse" in equal.reason
+    assert current_champion(models) == "a-again"
+    publish_model(trained["better"], manifest, models_root=models, version="b")
+    better = promote_if_better(models / "b", data)
+    assert better.promoted and better.challenger_mse < better.champion_mse
+    assert current_champion(models) == "b"
+
+
+def test_incompatible_inputs_keep_the_champion_until_promoted_manually(
+    tmp_path: Path, manifest: Path, rms_manifest: Path, trained: dict[str, Path]
+) -> None:
+    models = tmp_path / "models"
+    publish_model(trained["good"], manifest, models_root=models, version="mean-abs")
+    promote_if_better(models / "mean-abs", holdout_data(manifest))
+    publish_model(_train(tmp_path / "rms", rms_manifest, 5), rms_manifest, models_root=models, version="rms")
+    decision = promote_if_better(models / "rms", holdout_data(rms_manifest))
+    assert not decision.promoted and decision.challenger_mse is None
+    assert "not comparable" in decision.reason and "bearing models promote rms" in decision.reason
+    assert current_champion(models) == "mean-abs"
+    manual = promote(models, "rms")
+    assert manual.promoted and manual.champion == "mean-abs" and current_champion(models) == "rms"
+    with pytest.raises(FileNotFoundError, match="published: mean-abs, rms"):
+        promote(models, "nope")
+
+
+def test_failed_publish_leaves_no_version_and_latest_unchanged(
+    tmp_path: Path, manifest: Path, trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = tmp_path / "models"
+    publish_model(trained["good"], manifest, models_root=models, version="v1")
+    promote_if_better(models / "v1", holdout_data(manifest))
+    # training wrote straight into models_root (as train_flow does): not a version until published
+    raw = _train(models / "v2", manifest, 3)
+    assert [v.version for v in list_versions(models)] == ["v1"]
+
+    def crash(*args: object, **kwargs: object) -> str:
+        raise OSError("disk full while writing the model card")
+
+    monkeypatch.setattr(registry, "render_model_card", crash)
+    with pytest.raises(OSError, match="disk full"):
+        publish_model(raw, manifest, models_root=models)
+    assert not (models / "v2" / COMPLETE_FILE).exists()
+    assert sorted(p.name for p in models.iterdir()) == [LATEST, "v1", "v2"]  # no staging left, raw dir untouched
+    assert [v.version for v in list_versions(models)] == ["v1"]
+    assert current_champion(models) == "v1"
+    with pytest.raises(ValueError, match="not a published version"):
+        promote_if_better(models / "v2", holdout_data(manifest))
+
+    monkeypatch.undo()
+    info = publish_model(raw, manifest, models_root=models)  # in place: same path, now complete
+    assert info.version == "v2" and (models / "v2" / MODEL_CARD_FILE).is_file()
+    assert [v.version for v in list_versions(models)] == ["v1", "v2"]
+
+
+def test_publish_is_idempotent_and_checks_the_manifest_hash(
+    tmp_path: Path, manifest: Path, trained: dict[str, Path]
+) -> None:
+    models = tmp_path / "models"
+    first = publish_model(trained["good"], manifest, models_root=models, version="v1")
+    again = publish_model(trained["good"], manifest, models_root=models, version="v1")
+    assert again == first
+    with pytest.raises(FileExistsError, match="different weights"):
+        publish_model(trained["better"], manifest, models_root=models, version="v1")
+    with pytest.raises(ValueError, match="partitioning was rewritten"):
+        publish_model(trained["better"], manifest, partition_manifest_sha256="0" * 64, models_root=models)
+    with pytest.raises(ValueError, match="invalid version name"):
+        publish_model(trained["better"], manifest, models_root=models, version=LATEST)
+    stale = tmp_path / "stale"
+    shutil.copytree(trained["better"], stale)
+    shutil.copy2(trained["good"] / "threshold.json", stale / "threshold.json")  # calibrated for other weights
+    with pytest.raises(ValueError, match="calibrated for other weights"):
+        publish_model(stale, manifest, models_root=models)
+    assert not (models / "stale").exists()
+
+
+def test_list_versions_and_resolve_model(tmp_path: Path, manifest: Path, trained: dict[str, Path]) -> None:
+    models = tmp_path / "models"
+    assert list_versions(models) == []
+    with pytest.raises(FileNotFoundError, match="nothing has been promoted"):
+        resolve_model(models, "latest")
+    publish_model(trained["good"], manifest, models_root=models, version="20260101T000000Z-aaaa")
+    publish_model(trained["better"], manifest, models_root=models, version="20260102T000000Z-bbbb")
+    promote(models, "20260101T000000Z-aaaa")
+    infos = list_versions(models)
+    assert [i.version for i in infos] == ["20260101T000000Z-aaaa", "20260102T000000Z-bbbb"]
+    assert [i.is_latest for i in infos] == [True, False]
+    assert [i.threshold for i in infos] == [load_threshold(trained["good"]).threshold, None]
+    assert all(i.dataset == "plant_a" and i.strategy == "fedavg" for i in infos)
+    assert infos[1].eval_mse == pytest.approx(load_model(models / infos[1].version).extra["final_eval_mse"])
+    assert infos[1].eval_mse < infos[0].eval_mse
+    assert resolve_model(models, "latest") == (models / "20260101T000000Z-aaaa").resolve()
+    assert resolve_model(models, "20260102T000000Z-bbbb") == (models / "20260102T000000Z-bbbb").resolve()
+    assert resolve_model(models, trained["good"]) == trained["good"].resolve()  # a path outside the registry
+    with pytest.raises(FileNotFoundError, match="published: 20260101T000000Z-aaaa, 20260102T000000Z-bbbb"):
+        resolve_model(models, "20990101T000000Z-none")
+    with pytest.raises(FileNotFoundError, match="weights.pt"):
+        resolve_model(models, tmp_path)
+
+
+def test_latest_falls_back_to_a_text_file_without_symlinks(
+    tmp_path: Path, manifest: Path, trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = tmp_path / "models"
+    publish_model(trained["good"], manifest, models_root=models, version="v1")
+
+    def no_symlinks(*args: object, **kwargs: object) -> None:
+        raise OSError("symbolic links are not supported on this filesystem")
+
+    monkeypatch.setattr(registry.os, "symlink", no_symlinks)
+    promote(models, "v1")
+    assert not (models / LATEST).is_symlink() and (models / LATEST).read_text() == "v1\n"
+    assert current_champion(models) == "v1" and resolve_model(models, "latest") == (models / "v1").resolve()
+    assert [i.is_latest for i in list_versions(models)] == [True]
+    monkeypatch.undo()
+    publish_model(trained["better"], manifest, models_root=models, version="v2")
+    promote(models, "v2")
+    assert os.readlink(models / LATEST) == "v2"
+
+
+def test_original_units_mse_is_independent_of_the_scaler(trained: dict[str, Path], manifest: Path) -> None:
+    """The same model behind a rescaled input space reports the same original-units MSE."""
+    loaded = load_model(trained["good"])
+    data = holdout_data(manifest)
+    mse, rows = original_units_mse(loaded, data)
+    assert rows == len(data) and mse == pytest.approx(_expected_mse(trained["good"], data), rel=1e-6)
+    with pytest.raises(ValueError, match="lacks input columns"):
+        original_units_mse(loaded, data.drop(columns=["B1_mean_abs"]))
+
+
+def _bearing_models(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="bearing")
+    models_cmd.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["models", *argv])
+    return int(args.func(args))
+
+
+def test_models_command_lists_versions_marks_the_champion_and_promotes(
+    tmp_path: Path, manifest: Path, trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "models"
+    assert _bearing_models("--models-root", str(models)) == 0
+    assert "no published model versions" in capsys.readouterr().out
+    publish_model(trained["good"], manifest, models_root=models, version="v1")
+    publish_model(trained["better"], manifest, models_root=models, version="v2")
+    promote(models, "v1")
+    assert _bearing_models("--models-root", str(models)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["version", "created", "(UTC)", "dataset", "strategy", "eval", "MSE", "threshold"]
+    v1, v2 = (line.split() for line in lines[1:3])
+    assert v1[:2] == ["*", "v1"] and v1[-1] == f"{load_threshold(trained['good']).threshold:.6g}"
+    assert v2[0] == "v2" and v2[-1] == "-" and v2[-2] == f"{list_versions(models)[1].eval_mse:.6g}"
+    assert _bearing_models("promote", "v2", "--models-root", str(models)) == 0
+    assert "latest -> v2 (was v1)" in capsys.readouterr().out and current_champion(models) == "v2"
+    assert _bearing_models("promote", "v9", "--models-root", str(models)) == 2
+    assert "no published version 'v9'" in capsys.readouterr().err
