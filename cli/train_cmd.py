@@ -30,15 +30,27 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by ``bearing train`` and ``bearing federate`` (they map onto FederatedConfig)."""
     from bearing_core.federated.config import STRATEGIES  # light module: pydantic only
 
-    parser.add_argument("--rounds", type=int, default=10, help="federated rounds (default: 10)")
+    parser.add_argument("--rounds", type=int, default=20, help="federated rounds (default: 20)")
     parser.add_argument(
         "--strategy", choices=STRATEGIES, default="fedavg", help="aggregation strategy (default: fedavg)"
     )
-    parser.add_argument("--local-epochs", type=int, default=1, help="client epochs per round (default: 1)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="client learning rate (default: 1e-3)")
+    parser.add_argument("--local-epochs", type=int, default=10, help="client epochs per round (default: 10)")
+    parser.add_argument("--lr", type=float, default=1e-2, help="client learning rate (default: 1e-2)")
     parser.add_argument("--batch-size", type=int, default=32, help="client mini-batch size (default: 32)")
     parser.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight (default: 0.01)")
     parser.add_argument("--seed", type=int, default=0, help="seed of partitioning, init and shuffling (default: 0)")
+    parser.add_argument(
+        "--hidden", type=_widths, default=(4, 2, 4), help="autoencoder hidden widths, e.g. 16,4,16 (default: 4,2,4)"
+    )
+    parser.add_argument(
+        "--activation", choices=("elu", "relu", "tanh"), default="elu", help="hidden activation (default: elu)"
+    )
+    parser.add_argument(
+        "--threshold-method", choices=("quantile", "mean_kstd"), default="quantile",
+        help="alarm threshold from healthy holdout errors (default: quantile)",
+    )
+    parser.add_argument("--threshold-quantile", type=float, default=0.995, help="quantile q (default: 0.995)")
+    parser.add_argument("--threshold-k", type=float, default=3.0, help="k of mean + k*std (default: 3)")
     parser.add_argument("--min-fit-fraction", type=float, default=0.5, help="successful replies needed per round")
     parser.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait for replies per step")
 
@@ -58,7 +70,23 @@ def federated_config(args: argparse.Namespace) -> FederatedConfig:
         num_clients=args.clients,
         min_fit_fraction=args.min_fit_fraction,
         round_timeout_s=args.round_timeout,
+        hidden=args.hidden,
+        activation=args.activation,
+        threshold_method=args.threshold_method,
+        threshold_quantile=args.threshold_quantile,
+        threshold_k=args.threshold_k,
     )
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    """``"4,2,4"`` -> ``(4, 2, 4)`` (argparse type)."""
+    try:
+        widths = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive widths, got {text!r}")
+    return widths
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -128,8 +156,13 @@ def run(args: argparse.Namespace) -> int:
     print_table(result.metrics, CENTRALIZED, "centralized baseline")
     for failure in result.failures:
         print(f"excluded: round {failure['round']} {failure['step']} client {failure['client']}: {failure['reason']}")
-    print(f"model:   {result.model_dir}")
-    print(f"metrics: {result.model_dir / 'metrics.parquet'}")
+    from bearing_core.threshold import load_threshold
+
+    threshold = load_threshold(result.model_dir)
+    print(f"threshold: {threshold.threshold:.6g} ({threshold.config.describe()} of {threshold.calibration_size} "
+          "healthy holdout errors, merged from the clients' sketches)")
+    print(f"model:     {result.model_dir}")
+    print(f"metrics:   {result.model_dir / 'metrics.parquet'}")
     return 0
 
 

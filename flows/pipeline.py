@@ -1,8 +1,9 @@
-"""The whole chain as one flow: ingest -> validate -> partition + federated training (+ centralized baseline).
+"""The whole chain as one flow: ingest -> validate -> partition + federated training (with federated threshold
+calibration) -> publish + champion/challenger -> score -> evaluate -> report.
 
-Each step is a sub-flow over cached tasks keyed on content, so re-running on unchanged data skips the work that is
-already done, and a run that failed can be retried from the Prefect UI. Calibration, scoring and alarms join this
-flow in the next step of the plan.
+Each step is a sub-flow or task cached on the *content* of its inputs, so re-running on unchanged data skips the
+work that is already done, a new raw file re-does only what depends on it, and a run that failed can be retried
+from the Prefect UI (or ``prefect flow-run retry <id>``): completed steps come back as Cached.
 """
 
 from __future__ import annotations
@@ -13,16 +14,30 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from bearing_core.config import DataPaths
+from bearing_core.fingerprint import sha256_file
+from bearing_core.model_io import WEIGHTS_FILE
+from bearing_core.run_report import relative
 from flows.ingest import ingest_flow
+from flows.score import score_flow
 from flows.train import train_flow
-from flows.validate import artifact_key, validate_flow
+from flows.validate import validate_flow
+from tasks.registry import promote_task, publish_task
+from tasks.report import report_task
+
+GROUND_TRUTH_FILE = "ground_truth.json"
 
 
 def _sites(dataset_dir: str) -> list[str]:
     meta = Path(dataset_dir) / "dataset.json"
     return list(json.loads(meta.read_text()).get("sites", [])) if meta.is_file() else []
+
+
+def _key(text: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "dataset"
 
 
 @flow(name="pipeline", log_prints=True)
@@ -31,36 +46,49 @@ def pipeline_flow(
     out_dir: str | None = None,
     partition: Literal["natural", "iid", "quantity", "dirichlet"] = "natural",
     clients: int = 4,
-    rounds: int = 10,
+    rounds: int = 20,
     strategy: Literal["fedavg", "fedprox", "fedadam", "fedmedian"] = "fedavg",
-    local_epochs: int = 1,
-    lr: float = 1e-3,
+    local_epochs: int = 10,
+    lr: float = 1e-2,
     batch_size: int = 32,
+    hidden: tuple[int, ...] = (4, 2, 4),
     mu: float = 0.01,
     alpha: float = 0.5,
     feature: str = "mean_abs",
     train_fraction: float | None = 0.2,
     train_until: datetime | None = None,
+    threshold_method: Literal["quantile", "mean_kstd"] = "quantile",
+    threshold_quantile: float = 0.995,
+    threshold_k: float = 3.0,
+    alarm_k: int = 3,
+    alarm_n: int = 3,
     seed: int = 0,
     workers: int | None = None,
 ) -> dict[str, Any]:
-    """Raw IMS files -> validated dataset -> federated model + centralized baseline.
+    """Raw IMS files -> validated dataset -> federated model + threshold -> champion -> scores, alarms, report.
 
     Args:
-        raw_dir: raw IMS directory (one sub-folder per site, or files at its top).
+        raw_dir: raw IMS directory (one sub-folder per site, or files at its top). A ground_truth.json in it (the
+            demo data's) turns on detection evaluation.
         out_dir: processed dataset directory; default data/processed/<name of raw_dir>.
         partition: how the healthy period is split into clients; 'natural' = one client per site (clients ignored).
         clients: number of clients for iid / quantity / dirichlet.
         rounds: federated rounds.
-        strategy: Flower strategy.
+        strategy: Flower aggregation strategy.
         local_epochs: epochs per client per round.
-        lr: Adam learning rate.
+        lr: Adam learning rate of the clients.
         batch_size: mini-batch size.
+        hidden: autoencoder hidden layer widths (default 4,2,4: 8 -> 4 -> 2 -> 4 -> 8).
         mu: FedProx proximal term (fedprox only).
         alpha: Dirichlet concentration (dirichlet only; smaller = more skewed).
         feature: per-channel feature used as model input (mean_abs -> 8 inputs on an 8-channel dataset).
         train_fraction: fraction of each site's earliest data treated as healthy training data.
         train_until: alternatively, the end of the healthy period (overrides train_fraction).
+        threshold_method: 'quantile' or 'mean_kstd' of the healthy holdout errors (federated sketches).
+        threshold_quantile: quantile for 'quantile'.
+        threshold_k: k for 'mean_kstd' (mean + k std).
+        alarm_k: an alarm needs alarm_k of the last alarm_n snapshots over the threshold.
+        alarm_n: debounce window (snapshots).
         seed: seed for partitioning and training.
         workers: ingest worker processes (default: all cores).
     """
@@ -77,6 +105,10 @@ def pipeline_flow(
         local_epochs=local_epochs,
         lr=lr,
         batch_size=batch_size,
+        hidden=hidden,
+        threshold_method=threshold_method,
+        threshold_quantile=threshold_quantile,
+        threshold_k=threshold_k,
         mu=mu,
         alpha=alpha,
         seed=seed,
@@ -84,20 +116,55 @@ def pipeline_flow(
         train_fraction=None if train_until is not None else train_fraction,
         train_until=train_until,
     )
+    published = publish_task(trained["model_dir"], trained["manifest"], trained["manifest_sha256"])
+    decision = promote_task(published["path"], trained["manifest"])
+    decision["version"] = published["version"]
+
+    scored = score_flow(dataset_dir=dataset_dir, model="latest", k=alarm_k, n=alarm_n)
+    champion = str(Path(scored["model_dir"]).resolve())  # `latest` -> the version it names
+    ground_truth = Path(raw_dir) / GROUND_TRUTH_FILE
+    report_dir = DataPaths().reports_root / Path(dataset_dir).name / Path(champion).resolve().name
+    reported = report_task(
+        dataset_dir=dataset_dir,
+        report_dir=str(report_dir),
+        scores_path=scored["path"],
+        scores_sha256=scored["sha256"],
+        model_dir=champion,
+        weights_sha256=sha256_file(Path(champion) / WEIGHTS_FILE),
+        metrics_path=str(Path(champion) / "metrics.parquet"),
+        ground_truth=str(ground_truth) if ground_truth.is_file() else None,
+        ingest_summary=ingested["summary"],
+        validation_headline=report.headline(),
+        validation_warnings=[f"{w.name}: {w.column or ''} {', '.join(map(str, w.examples[:3]))}".strip()
+                             for w in report.warnings],
+        training={"strategy": strategy, "partition": partition, "clients": n_clients, "rounds": rounds,
+                  "local_epochs": local_epochs, "federated_eval_mse": trained["federated_eval_mse"],
+                  "centralized_eval_mse": trained["centralized_eval_mse"], "failures": trained["failures"]},
+        promotion=decision,
+    )
+    key = _key(Path(dataset_dir).name)
+    create_markdown_artifact(key=f"report-{key}", markdown=reported["markdown"], description="Pipeline run report")
+    if reported["detection"]:
+        create_table_artifact(key=f"detection-{key}", table=reported["detection"],
+                              description="Detection against the ground truth, per site")
     outputs = {
-        "dataset_dir": dataset_dir,
+        "dataset": relative(dataset_dir),
         "ingest": ingested["summary"],
         "validation": report.headline(),
-        "validation_docs": str(Path(dataset_dir) / "validation" / "index.html"),
-        "model_dir": trained["model_dir"],
-        "metrics": trained["metrics_path"],
-        "federated_eval_mse": trained["federated_eval_mse"],
-        "centralized_eval_mse": trained["centralized_eval_mse"],
+        "validation report": relative(Path(dataset_dir) / "validation" / "index.html"),
+        "trained model": relative(trained["model_dir"]),
+        "promotion": ("promoted to latest: " if decision["promoted"] else "champion kept: ") + decision["reason"],
+        "champion (latest)": relative(champion),
+        "threshold": f"{reported['summary']['threshold']:.6g}",
+        "federated holdout MSE": f"{trained['federated_eval_mse']:.5g}",
+        "centralized holdout MSE": f"{trained['centralized_eval_mse']:.5g}",
+        "scores": relative(scored["path"]),
+        "alarms": ", ".join(f"{a['site']}: {a['alarm_snapshots']} from {a['first_alarm'] or '-'} ({a['top_channel']})"
+                            for a in reported["alarms"] if a["alarm_snapshots"]) or "none",
+        "report": relative(reported["report"]),
     }
-    create_markdown_artifact(
-        key=f"pipeline-{artifact_key(dataset_dir).removeprefix('validation-')}",
-        markdown="# bearing-fl pipeline\n\n| output | value |\n|---|---|\n"
-        + "".join(f"| {k} | `{v}` |\n" for k, v in outputs.items()),
-        description="Where this run's outputs are",
-    )
+    if reported["summary"]["detected"] is not None:
+        outputs["detection"] = (f"{reported['summary']['detected']} of {reported['summary']['faulty_sites']} "
+                                f"injected defects alarmed after onset, {reported['summary']['false_alarm_events']} "
+                                "false alarm events")
     return outputs

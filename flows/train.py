@@ -32,11 +32,16 @@ def train_flow(
     dataset_dir: str,
     partition: Literal["iid", "quantity", "dirichlet", "natural"] = "iid",
     clients: int = 4,
-    rounds: int = 10,
+    rounds: int = 20,
     strategy: str = "fedavg",
-    local_epochs: int = 1,
-    lr: float = 1e-3,
+    local_epochs: int = 10,
+    lr: float = 1e-2,
     batch_size: int = 32,
+    hidden: tuple[int, ...] = (4, 2, 4),
+    activation: Literal["elu", "relu", "tanh"] = "elu",
+    threshold_method: Literal["quantile", "mean_kstd"] = "quantile",
+    threshold_quantile: float = 0.995,
+    threshold_k: float = 3.0,
     mu: float = 0.01,
     alpha: float = 0.5,
     seed: int = 0,
@@ -65,6 +70,11 @@ def train_flow(
         min_fit_fraction=min_fit_fraction,
         round_timeout_s=round_timeout_s,
         fault=None if fail_client is None else FaultInjection(partition_id=fail_client, round=1),
+        hidden=tuple(hidden),
+        activation=activation,
+        threshold_method=threshold_method,
+        threshold_quantile=threshold_quantile,
+        threshold_k=threshold_k,
     )
     input_cfg = InputConfig(
         feature=feature, train_until=train_until, train_fraction=None if train_until is not None else train_fraction
@@ -93,6 +103,8 @@ def train_flow(
         f"| rounds x local epochs | {rounds} x {local_epochs} |\n"
         f"| final federated eval MSE | {federated['final_eval_mse']:.6f} |\n"
         f"| final centralized eval MSE | {baseline['final_eval_mse']:.6f} |\n"
+        f"| alarm threshold | {federated['threshold']:.6g} ({federated['threshold_method']}, "
+        f"{federated['calibration_size']} healthy holdout rows, federated sketches) |\n"
         f"| failed client replies | {federated['failures']} |\n"
         f"| model | `{federated['model_dir']}` |\n"
         f"| metrics | `{baseline['metrics_path']}` |\n"
@@ -107,4 +119,5 @@ def train_flow(
         "federated_eval_mse": federated["final_eval_mse"],
         "centralized_eval_mse": baseline["final_eval_mse"],
         "failures": federated["failures"],
+        "threshold": federated["threshold"],
     }

@@ -29,6 +29,7 @@ from bearing_core.federated.config import FederatedConfig, SimulationResources
 from bearing_core.federated.server_app import METRICS_FILE
 from bearing_core.fingerprint import sha256_file
 from bearing_core.model_io import CONFIG_FILE, WEIGHTS_FILE
+from bearing_core.threshold import THRESHOLD_FILE, load_threshold
 
 PERMANENT_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError)
 
@@ -45,11 +46,11 @@ def retry_on_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any
 
 
 def _model_complete(model_dir: str | None, need_centralized: bool) -> bool:
-    """True when ``model_dir`` holds weights, config and metrics (with centralized rows if required)."""
+    """True when ``model_dir`` holds weights, config, threshold and metrics (with centralized rows if required)."""
     if not model_dir:
         return False
     path = Path(model_dir)
-    if not all((path / name).is_file() for name in (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE)):
+    if not all((path / name).is_file() for name in (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, THRESHOLD_FILE)):
         return False
     if need_centralized:
         import pyarrow.parquet as pq
@@ -130,12 +131,17 @@ def train_federated_task(
         clients_dir, config, model_dir, resources=SimulationResources.model_validate(resources or {}), baseline=False
     )
     final = result.final()
+    threshold = load_threshold(result.model_dir)
     logger.info(
-        "federated %s, %d clients, %d rounds: final eval MSE %.5f, %d failed replies, %.1fs",
+        "federated %s, %d clients, %d rounds: final eval MSE %.5f, threshold %.5g (%s, %d calibration rows), "
+        "%d failed replies, %.1fs",
         config.strategy,
         result.config.num_clients,
         config.rounds,
         final["eval_mse"],
+        threshold.threshold,
+        threshold.config.describe(),
+        threshold.calibration_size,
         len(result.failures),
         result.wall_s,
     )
@@ -147,6 +153,9 @@ def train_federated_task(
         "final_train_loss": float(final["train_loss"]),
         "failures": len(result.failures),
         "wall_s": result.wall_s,
+        "threshold": threshold.threshold,
+        "threshold_method": threshold.config.describe(),
+        "calibration_size": threshold.calibration_size,
     }
 
 

@@ -240,6 +240,25 @@ def test_model_and_metrics_written_with_centralized_baseline(simulated) -> None:
     assert result.final("global")["eval_mse"] == pytest.approx(loaded.extra["final_eval_mse"])
 
 
+def test_federated_threshold_equals_pooled_calibration(simulated) -> None:
+    """The threshold merged from the clients' sketches equals the pooled computation on all holdout rows."""
+    from bearing_core.threshold import ThresholdConfig, load_threshold, snapshot_errors
+
+    result, dataset = simulated
+    record = load_threshold(result.model_dir)
+    assert record.source == "federated: 3 clients"
+    loaded = load_model(result.model_dir)
+    holdout = pd.concat(pd.read_parquet(p) for p in sorted(scheme_dir(dataset, "iid").glob("client_*.parquet")))
+    holdout = holdout[holdout["split"] == "holdout"][loaded.input_columns].to_numpy()
+    errors, _ = snapshot_errors(loaded, holdout)
+    assert record.calibration_size == len(errors) > 0
+    pooled = float(np.quantile(errors, ThresholdConfig().quantile))
+    bound = 10 ** (1 / (2 * ThresholdConfig().bins_per_decade))  # the sketch's stated relative error
+    assert pooled / bound <= record.threshold <= pooled * bound
+    assert record.error_mean == pytest.approx(errors.mean(), rel=1e-9)
+    assert record.error_std == pytest.approx(errors.std(), rel=1e-6)
+
+
 def test_train_cli_rejects_unknown_strategy_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     import argparse
 

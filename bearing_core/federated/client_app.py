@@ -1,9 +1,10 @@
 """The bearing ClientApp: one site (SuperNode) training the autoencoder on its OWN partition file only.
 
 A client reads ``<clients-dir>/client_<partition-id>.parquet`` (written by :mod:`bearing_core.partition`):
-metadata columns, the model's input columns, and ``split`` ("train" | "holdout"). It answers three message types
+metadata columns, the model's input columns, and ``split`` ("train" | "holdout"). It answers four message types
 (see :mod:`bearing_core.federated.messages`): ``query`` (scaler statistics of its train rows), ``train`` (local
-epochs from the global weights, optionally with the FedProx term) and ``evaluate`` (MSE on its holdout rows).
+epochs from the global weights, optionally with the FedProx term), ``evaluate`` (MSE on its holdout rows) and
+``query.calibrate`` (a histogram sketch of the final model's errors on its holdout rows).
 Only weights and aggregate statistics leave the client.
 
 Where the partition is:
@@ -30,17 +31,20 @@ from flwr.clientapp import ClientApp
 from bearing_core.autoencoder import build_model, get_weights, set_weights
 from bearing_core.federated.messages import (
     ARRAYS_KEY,
+    CALIBRATE_ACTION,
     CONFIG_KEY,
     METRICS_KEY,
     PARTITION_KEY,
     WEIGHT_KEY,
     parse_round_config,
+    sketch_reply,
     stats_reply,
 )
 from bearing_core.inputs import META_COLUMNS
 from bearing_core.partition.writer import SPLIT_HOLDOUT, SPLIT_TRAIN
 from bearing_core.scaling import local_stats
-from bearing_core.training import derive_seed, evaluate, train_local
+from bearing_core.threshold import ErrorSketch
+from bearing_core.training import derive_seed, evaluate, reconstruction_errors, train_local
 
 #: Columns of a client partition file that are not model inputs.
 NON_INPUT_COLUMNS = frozenset({*META_COLUMNS, "split"})
@@ -155,6 +159,20 @@ def build_client_app(clients_dir: str | os.PathLike[str] | None = None) -> Clien
             mse = rmse = float("nan")
         metrics = MetricRecord({"eval_mse": mse, "eval_rmse": rmse, PARTITION_KEY: pid, WEIGHT_KEY: len(X_holdout)})
         return Message(RecordDict({METRICS_KEY: metrics}), reply_to=msg)
+
+    @app.query(CALIBRATE_ACTION)
+    def calibrate(msg: Message, context: Context) -> Message:
+        """Sketch of the final model's reconstruction errors on the HOLDOUT rows (never trained on)."""
+        torch.set_num_threads(1)
+        where, pid = _node_partition(context, baked)
+        config = msg.content[CONFIG_KEY]
+        model_cfg, scaler, train_cfg = parse_round_config(config)
+        _, _, X_holdout = load_partition(where, pid)
+        model = build_model(model_cfg, train_cfg.seed)
+        set_weights(model, msg.content[ARRAYS_KEY].to_numpy_ndarrays())
+        errors = reconstruction_errors(model, scaler.transform(X_holdout))[0] if len(X_holdout) else np.zeros(0)
+        sketch = ErrorSketch.from_errors(errors, bins_per_decade=int(config["bins-per-decade"]))
+        return sketch_reply(msg, sketch, pid)
 
     return app
 

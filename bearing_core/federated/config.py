@@ -13,7 +13,12 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:  # bearing_core.threshold imports torch: keep this module light for `bearing --help`
+    from bearing_core.threshold import ThresholdConfig
 
 #: Strategy name -> class name in ``flwr.serverapp.strategy``. Order = order shown in errors and ``--help``.
 STRATEGY_CLASSES: dict[str, str] = {
@@ -58,15 +63,17 @@ class FederatedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     strategy: str = Field("fedavg", description=f"Aggregation strategy, one of {', '.join(STRATEGIES)}")
-    rounds: int = Field(10, ge=1, description="Federated rounds (train + evaluate on every sampled client)")
-    local_epochs: int = Field(1, ge=1, description="Epochs each client trains on its own rows per round")
-    lr: float = Field(1e-3, gt=0, description="Client learning rate (Adam)")
+    rounds: int = Field(20, ge=1, description="Federated rounds (train + evaluate on every sampled client)")
+    local_epochs: int = Field(10, ge=1, description="Epochs each client trains on its own rows per round")
+    lr: float = Field(1e-2, gt=0, description="Client learning rate (Adam)")
     batch_size: int = Field(32, ge=1, description="Client mini-batch size")
     proximal_mu: float = Field(0.01, ge=0, description="FedProx proximal term weight (used by 'fedprox' only)")
     server_lr: float = Field(1e-2, gt=0, description="Server learning rate eta (used by 'fedadam' only)")
     trim_beta: float = Field(0.2, ge=0, lt=0.5, description="Fraction cut at each end ('fedtrimmedavg' only)")
     hidden: tuple[int, ...] = Field((4, 2, 4), min_length=1, description="Autoencoder hidden layer widths")
-    activation: Literal["relu", "tanh", "elu"] = Field("relu", description="Autoencoder hidden activation")
+    activation: Literal["relu", "tanh", "elu"] = Field(
+        "elu", description="Autoencoder hidden activation (ELU: ReLU units can die on small feature datasets)"
+    )
     scale: bool = Field(True, description="Standardise inputs with the federated mean/std (else identity scaling)")
     seed: int = Field(0, ge=0, description="Seeds model initialisation, client shuffling and client sampling")
     num_clients: int = Field(2, ge=1, description="Clients (SuperNodes) expected in the federation")
@@ -82,6 +89,11 @@ class FederatedConfig(BaseModel):
         "failed or late replies are logged and left out of the aggregate",
     )
     round_timeout_s: float = Field(600.0, gt=0, description="Seconds the server waits for replies in each step")
+    threshold_method: Literal["quantile", "mean_kstd"] = Field(
+        "quantile", description="Federated threshold calibration: 'quantile' or 'mean_kstd' of healthy holdout errors"
+    )
+    threshold_quantile: float = Field(0.995, gt=0, lt=1, description="Quantile q for threshold_method 'quantile'")
+    threshold_k: float = Field(3.0, gt=0, description="k for threshold_method 'mean_kstd' (mean + k·std)")
     fault: FaultInjection | None = Field(None, description="Deliberate client failure, for testing")
 
     @field_validator("strategy")
@@ -95,6 +107,12 @@ class FederatedConfig(BaseModel):
         if any(width <= 0 for width in hidden):
             raise ValueError(f"hidden layer widths must be positive, got {hidden}")
         return hidden
+
+    def threshold_config(self) -> ThresholdConfig:
+        """The :class:`~bearing_core.threshold.ThresholdConfig` of the federated calibration step."""
+        from bearing_core.threshold import ThresholdConfig
+
+        return ThresholdConfig(method=self.threshold_method, quantile=self.threshold_quantile, k=self.threshold_k)
 
     @property
     def min_available_clients(self) -> int:

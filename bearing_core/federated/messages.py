@@ -7,6 +7,9 @@ Three exchanges, all aggregates (no raw row ever leaves a client):
 * ``train``: global weights + a config carrying the merged :class:`~bearing_core.scaling.Scaler`, the model shape
   and the local training hyper-parameters; the client answers with new weights + train loss + ``num-examples``.
 * ``evaluate``: global weights + the same config; the client answers with MSE/RMSE on its HOLDOUT rows.
+* ``query.calibrate`` (after the last round): final weights + config; the client answers with an
+  :class:`~bearing_core.threshold.ErrorSketch` (fixed log-bin histogram + moments) of its HOLDOUT rows'
+  reconstruction errors, never the errors themselves. The server merges the sketches into the alarm threshold.
 
 Every reply's MetricRecord carries ``partition-id`` so the server can report per-client metrics.
 """
@@ -20,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from bearing_core.autoencoder import ModelConfig
 from bearing_core.scaling import Scaler, ScalerStats
+from bearing_core.threshold import ErrorSketch
 from bearing_core.training import TrainConfig
 
 ARRAYS_KEY = "arrays"  # flwr strategies' default arrayrecord_key
@@ -29,6 +33,8 @@ STATS_KEY = "scaler-stats"
 WEIGHT_KEY = "num-examples"  # flwr strategies' default weighted_by_key
 PARTITION_KEY = "partition-id"
 QUERY_ACTION = "scaler-stats"
+CALIBRATE_ACTION = "calibrate"  # message type "query.calibrate"
+SKETCH_KEY = "error-sketch"
 
 
 def stats_reply(
@@ -97,3 +103,20 @@ def parse_round_config(config: ConfigRecord) -> tuple[ModelConfig, Scaler, Train
         seed=int(config["seed"]),
     )
     return model_cfg, scaler, train_cfg
+
+
+def sketch_reply(message: Message, sketch: ErrorSketch, partition_id: int) -> Message:
+    """The client's answer to the calibration query: its holdout error sketch (aggregate only)."""
+    content = RecordDict(
+        {
+            SKETCH_KEY: ArrayRecord(sketch.to_arrays()),
+            METRICS_KEY: MetricRecord({PARTITION_KEY: partition_id, WEIGHT_KEY: sketch.count}),
+        }
+    )
+    return Message(content, reply_to=message)
+
+
+def parse_sketch_reply(message: Message) -> tuple[int, ErrorSketch]:
+    """``(partition_id, sketch)`` from a :func:`sketch_reply` message."""
+    content = message.content
+    return int(content[METRICS_KEY][PARTITION_KEY]), ErrorSketch.from_arrays(content[SKETCH_KEY].to_numpy_ndarrays())

@@ -8,7 +8,10 @@ Steps of :func:`run_server`:
    :class:`~bearing_core.scaling.Scaler` and checks that every client has the same input columns;
 3. ``strategy.start``: R rounds of train + evaluate, the scaler and model shape travelling in the round config;
 4. writes ``out_dir`` = the model (:func:`bearing_core.model_io.save_model`, with strategy, parameters and
-   failures in ``extra``) + ``metrics.parquet`` (per client and global, per round).
+   failures in ``extra``) + ``metrics.parquet`` (per client and global, per round);
+5. **federated calibration**: a ``query.calibrate`` message with the final weights to every client; each returns
+   a log-histogram sketch of its holdout rows' errors, the server merges them and writes ``threshold.json``
+   (:func:`bearing_core.threshold.save_threshold`). No per-snapshot error leaves a client.
 
 Simulation bakes the :class:`FederatedConfig` and output directory into :func:`build_server_app`; a deployment
 (``flwr run``) uses the module-level :data:`app`, which reads them from the run config (``out-dir`` key).
@@ -21,12 +24,21 @@ import random
 import time
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from bearing_core.autoencoder import ModelConfig, build_model, get_weights, set_weights
 from bearing_core.federated.config import FederatedConfig
-from bearing_core.federated.messages import CONFIG_KEY, QUERY_ACTION, parse_stats_reply, round_config
+from bearing_core.federated.messages import (
+    ARRAYS_KEY,
+    CALIBRATE_ACTION,
+    CONFIG_KEY,
+    QUERY_ACTION,
+    parse_sketch_reply,
+    parse_stats_reply,
+    round_config,
+)
 from bearing_core.federated.strategies import (
     NotEnoughClients,
     RoundLedger,
@@ -37,6 +49,7 @@ from bearing_core.federated.strategies import (
 from bearing_core.io import write_parquet_atomic
 from bearing_core.model_io import save_model
 from bearing_core.scaling import Scaler, merge_stats
+from bearing_core.threshold import ThresholdRecord, merge_sketches, save_threshold
 from bearing_core.training import TrainConfig
 
 METRICS_FILE = "metrics.parquet"
@@ -75,6 +88,31 @@ def federated_scaler(grid: Grid, nodes: list[int], ledger: RoundLedger) -> tuple
     merged = merge_stats([stats for _, stats, _, _ in parsed])
     scaler = Scaler.from_stats(merged) if cfg.scale else Scaler.identity(len(columns))
     return scaler, columns, {pid: stats.count for pid, stats, _, _ in parsed}
+
+
+def federated_threshold(
+    grid: Grid,
+    nodes: list[int],
+    ledger: RoundLedger,
+    model: torch.nn.Module,
+    config: ConfigRecord,
+    model_dir: Path,
+) -> ThresholdRecord:
+    """Merge the clients' holdout error sketches into the alarm threshold and save it with the model."""
+    cfg = ledger.cfg
+    threshold_cfg = cfg.threshold_config()
+    config = ConfigRecord({**dict(config), "bins-per-decade": threshold_cfg.bins_per_decade})
+    content = RecordDict({ARRAYS_KEY: ArrayRecord(get_weights(model)), CONFIG_KEY: config})
+    messages = [
+        Message(content, dst_node_id=node, message_type=f"{MessageType.QUERY}.{CALIBRATE_ACTION}") for node in nodes
+    ]
+    answers = list(grid.send_and_receive(messages, timeout=cfg.round_timeout_s))
+    replies = ledger.check_replies(cfg.rounds, "calibrate", len(messages), answers)
+    sketches = [parse_sketch_reply(msg)[1] for msg in replies if not msg.has_error()]
+    merged = merge_sketches(sketches)
+    if merged.count == 0:
+        raise ValueError("no client has holdout rows to calibrate the threshold on (holdout_fraction > 0 needed)")
+    return save_threshold(model_dir, merged, threshold_cfg, source=f"federated: {len(sketches)} clients")
 
 
 def run_server(grid: Grid, cfg: FederatedConfig, out_dir: str | os.PathLike[str]) -> Path:
@@ -120,6 +158,7 @@ def run_server(grid: Grid, cfg: FederatedConfig, out_dir: str | os.PathLike[str]
         },
     )
     write_parquet_atomic(out_dir / METRICS_FILE, frame)
+    federated_threshold(grid, nodes, ledger, model, round_config(model_cfg, scaler, train_cfg), out_dir)
     return out_dir
 
 

@@ -1,0 +1,162 @@
+"""The report of one pipeline run: what was ingested and validated, how training went, the threshold, the alarms
+and (when the ground truth is known) the detection lead times. Markdown + PNG plots, written atomically.
+
+Paths written into the report are relative to the report directory or the project directory: no absolute machine
+path ends up in a report or a Prefect artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bearing_core.io import atomic_path, write_text_atomic
+
+REPORT_FILE = "report.md"
+METRICS_PNG = "metrics.png"
+SCORES_PNG = "scores.png"
+
+
+def relative(path: str | os.PathLike[str], start: str | os.PathLike[str] | None = None) -> str:
+    """``path`` relative to ``start`` (default: the current directory) when it lies below it, else its name."""
+    p = Path(path).resolve()
+    base = Path(start or os.getcwd()).resolve()
+    try:
+        return p.relative_to(base).as_posix()
+    except ValueError:
+        return p.name
+
+
+def plot_round_metrics(metrics: pd.DataFrame, out_png: str | os.PathLike[str], title: str) -> Path:
+    """Train loss and holdout MSE per round: federated (weighted global), each client, centralized baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 3.8))
+    clients = sorted({c for c in metrics["client"].astype(str)} - {"global", "centralized"}, key=_client_order)
+    for client in clients:
+        part = metrics[metrics["client"].astype(str) == client].sort_values("round")
+        ax_eval.plot(part["round"], part["eval_mse"], lw=0.8, alpha=0.45, label=f"client {client}")
+    for name, style in (("global", dict(color="tab:blue", lw=2.0)), ("centralized", dict(color="black", lw=2.0, ls="--"))):
+        part = metrics[metrics["client"].astype(str) == name].sort_values("round")
+        if part.empty:
+            continue
+        label = "federated (weighted)" if name == "global" else "centralized baseline"
+        ax_loss.plot(part["round"], part["train_loss"], label=label, **style)
+        ax_eval.plot(part["round"], part["eval_mse"], label=label, **style)
+    for ax, what in ((ax_loss, "train loss (MSE, scaled units)"), (ax_eval, "holdout MSE (scaled units)")):
+        ax.set_xlabel("round")
+        ax.set_ylabel(what)
+        ax.set_yscale("log")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    with atomic_path(out_png, suffix=".png.tmp") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def _client_order(name: str) -> tuple[int, str]:
+    return (int(name), "") if name.isdigit() else (1 << 30, name)
+
+
+def _md_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A GitHub markdown table (no tabulate dependency)."""
+    def cell(value: Any) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT:
+            return "–"
+        if isinstance(value, float | np.floating):
+            return format(float(value), floatfmt)
+        if isinstance(value, pd.Timestamp):
+            return value.strftime("%Y-%m-%d %H:%M")
+        return str(value).replace("|", "\\|")
+
+    head = "| " + " | ".join(map(str, frame.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, sep, *rows])
+
+
+def render_run_report(
+    *,
+    dataset: Mapping[str, Any],
+    ingest_summary: str,
+    validation_headline: str,
+    validation_warnings: Sequence[str],
+    metrics: pd.DataFrame,
+    training: Mapping[str, Any],
+    threshold: Mapping[str, Any],
+    alarms: pd.DataFrame,
+    detection: pd.DataFrame | None,
+    promotion: Mapping[str, Any] | None,
+    plots: Mapping[str, str],
+    links: Mapping[str, str],
+) -> str:
+    """The run report as markdown (every number comes from the arguments: nothing canned)."""
+    sites = dataset.get("sites", [])
+    out = [f"# bearing-fl run report: {dataset.get('name', '')}", ""]
+    out += ["## Data", "", f"- {ingest_summary}", f"- channels: {', '.join(dataset.get('channels', []))}",
+            f"- sites: {len(sites)} ({', '.join(sites)})", ""]
+    out += ["## Validation", "", f"- {validation_headline}"]
+    out += [f"- warning: {w}" for w in validation_warnings] + [""]
+    glob = metrics[metrics["client"].astype(str) == "global"].sort_values("round")
+    central = metrics[metrics["client"].astype(str) == "centralized"].sort_values("round")
+    per_round = glob[["round", "train_loss", "eval_mse", "eval_rmse"]].rename(
+        columns={"train_loss": "FL train loss", "eval_mse": "FL holdout MSE", "eval_rmse": "FL holdout RMSE"}
+    )
+    if not central.empty:
+        per_round = per_round.merge(
+            central[["round", "eval_mse"]].rename(columns={"eval_mse": "centralized holdout MSE"}), on="round", how="left"
+        )
+    out += ["## Training", "", f"- strategy: {training.get('strategy')}, partition: {training.get('partition')} "
+            f"({training.get('clients')} clients), {training.get('rounds')} rounds x {training.get('local_epochs')} "
+            "local epochs",
+            f"- final holdout MSE: federated {training.get('federated_eval_mse', float('nan')):.4g}, "
+            f"centralized {training.get('centralized_eval_mse', float('nan')):.4g}",
+            f"- failed client replies: {training.get('failures', 0)}", "", _md_table(per_round), ""]
+    if "metrics" in plots:
+        out += [f"![metrics per round]({plots['metrics']})", ""]
+    out += ["## Threshold", "", f"- {threshold.get('threshold', float('nan')):.6g} ({threshold.get('method')}) "
+            f"from {threshold.get('calibration_size')} healthy holdout snapshots, merged from the clients' error "
+            "sketches", ""]
+    if promotion:
+        verdict = "promoted to latest" if promotion.get("promoted") else "not promoted (champion kept)"
+        out += ["## Model", "", f"- version `{promotion.get('version', '')}`: {verdict}: {promotion.get('reason', '')}", ""]
+    out += ["## Alarms", ""]
+    if alarms.empty or int(alarms["alarm_snapshots"].sum()) == 0:
+        out += ["No alarm.", ""]
+    out += [_md_table(alarms), ""]
+    if detection is not None and not detection.empty:
+        cols = [c for c in ("site", "faulty", "bearing", "defect", "onset", "failure", "first_alarm",
+                            "first_alarm_channel", "delay_after_onset_hours", "lead_time_hours",
+                            "false_alarm_events") if c in detection.columns]
+        faulty = detection[detection["faulty"]]
+        caught = int(faulty["detected_after_onset"].sum()) if len(faulty) else 0
+        false_events = int(detection["false_alarm_events"].sum())
+        out += ["## Detection against the ground truth", "",
+                f"- {caught} of {len(faulty)} injected defects alarmed after their onset; "
+                f"{false_events} false alarm events (before an onset or on a healthy site)", "",
+                _md_table(detection[cols]), ""]
+    if "scores" in plots:
+        out += [f"![anomaly score per site]({plots['scores']})", ""]
+    out += ["## Outputs", ""] + [f"- {k}: `{v}`" for k, v in links.items()] + [""]
+    return "\n".join(out)
+
+
+def write_run_report(report_dir: str | os.PathLike[str], markdown: str, summary: Mapping[str, Any]) -> Path:
+    """``report.md`` + ``summary.json`` in ``report_dir`` (atomic)."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(report_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    return write_text_atomic(report_dir / REPORT_FILE, markdown)
