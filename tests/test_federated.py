@@ -62,6 +62,18 @@ def test_unknown_strategy_fails_with_one_line_listing_choices() -> None:
     assert FederatedConfig(strategy="FedAdam").strategy == "fedadam"
 
 
+def test_flower_app_defaults_equal_federated_config_defaults() -> None:
+    """`flwr run` (deployment) and the simulation start from the same defaults."""
+    import tomllib
+
+    from bearing_core.federated.deployment import APP_DIR
+
+    app_config = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    app_config.pop("out-dir")
+    assert FederatedConfig.from_run_config(app_config) == FederatedConfig()
+    assert set(app_config) == set(FederatedConfig().to_run_config())
+
+
 def test_run_config_round_trip() -> None:
     cfg = FederatedConfig(strategy="fedprox", rounds=3, hidden=(8, 3, 8), proximal_mu=0.1,
                           fault=FaultInjection(partition_id=2, round=2))
