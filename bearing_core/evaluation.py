@@ -203,13 +203,9 @@ def plot_scores(
     ``threshold=None`` draws each row's own ``threshold`` column (per-site thresholds); ``onset`` and ``failure``
     are one time for every panel or a mapping ``site → time``. The PNG is written atomically.
     """
-    import matplotlib
+    from bearing_core.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bearing_core.io import atomic_path
-
+    plt = pyplot()
     sites = sorted(scores_df["site"].astype(str).unique())
     if not sites:
         raise ValueError("nothing to plot: the scores table is empty")
@@ -241,8 +237,4 @@ def plot_scores(
     fig.suptitle(title)
     fig.autofmt_xdate()
     fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png, suffix=".png.tmp") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_png(fig, out_png)

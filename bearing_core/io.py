@@ -1,7 +1,10 @@
 """Atomic writes: every output is written to a temporary file in the same directory, then renamed.
 
 A reader therefore sees either the previous complete file or the new complete file, never a half-written one,
-whatever moment the writer is killed at.
+whatever moment the writer is killed at. By default the data is also fsynced before the rename, so it survives
+a power loss; ``fsync=False`` skips that for callers that make many files durable at once later (see
+:func:`bearing_core.ingest.ingest_directory`): a killed *process* loses nothing either way, only an OS crash
+can leave such a file empty until that later sync.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success fsync it and rename it onto ``target``.
+def atomic_path(target: str | os.PathLike[str], suffix: str | None = None, *, fsync: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success fsync it (unless ``fsync=False``) and rename it onto
+    ``target``.
 
     On any exception the temporary file is removed and ``target`` is left untouched.
     """
@@ -28,8 +32,9 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> It
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
+        if fsync:
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -37,31 +42,52 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> It
         raise
 
 
-def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> Path:
-    with atomic_path(target) as tmp:
+def write_bytes_atomic(target: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> Path:
+    with atomic_path(target, fsync=fsync) as tmp:
         tmp.write_bytes(data)
     return Path(target)
 
 
-def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:
-    return write_bytes_atomic(target, text.encode("utf-8"))
+def write_text_atomic(target: str | os.PathLike[str], text: str, *, fsync: bool = True) -> Path:
+    return write_bytes_atomic(target, text.encode("utf-8"), fsync=fsync)
 
 
-def write_json_atomic(target: str | os.PathLike[str], obj: Any) -> Path:
-    return write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def write_json_atomic(target: str | os.PathLike[str], obj: Any, *, fsync: bool = True) -> Path:
+    return write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", fsync=fsync)
 
 
-def write_parquet_atomic(target: str | os.PathLike[str], table: Any, **kwargs: Any) -> Path:
-    """Write a pyarrow Table (or pandas DataFrame) to Parquet atomically."""
+def write_parquet_atomic(target: str | os.PathLike[str], table: Any, *, fsync: bool = True, **kwargs: Any) -> Path:
+    """Write a pyarrow Table (or pandas DataFrame) to Parquet atomically; ``kwargs`` go to ``pq.write_table``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pandas(table, preserve_index=False)
     kwargs.setdefault("compression", "zstd")
-    with atomic_path(target, suffix=".parquet.tmp") as tmp:
+    with atomic_path(target, suffix=".parquet.tmp", fsync=fsync) as tmp:
         pq.write_table(table, tmp, **kwargs)
     return Path(target)
+
+
+def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Rename directory ``src`` onto ``dst`` (same filesystem). An existing ``dst`` is moved aside first, restored
+    if the second rename fails, and deleted after the swap: ``dst`` is never lost and never half-written."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    if not dst.exists():
+        os.replace(src, dst)
+        return dst
+    trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+    os.replace(dst, trash / dst.name)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.replace(trash / dst.name, dst)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
+    return dst
 
 
 def remove_stale_temp_files(directory: str | os.PathLike[str]) -> int:

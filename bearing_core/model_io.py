@@ -12,7 +12,6 @@ renamed into place, so a reader never sees a half-written model.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ import torch
 
 from bearing_core.autoencoder import Autoencoder, ModelConfig
 from bearing_core.fingerprint import sha256_file
-from bearing_core.io import atomic_path, write_json_atomic
+from bearing_core.io import atomic_path, replace_dir, write_json_atomic
 from bearing_core.scaling import Scaler
 
 FORMAT_VERSION = 1
@@ -80,27 +79,13 @@ def save_model(
                 "extra": extra or {},
             },
         )
-        _replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename ``src`` onto ``dst``; an existing ``dst`` is moved aside first and deleted after the swap."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    os.replace(dst, trash / dst.name)
-    try:
-        os.replace(src, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.replace(trash / dst.name, dst)
-        raise
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def load_model(model_dir: str | os.PathLike[str]) -> LoadedModel:

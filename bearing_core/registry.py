@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bearing_core.config import DataPaths
 from bearing_core.fingerprint import sha256_file, sha256_files
 from bearing_core.inputs import DATASET_FILE, FEATURES_FILE, QUARANTINE_FILE
-from bearing_core.io import write_json_atomic, write_text_atomic
+from bearing_core.io import replace_dir, write_json_atomic, write_text_atomic
 from bearing_core.model_card import GLOBAL_CLIENT, DataFingerprint, render_model_card
 from bearing_core.model_io import CONFIG_FILE, SCALER_FILE, WEIGHTS_FILE, LoadedModel, load_model
 from bearing_core.partition.writer import MANIFEST_FILE, SPLIT_HOLDOUT, load_manifest, read_client
@@ -181,23 +181,6 @@ def _copy_training_output(src: Path, dst: Path) -> None:
             shutil.copy2(item, dst / item.name)
 
 
-def _swap_into_place(staging: Path, target: Path) -> None:
-    """Rename ``staging`` onto ``target``; an existing ``target`` is moved aside first and deleted after.
-
-    The moved-aside copy is restored if the second rename fails, so ``target`` is never lost.
-    """
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, trash / target.name)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.replace(trash / target.name, target)
-        raise
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -261,7 +244,7 @@ def publish_model(
         )
         files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         write_json_atomic(staging / COMPLETE_FILE, {"version": version, "created": created.isoformat(), "files": files})
-        _swap_into_place(staging, target)
+        replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bearing_core.io import atomic_path, write_text_atomic
+from bearing_core.io import write_text_atomic
 
 REPORT_FILE = "report.md"
 METRICS_PNG = "metrics.png"
@@ -35,12 +35,9 @@ def relative(path: str | os.PathLike[str], start: str | os.PathLike[str] | None 
 
 def plot_round_metrics(metrics: pd.DataFrame, out_png: str | os.PathLike[str], title: str) -> Path:
     """Train loss and holdout MSE per round: federated (weighted global), each client, centralized baseline."""
-    import matplotlib
+    from bearing_core.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (ax_loss, ax_eval) = pyplot().subplots(1, 2, figsize=(11, 3.8))
     clients = sorted({c for c in metrics["client"].astype(str)} - {"global", "centralized"}, key=_client_order)
     for client in clients:
         part = metrics[metrics["client"].astype(str) == client].sort_values("round")
@@ -60,11 +57,7 @@ def plot_round_metrics(metrics: pd.DataFrame, out_png: str | os.PathLike[str], t
         ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png, suffix=".png.tmp") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_png(fig, out_png)
 
 
 def _client_order(name: str) -> tuple[int, str]:

@@ -20,13 +20,13 @@ from prefect.cache_policies import CachePolicy, TaskSource
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.results import get_result_store
-from prefect.states import State
 from prefect.utilities.hashing import hash_objects
 
 from bearing_core.fingerprint import sha256_file
 from bearing_core.inputs import InputConfig
 from bearing_core.partition.build import partition_dataset, partition_provenance
 from bearing_core.partition.writer import MANIFEST_FILE, manifest_is_current, scheme_dir
+from tasks.retry import transient_io_error
 
 
 def _request(inputs: dict[str, Any]) -> tuple[str, str, int, int, InputConfig, dict[str, Any]]:
@@ -74,17 +74,13 @@ class PartitionContentPolicy(CachePolicy):
         return None if get_result_store().exists(key) else key
 
 
-def _transient_io_error(task: Any, task_run: Any, state: State) -> bool:
-    """Retry only I/O hiccups; bad parameters or missing inputs fail at once with their message."""
-    return isinstance(state.data, OSError) and not isinstance(state.data, FileNotFoundError)
-
 
 @task(
     name="partition",
     cache_policy=PartitionContentPolicy(),
     retries=1,
     retry_delay_seconds=2,
-    retry_condition_fn=_transient_io_error,
+    retry_condition_fn=transient_io_error,
     persist_result=True,
 )
 def partition_task(

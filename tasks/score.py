@@ -19,7 +19,6 @@ from prefect.cache_policies import CachePolicy, TaskSource
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.results import get_result_store
-from prefect.states import State
 from prefect.utilities.hashing import hash_objects
 
 from bearing_core.fingerprint import sha256_file, sha256_files
@@ -27,6 +26,7 @@ from bearing_core.inputs import FEATURES_FILE, QUARANTINE_FILE
 from bearing_core.model_io import WEIGHTS_FILE
 from bearing_core.scoring import SCORES_FILE, alarm_summary, update_scores
 from bearing_core.threshold import THRESHOLD_FILE
+from tasks.retry import transient_io_error
 
 
 def scores_path(dataset_dir: str, out: str | None) -> Path:
@@ -69,17 +69,13 @@ class ScoresContentPolicy(CachePolicy):
         return None  # record exists but its output is gone or changed: recompute without caching
 
 
-def _transient_io_error(task: Any, task_run: Any, state: State) -> bool:
-    """Retry only I/O hiccups; missing inputs and bad parameters fail at once with their message."""
-    return isinstance(state.data, OSError) and not isinstance(state.data, FileNotFoundError)
-
 
 @task(
     name="score",
     cache_policy=ScoresContentPolicy(),
     retries=1,
     retry_delay_seconds=2,
-    retry_condition_fn=_transient_io_error,
+    retry_condition_fn=transient_io_error,
     persist_result=True,
 )
 def score_task(
