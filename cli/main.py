@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from bearing_core import __version__
 from bearing_core.env import configure_environment
@@ -30,8 +31,15 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr (``bearing train: error: ...``) and exit code 2; --help shows usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bearing",
         description="bearing-fl: federated anomaly detection for rolling-element bearings (NASA IMS format).",
     )

@@ -267,7 +267,7 @@ def test_federated_threshold_equals_pooled_calibration(simulated) -> None:
     pooled = float(np.quantile(errors, ThresholdConfig().quantile))
     bound = 10 ** (1 / (2 * ThresholdConfig().bins_per_decade))  # the sketch's stated relative error
     assert pooled / bound <= record.threshold <= pooled * bound
-    assert record.error_mean == pytest.approx(errors.mean(), rel=1e-9)
+    assert record.error_mean == pytest.approx(errors.mean(), rel=1e-6)  # float32 errors, other process
     assert record.error_std == pytest.approx(errors.std(), rel=1e-6)
 
 

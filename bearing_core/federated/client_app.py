@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from bearing_core.autoencoder import build_model, get_weights, set_weights
+from bearing_core.federated.config import FaultInjection
 from bearing_core.federated.messages import (
     ARRAYS_KEY,
     CALIBRATE_ACTION,
@@ -92,14 +94,30 @@ def _node_partition(context: Context, clients_dir: Path | None) -> tuple[Path, i
     return Path(str(where)), int(node["partition-id"])
 
 
-def _maybe_fail(config: dict[str, object], partition_id: int, server_round: int) -> None:
-    """Deliberate failure requested by the server's fault-injection settings (chaos testing)."""
-    if int(config.get("fault-partition-id", -1)) != partition_id or int(config.get("fault-round", -1)) != server_round:
-        return
-    if config.get("fault-mode") == "sleep":
-        time.sleep(float(config.get("fault-sleep-s", 0.0)))
-        return
-    raise RuntimeError(f"injected fault: client {partition_id} fails in round {server_round}")
+def _maybe_fail(config: Mapping[str, object], partition_id: int, server_round: int) -> bool:
+    """Deliberate failure requested by the server's fault-injection settings (chaos testing).
+
+    ``raise`` raises here; ``sleep`` stalls here, then the client trains normally (its reply comes too late for a
+    shorter round timeout); ``nan`` returns True: the caller replies :func:`_poisoned` weights. False otherwise.
+    """
+    for fault in FaultInjection.all_from_config(config):
+        if (fault.partition_id, fault.round) != (partition_id, server_round):
+            continue
+        if fault.mode == "sleep":
+            time.sleep(fault.sleep_s)
+        elif fault.mode == "nan":
+            return True
+        else:
+            raise RuntimeError(f"injected fault: client {partition_id} fails in round {server_round}")
+    return False
+
+
+def _poisoned(weights: list[np.ndarray]) -> list[np.ndarray]:
+    """``weights`` with the first entry of every array set to NaN: a partly corrupted (diverged) update."""
+    out = [w.copy() for w in weights]
+    for array in out:
+        array.flat[0] = np.nan
+    return out
 
 
 def build_client_app(clients_dir: str | os.PathLike[str] | None = None) -> ClientApp:
@@ -121,7 +139,7 @@ def build_client_app(clients_dir: str | os.PathLike[str] | None = None) -> Clien
         where, pid = _node_partition(context, baked)
         config = msg.content[CONFIG_KEY]
         server_round = int(config["server-round"])
-        _maybe_fail(dict(config), pid, server_round)
+        poison = _maybe_fail(dict(config), pid, server_round)
         model_cfg, scaler, train_cfg = parse_round_config(config)
         _, X_train, _ = load_partition(where, pid)
         if len(X_train) == 0:
@@ -140,7 +158,8 @@ def build_client_app(clients_dir: str | os.PathLike[str] | None = None) -> Clien
                 WEIGHT_KEY: int(result["num_examples"]),
             }
         )
-        content = RecordDict({ARRAYS_KEY: ArrayRecord(get_weights(model)), METRICS_KEY: metrics})
+        weights = _poisoned(get_weights(model)) if poison else get_weights(model)
+        content = RecordDict({ARRAYS_KEY: ArrayRecord(weights), METRICS_KEY: metrics})
         return Message(content, reply_to=msg)
 
     @app.evaluate()

@@ -10,12 +10,11 @@ setting has one name and one default wherever it is set.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from typing import TYPE_CHECKING
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:  # bearing_core.threshold imports torch: keep this module light for `bearing --help`
     from bearing_core.threshold import ThresholdConfig
@@ -40,21 +39,69 @@ def check_strategy(name: str) -> str:
     return key
 
 
+FaultMode = Literal["raise", "sleep", "nan"]
+FAULTS_KEY = "faults"
+_FAULT_SPEC = re.compile(r"\s*(\d+)@(\d+):(raise|sleep|nan)(?::(\d+(?:\.\d*)?(?:e[+-]?\d+)?))?\s*", re.IGNORECASE)
+
+
 class FaultInjection(BaseModel):
-    """Make one client fail on purpose in one round (chaos testing of the fault-tolerance path)."""
+    """Make one client fail on purpose in one round (chaos testing of the fault-tolerance path).
+
+    Modes: ``raise`` (the ClientApp raises: an error reply), ``sleep`` (it stalls ``sleep_s`` before training, so
+    its reply misses a shorter round timeout) and ``nan`` (it trains, then replies weights containing NaN: a
+    diverged or corrupted update, which the server must reject rather than average).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     partition_id: int = Field(..., ge=0, description="Client (partition id) that fails")
     round: int = Field(1, ge=1, description="Server round in which it fails (its train step)")
-    mode: Literal["raise", "sleep"] = Field(
-        "raise", description="'raise': the ClientApp raises; 'sleep': it stalls for sleep_s before replying"
+    mode: FaultMode = Field(
+        "raise",
+        description="'raise': the ClientApp raises; 'sleep': it stalls for sleep_s before replying; "
+        "'nan': it replies weights containing NaN",
     )
     sleep_s: float = Field(30.0, ge=0, description="Stall duration for mode 'sleep' (exceed round_timeout_s)")
 
     def to_config(self) -> dict[str, int | float | str]:
         """As flat ``fault-*`` keys (run config, and the train config the server sends to clients)."""
         return {f"fault-{name.replace('_', '-')}": value for name, value in self.model_dump().items()}
+
+    def spec(self) -> str:
+        """Compact text form ``PID@ROUND:MODE[:SLEEP_S]`` (e.g. ``7@1:nan``, ``8@1:sleep:30.0``), see :meth:`parse`.
+
+        The duration is written for mode 'sleep' and whenever it differs from the default (exact round trip).
+        """
+        text = f"{self.partition_id}@{self.round}:{self.mode}"
+        default = type(self).model_fields["sleep_s"].default
+        return f"{text}:{self.sleep_s!r}" if self.mode == "sleep" or self.sleep_s != default else text
+
+    @classmethod
+    def parse(cls, spec: str) -> FaultInjection:
+        """Inverse of :meth:`spec`; ``ValueError`` naming the bad spec and the expected form."""
+        match = _FAULT_SPEC.fullmatch(spec)
+        if match is None:
+            raise ValueError(f"bad fault spec {spec!r}: expected PID@ROUND:MODE[:SLEEP_S], MODE raise|sleep|nan")
+        pid, server_round, mode, sleep_s = match.groups()
+        extra = {} if sleep_s is None else {"sleep_s": float(sleep_s)}
+        return cls(partition_id=int(pid), round=int(server_round), mode=mode.lower(), **extra)
+
+    @classmethod
+    def all_from_config(cls, config: Mapping[str, Any]) -> tuple[FaultInjection, ...]:
+        """Every injection a train config carries: the flat ``fault-*`` keys and the ``faults`` specs."""
+        found: list[FaultInjection] = []
+        if "fault-partition-id" in config:
+            found.append(
+                cls(**{key.removeprefix("fault-").replace("-", "_"): v for key, v in config.items()
+                       if key.startswith("fault-")})
+            )
+        found.extend(parse_fault_specs(str(config.get(FAULTS_KEY, ""))))
+        return tuple(found)
+
+
+def parse_fault_specs(text: str) -> tuple[FaultInjection, ...]:
+    """``"3@1:raise,8@1:sleep:30"`` -> injections (empty text: none)."""
+    return tuple(FaultInjection.parse(spec) for spec in text.split(",") if spec.strip())
 
 
 class FederatedConfig(BaseModel):
@@ -94,7 +141,14 @@ class FederatedConfig(BaseModel):
     )
     threshold_quantile: float = Field(0.995, gt=0, lt=1, description="Quantile q for threshold_method 'quantile'")
     threshold_k: float = Field(3.0, gt=0, description="k for threshold_method 'mean_kstd' (mean + k·std)")
-    fault: FaultInjection | None = Field(None, description="Deliberate client failure, for testing")
+    fault: FaultInjection | None = Field(
+        None, description="Deliberate client failure, for testing (flat fault-* keys in the run config)"
+    )
+    faults: tuple[FaultInjection, ...] = Field(
+        (),
+        description="Further deliberate failures (several clients / modes), for testing; in the run config one "
+        "'faults' key of comma-separated specs PID@ROUND:MODE[:SLEEP_S]",
+    )
 
     @field_validator("strategy")
     @classmethod
@@ -107,6 +161,33 @@ class FederatedConfig(BaseModel):
         if any(width <= 0 for width in hidden):
             raise ValueError(f"hidden layer widths must be positive, got {hidden}")
         return hidden
+
+    @field_validator("faults", mode="before")
+    @classmethod
+    def _fault_specs(cls, value: Any) -> Any:
+        return parse_fault_specs(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_fault_per_client_round(self) -> FederatedConfig:
+        seen: set[tuple[int, int]] = set()
+        for fault in self.fault_injections:
+            key = (fault.partition_id, fault.round)
+            if key in seen:
+                raise ValueError(f"two fault injections for client {key[0]} in round {key[1]}: keep one")
+            seen.add(key)
+        return self
+
+    @property
+    def fault_injections(self) -> tuple[FaultInjection, ...]:
+        """Every deliberate failure of the run: ``fault`` (if set), then ``faults``."""
+        return ((self.fault,) if self.fault is not None else ()) + self.faults
+
+    def fault_config(self) -> dict[str, int | float | str]:
+        """Fault-injection keys of the run config and of the train config sent to clients (none: empty)."""
+        out: dict[str, int | float | str] = {} if self.fault is None else dict(self.fault.to_config())
+        if self.faults:
+            out[FAULTS_KEY] = ",".join(fault.spec() for fault in self.faults)
+        return out
 
     def threshold_config(self) -> ThresholdConfig:
         """The :class:`~bearing_core.threshold.ThresholdConfig` of the federated calibration step."""
@@ -126,11 +207,10 @@ class FederatedConfig(BaseModel):
     def to_run_config(self) -> dict[str, int | float | str | bool]:
         """Flat Flower run config (kebab-case keys; tuples as comma-separated strings; no fault = no keys)."""
         out: dict[str, int | float | str | bool] = {}
-        for name, value in self.model_dump(exclude={"fault"}).items():
+        for name, value in self.model_dump(exclude={"fault", "faults"}).items():
             key = name.replace("_", "-")
             out[key] = ",".join(str(v) for v in value) if isinstance(value, tuple | list) else value
-        if self.fault is not None:
-            out.update(self.fault.to_config())
+        out.update(self.fault_config())
         return out
 
     @classmethod

@@ -5,18 +5,24 @@ FedTrimmedAvg, Krum) with a :class:`RoundLedger` mixed in. The ledger:
 
 * records every client's reply per round (train loss, eval MSE/RMSE, examples, time) and a weighted global row
   (``client="global"``), the rows of ``metrics.parquet``;
-* records failed replies (the ClientApp raised) and missing ones (no reply within the round timeout), which flwr
-  already leaves out of the aggregate, and fails the run with one clear error when fewer than
-  ``min_fit_fraction`` of the sampled clients succeeded;
+* records failed replies (the ClientApp raised) and missing ones (no reply within the round timeout, named per
+  client when the sampled nodes are known), which flwr already leaves out of the aggregate;
+* rejects train replies whose weights or train loss are not finite (NaN/inf) BEFORE aggregation: flwr would
+  average them in and one diverged or corrupted client would turn the global model into NaN. They are logged as
+  failures ("client 7 round 1: non-finite weights rejected");
+* fails the run with one clear error when fewer than ``min_fit_fraction`` of the sampled clients succeeded;
 * sorts replies by partition id before aggregation, so the floating-point sum order (hence the global model) does
   not depend on which client answered first.
+
+The strategy also forwards the run's fault injections (:meth:`FederatedConfig.fault_config`, chaos testing) to
+the clients in every train instruction.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Any
@@ -51,17 +57,35 @@ class RoundLedger:
         """Mark the start of ``server_round`` (its wall time runs until :meth:`close_round`)."""
         self._round_start.setdefault(server_round, time.perf_counter())
 
-    def check_replies(self, server_round: int, step: str, sampled: int, replies: list[Message]) -> list[Message]:
-        """Log failed and missing replies, enforce ``min_fit_fraction``; return the replies sorted by partition."""
-        ok = [m for m in replies if not m.has_error()]
-        for msg in replies:
-            if msg.has_error():
-                self._fail(server_round, step, msg.metadata.src_node_id, msg.error.reason)
-        missing = sampled - len(replies)
-        if missing > 0:
+    def check_replies(
+        self,
+        server_round: int,
+        step: str,
+        sampled: int,
+        replies: list[Message],
+        sampled_nodes: Collection[int] | None = None,
+    ) -> list[Message]:
+        """Log failed, missing and (train step) non-finite replies, enforce ``min_fit_fraction``.
+
+        Returns the usable replies sorted by partition id, then the error replies (flwr skips those); rejected
+        non-finite replies are left out entirely. With ``sampled_nodes`` (the instructions' destination node
+        ids) every missing reply is logged under its own client, else one row counts them.
+        """
+        errors = [m for m in replies if m.has_error()]
+        for msg in errors:
+            self._fail(server_round, step, msg.metadata.src_node_id, msg.error.reason)
+        ok: list[Message] = []
+        for msg in (m for m in replies if not m.has_error()):
+            problem = non_finite_update(msg) if step == "train" else None
+            if problem is None:
+                ok.append(msg)
+                continue
+            pid = _partition_id(msg)
             self._fail(
-                server_round, step, None, f"{missing} client(s) sent no reply within {self.cfg.round_timeout_s:g}s"
+                server_round, step, msg.metadata.src_node_id, f"client {pid} round {server_round}: {problem} rejected",
+                client=pid,
             )
+        self._fail_missing(server_round, step, sampled, replies, sampled_nodes)
         needed = self.cfg.min_successful(sampled)
         if len(ok) < needed:
             raise NotEnoughClients(
@@ -69,12 +93,31 @@ class RoundLedger:
                 f"(min_fit_fraction={self.cfg.min_fit_fraction}); failures: "
                 + "; ".join(f["reason"] for f in self.failures if f["round"] == server_round)
             )
-        ok.sort(key=lambda m: int(next(iter(m.content.metric_records.values())).get(PARTITION_KEY, -1)))
+        ok.sort(key=_partition_id)
         self._record(server_round, step, ok)
-        return ok + [m for m in replies if m.has_error()]
+        return ok + errors
 
-    def _fail(self, server_round: int, step: str, node_id: int | None, reason: str) -> None:
-        client = self.node_partitions.get(node_id) if node_id is not None else None
+    def _fail_missing(
+        self, server_round: int, step: str, sampled: int, replies: list[Message], sampled_nodes: Collection[int] | None
+    ) -> None:
+        """Log the sampled clients that sent no reply within the round timeout."""
+        timeout = f"{self.cfg.round_timeout_s:g}s"
+        if sampled_nodes is None:
+            missing = sampled - len(replies)
+            if missing > 0:
+                self._fail(server_round, step, None, f"{missing} client(s) sent no reply within {timeout}")
+            return
+        replied = {m.metadata.src_node_id for m in replies}
+        for node_id in sorted(set(sampled_nodes) - replied):
+            client = self.node_partitions.get(node_id)
+            who = f"client {client}" if client is not None else f"node {node_id}"
+            self._fail(server_round, step, node_id, f"{who} round {server_round}: no reply within {timeout}")
+
+    def _fail(
+        self, server_round: int, step: str, node_id: int | None, reason: str, client: int | None = None
+    ) -> None:
+        if client is None and node_id is not None:
+            client = self.node_partitions.get(node_id)
         reason = short_reason(reason)
         log(WARNING, "round %s %s: excluded client %s (node %s): %s", server_round, step, client, node_id, reason)
         self.failures.append(
@@ -124,6 +167,26 @@ class RoundLedger:
         )
 
 
+def _partition_id(msg: Message) -> int:
+    """The ``partition-id`` a client put in its reply's metrics (-1 if absent)."""
+    return int(next(iter(msg.content.metric_records.values()), {}).get(PARTITION_KEY, -1))
+
+
+def non_finite_update(msg: Message) -> str | None:
+    """Why a train reply must not be aggregated (``"non-finite weights"`` / ``"non-finite train_loss"``), or None.
+
+    Any NaN/inf in any array of the reply counts: averaging it would make the global model NaN (FedAvg) or
+    silently skew it; robust strategies (median, Krum) would not be told either.
+    """
+    for record in msg.content.array_records.values():
+        if not all(np.isfinite(array).all() for array in record.to_numpy_ndarrays()):
+            return "non-finite weights"
+    for metrics in msg.content.metric_records.values():
+        if "train_loss" in metrics and not math.isfinite(float(metrics["train_loss"])):
+            return "non-finite train_loss"
+    return None
+
+
 def short_reason(reason: str, limit: int = 300) -> str:
     """The informative line of a Flower error reason (which embeds a whole Ray traceback) for logs and tables."""
     marker = "Message: "
@@ -161,7 +224,7 @@ class _LedgerMixin:
     """Routes a flwr strategy's configure/aggregate steps through a :class:`RoundLedger` (see module doc)."""
 
     ledger: RoundLedger
-    _sampled: dict[tuple[int, str], int]
+    _sampled: dict[tuple[int, str], list[int]]
     _train_agg: dict[int, MetricRecord | None]
 
     def attach_ledger(self, ledger: RoundLedger) -> None:
@@ -174,15 +237,16 @@ class _LedgerMixin:
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.ledger.start_round(server_round)
+        config = ConfigRecord({**dict(config), **self.ledger.cfg.fault_config()})
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
-        self._sampled[(server_round, "train")] = len(messages)
+        self._sampled[(server_round, "train")] = [m.metadata.dst_node_id for m in messages]
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        sampled = self._sampled[(server_round, "train")]
-        checked = self.ledger.check_replies(server_round, "train", sampled, list(replies))
+        nodes = self._sampled[(server_round, "train")]
+        checked = self.ledger.check_replies(server_round, "train", len(nodes), list(replies), nodes)
         arrays, metrics = super().aggregate_train(server_round, checked)  # type: ignore[misc]
         self._train_agg[server_round] = metrics
         return arrays, metrics
@@ -191,12 +255,12 @@ class _LedgerMixin:
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
-        self._sampled[(server_round, "evaluate")] = len(messages)
+        self._sampled[(server_round, "evaluate")] = [m.metadata.dst_node_id for m in messages]
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        sampled = self._sampled[(server_round, "evaluate")]
-        checked = self.ledger.check_replies(server_round, "evaluate", sampled, list(replies))
+        nodes = self._sampled[(server_round, "evaluate")]
+        checked = self.ledger.check_replies(server_round, "evaluate", len(nodes), list(replies), nodes)
         metrics = super().aggregate_evaluate(server_round, checked)  # type: ignore[misc]
         self.ledger.close_round(server_round, self._train_agg.pop(server_round, None), metrics)
         return metrics
@@ -232,7 +296,6 @@ def build_strategy(cfg: FederatedConfig, ledger: RoundLedger | None = None) -> f
     )
     strategy.attach_ledger(ledger)
     return strategy
-
 
 
 METRICS_COLUMNS: dict[str, str] = {
