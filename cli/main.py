@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cli.evaluate_cmd",
     "cli.run_cmd",
     "cli.models_cmd",
+    "cli.experiments_cmd",
     "cli.import_features_cmd",
     "cli.site_cmd",
     "cli.federate_cmd",
