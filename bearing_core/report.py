@@ -30,7 +30,8 @@ from bearing_core.experiments import (
     summary_table,
     write_results,
 )
-from bearing_core.io import atomic_path, write_text_atomic
+from bearing_core.io import write_text_atomic
+from bearing_core.plotting import pyplot, save_png
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -63,26 +64,13 @@ class ReportPaths:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig: Any, out_png: Path) -> Path:
-    plt = _pyplot()
-    with atomic_path(out_png, suffix=".png.tmp") as tmp:
-        fig.savefig(tmp, format="png", dpi=_DPI)
-    plt.close(fig)
-    return out_png
+    return save_png(fig, out_png, dpi=_DPI)
 
 
 def _colors(results: Sequence[ExperimentResult]) -> dict[str, Any]:
     """One stable colour per experiment (black for the centralized baseline)."""
-    plt = _pyplot()
+    plt = pyplot()
     cycle = plt.get_cmap("tab10").colors
     federated = [r.spec.name for r in results if r.spec.kind == "federated"]
     colors: dict[str, Any] = {name: cycle[i % len(cycle)] for i, name in enumerate(federated)}
@@ -123,7 +111,7 @@ def _reconstruct(model_dir: Path, X: np.ndarray) -> np.ndarray:
 
 def plot_rounds(results: Sequence[ExperimentResult], out_png: str | os.PathLike[str], title: str) -> Path:
     """Training loss and evaluation RMSE on E per round, every experiment on the same two panels."""
-    plt = _pyplot()
+    plt = pyplot()
     colors = _colors(results)
     fig, (ax_loss, ax_rmse) = plt.subplots(1, 2, figsize=(12, 4.4))
     for r in results:
@@ -157,7 +145,7 @@ def _unscaled(results: Sequence[ExperimentResult]) -> bool:
 def plot_client_mse(results: Sequence[ExperimentResult], out_png: str | os.PathLike[str]) -> Path:
     """Per federated experiment: the final global model's MSE on each client's own train rows (bars, labelled with
     the client's row count), against the experiment's MSE on E (dashed)."""
-    plt = _pyplot()
+    plt = pyplot()
     federated = [r for r in results if r.spec.kind == "federated"]
     if not federated:
         raise ValueError("no federated experiment: nothing to plot per client")
@@ -194,7 +182,7 @@ def plot_reconstruction(
     Samples mode: a window of consecutive healthy samples of E, one panel per channel (time on x). Features mode:
     healthy snapshots of E and faulty snapshots (ground truth), one panel per snapshot (channels on x).
     """
-    plt = _pyplot()
+    plt = pyplot()
     colors = _colors(results)
     models = [r for r in results if r.spec.kind == "centralized"][:1]
     main = headline(results)
@@ -249,7 +237,7 @@ def plot_error_distribution(
 ) -> Path:
     """Histogram (log-spaced bins) of every model's per-row MSE on E, with each model's threshold; with ground
     truth, the headline model's errors on the faulty snapshots too."""
-    plt = _pyplot()
+    plt = pyplot()
     colors = _colors(results)
     main = headline(results)
     faulty_errors = None
@@ -301,7 +289,7 @@ def plot_error_timeline(
             failure = {s: t.failure for s, t in truth.sites.items()}
         return plot_scores(main.scores, None, out_png, onset=onset, failure=failure,
                            title=f"Anomaly score per site over time, {main.spec.label} (alarm = 3 of 3 over threshold)")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(12, 4.0))
     for positions, errors, label, color in (
         (split.train_position, main.train_errors, "T (trained on)", "tab:blue"),

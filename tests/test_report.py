@@ -120,9 +120,10 @@ def test_findings_are_computed_from_the_numbers(report) -> None:
 
 
 def test_rendering_escapes_text_and_embeds_images(tmp_path: Path) -> None:
-    from bearing_core.report import _pyplot, _save
+    from bearing_core.plotting import pyplot
+    from bearing_core.report import _save
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
     _save(fig, tmp_path / "p.png")
