@@ -21,8 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("experiments", help=HELP, description=DESCRIPTION)
     parser.add_argument("--preset", choices=("seed", "demo"), default="demo", help="data and recipe (default: demo)")
     parser.add_argument("--raw-dir", type=Path, default=None, help="raw IMS directory (see above)")
-    parser.add_argument("--out", type=Path, default=Path("reports/experiments"),
-                        help="report directory (default: reports/experiments)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report directory (default: reports/experiments/<preset>)")
     parser.add_argument("--rounds", type=int, default=None, help="federated rounds (default: 20)")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
                         help="run only these experiments (e.g. centralized fedavg-iid fedavg-quantity)")
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         result = experiments_flow(
-            preset=args.preset, raw_dir=None if args.raw_dir is None else str(args.raw_dir), out=str(args.out),
+            preset=args.preset, raw_dir=None if args.raw_dir is None else str(args.raw_dir), out=None if args.out is None else str(args.out),
             rounds=args.rounds, experiments=args.only, clients=args.clients, demo_sites=args.sites,
             demo_files=args.files,
         )

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from bearing_core.config import DataPaths
 from bearing_core.experiments import (
     demo_grid,
     demo_split,
@@ -31,7 +32,7 @@ DEFAULT_SEED_RAW_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "
 def experiments_flow(
     preset: Literal["seed", "demo"] = "demo",
     raw_dir: str | None = None,
-    out: str = "reports/experiments",
+    out: str | None = None,
     rounds: int | None = None,
     experiments: list[str] | None = None,
     clients: int = 10,
@@ -46,7 +47,8 @@ def experiments_flow(
             multi-site data with detection against its ground truth.
         raw_dir: seed: directory holding the two notebook files (default ../shared/ims/raw/1st_test); demo: a raw
             demo directory (default: generate one into out/data/raw/demo).
-        out: report directory (also holds models/, clients/ and, for the demo, data/).
+        out: report directory (also holds models/, clients/ and, for the demo, data/); default
+            reports/experiments/<preset>.
         rounds: federated rounds (default 20); the centralized baseline trains the same number of epochs.
         experiments: run only these experiments of the grid (names as in summary.csv); default all.
         clients: clients of the demo's iid / quantity / dirichlet partitions (the seed preset uses the notebook's 10).
@@ -54,7 +56,7 @@ def experiments_flow(
         demo_files: snapshot files per site of generated demo data.
         demo_samples: samples per generated snapshot (default 20,480, the IMS size).
     """
-    out_dir = Path(out)
+    out_dir = Path(out) if out else DataPaths().reports_root / "experiments" / preset
     if preset == "seed":
         grid = seed_grid(rounds).select(experiments)
         split = seed_split(raw_dir or DEFAULT_SEED_RAW_DIR, grid)
