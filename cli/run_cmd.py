@@ -1,4 +1,9 @@
-"""``bearing run --raw-dir DIR``: the whole pipeline as one Prefect flow run."""
+"""``bearing run --raw-dir DIR``: the whole pipeline as one Prefect flow run.
+
+On failure it prints the cause and how to retry that very flow run once the cause is fixed (completed steps come
+back as Cached, the failed step and what follows run again); re-running ``bearing run`` with the same arguments
+does the same as a new flow run.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,27 @@ def _widths(text: str) -> tuple[int, ...]:
     from cli.train_cmd import _widths as parse
 
     return parse(text)
+
+
+def _retry_hint(state: object) -> str:
+    """How to re-run the failed flow run once its cause is fixed (see README, "Re-running a failed run")."""
+    import os
+
+    import flows.pipeline
+    from bearing_core.run_report import relative
+
+    run_id = getattr(getattr(state, "state_details", None), "flow_run_id", None)
+    module = Path(flows.pipeline.__file__).resolve()
+    root = module.parents[1]
+    entrypoint = f"{relative(module) if module.is_relative_to(Path.cwd()) else module}:pipeline_flow"
+    home = relative(os.environ["PREFECT_HOME"]) if "PREFECT_HOME" in os.environ else ".prefect"
+    pythonpath = "." if root == Path.cwd().resolve() else str(root)
+    return (
+        "fix the cause, then retry this flow run (completed steps are served from cache, the failed step and the "
+        "ones after it run again):\n"
+        f"  PREFECT_HOME={home} PYTHONPATH={pythonpath} prefect flow-run retry {run_id} --entrypoint {entrypoint}\n"
+        "or run the same `bearing run ...` command again (a new flow run, same cached steps)"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n", dest="alarm_n", type=int, default=3, help="debounce window n (3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="ingest worker processes (default: all cores)")
+    p.add_argument("--lock-timeout", dest="lock_timeout_s", type=float, default=3600.0,
+                   help="seconds to wait for another run on the same dataset to finish (default: %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -56,26 +84,39 @@ def run(args: argparse.Namespace) -> int:
     for name in ("rounds", "clients", "local_epochs", "batch_size", "alarm_k", "alarm_n"):
         if getattr(args, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.lock_timeout_s < 0:
+        problems.append(f"--lock-timeout must be >= 0, got {args.lock_timeout_s}")
     if args.alarm_k > args.alarm_n:
         problems.append(f"--k ({args.alarm_k}) cannot exceed --n ({args.alarm_n})")
     if problems:  # fail fast, before any work starts
         print(f"bearing run: error: {problems[0]}", file=sys.stderr)
         return 2
+    from bearing_core.locking import LockTimeout
     from bearing_core.validation import ValidationFailed
     from flows.pipeline import pipeline_flow
 
+    state = pipeline_flow(
+        raw_dir=str(args.raw_dir), out_dir=None if args.out_dir is None else str(args.out_dir),
+        partition=args.partition, clients=args.clients, rounds=args.rounds, strategy=args.strategy,
+        local_epochs=args.local_epochs, lr=args.lr, batch_size=args.batch_size, hidden=args.hidden, mu=args.mu,
+        alpha=args.alpha, feature=args.feature, train_fraction=None if args.train_until else args.train_fraction,
+        train_until=args.train_until, threshold_method=args.threshold_method,
+        threshold_quantile=args.threshold_quantile, threshold_k=args.threshold_k, alarm_k=args.alarm_k,
+        alarm_n=args.alarm_n, seed=args.seed, workers=args.workers, lock_timeout_s=args.lock_timeout_s,
+        return_state=True,
+    )
     try:
-        out = pipeline_flow(
-            raw_dir=str(args.raw_dir), out_dir=None if args.out_dir is None else str(args.out_dir),
-            partition=args.partition, clients=args.clients, rounds=args.rounds, strategy=args.strategy,
-            local_epochs=args.local_epochs, lr=args.lr, batch_size=args.batch_size, hidden=args.hidden, mu=args.mu,
-            alpha=args.alpha, feature=args.feature, train_fraction=None if args.train_until else args.train_fraction,
-            train_until=args.train_until, threshold_method=args.threshold_method,
-            threshold_quantile=args.threshold_quantile, threshold_k=args.threshold_k, alarm_k=args.alarm_k,
-            alarm_n=args.alarm_n, seed=args.seed, workers=args.workers,
-        )
+        out = state.result()
     except ValidationFailed as exc:
         print(f"bearing run: validation failed, nothing was trained:\n{exc}", file=sys.stderr)
+        print(_retry_hint(state), file=sys.stderr)
+        return 1
+    except LockTimeout as exc:
+        print(f"bearing run: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - any failed step: report it with the retry procedure, exit 1
+        print(f"bearing run: the pipeline failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(_retry_hint(state), file=sys.stderr)
         return 1
     width = max(len(k) for k in out)
     print("\nbearing-fl pipeline finished:")

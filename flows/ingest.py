@@ -31,8 +31,7 @@ def ingest_flow(
     """
     cfg = IngestConfig(raw_dir=raw_dir, out_dir=out_dir, batch_size=batch_size, channels=channels)
     out = str(cfg.resolved_out_dir(DataPaths()))
-    outputs_missing = not (Path(out) / "features.parquet").is_file()
-    result = ingest_task.with_options(refresh_cache=outputs_missing or None)(
+    result = ingest_task(  # cached on the raw tree; re-runs when the outputs no longer match (IngestOutputsPolicy)
         raw_dir=str(Path(raw_dir)),
         out_dir=out,
         raw_fingerprint=tree_fingerprint(raw_dir),

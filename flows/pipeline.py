@@ -3,7 +3,12 @@ calibration) -> publish + champion/challenger -> score -> evaluate -> report.
 
 Each step is a sub-flow or task cached on the *content* of its inputs, so re-running on unchanged data skips the
 work that is already done, a new raw file re-does only what depends on it, and a run that failed can be retried
-from the Prefect UI (or ``prefect flow-run retry <id>``): completed steps come back as Cached.
+from the Prefect UI (or ``prefect flow-run retry <id> --entrypoint flows/pipeline.py:pipeline_flow``): completed
+steps come back as Cached.
+
+Overlapping runs on one dataset (the nightly run and a manual ``bearing run``) are serialised by a dataset-level
+lock (``<dataset>/.pipeline.lock``): the later run waits for the earlier one, then finds its work cached. The model
+registry has its own lock (tasks.registry), since several datasets share it.
 """
 
 from __future__ import annotations
@@ -13,17 +18,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from bearing_core.config import DataPaths
+from bearing_core.config import DataPaths, IngestConfig
 from bearing_core.fingerprint import sha256_file
+from bearing_core.locking import PIPELINE_LOCK_FILE, exclusive_lock
 from bearing_core.model_io import WEIGHTS_FILE
 from bearing_core.run_report import relative
 from flows.ingest import ingest_flow
 from flows.score import score_flow
 from flows.train import train_flow
-from flows.validate import validate_flow
+from flows.validate import portable, validate_flow
 from tasks.registry import promote_task, publish_task
 from tasks.report import report_task
 
@@ -64,6 +70,7 @@ def pipeline_flow(
     alarm_n: int = 3,
     seed: int = 0,
     workers: int | None = None,
+    lock_timeout_s: float = 3600.0,
 ) -> dict[str, Any]:
     """Raw IMS files -> validated dataset -> federated model + threshold -> champion -> scores, alarms, report.
 
@@ -91,10 +98,55 @@ def pipeline_flow(
         alarm_n: debounce window (snapshots).
         seed: seed for partitioning and training.
         workers: ingest worker processes (default: all cores).
+        lock_timeout_s: how long to wait for another run on the same dataset to finish before failing.
     """
+    dataset_out = IngestConfig(raw_dir=raw_dir, out_dir=out_dir).resolved_out_dir(DataPaths())
+    logger = get_run_logger()
+    with exclusive_lock(
+        Path(dataset_out) / PIPELINE_LOCK_FILE,
+        timeout_s=lock_timeout_s,
+        on_wait=lambda lock: logger.info("another pipeline run is writing %s: waiting for it (%s)",
+                                         relative(dataset_out), lock.name),
+    ):
+        return _run_pipeline(
+            raw_dir=raw_dir, out_dir=out_dir, partition=partition, clients=clients, rounds=rounds,
+            strategy=strategy, local_epochs=local_epochs, lr=lr, batch_size=batch_size, hidden=hidden, mu=mu,
+            alpha=alpha, feature=feature, train_fraction=train_fraction, train_until=train_until,
+            threshold_method=threshold_method, threshold_quantile=threshold_quantile, threshold_k=threshold_k,
+            alarm_k=alarm_k, alarm_n=alarm_n, seed=seed, workers=workers,
+        )
+
+
+def _run_pipeline(
+    *,
+    raw_dir: str,
+    out_dir: str | None,
+    partition: str,
+    clients: int,
+    rounds: int,
+    strategy: str,
+    local_epochs: int,
+    lr: float,
+    batch_size: int,
+    hidden: tuple[int, ...],
+    mu: float,
+    alpha: float,
+    feature: str,
+    train_fraction: float | None,
+    train_until: datetime | None,
+    threshold_method: str,
+    threshold_quantile: float,
+    threshold_k: float,
+    alarm_k: int,
+    alarm_n: int,
+    seed: int,
+    workers: int | None,
+) -> dict[str, Any]:
+    """The pipeline's steps (see :func:`pipeline_flow`), run while the dataset lock is held."""
     ingested = ingest_flow(raw_dir=raw_dir, out_dir=out_dir, workers=workers)
     dataset_dir = ingested["out_dir"]
     report = validate_flow(dataset_dir=dataset_dir)
+    headline = portable(report).headline()  # no absolute machine paths in reports and artifacts
     n_clients = len(_sites(dataset_dir)) if partition == "natural" else clients
     trained = train_flow(
         dataset_dir=dataset_dir,
@@ -134,9 +186,8 @@ def pipeline_flow(
         metrics_path=str(Path(champion) / "metrics.parquet"),
         ground_truth=str(ground_truth) if ground_truth.is_file() else None,
         ingest_summary=ingested["summary"],
-        validation_headline=report.headline(),
-        validation_warnings=[f"{w.name}: {w.column or ''} {', '.join(map(str, w.examples[:3]))}".strip()
-                             for w in report.warnings],
+        validation_headline=headline,
+        validation_warnings=[f"{w.check}: {w.detail()}" for w in report.warnings],
         training={"strategy": strategy, "partition": partition, "clients": n_clients, "rounds": rounds,
                   "local_epochs": local_epochs, "federated_eval_mse": trained["federated_eval_mse"],
                   "centralized_eval_mse": trained["centralized_eval_mse"], "failures": trained["failures"]},
@@ -150,7 +201,7 @@ def pipeline_flow(
     outputs = {
         "dataset": relative(dataset_dir),
         "ingest": ingested["summary"],
-        "validation": report.headline(),
+        "validation": headline,
         "validation report": relative(Path(dataset_dir) / "validation" / "index.html"),
         "trained model": relative(trained["model_dir"]),
         "promotion": ("promoted to latest: " if decision["promoted"] else "champion kept: ") + decision["reason"],

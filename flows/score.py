@@ -8,6 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from bearing_core.config import DataPaths
+from bearing_core.run_report import relative
 from bearing_core.scoring import resolve_model_dir
 from tasks.score import score_task
 
@@ -33,7 +34,8 @@ def score_flow(
         key=name or "alarms",
         table=result["alarms"],
         description=(
-            f"Alarms ({k} of the last {n} snapshots over threshold) of {dataset_dir} scored with {model_dir}: "
+            f"Alarms ({k} of the last {n} snapshots over threshold) of {relative(dataset_dir)} scored with "
+            f"{relative(model_dir)}: "
             f"{result['alarm_snapshots']} alarm snapshots of {result['rows']}"
         ),
     )

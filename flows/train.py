@@ -18,6 +18,7 @@ from bearing_core.config import DataPaths
 from bearing_core.federated.config import FaultInjection, FederatedConfig, SimulationResources
 from bearing_core.federated.simulation import CENTRALIZED, GLOBAL, model_version, partition_params
 from bearing_core.inputs import InputConfig
+from bearing_core.run_report import relative
 from tasks.partition import partition_task
 from tasks.train import train_centralized_task, train_federated_task
 
@@ -106,8 +107,8 @@ def train_flow(
         f"| alarm threshold | {federated['threshold']:.6g} ({federated['threshold_method']}, "
         f"{federated['calibration_size']} healthy holdout rows, federated sketches) |\n"
         f"| failed client replies | {federated['failures']} |\n"
-        f"| model | `{federated['model_dir']}` |\n"
-        f"| metrics | `{baseline['metrics_path']}` |\n"
+        f"| model | `{relative(federated['model_dir'])}` |\n"
+        f"| metrics | `{relative(baseline['metrics_path'])}` |\n"
     )
     create_markdown_artifact(key=f"{key}-summary", markdown=summary, description="Federated vs centralized")
     return {

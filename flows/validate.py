@@ -13,8 +13,22 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from bearing_core.run_report import relative
 from bearing_core.validation import ValidationConfig, ValidationReport
 from tasks.validate import validate_task, validation_inputs_fingerprint
+
+
+def portable(report: ValidationReport) -> ValidationReport:
+    """The report with paths relative to the working directory, for artifacts and run reports (no machine paths)."""
+    return report.model_copy(update={"target": Path(relative(report.target)), "docs_index": None})
+
+
+def artifact_markdown(report: ValidationReport) -> str:
+    """Markdown artifact of ``report``: :meth:`ValidationReport.to_markdown` with relative paths."""
+    markdown = portable(report).to_markdown()
+    if report.docs_index:
+        markdown += f"\nData Docs: `{relative(report.docs_index)}`\n"
+    return markdown
 
 
 def artifact_key(dataset_dir: str | Path) -> str:
@@ -44,7 +58,7 @@ def validate_flow(dataset_dir: str, config: ValidationConfig | None = None) -> V
         inputs_fingerprint=validation_inputs_fingerprint(dataset),
     )
     key = artifact_key(dataset)
-    create_markdown_artifact(markdown=report.to_markdown(), key=key, description=report.headline())
+    create_markdown_artifact(markdown=artifact_markdown(report), key=key, description=portable(report).headline())
     create_table_artifact(table=report.table_rows(), key=f"{key}-checks", description="One row per expectation")
     print(report.summary_text())
     report.raise_for_errors()

@@ -2,22 +2,35 @@
 
 The cache key is the raw tree's fingerprint (path, size, mtime of every file) + the ingest settings + this task's
 source, so a second run on an unchanged directory is served from cache while a new raw file or changed settings
-re-run it (the flow refreshes the cache when the outputs have been deleted). The core ingest is itself incremental: when it does
-run, only new or changed files are parsed.
+re-run it. A cached result is only served while ``features.parquet`` on disk is still the one it describes (same
+SHA-256): outputs deleted, or rewritten by an ingest of other raw content since (raw files changed, then restored
+with their old mtimes), make the task run again (see :class:`IngestOutputsPolicy`). The core ingest is itself
+incremental: when it does run, only new or changed files are parsed.
+
+Retries (with backoff) cover what can clear by itself: transient I/O errors and another ingest holding the output
+directory's lock. Bad settings or a missing raw directory fail at once with their message.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.client.schemas.objects import TaskRun
+from prefect.context import TaskRunContext
+from prefect.results import get_result_store
+from prefect.states import State
+from prefect.utilities.hashing import hash_objects
 
 from bearing_core.config import IngestConfig
 from bearing_core.fingerprint import sha256_file, sha256_files
-from bearing_core.ingest import IngestProgress, ingest_directory
+from bearing_core.ingest import IngestError, IngestProgress, ingest_directory
+from bearing_core.run_report import relative
+from tasks.retry import is_transient
 
 
 def dataset_fingerprint(out_dir: str | Path) -> str:
@@ -26,12 +39,51 @@ def dataset_fingerprint(out_dir: str | Path) -> str:
     return sha256_files([out / "features.parquet", out / "quarantine.parquet"])
 
 
+@dataclass
+class IngestOutputsPolicy(CachePolicy):
+    """Key = raw fingerprint + settings + task source (``INPUTS + TASK_SOURCE``), served only while valid.
+
+    A record is valid while the output's ``features.parquet`` has the SHA-256 it recorded. Prefect cannot delete
+    a stale record, so the policy walks *generations* of the key (``key``, ``hash(key, 1)``, ...) and returns the
+    first that is valid (a cache hit) or free (ingest and cache there): after outputs were lost or overwritten,
+    one run re-ingests and the next is served from cache again.
+    """
+
+    max_generations: int = 100
+
+    def compute_key(
+        self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
+        base = (INPUTS + TASK_SOURCE).compute_key(task_ctx, inputs, flow_parameters, **kwargs)
+        if base is None:
+            return None
+        features = Path(inputs["out_dir"]) / "features.parquet"
+        current = sha256_file(features) if features.is_file() else None
+        store = get_result_store()
+        for generation in range(self.max_generations):
+            key = base if generation == 0 else hash_objects(base, generation, raise_on_failure=True)
+            if not store.exists(key):
+                return key
+            try:
+                if current is not None and store.read(key).result.get("features_sha256") == current:
+                    return key
+            except Exception:  # noqa: BLE001 - an unreadable record counts as stale
+                continue
+        return None
+
+
+def retry_ingest(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry transient I/O errors and a lock held by another ingest of the same output directory."""
+    return isinstance(state.data, IngestError) or is_transient(state.data)
+
+
 @task(
     name="ingest",
-    cache_policy=INPUTS + TASK_SOURCE,
+    cache_policy=IngestOutputsPolicy(),
     persist_result=True,
     retries=2,
     retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_ingest,
     task_run_name="ingest {raw_dir}",
 )
 def ingest_task(
@@ -51,7 +103,7 @@ def ingest_task(
     if workers:
         kwargs["workers"] = workers
     cfg = IngestConfig(**kwargs)
-    artifact_id = create_progress_artifact(progress=0.0, description=f"Ingesting {raw_dir}")
+    artifact_id = create_progress_artifact(progress=0.0, description=f"Ingesting {relative(raw_dir)}")
 
     last_pct = -1.0
 

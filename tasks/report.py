@@ -26,9 +26,17 @@ from bearing_core.run_report import (
 from bearing_core.scoring import alarm_summary, read_scores
 from bearing_core.synthetic import load_ground_truth
 from bearing_core.threshold import load_threshold
+from tasks.retry import transient_io_error
 
 
-@task(name="report", cache_policy=INPUTS + TASK_SOURCE, persist_result=True, retries=1, retry_delay_seconds=2)
+@task(
+    name="report",
+    cache_policy=INPUTS + TASK_SOURCE,
+    persist_result=True,
+    retries=1,
+    retry_delay_seconds=2,
+    retry_condition_fn=transient_io_error,
+)
 def report_task(
     dataset_dir: str,
     report_dir: str,

@@ -30,8 +30,9 @@ from bearing_core.federated.server_app import METRICS_FILE
 from bearing_core.fingerprint import sha256_file
 from bearing_core.model_io import CONFIG_FILE, WEIGHTS_FILE
 from bearing_core.threshold import THRESHOLD_FILE, load_threshold
+from tasks.retry import PERMANENT_OS_ERRORS
 
-PERMANENT_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError)
+PERMANENT_ERRORS = (ValueError, TypeError, KeyError, *PERMANENT_OS_ERRORS)
 
 
 def retry_on_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -127,6 +128,11 @@ def train_federated_task(
     if sha256_file(manifest_path) != manifest_sha256:
         raise ValueError(f"{manifest_path} changed since partitioning (sha256 mismatch): re-run the partition task")
     config = FederatedConfig.model_validate(cfg)
+    models_root = Path(model_dir).parent
+    try:  # fail before starting the simulation (and without retrying) when the model cannot be written
+        models_root.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise NotADirectoryError(f"cannot write the model: {models_root} is not a directory ({exc})") from exc
     result = run_federated(
         clients_dir, config, model_dir, resources=SimulationResources.model_validate(resources or {}), baseline=False
     )

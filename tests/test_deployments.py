@@ -132,7 +132,7 @@ def test_both_deployments_exist_with_their_schedules_and_the_pipeline_parameters
         schema = deployment.parameter_openapi_schema
         props = schema["properties"]
         assert {"raw_dir", "rounds", "strategy", "partition", "train_until", "seed"} <= set(props)
-        assert props["rounds"]["type"] == "integer" and props["rounds"]["default"] == 10
+        assert props["rounds"]["type"] == "integer" and props["rounds"]["default"] == 20
         assert props["raw_dir"]["default"] == "data/raw/demo"
         assert "fedprox" in json.dumps(props["strategy"]) and not schema.get("required")
         assert deployment.parameters["raw_dir"] == "data/raw/demo" and deployment.parameters["strategy"] == "fedavg"
