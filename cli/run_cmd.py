@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="client partition scheme (default: %(default)s = one client per site)")
     p.add_argument("--clients", type=int, default=4, help="clients for iid/quantity/dirichlet (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=20, help="federated rounds (default: %(default)s)")
-    p.add_argument("--strategy", choices=("fedavg", "fedprox", "fedadam", "fedmedian"), default="fedavg",
+    p.add_argument("--strategy", choices=("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"),
+                   default="fedavg",
                    help="aggregation strategy (default: %(default)s)")
     p.add_argument("--local-epochs", type=int, default=10, help="client epochs per round (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-2, help="client learning rate (default: %(default)s)")
@@ -77,6 +78,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _config_problems(args: argparse.Namespace) -> list[str]:
+    """Validate every setting with the same typed configs the steps use, before Prefect or any step starts."""
+    from pydantic import ValidationError
+
+    from bearing_core.config import IngestConfig
+    from bearing_core.federated.config import FederatedConfig
+    from bearing_core.inputs import InputConfig
+    from cli.train_cmd import validation_message
+
+    checks = [
+        lambda: IngestConfig(raw_dir=args.raw_dir, **({"workers": args.workers} if args.workers is not None else {})),
+        lambda: FederatedConfig(
+            strategy=args.strategy, rounds=args.rounds, local_epochs=args.local_epochs, lr=args.lr,
+            batch_size=args.batch_size, proximal_mu=args.mu, seed=args.seed, num_clients=args.clients,
+            hidden=args.hidden, threshold_method=args.threshold_method,
+            threshold_quantile=args.threshold_quantile, threshold_k=args.threshold_k,
+        ).threshold_config(),
+        lambda: InputConfig(feature=args.feature, train_until=args.train_until,
+                            train_fraction=None if args.train_until else args.train_fraction),
+    ]
+    if args.alpha <= 0:
+        return [f"--alpha must be > 0, got {args.alpha}"]
+    for check in checks:
+        try:
+            check()
+        except ValidationError as exc:
+            return [validation_message(exc)]
+    return []
+
+
 def run(args: argparse.Namespace) -> int:
     problems = []
     if not args.raw_dir.is_dir():
@@ -88,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         problems.append(f"--lock-timeout must be >= 0, got {args.lock_timeout_s}")
     if args.alarm_k > args.alarm_n:
         problems.append(f"--k ({args.alarm_k}) cannot exceed --n ({args.alarm_n})")
+    if not problems:
+        problems.extend(_config_problems(args))
     if problems:  # fail fast, before any work starts
         print(f"bearing run: error: {problems[0]}", file=sys.stderr)
         return 2

@@ -53,7 +53,7 @@ def pipeline_flow(
     partition: Literal["natural", "iid", "quantity", "dirichlet"] = "natural",
     clients: int = 4,
     rounds: int = 20,
-    strategy: Literal["fedavg", "fedprox", "fedadam", "fedmedian"] = "fedavg",
+    strategy: Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"] = "fedavg",
     local_epochs: int = 10,
     lr: float = 1e-2,
     batch_size: int = 32,
