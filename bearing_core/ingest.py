@@ -28,22 +28,33 @@ Channel count: ``cfg.channels``, else the one in an existing ``dataset.json``, e
 in sorted path order (parsed in-process before the pool starts). Files with another count are quarantined.
 
 Crash safety: every file is written via temp + rename (:mod:`bearing_core.io`), in the order samples ->
-features.parquet -> quarantine.parquet -> dataset.json -> obsolete samples removed -> manifest.parquet. The
-manifest, written last, only ever describes outputs that exist, so a run killed at any moment leaves the
-previous outputs readable and the next run redoes exactly the unfinished files (stale temp files are removed
-first). A lock file (``OUT/.ingest.lock``) stops two ingests from writing one output directory at once.
+one ``os.sync()`` -> features.parquet -> quarantine.parquet -> dataset.json -> obsolete samples removed ->
+manifest.parquet. The manifest, written last, only ever describes outputs that exist, so a run killed at any
+moment leaves the previous outputs readable and the next run redoes exactly the unfinished files (stale temp
+files are removed first). A lock file (``OUT/.ingest.lock``) stops two ingests from writing one output
+directory at once.
+Samples files are not fsynced one by one (an fsync costs ~1 ms of CPU and ~3 ms of latency per file); a single
+``os.sync()`` makes all of them durable (~0.5 s for 650 MB here) before features.parquet, the first file that
+references them, is written. A killed process loses nothing that was written (the page cache keeps it); after an
+OS crash before that sync, only this run's samples can be missing, and no committed output describes them yet: a
+re-run parses those files again, because the manifest still describes the previous state.
 
 Parallelism: ``cfg.workers`` processes (spawn: safe with the threads pyarrow starts, and the workers are direct
 children, so ``RUSAGE_CHILDREN`` accounts for them; scripts calling this need the usual
 ``if __name__ == "__main__":`` guard), work unit = ``cfg.batch_size`` files. Workers read, hash, parse, compute
-features and write the samples files (in background threads that hide the fsync latency), returning only a small
-row per file; at most two batches per worker are in flight, so memory stays bounded whatever the number of
-files. ``workers=1`` (or a single batch) runs in-process.
+features and write the samples files, returning only a small row per file; at most two batches per worker are in
+flight, so memory stays bounded whatever the number of files. Each worker tunes its allocator once
+(:func:`configure_worker_process`) and imports numpy, scipy.fft, pyarrow and pydantic only (no pandas: Arrow
+arrays are built from numpy buffers). ``workers=1`` (or a single batch) runs in-process.
+
+Cost of one 1.1 MB 8-channel file on one core (see BENCHMARKS.md): read + sha256 ~0.7 ms, parse ~2.3 ms,
+features ~2 ms, samples write ~1.2 ms.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import fcntl
 import hashlib
@@ -51,13 +62,12 @@ import json
 import multiprocessing
 import os
 import stat
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -84,16 +94,22 @@ LOCK_FILE = ".ingest.lock"
 INGEST_STAGE = "ingest"
 
 METADATA_SUFFIXES = (".json", ".md", ".csv", ".txt")
-# Samples parquet: dictionary encoding, no codec. IMS values are 3-decimal quantised (a few thousand distinct
-# values per channel), so the dictionary alone makes a 1.1 MB snapshot ~190 kB (raw float32: 660 kB). Measured
-# per file: zstd-1 on top saves 8 % of the size for +25 % write CPU; snappy/lz4 gain nothing.
-_SAMPLES_PARQUET_OPTIONS = {"compression": "none", "use_dictionary": True}
+# Samples parquet: plain float32 channels, no codec, no statistics; dictionary (RLE) only for the constant
+# timestamp column. Measured per 8-channel file: 0.6 ms of encoding for ~660 kB. Dictionary-encoding the channels
+# (IMS values are 3-decimal quantised) makes it ~230 kB but costs 2.1 ms, zstd-1 or lz4 on plain values save
+# < 15 % for +1.5 ms: the disk writes 650 MB in ~0.5 s here, the CPU is the bottleneck.
+_SAMPLES_PARQUET_OPTIONS = {
+    "compression": "none",
+    "use_dictionary": ["timestamp"],
+    "write_statistics": False,
+    "write_batch_size": 32_768,  # > samples per snapshot: one batch per column chunk
+}
 
 _NESTED_REASON = "nested too deep: snapshots must be RAW_DIR/<file> or RAW_DIR/<site>/<file>"
 
-# Per worker process: threads writing samples files, and snapshots allowed to wait for them (~0.7 MB each).
-_WRITER_THREADS = 2
-_MAX_PENDING_WRITES = 4
+# glibc mallopt() parameters (malloc.h), see configure_worker_process.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 
 QUARANTINE_SCHEMA = pa.schema([("file", pa.string()), ("reason", pa.string()), ("stage", pa.string())])
 MANIFEST_SCHEMA = pa.schema(
@@ -311,7 +327,7 @@ def _ingest_locked(
     if n_channels is None:
         # Infer the dataset's channel count from the first valid file in sorted order, in-process.
         while tasks and settings.channels is None:
-            result = _process_file(tasks.pop(0), settings, write_samples)
+            result = _process_file(tasks.pop(0), settings)
             results.append(result)
             tracker.advance([result])
             if result.status == "ok" and result.n_channels is not None:
@@ -336,6 +352,8 @@ def _ingest_locked(
         "dataset": out_dir / DATASET_FILE,
         "manifest": out_dir / MANIFEST_FILE,
     }
+    if any(r.parsed for r in ok):
+        os.sync()  # the samples written without fsync become durable before anything references them
     write_parquet_atomic(outputs["features"], _features_table(ok, previous, channels))
     write_parquet_atomic(outputs["quarantine"], _quarantine_table(ingest_quarantine, previous, present))
     write_json_atomic(outputs["dataset"], _dataset_description(raw_dir, cfg, channels, ok))
@@ -401,7 +419,9 @@ def _run_batches(
     context = multiprocessing.get_context("spawn")
     max_in_flight = 2 * workers
     pending = iter(batches)
-    with ProcessPoolExecutor(max_workers=min(workers, len(batches)), mp_context=context) as pool:
+    n_processes = min(workers, len(batches))
+    pool = ProcessPoolExecutor(max_workers=n_processes, mp_context=context, initializer=configure_worker_process)
+    with pool:
         in_flight: set[Future[list[_Result]]] = set()
         for batch in pending:
             in_flight.add(pool.submit(_process_batch, batch, settings))
@@ -416,33 +436,32 @@ def _run_batches(
                 yield future.result()
 
 
+def configure_worker_process() -> None:
+    """Pool initializer of the ingest's worker processes (public so benchmarks can profile under the same
+    conditions): make glibc keep freed memory for reuse (a no-op with other C libraries).
+
+    Every file allocates and frees a dozen MB-sized numpy temporaries (parser indices, float64 signals, FFT
+    buffers). By default glibc maps such blocks afresh or trims them off the heap after each free, so every
+    file page-faults ~15 MB of zeroed memory again: ~2 ms of CPU per file, as much as the features themselves.
+    With a fixed 16 MB mmap threshold and a 256 MB trim threshold they stay in the heap and are reused; a
+    worker's RSS stays at its working set (tens of MB). Only done in the pool's own processes, never in a
+    caller's process.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+    mallopt(_M_MMAP_THRESHOLD, 16 << 20)
+
+
 def _process_batch(tasks: Iterable[_Task], settings: _WorkerSettings) -> list[_Result]:
-    """Worker entry point (module-level, so it pickles under spawn).
-
-    Samples files are written by background threads while the next file is parsed: each atomic write ends with
-    an fsync, whose disk latency (several ms, far more when the disk is busy) would otherwise idle the core.
-    At most ``_MAX_PENDING_WRITES`` snapshots wait for their write (bounded memory), and the batch returns only
-    once every write has completed, so a result never describes a samples file that does not exist yet.
-    """
-    pending: deque[Future[Path]] = deque()
-    with ThreadPoolExecutor(max_workers=_WRITER_THREADS, thread_name_prefix="samples-writer") as writers:
-
-        def write_in_background(*args: Any) -> None:
-            pending.append(writers.submit(write_samples, *args))
-            while len(pending) > _MAX_PENDING_WRITES:
-                pending.popleft().result()
-
-        results = [_process_file(task, settings, write_in_background) for task in tasks]
-        while pending:
-            pending.popleft().result()
-    return results
+    """Worker entry point (module-level, so it pickles under spawn): one result per file, in order."""
+    return [_process_file(task, settings) for task in tasks]
 
 
-def _process_file(task: _Task, settings: _WorkerSettings, write: Callable[..., object]) -> _Result:
-    """Read, hash, parse, featurise one file and ``write`` its samples; bad files become a quarantine result.
-
-    ``write`` takes :func:`write_samples`' arguments (called directly, or queued to a writer thread).
-    """
+def _process_file(task: _Task, settings: _WorkerSettings) -> _Result:
+    """Read, hash, parse, featurise one file and write its samples; bad files become a quarantine result."""
     path = Path(task.abs_path)
     try:
         st = path.stat()  # before reading: if the file changes meanwhile, the next run sees a new mtime
@@ -461,7 +480,7 @@ def _process_file(task: _Task, settings: _WorkerSettings, write: Callable[..., o
         read = sha256 is not None  # unreadable/too-large files were not parsed
         return _Result(task.rel, task.site, size, mtime_ns, sha256, "quarantined", parsed=read, reason=exc.reason)
     features = compute_features(data, settings.rig).ravel()
-    write(samples_path(Path(settings.out_dir), task.rel), data, timestamp, task.rel, task.site)
+    write_samples(samples_path(Path(settings.out_dir), task.rel), data, timestamp, task.rel, task.site, fsync=False)
     return _Result(
         task.rel,
         task.site,
@@ -476,20 +495,33 @@ def _process_file(task: _Task, settings: _WorkerSettings, write: Callable[..., o
     )
 
 
-def write_samples(target: Path, data: np.ndarray, timestamp: datetime, rel: str, site: str) -> Path:
+def write_samples(
+    target: Path, data: np.ndarray, timestamp: datetime, rel: str, site: str, *, fsync: bool = True
+) -> Path:
     """One snapshot's samples as Parquet: ``timestamp`` (same on every row) + one float32 column per channel.
 
     Key-value metadata ``file``, ``site``, ``path``, ``timestamp`` (ISO) make the file self-describing.
+    ``fsync=False`` leaves durability to the caller (the ingest syncs once for all files, module docstring).
     """
     n_samples = data.shape[0]
-    columns = np.ascontiguousarray(data.T)
-    arrays = [pa.array(np.full(n_samples, np.datetime64(timestamp, "us")))]
-    arrays += [pa.array(columns[j]) for j in range(columns.shape[0])]
+    micros = np.full(n_samples, np.datetime64(timestamp, "us").astype(np.int64))
+    columns = np.ascontiguousarray(data.T, dtype=np.float32)  # a view for the reader's channel-major samples
+    arrays = [_arrow_view(micros, pa.timestamp("us"))]
+    arrays += [_arrow_view(columns[j], pa.float32()) for j in range(columns.shape[0])]
     schema = pa.schema(
         [("timestamp", pa.timestamp("us"))] + [(name, pa.float32()) for name in channel_names(data.shape[1])],
         metadata={"file": Path(rel).name, "site": site, "path": rel, "timestamp": timestamp.isoformat()},
     )
-    return write_parquet_atomic(target, pa.Table.from_arrays(arrays, schema=schema), **_SAMPLES_PARQUET_OPTIONS)
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    return write_parquet_atomic(target, table, fsync=fsync, **_SAMPLES_PARQUET_OPTIONS)
+
+
+def _arrow_view(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    """Zero-copy Arrow array over a contiguous 1-D numpy array of the matching fixed-width type.
+
+    ``pa.array`` would copy, and its first call imports pandas (~0.3 s of CPU in every worker process).
+    """
+    return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(values)])
 
 
 def read_samples(path: str | os.PathLike[str]) -> tuple[np.ndarray, datetime, dict[str, str]]:

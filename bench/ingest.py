@@ -9,8 +9,11 @@ under ``.bench/`` (git-ignored), warms the page cache so every contender reads f
   file per snapshot + a features table, one file after the other (what a notebook would do);
 * **(b) pyarrow parse-only** - ``pyarrow.csv.read_csv`` of each file, nothing else.
 
-It prints MB/s (raw bytes / wall time) and ratios, profiles our per-file stages in-process (read+sha256, parse,
-features, samples write), and writes the ``## Ingest`` section of ``BENCHMARKS.md``.
+Each contender runs ``--runs`` times, interleaved (ours, (a), (b), (c), ours, ...), so that the varying load of a
+shared machine hits them alike; the report gives every run's wall time, the median run and each run's ratios.
+It prints MB/s (raw bytes / wall time) and ratios, profiles our per-file stages (read+sha256, parse, features,
+samples write) in a process set up like our workers and in a default one, and writes the ``## Ingest`` section
+of ``BENCHMARKS.md``.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -235,15 +241,18 @@ def measure_reader_only(paths: list[Path], n_bytes: int) -> Measurement:
     )
 
 
+STAGES = ("read + sha256", "parse", "features", "samples parquet write")
+
+
 def profile_stages(paths: list[Path], scratch: Path) -> dict[str, float]:
-    """Mean CPU milliseconds per file of each stage of our worker, single process, on a sample of files."""
+    """Mean CPU milliseconds per file of each stage of our worker (same calls as the ingest), on a few files."""
     from bearing_core.config import RigConfig
     from bearing_core.features import compute_features
     from bearing_core.ims_reader import parse_ims_bytes, parse_snapshot_time, read_raw_bytes
     from bearing_core.ingest import write_samples
 
     rig = RigConfig()
-    totals = dict.fromkeys(("read + sha256", "parse", "features", "samples parquet write"), 0.0)
+    totals = dict.fromkeys(STAGES, 0.0)
     for path in paths:
         t0 = time.process_time()
         raw = read_raw_bytes(path)
@@ -254,11 +263,20 @@ def profile_stages(paths: list[Path], scratch: Path) -> dict[str, float]:
         compute_features(data, rig)
         t3 = time.process_time()
         target = scratch / "profile" / f"{path.name}.parquet"
-        write_samples(target, data, parse_snapshot_time(path.name), path.name, "bench")
+        write_samples(target, data, parse_snapshot_time(path.name), path.name, "bench", fsync=False)
         t4 = time.process_time()
         for key, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             totals[key] += dt
     return {k: v / len(paths) * 1e3 for k, v in totals.items()}
+
+
+def profile_in_fresh_process(paths: list[Path], scratch: Path, as_worker: bool) -> dict[str, float]:
+    """:func:`profile_stages` in a new spawned process, set up like our ingest workers or left at the defaults."""
+    from bearing_core.ingest import configure_worker_process
+
+    initializer = configure_worker_process if as_worker else None
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=initializer) as pool:
+        return pool.submit(profile_stages, paths, scratch).result()
 
 
 def replace_section(document: str, heading: str, section: str) -> str:
@@ -273,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=1000, help="IMS files in the generated data set")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="our ingest's worker processes")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved runs of every contender (median reported)")
     parser.add_argument(
         "--data", type=Path, default=REPO / ".bench" / "ims", help="where the data set is generated (or reused)"
     )
@@ -284,84 +303,107 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data set: {raw} ({args.files} files) ...", flush=True)
     paths = generate_dataset(raw, args.files)
     n_bytes = warm_page_cache(paths)
-    load_before = os.getloadavg()
+    loads: list[tuple[float, float]] = []
+    runs: dict[str, list[Measurement]] = {}
+    children: list[dict] = []
     with tempfile.TemporaryDirectory(dir=REPO / ".bench", prefix="run-") as tmp:
         scratch = Path(tmp)
-        ours, child = measure_ours(raw, scratch, args.workers, n_bytes, len(paths))
-        print(f"{ours.name}: {ours.seconds:.2f} s, {ours.mb_per_s:.1f} MB/s ({child['summary']})", flush=True)
-        pandas_loop = measure_pandas_loop(paths, scratch, n_bytes)
-        print(f"{pandas_loop.name}: {pandas_loop.seconds:.2f} s, {pandas_loop.mb_per_s:.1f} MB/s", flush=True)
-        pyarrow_parse = measure_pyarrow_parse(paths, n_bytes)
-        print(f"{pyarrow_parse.name}: {pyarrow_parse.seconds:.2f} s, {pyarrow_parse.mb_per_s:.1f} MB/s", flush=True)
-        reader_only = measure_reader_only(paths, n_bytes)
-        print(f"{reader_only.name}: {reader_only.seconds:.2f} s, {reader_only.mb_per_s:.1f} MB/s", flush=True)
-        stages = profile_stages(paths[: args.profile_files], scratch)
-    load_after = os.getloadavg()
+        for run in range(1, args.runs + 1):
+            load_before = os.getloadavg()[0]
+            ours, child = measure_ours(raw, scratch, args.workers, n_bytes, len(paths))
+            children.append(child)
+            measured = [
+                ours,
+                measure_pandas_loop(paths, scratch, n_bytes),
+                measure_pyarrow_parse(paths, n_bytes),
+                measure_reader_only(paths, n_bytes),
+            ]
+            loads.append((load_before, os.getloadavg()[0]))
+            for m in measured:
+                runs.setdefault(m.name, []).append(m)
+            timings = ", ".join(f"{m.name.split(':')[0]} {m.seconds:.2f} s" for m in measured)
+            print(f"run {run}: {timings} (load {loads[-1][0]:.1f} -> {loads[-1][1]:.1f}; {child['summary']})", flush=True)
+        sample = paths[: args.profile_files]
+        stages = profile_in_fresh_process(sample, scratch, as_worker=True)
+        stages_default = profile_in_fresh_process(sample, scratch, as_worker=False)
 
-    self_mb, peak_rss_mb = child["self_kb"] / 1024, child["tree_peak_kb"] / 1024
-    vs_pandas = ours.mb_per_s / pandas_loop.mb_per_s
-    vs_pyarrow = ours.mb_per_s / pyarrow_parse.mb_per_s
+    names = list(runs)
+    ours_name, pandas_name, pyarrow_name, reader_name = names
+    medians = {name: _median_run(measurements) for name, measurements in runs.items()}
+    ours = medians[ours_name]
+    # Ratios per run: the contenders of one run ran minutes apart at most, under similar load.
+    per_run_ratio = {name: [m.seconds / o.seconds for o, m in zip(runs[ours_name], runs[name])] for name in names}
+    vs_pandas = statistics.median(per_run_ratio[pandas_name])
+    vs_pyarrow = statistics.median(per_run_ratio[pyarrow_name])
+    peak_rss_mb = max(c["tree_peak_kb"] for c in children) / 1024
+    self_mb = max(c["self_kb"] for c in children) / 1024
     checks = {
         f"ours / (a) >= {TARGETS['vs_pandas']}x": vs_pandas >= TARGETS["vs_pandas"],
         f"ours / (b) >= {TARGETS['vs_pyarrow']}x": vs_pyarrow >= TARGETS["vs_pyarrow"],
         f"peak RSS < {TARGETS['peak_rss_mb']:.0f} MB": peak_rss_mb < TARGETS["peak_rss_mb"],
     }
-    print(f"ratios: ours/(a) = {vs_pandas:.2f}x, ours/(b) = {vs_pyarrow:.2f}x")
+    print(f"ratios (median over runs): ours/(a) = {vs_pandas:.2f}x, ours/(b) = {vs_pyarrow:.2f}x")
     print(f"peak RSS: whole process tree {peak_rss_mb:.0f} MB (main process alone {self_mb:.0f} MB)")
-    print("per-file stages (CPU ms): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    print("per-file stages, worker process (CPU ms): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
     for check, ok in checks.items():
         print(f"  {'PASS' if ok else 'MISS'}  {check}")
 
     rows = "\n".join(
-        f"| {m.name} | {m.seconds:.2f} | {m.mb_per_s:.1f} | {m.files_per_s:.0f} | {ours.mb_per_s / m.mb_per_s:.2f}x "
-        f"| {m.cpu_ms_per_file:.1f} |"
-        for m in (ours, pandas_loop, pyarrow_parse, reader_only)
+        f"| {name} | {' / '.join(f'{m.seconds:.2f}' for m in runs[name])} | {medians[name].seconds:.2f} "
+        f"| {medians[name].mb_per_s:.1f} | {medians[name].files_per_s:.0f} "
+        f"| {' / '.join(f'{r:.2f}x' for r in per_run_ratio[name])} | {medians[name].cpu_ms_per_file:.1f} |"
+        for name in names
     )
     stage_total = sum(stages.values())
-    stage_rows = "\n".join(f"| {k} | {v:.2f} | {100 * v / stage_total:.0f}% |" for k, v in stages.items())
+    stage_rows = "\n".join(
+        f"| {k} | {v:.2f} | {100 * v / stage_total:.0f}% | {stages_default[k]:.2f} |" for k, v in stages.items()
+    )
     cores = os.cpu_count() or 1
-    largest_stage = max(stages, key=stages.__getitem__)
+    pandas_cpu, pyarrow_cpu = medians[pandas_name].cpu_ms_per_file, medians[pyarrow_name].cpu_ms_per_file
+    reader_cpu = medians[reader_name].cpu_ms_per_file
     reading = "\n".join(
         [
-            f"- Reader: ours alone (c) costs {reader_only.cpu_ms_per_file:.1f} CPU ms per file vs "
-            f"{pyarrow_parse.cpu_ms_per_file:.1f} for (b), i.e. "
-            f"**{pyarrow_parse.cpu_ms_per_file / reader_only.cpu_ms_per_file:.2f}x** its CPU efficiency "
-            f"(wall clock {reader_only.mb_per_s / pyarrow_parse.mb_per_s:.2f}x under the varying load): it is "
-            "pyarrow's C++ CSV parser plus validation and the float32 copy.",
-            f"- Full ingest: {ours.cpu_ms_per_file:.1f} CPU ms per file (worker start-up, sha256 and samples write "
-            f"included) vs {pandas_loop.cpu_ms_per_file:.1f} for (a), which parses, computes the same features and "
-            f"writes Parquet, and {pyarrow_parse.cpu_ms_per_file:.1f} for (b), which only parses. The largest "
-            f"stage is {largest_stage} ({100 * stages[largest_stage] / stage_total:.0f}% of a file's CPU).",
-            f"- The wall-clock ratios therefore come from parallelism alone, and the ingest got "
-            f"{ours.cpu_seconds / ours.seconds:.2f} of the {cores} cores on average (other jobs share them). "
-            f"On {cores} idle cores the ceiling is cores x CPU ratio = "
-            f"{cores * pandas_loop.cpu_ms_per_file / ours.cpu_ms_per_file:.1f}x (a) and "
-            f"{cores * pyarrow_parse.cpu_ms_per_file / ours.cpu_ms_per_file:.2f}x (b): the 3x and 0.8x targets "
-            "need more cores (both ratios scale with the worker count) or cheaper features, not a faster parser.",
+            f"- Reader: ours alone (c) costs {reader_cpu:.1f} CPU ms per file vs {pyarrow_cpu:.1f} for (b), i.e. "
+            f"**{pyarrow_cpu / reader_cpu:.2f}x** its CPU efficiency, validation and float32 samples included.",
+            f"- Full ingest: {ours.cpu_ms_per_file:.1f} CPU ms per file (worker start-up, main process, sha256, "
+            f"samples write and sync included) vs {pandas_cpu:.1f} for (a), which parses, computes the same "
+            f"features and writes Parquet, and {pyarrow_cpu:.1f} for (b), which only parses (with pyarrow's threads).",
+            f"- In the median run the ingest got {ours.cpu_seconds / ours.seconds:.2f} of the {cores} cores "
+            f"(other jobs share them). On {cores} idle cores the ceiling is cores x CPU ratio = "
+            f"{cores * pandas_cpu / ours.cpu_ms_per_file:.1f}x (a) and "
+            f"{cores * pyarrow_cpu / ours.cpu_ms_per_file:.2f}x (b); under load a 2-process run loses more of that "
+            "than a single process does.",
+            "- Allocator: our workers keep freed memory for reuse (`configure_worker_process`); in a default "
+            f"process, as in (a), the same stages cost {sum(stages_default.values()):.1f} instead of "
+            f"{stage_total:.1f} CPU ms per file (last column of the profile).",
         ]
     )
+    load_text = "; ".join(f"run {i}: {a:.1f} -> {b:.1f}" for i, (a, b) in enumerate(loads, 1))
     section = f"""## Ingest
 
-Command: `.venv/bin/python -m bench.ingest --files {args.files}` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)
+Command: `.venv/bin/python -m bench.ingest --files {args.files} --runs {args.runs}`
+({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)
 
 Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), Python {platform.python_version()};
-load average {load_before[0]:.2f} before / {load_after[0]:.2f} after (the cores are shared with other jobs).
+1-minute load average before -> after each run ({load_text}): the cores are shared with other jobs.
 Data: {len(paths)} generated 8-channel IMS files (20,480 lines each), {n_bytes / 1e6:.0f} MB, page cache warm.
-Ours: `ingest_directory`, fresh output directory, {args.workers} worker processes, batch 32 ({child['summary']}).
+Ours: `ingest_directory`, fresh output directory, {args.workers} worker processes, batch 32 ({children[0]['summary']}).
+A run measures the four contenders one after the other; the table gives every run's wall time, the median run's
+numbers and, per run, ours' MB/s over the contender's.
 
-| contender | wall s | MB/s | files/s | ours / this (MB/s) | CPU ms per file |
-|---|---:|---:|---:|---:|---:|
+| contender | wall s (runs) | wall s (median) | MB/s | files/s | ours / this (per run) | CPU ms per file |
+|---|---:|---:|---:|---:|---:|---:|
 {rows}
 
-Peak RSS of our ingest, whole process tree (main + {args.workers} spawned workers, sampled every 20 ms):
+Peak RSS of our ingest, whole process tree (main + {args.workers} spawned workers, sampled every 20 ms, max over runs):
 **{peak_rss_mb:.0f} MB** (main process alone: {self_mb:.0f} MB).
 
-Targets: {"; ".join(f"{'PASS' if ok else 'MISS'} {c}" for c, ok in checks.items())}.
+Targets (median of the per-run ratios): {"; ".join(f"{'PASS' if ok else 'MISS'} {c}" for c, ok in checks.items())}.
 
-Profile of our per-file work (one process, {len(paths[: args.profile_files])} files, CPU ms per file):
+Profile of our per-file work ({len(sample)} files, CPU ms per file, the calls our workers make):
 
-| stage | ms | share |
-|---|---:|---:|
+| stage | worker process | share | default process |
+|---|---:|---:|---:|
 {stage_rows}
 
 Reading the numbers:
@@ -372,6 +414,11 @@ Reading the numbers:
     write_text_atomic(args.report, replace_section(document, "## Ingest", section))
     print(f"wrote the '## Ingest' section of {args.report}")
     return 0
+
+
+def _median_run(measurements: list[Measurement]) -> Measurement:
+    """The run with the median wall time (for an even count, the faster of the two middle runs)."""
+    return sorted(measurements, key=lambda m: m.seconds)[(len(measurements) - 1) // 2]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""The IMS reader: exact values on real files, accepted variants, and a precise reason for every kind of bad file."""
+"""The IMS reader: exact values on real files, accepted variants, and a precise reason for every kind of bad file.
+
+The archive-layout fast path is checked against an independent ``float()`` parse on generated files, and files
+just outside that layout must give the same values through the general parsers."""
 
 from __future__ import annotations
 
@@ -9,9 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import write_ims_file
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bearing_core.ims_reader import (
     IMSFormatError,
+    _parse_archive_layout,
+    _parse_precise,
     parse_ims_bytes,
     parse_snapshot_time,
     read_ims_file,
@@ -102,6 +109,75 @@ def test_float32_storage_round_trips_three_decimals() -> None:
     values = grid[: (grid.size // 8) * 8].reshape(-1, 8)
     data = parse_ims_bytes(_text(values), expected_samples=values.shape[0])
     np.testing.assert_array_equal(np.round(data.astype(np.float64), 3), values)
+
+
+def _archive_token(negative: bool, thousandths: int, style: str) -> str:
+    """A value as the IMS archive writes it: ``-0.105``, or with trailing zeros dropped (``-0.05``, ``1.``, ``1``)."""
+    text = f"{'-' if negative else ''}{thousandths // 1000}.{thousandths % 1000:03d}"
+    if style == "short":
+        text = text.rstrip("0")
+    elif style == "integer" and thousandths % 1000 == 0:
+        text = text[:-4]
+    return text
+
+
+@st.composite
+def archive_files(draw: st.DrawFn) -> tuple[bytes, list[list[str]]]:
+    """An IMS file in the archive's layout (any value styles, LF or CRLF, final newline or not) and its tokens."""
+    channels = draw(st.sampled_from([4, 8]))
+    n_samples = draw(st.integers(min_value=1, max_value=6))
+    token = st.builds(
+        _archive_token,
+        st.booleans(),
+        st.integers(min_value=0, max_value=9999),
+        st.sampled_from(["fixed", "short", "integer"]),
+    )
+    rows = draw(st.lists(st.lists(token, min_size=channels, max_size=channels), min_size=n_samples, max_size=n_samples))
+    newline = draw(st.sampled_from(["\n", "\r\n"]))
+    text = newline.join("\t".join(row) for row in rows) + (newline if draw(st.booleans()) else "")
+    return text.encode(), rows
+
+
+@settings(max_examples=150, deadline=None)
+@given(archive_files())
+def test_archive_layout_is_parsed_by_the_fast_path_bit_for_bit(file: tuple[bytes, list[list[str]]]) -> None:
+    raw, rows = file
+    expected = np.array([[float(token) for token in row] for row in rows]).astype(np.float32)
+    assert _parse_archive_layout(raw, len(rows), None) is not None  # the vectorised path took it
+    data = parse_ims_bytes(raw, expected_samples=len(rows))
+    assert data.dtype == np.float32 and data.shape == expected.shape
+    np.testing.assert_array_equal(data.view(np.uint32), expected.view(np.uint32))  # same bits, -0.0 included
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    archive_files(),
+    st.lists(
+        st.tuples(st.floats(min_value=0, max_value=1, exclude_max=True), st.sampled_from(list(b"0123456789.-+e \t\r\n\x00"))),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_fast_path_never_accepts_what_the_precise_path_reads_differently(
+    file: tuple[bytes, list[list[str]]], edits: list[tuple[float, int]]
+) -> None:
+    raw, rows = file
+    mutated = bytearray(raw)
+    for where, byte in edits:
+        mutated[int(where * len(mutated))] = byte
+    data = _parse_archive_layout(bytes(mutated), len(rows), None)
+    if data is not None:
+        np.testing.assert_array_equal(data, _parse_precise(bytes(mutated), len(rows), None))
+
+
+@pytest.mark.parametrize("token", ["12.345", "-12.5", "+0.5", "0.1234", ".5", "1e-3", " 0.5", "100"])
+def test_values_outside_the_archive_layout_give_the_same_values_through_the_general_parsers(token: str) -> None:
+    v = _values()
+    raw = _replace_token(v, 5, 3, token)
+    assert _parse_archive_layout(raw, N, None) is None
+    expected = v.copy()
+    expected[5, 3] = float(token)
+    np.testing.assert_array_equal(parse_ims_bytes(raw, expected_samples=N), expected.astype(np.float32))
 
 
 def _replace_line(values: np.ndarray, index: int, line: str) -> bytes:
