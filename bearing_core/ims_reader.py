@@ -46,7 +46,7 @@ from bearing_core.config import IMS_SAMPLES_PER_SNAPSHOT, channel_names
 MAX_FILE_BYTES = 64 * 1024 * 1024
 """Files larger than this are refused before reading (a real IMS file is ~1.1 MB for 8 channels)."""
 
-SNAPSHOT_NAME_PATTERN = re.compile(r"(\d{4})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})")
+SNAPSHOT_NAME_PATTERN = re.compile(r"(\d{4})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})\.(\d{2})", re.ASCII)
 VALID_CHANNEL_COUNTS = (4, 8)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 

@@ -9,6 +9,11 @@ Which files are snapshots:
     (``RAW_DIR/<site>/<folder>/...``), empty folders inside a site and non-regular files (FIFOs, sockets) are
     quarantined, never read.
     Two files of one site with the same timestamp: the later-sorted path is quarantined.
+    Symlinks are followed only when their target lies inside RAW_DIR; a file or site folder linking outside is
+    quarantined ("symlink points outside the raw directory") and never read. Names that are not valid UTF-8
+    are quarantined (shown with \\xNN escapes). Names are any Unicode (spaces, accents, CJK) except that a
+    snapshot's timestamp must use ASCII digits. Nothing outside RAW_DIR is read and nothing outside OUT_DIR is
+    written: a symlink planted in OUT_DIR/samples is replaced by a real directory, never written through.
 
 Incremental bookkeeping (``manifest.parquet``: path, size, mtime_ns, sha256, status, reason):
     a file whose size and mtime_ns match its manifest row is *unchanged* and not read at all; a file whose
@@ -106,6 +111,29 @@ _SAMPLES_PARQUET_OPTIONS = {
 }
 
 _NESTED_REASON = "nested too deep: snapshots must be RAW_DIR/<file> or RAW_DIR/<site>/<file>"
+_OUTSIDE_REASON = "symlink points outside the raw directory: not followed"
+_NOT_UTF8_REASON = "name is not valid UTF-8"
+
+
+def _printable(name: str) -> str:
+    """A file name as text that Parquet can store: undecodable bytes shown as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.scandir decoded undecodable bytes as surrogates
+        return False
+    return True
+
+
+def _escapes(entry: os.DirEntry[str], root: Path) -> bool:
+    """True for a symlink whose target exists outside ``root`` (dangling links are left to the reader)."""
+    if not entry.is_symlink():
+        return False
+    target = Path(entry.path).resolve()
+    return target.exists() and not target.is_relative_to(root)
 
 # glibc mallopt() parameters (malloc.h), see configure_worker_process.
 _M_TRIM_THRESHOLD = -1
@@ -216,7 +244,8 @@ def samples_path(out_dir: Path, rel: str) -> Path:
 def scan_raw_directory(raw_dir: Path) -> tuple[list[RawFile], list[tuple[str, str]]]:
     """Snapshot candidates (sorted by path) and ``(rel, reason)`` of entries quarantined by layout alone."""
     raw_dir = Path(raw_dir)
-    top_site = raw_dir.resolve().name
+    root = raw_dir.resolve()
+    top_site = root.name
     candidates: list[RawFile] = []
     rejected: list[tuple[str, str]] = []
 
@@ -234,6 +263,9 @@ def scan_raw_directory(raw_dir: Path) -> tuple[list[RawFile], list[tuple[str, st
     for entry in sorted(os.scandir(raw_dir), key=lambda e: e.name):
         if is_metadata_name(entry.name):
             continue
+        if not _is_utf8(entry.name) or _escapes(entry, root):
+            rejected.append((_printable(entry.name), _NOT_UTF8_REASON if not _is_utf8(entry.name) else _OUTSIDE_REASON))
+            continue
         if not entry.is_dir():
             add(Path(entry.path), entry.name, top_site)
             continue
@@ -241,6 +273,9 @@ def scan_raw_directory(raw_dir: Path) -> tuple[list[RawFile], list[tuple[str, st
             if is_metadata_name(sub.name):
                 continue
             rel = f"{entry.name}/{sub.name}"
+            if not _is_utf8(sub.name) or _escapes(sub, root):
+                rejected.append((_printable(rel), _NOT_UTF8_REASON if not _is_utf8(sub.name) else _OUTSIDE_REASON))
+                continue
             if not sub.is_dir():
                 add(Path(sub.path), rel, entry.name)
                 continue
@@ -250,6 +285,15 @@ def scan_raw_directory(raw_dir: Path) -> tuple[list[RawFile], list[tuple[str, st
                 rejected.append((rel, "is a directory, expected a snapshot file"))
     candidates.sort(key=lambda f: f.rel)
     return candidates, rejected
+
+
+def _real_sample_dirs(out_dir: Path, sites: Iterable[str]) -> None:
+    """Make ``samples/`` and ``samples/<site>/`` real directories: a symlink planted there is removed (never
+    written through), so nothing outside OUT_DIR is ever written."""
+    for folder in [out_dir / "samples", *(out_dir / "samples" / site for site in sorted(sites))]:
+        if folder.is_symlink():
+            folder.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 def _walk_files(root: Path) -> Iterator[Path]:
@@ -315,6 +359,7 @@ def _ingest_locked(
         else:
             tasks.append(_Task(f.rel, str(raw_dir / f.rel), f.site, previous.reusable_sha256(f.rel)))
 
+    _real_sample_dirs(out_dir, {t.site for t in tasks})
     settings = _WorkerSettings(
         out_dir=str(out_dir),
         expected_samples=cfg.expected_samples,
