@@ -15,7 +15,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from bearing_core.config import HiddenWidths
 
 _ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
     "relu": torch.nn.ReLU,
@@ -30,17 +32,11 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     n_inputs: int = Field(..., gt=0, description="Width of the input and of the reconstruction")
-    hidden: tuple[int, ...] = Field(
+    hidden: HiddenWidths = Field(
         (4, 2, 4), min_length=1, description="Widths of the hidden layers, encoder → bottleneck → decoder"
     )
     activation: Literal["relu", "tanh", "elu"] = Field("relu", description="Non-linearity after each hidden layer")
 
-    @field_validator("hidden")
-    @classmethod
-    def _positive_widths(cls, hidden: tuple[int, ...]) -> tuple[int, ...]:
-        if any(width <= 0 for width in hidden):
-            raise ValueError(f"hidden layer widths must be positive, got {hidden}")
-        return hidden
 
 
 class Autoencoder(torch.nn.Module):

@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 IMS_SAMPLES_PER_SNAPSHOT = 20_480
 IMS_CHANNELS_8 = ("B1_a", "B1_b", "B2_a", "B2_b", "B3_a", "B3_b", "B4_a", "B4_b")  # IMS 1st test
@@ -22,6 +24,16 @@ def channel_names(n_channels: int) -> tuple[str, ...]:
     if n_channels == 4:
         return IMS_CHANNELS_4
     raise ValueError(f"IMS files have 4 or 8 channels, not {n_channels}")
+
+
+def _positive_widths(hidden: tuple[int, ...]) -> tuple[int, ...]:
+    if any(width <= 0 for width in hidden):
+        raise ValueError(f"hidden layer widths must be positive, got {hidden}")
+    return hidden
+
+
+#: Autoencoder hidden layer widths (encoder -> bottleneck -> decoder), each positive.
+HiddenWidths = Annotated[tuple[int, ...], AfterValidator(_positive_widths)]
 
 
 class _Model(BaseModel):

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bearing_core.config import HiddenWidths
+
 if TYPE_CHECKING:  # bearing_core.threshold imports torch: keep this module light for `bearing --help`
     from bearing_core.threshold import ThresholdConfig
 
@@ -117,7 +119,7 @@ class FederatedConfig(BaseModel):
     proximal_mu: float = Field(0.01, ge=0, description="FedProx proximal term weight (used by 'fedprox' only)")
     server_lr: float = Field(1e-2, gt=0, description="Server learning rate eta (used by 'fedadam' only)")
     trim_beta: float = Field(0.2, ge=0, lt=0.5, description="Fraction cut at each end ('fedtrimmedavg' only)")
-    hidden: tuple[int, ...] = Field((4, 2, 4), min_length=1, description="Autoencoder hidden layer widths")
+    hidden: HiddenWidths = Field((4, 2, 4), min_length=1, description="Autoencoder hidden layer widths")
     activation: Literal["relu", "tanh", "elu"] = Field(
         "elu", description="Autoencoder hidden activation (ELU: ReLU units can die on small feature datasets)"
     )
@@ -155,12 +157,6 @@ class FederatedConfig(BaseModel):
     def _known_strategy(cls, value: str) -> str:
         return check_strategy(value)
 
-    @field_validator("hidden")
-    @classmethod
-    def _positive_widths(cls, hidden: tuple[int, ...]) -> tuple[int, ...]:
-        if any(width <= 0 for width in hidden):
-            raise ValueError(f"hidden layer widths must be positive, got {hidden}")
-        return hidden
 
     @field_validator("faults", mode="before")
     @classmethod
