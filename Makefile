@@ -10,7 +10,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RAW_DIR ?= data/raw/demo
 
-# Offline, project-local runtime (see bearing_core/env.py, which sets the same defaults for direct CLI use).
+# Offline, project-local runtime (see bearing_core/env.py, which sets the same defaults for direct CLI use, and
+# RAY_TMPDIR: <project>/.ray, or a short directory under /tmp when that path is too long for Ray's Unix sockets).
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
@@ -20,7 +21,6 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DO_NOT_TRACK := 1
 export PREFECT_HOME := $(CURDIR)/.prefect
 export FLWR_HOME := $(CURDIR)/.flwr
-export RAY_TMPDIR := $(CURDIR)/.ray
 
 .PHONY: run test bench install serve stop clean-data help
 

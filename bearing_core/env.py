@@ -6,7 +6,9 @@ several of them read their settings at import time. Values already set by the us
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 OFFLINE_DEFAULTS: dict[str, str] = {
@@ -23,6 +25,22 @@ OFFLINE_DEFAULTS: dict[str, str] = {
 }
 
 
+# Ray puts Unix sockets at $RAY_TMPDIR/ray/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store; a Unix socket
+# path holds at most 107 bytes, so a deep project directory cannot host them (Ray fails to start).
+_RAY_SOCKET_SUFFIX = len("/ray/session_2026-11-28_07-39-07_393946_4194304/sockets/plasma_store")
+_UNIX_SOCKET_PATH_MAX = 107
+
+
+def ray_tmpdir(root: Path) -> Path:
+    """Ray's temporary directory for the project at ``root``: ``root/.ray``, or, when that path is too long for
+    Ray's Unix sockets, a short per-project directory ``<system temp>/bearing-ray-<hash of root>``."""
+    local = root / ".ray"
+    if len(str(local)) + _RAY_SOCKET_SUFFIX <= _UNIX_SOCKET_PATH_MAX:
+        return local
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"bearing-ray-{digest}"
+
+
 def project_root() -> Path:
     """The directory that holds data/, .prefect/ ...: $BEARING_PROJECT_DIR, else the current directory."""
     return Path(os.environ.get("BEARING_PROJECT_DIR", os.getcwd())).resolve()
@@ -37,7 +55,7 @@ def configure_environment(root: Path | None = None) -> dict[str, str]:
     wanted = dict(OFFLINE_DEFAULTS)
     wanted["PREFECT_HOME"] = str(root / ".prefect")
     wanted["FLWR_HOME"] = str(root / ".flwr")
-    wanted["RAY_TMPDIR"] = str(root / ".ray")
+    wanted["RAY_TMPDIR"] = str(ray_tmpdir(root))
     # Local API only: the Prefect server (when started) binds loopback.
     wanted["PREFECT_SERVER_API_HOST"] = "127.0.0.1"
     set_now: dict[str, str] = {}
