@@ -454,7 +454,13 @@ class _ProgressTracker:
 def _run_batches(
     tasks: list[_Task], settings: _WorkerSettings, workers: int, batch_size: int
 ) -> Iterator[list[_Result]]:
-    """Results batch by batch: in-process for one worker or one batch, else a bounded process pool."""
+    """Results batch by batch: in-process for one worker or one batch, else a bounded process pool.
+
+    Spawned workers need ~0.5 s of CPU each to start (interpreter, numpy, scipy.fft, pyarrow) before their first
+    file. The calling process, which has all of that loaded, parses batches itself until a worker delivers its
+    first result, so the start-up does not leave the cores idle; then it only collects results. The pool is not
+    joined on success: its processes exit on their own once the results are in.
+    """
     batches = [tasks[i : i + batch_size] for i in range(0, len(tasks), batch_size)]
     if workers <= 1 or len(batches) <= 1:
         in_process = dataclasses.replace(settings, use_threads=True)
@@ -466,19 +472,31 @@ def _run_batches(
     pending = iter(batches)
     n_processes = min(workers, len(batches))
     pool = ProcessPoolExecutor(max_workers=n_processes, mp_context=context, initializer=configure_worker_process)
-    with pool:
+    try:
         in_flight: set[Future[list[_Result]]] = set()
         for batch in pending:
             in_flight.add(pool.submit(_process_batch, batch, settings))
             if len(in_flight) >= max_in_flight:
                 break
+        workers_started = False
         while in_flight:
+            if not workers_started:
+                done, _ = wait(in_flight, timeout=0, return_when=FIRST_COMPLETED)
+                workers_started = bool(done)
+                next_batch = None if workers_started else next(pending, None)
+                if next_batch is not None:
+                    yield _process_batch(next_batch, settings)
+                    continue
             done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 next_batch = next(pending, None)
                 if next_batch is not None:
                     in_flight.add(pool.submit(_process_batch, next_batch, settings))
                 yield future.result()
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=False)
 
 
 def configure_worker_process() -> None:
