@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,12 @@ import pyarrow as pa
 
 from bearing_core.config import RigConfig
 from bearing_core.fingerprint import sha256_file
-from bearing_core.inputs import DATASET_FILE, FEATURES_FILE, QUARANTINE_FILE
+from bearing_core.inputs import (
+    DATASET_FILE,
+    FEATURES_FILE,
+    META_COLUMNS,
+    QUARANTINE_FILE,
+)
 from bearing_core.io import write_json_atomic, write_parquet_atomic
 from bearing_core.synthetic import TIMESTAMP_FORMAT
 
@@ -95,6 +101,23 @@ def read_feature_table(table_path: str | os.PathLike[str]) -> pd.DataFrame:
     return out
 
 
+def write_features_only_dataset(
+    out_dir: Path, features: pd.DataFrame, value_columns: list[str], meta: dict[str, Any]
+) -> None:
+    """Write a features-only processed dataset: ``features.parquet`` (timestamp[us], file, site, path, then
+    ``value_columns`` as float64), an empty ``quarantine.parquet`` and ``dataset.json`` = ``meta`` plus ``name`` (the
+    directory's) and ``features_only: true``. Atomic, ``dataset.json`` last (readers treat it as the completion mark).
+    """
+    schema = pa.schema(
+        [("timestamp", pa.timestamp("us")), ("file", pa.string()), ("site", pa.string()), ("path", pa.string())]
+        + [(c, pa.float64()) for c in value_columns]
+    )
+    table = pa.Table.from_pandas(features[[*META_COLUMNS, *value_columns]], schema=schema, preserve_index=False)
+    write_parquet_atomic(out_dir / FEATURES_FILE, table)
+    write_parquet_atomic(out_dir / QUARANTINE_FILE, QUARANTINE_SCHEMA.empty_table())
+    write_json_atomic(out_dir / DATASET_FILE, {"name": out_dir.resolve().name, **meta, "features_only": True})
+
+
 def import_features(
     table_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -123,24 +146,18 @@ def import_features(
             **{f"{ch}_{feature}": table[ch] for ch in channels},
         }
     )
-    schema = pa.schema(
-        [("timestamp", pa.timestamp("us")), ("file", pa.string()), ("site", pa.string()), ("path", pa.string())]
-        + [(f"{ch}_{feature}", pa.float64()) for ch in channels]
-    )
     rig = rig or RigConfig()
-    write_parquet_atomic(out_dir / FEATURES_FILE, pa.Table.from_pandas(features, schema=schema, preserve_index=False))
-    write_parquet_atomic(out_dir / QUARANTINE_FILE, QUARANTINE_SCHEMA.empty_table())
-    write_json_atomic(
-        out_dir / DATASET_FILE,
+    write_features_only_dataset(
+        out_dir,
+        features,
+        [f"{ch}_{feature}" for ch in channels],
         {
-            "name": out_dir.resolve().name,
             "channels": channels,
             "expected_samples": None,
             "fs_hz": rig.fs_hz,
             "features": [feature],
             "sites": [site],
             "rig": rig.model_dump(mode="json"),
-            "features_only": True,
             "source": {"table": str(table_path.resolve()), "sha256": sha256_file(table_path)},
         },
     )

@@ -1,0 +1,246 @@
+"""The per-bearing layout: one row per (snapshot, bearing), each bearing standardised by its own healthy moments.
+
+Why. The default model input is one row per snapshot with every channel of the rig (8 inputs on the IMS 1st test),
+so the autoencoder learns how the bearings move *together*. An operating change that shifts one bearing against
+the others (e.g. the IMS 1st test's Nov 3 restart shifts bearing 1) then looks like a defect on a healthy bearing.
+In this layout each bearing is its own "site": a row holds only that bearing's channels (``a`` and ``b`` on the
+IMS 1st test), one shared model learns what a healthy bearing looks like, alarms are debounced per bearing and the
+alarm's site *is* the bearing. With the natural partition, one client per bearing.
+
+Standardisation is per bearing and local: each bearing's inputs are centred and scaled by the mean and population
+std of its own healthy *training* rows (the healthy period of :class:`~bearing_core.inputs.InputConfig`, minus the
+calibration holdout the partition writer will set aside, see :func:`~bearing_core.partition.writer.holdout_size`),
+so differences in sensor gain or mounting between bearings do not count as anomalies and nothing leaves the site.
+Optionally the natural log is taken first (vibration levels are multiplicative).
+
+:func:`write_per_bearing_dataset` writes this layout as a features-only processed dataset (same contract as
+:mod:`bearing_core.features_import`), so partitioning, training, calibration and scoring run on it unchanged:
+
+``features.parquet``
+    timestamp, file, site = ``<site>/<bearing>``, path = ``<snapshot path>/<bearing>``, then float64
+    ``<axis>_<feature>`` (``a_mean_abs``, ``b_mean_abs``), sorted by (timestamp, site). Quarantined snapshots of
+    the source are left out.
+``quarantine.parquet``
+    empty (the source's exclusions are already applied).
+``dataset.json``
+    channels = the axes (``["a", "b"]``), the source's rig and sampling, ``layout: "per_bearing"``, the healthy
+    rule, the per-bearing moments (to audit and to reproduce the transform) and the source's content hash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from bearing_core.features_import import write_features_only_dataset
+from bearing_core.fingerprint import sha256_files
+from bearing_core.inputs import (
+    DATASET_FILE,
+    FEATURES_FILE,
+    QUARANTINE_FILE,
+    InputConfig,
+    healthy_period,
+    load_features,
+)
+from bearing_core.partition.writer import holdout_size
+from bearing_core.scaling import DEFAULT_MIN_STD
+
+LAYOUT_NAME = "per_bearing"
+SINGLE_AXIS = "x"
+"""Axis name of a bearing with one channel (IMS 2nd/3rd tests: channel ``B1`` → bearing ``B1``, axis ``x``)."""
+
+
+class PerBearingConfig(BaseModel):
+    """What a per-bearing row holds and how it is transformed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    features: tuple[str, ...] = Field(
+        ("mean_abs",), min_length=1, description="Features taken for each channel of a bearing (columns <axis>_<feature>)"
+    )
+    log: bool = Field(False, description="Take the natural log of every input before standardising (inputs must be > 0)")
+    min_std: float = Field(
+        DEFAULT_MIN_STD, gt=0, description="Floor of a bearing's healthy std (a constant input scales to 0, not inf)"
+    )
+
+
+@dataclass
+class PerBearingResult:
+    """What :func:`write_per_bearing_dataset` wrote."""
+
+    out_dir: Path
+    rows: int
+    sites: list[str]
+    """The per-bearing sites, ``<site>/<bearing>``, sorted."""
+    axes: list[str]
+    input_columns: list[str]
+    """``<axis>_<feature>`` in row order (axis-major, like ``features.parquet``)."""
+
+
+def bearing_axes(channels: list[str]) -> dict[str, list[str]]:
+    """Channels grouped by bearing, as ``{bearing: [axis, ...]}`` in channel order.
+
+    A channel ``<bearing>_<axis>`` (``B3_a``) belongs to bearing ``B3`` with axis ``a``; a channel without ``_``
+    is a bearing with the single axis :data:`SINGLE_AXIS`. Every bearing must have the same axes, in the same order,
+    so that one model fits all of them.
+    """
+    if not channels:
+        raise ValueError("no channels")
+    grouped: dict[str, list[str]] = {}
+    for channel in channels:
+        bearing, _, axis = channel.partition("_")
+        grouped.setdefault(bearing, []).append(axis or SINGLE_AXIS)
+    reference_bearing, reference = next(iter(grouped.items()))
+    for bearing, axes in grouped.items():
+        if axes != reference:
+            raise ValueError(
+                f"bearing {bearing} has axes {axes} but {reference_bearing} has {reference}: the per-bearing layout "
+                f"needs the same channels on every bearing (channels: {', '.join(channels)})"
+            )
+    return grouped
+
+
+def _channel(bearing: str, axis: str) -> str:
+    return bearing if axis == SINGLE_AXIS else f"{bearing}_{axis}"
+
+
+def _training_mask(features: pd.DataFrame, input_cfg: InputConfig) -> np.ndarray:
+    """Rows of ``features`` the model will train on: each site's healthy period minus its calibration holdout."""
+    healthy = healthy_period(features, input_cfg)
+    rank = healthy.groupby("site", sort=False, observed=True).cumcount().to_numpy()
+    per_site = healthy["site"].value_counts()
+    n_train = per_site - per_site.map(lambda n: holdout_size(int(n), input_cfg.holdout_fraction))
+    training_paths = healthy["path"].to_numpy()[rank < healthy["site"].map(n_train).to_numpy()]
+    return features["path"].isin(training_paths).to_numpy()
+
+
+def write_per_bearing_dataset(
+    source_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    input_cfg: InputConfig,
+    cfg: PerBearingConfig | None = None,
+) -> PerBearingResult:
+    """Write the per-bearing layout of the processed dataset ``source_dir`` to ``out_dir`` (see the module docstring).
+
+    ``input_cfg`` defines the healthy period whose training rows give each bearing's moments; partition the
+    result with the same ``input_cfg`` (on the per-bearing sites the healthy period selects the same snapshots, so
+    the moments come from exactly the rows the model trains on). Outputs are written atomically, ``dataset.json``
+    last.
+    """
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    cfg = cfg or PerBearingConfig()
+    source_meta_path = source_dir / DATASET_FILE
+    if not source_meta_path.is_file():
+        raise FileNotFoundError(f"{source_meta_path} not found: is {source_dir} a processed dataset?")
+    source_meta = json.loads(source_meta_path.read_text(encoding="utf-8"))
+    grouped = bearing_axes(list(source_meta["channels"]))
+    bearings, axes = list(grouped), next(iter(grouped.values()))
+    features = load_features(source_dir)
+    if features.empty:
+        raise ValueError(f"{source_dir / FEATURES_FILE}: no valid snapshot")
+    inputs = [f"{axis}_{feature}" for axis in axes for feature in cfg.features]
+    source_columns = [f"{_channel(b, axis)}_{feature}" for b in bearings for axis in axes for feature in cfg.features]
+    missing = [c for c in source_columns if c not in features.columns]
+    if missing:
+        raise ValueError(
+            f"{source_dir / FEATURES_FILE}: missing columns {missing} for features {list(cfg.features)}; "
+            f"available: {', '.join(c for c in features.columns if c not in ('timestamp', 'file', 'site', 'path'))}"
+        )
+    n, n_bearings, n_inputs = len(features), len(bearings), len(inputs)
+    values = features[source_columns].to_numpy(dtype=np.float64, copy=True).reshape(n, n_bearings, n_inputs)
+    if cfg.log:
+        bad = ~(values > 0)
+        if bad.any():
+            row, bearing, column = (int(i[0]) for i in np.nonzero(bad))
+            raise ValueError(
+                f"log needs inputs > 0: {source_columns[bearing * n_inputs + column]} = "
+                f"{float(values[row, bearing, column])!r} at {features['path'].iloc[row]}"
+            )
+        values = np.log(values)
+    training = _training_mask(features, input_cfg)
+    site_codes, source_sites = pd.factorize(features["site"].astype(str), sort=True)
+    standardisation: dict[str, dict[str, object]] = {}
+    for code, site in enumerate(source_sites):
+        train_rows = values[(site_codes == code) & training]
+        mean = train_rows.mean(axis=0)
+        std = np.maximum(train_rows.std(axis=0), cfg.min_std)
+        values[site_codes == code] = (values[site_codes == code] - mean) / std
+        for k, bearing in enumerate(bearings):
+            standardisation[f"{site}/{bearing}"] = {
+                "mean": mean[k].tolist(), "std": std[k].tolist(), "training_rows": len(train_rows),
+            }
+    per_bearing = pd.DataFrame(
+        {
+            "timestamp": np.repeat(features["timestamp"].to_numpy(), n_bearings),
+            "file": np.repeat(features["file"].astype(str).to_numpy(), n_bearings),
+            "site": np.repeat(features["site"].astype(str).to_numpy(), n_bearings)
+            + "/" + np.tile(np.asarray(bearings, dtype=object), n),
+            "path": np.repeat(features["path"].astype(str).to_numpy(), n_bearings)
+            + "/" + np.tile(np.asarray(bearings, dtype=object), n),
+            **dict(zip(inputs, values.reshape(n * n_bearings, n_inputs).T)),
+        }
+    ).sort_values(["timestamp", "site"], kind="stable")
+    sites = sorted(standardisation)
+    write_features_only_dataset(
+        out_dir,
+        per_bearing,
+        inputs,
+        {
+            "channels": axes,
+            "expected_samples": source_meta.get("expected_samples"),
+            "fs_hz": source_meta.get("fs_hz"),
+            "features": list(cfg.features),
+            "sites": sites,
+            "rig": source_meta.get("rig"),
+            "layout": LAYOUT_NAME,
+            "bearings": {f"{site}/{b}": [_channel(b, axis) for axis in axes] for site in source_sites for b in bearings},
+            "transform": {"log": cfg.log, "healthy": input_cfg.model_dump(mode="json"), "standardisation": standardisation},
+            "source": {
+                "dataset": str(source_dir.resolve()),
+                "sha256": sha256_files(source_dir / name for name in (FEATURES_FILE, QUARANTINE_FILE, DATASET_FILE)),
+            },
+        },
+    )
+    return PerBearingResult(out_dir=out_dir, rows=len(per_bearing), sites=sites, axes=axes, input_columns=inputs)
+
+
+def source_site_scores(scores: pd.DataFrame, dataset_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """Scores of a per-bearing dataset folded back to one row per source snapshot, in the source's site names.
+
+    Per snapshot the row of the bearing that matters most is kept: an alarming one first, then an anomalous one,
+    then the one with the highest ``score / threshold``. ``site``, ``path`` and ``top_channel`` are translated to the
+    source dataset's (``1st_test/B3`` with top axis ``a`` → site ``1st_test``, channel ``B3_a``), so the result
+    compares with ground truth (:func:`bearing_core.evaluation.evaluate_against_ground_truth`) like the scores of a
+    snapshot-layout model. ``alarm`` keeps each bearing's own debounce: a snapshot is in alarm when any bearing is.
+    """
+    meta_path = Path(dataset_dir) / DATASET_FILE
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    if meta.get("layout") != LAYOUT_NAME:
+        raise ValueError(f"{meta_path}: not a per-bearing dataset (write it with write_per_bearing_dataset)")
+    axes = list(meta["channels"])
+    site = scores["site"].astype(str)
+    unknown = sorted(set(site) - set(meta["bearings"]))
+    if unknown:
+        raise ValueError(f"scores name sites {unknown} that are not bearings of {meta_path}")
+    parts = site.str.rpartition("/")
+    axis_index = pd.Categorical(scores["top_channel"].astype(str), categories=axes).codes
+    if (axis_index < 0).any():
+        raise ValueError(f"top_channel values {sorted(set(scores['top_channel']) - set(axes))} are not axes {axes}")
+    site_codes, bearing_sites = pd.factorize(site)
+    channel_of = np.array([meta["bearings"][s] for s in bearing_sites], dtype=object).reshape(len(bearing_sites), -1)
+    ratio = scores["score"].to_numpy(dtype=np.float64) / scores["threshold"].to_numpy(dtype=np.float64)
+    folded = scores.assign(
+        site=parts[0].to_numpy(),
+        path=scores["path"].astype(str).str.rpartition("/")[0].to_numpy(),
+        top_channel=channel_of[site_codes, axis_index],
+        bearing=parts[2].to_numpy(),
+    )
+    order = np.lexsort((-ratio, ~folded["is_anomaly"].to_numpy(bool), ~folded["alarm"].to_numpy(bool)))
+    folded = folded.iloc[order].drop_duplicates("path", keep="first")
+    return folded.sort_values(["timestamp", "site"], kind="stable").reset_index(drop=True)
