@@ -587,6 +587,26 @@ def _arrow_view(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
     return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(values)])
 
 
+def _arrow_strings(values: Sequence[str | None]) -> pa.Array:
+    """Arrow string array (``None`` -> null) built from its buffers, without ``pa.array``.
+
+    The ingest's own tables (features, quarantine, manifest) are built this way, so the ingesting process never
+    imports pandas (``pa.array`` does on its first call: ~0.4 s on the critical path, after the last file).
+    """
+    encoded = [b"" if v is None else v.encode("utf-8") for v in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    valid = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+    validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(
+        pa.string(), len(encoded), [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    )
+
+
+def _arrow_int64(values: Sequence[int]) -> pa.Array:
+    return _arrow_view(np.fromiter(values, dtype=np.int64, count=len(values)), pa.int64())
+
+
 def read_samples(path: str | os.PathLike[str]) -> tuple[np.ndarray, datetime, dict[str, str]]:
     """Read back one samples file -> (``(n_samples, n_channels)`` float32, timestamp, key-value metadata)."""
     table = pq.read_table(path)
@@ -715,18 +735,20 @@ def _features_table(ok: Sequence[_Result], previous: _PreviousRun, channels: Seq
     matrix = np.vstack([r.features for r in new]) if new else np.empty((0, len(columns)))
     new_table = pa.Table.from_arrays(
         [
-            pa.array([r.timestamp for r in new], pa.timestamp("us")),
-            pa.array([Path(r.rel).name for r in new], pa.string()),
-            pa.array([r.site for r in new], pa.string()),
-            pa.array([r.rel for r in new], pa.string()),
+            _arrow_view(np.array([r.timestamp for r in new], dtype="datetime64[us]").view(np.int64),
+                        pa.timestamp("us")),
+            _arrow_strings([Path(r.rel).name for r in new]),
+            _arrow_strings([r.site for r in new]),
+            _arrow_strings([r.rel for r in new]),
         ]
-        + [pa.array(matrix[:, j]) for j in range(len(columns))],
+        + [_arrow_view(np.ascontiguousarray(matrix[:, j], dtype=np.float64), pa.float64())
+           for j in range(len(columns))],
         schema=schema,
     )
     reused = [r.rel for r in ok if not r.parsed]
     parts = [new_table]
     if reused and previous.features is not None:
-        kept = previous.features.filter(pc.is_in(previous.features.column("path"), pa.array(reused, pa.string())))
+        kept = previous.features.filter(pc.is_in(previous.features.column("path"), _arrow_strings(reused)))
         parts.append(kept.select(schema.names).cast(schema))
     table = pa.concat_tables(parts)
     return table.sort_by([("timestamp", "ascending"), ("site", "ascending"), ("path", "ascending")])
@@ -744,7 +766,7 @@ def _quarantine_table(ingest_rows: dict[str, str], previous: _PreviousRun, prese
                 reasons.append(row["reason"])
                 stages.append(row["stage"])
     table = pa.Table.from_arrays(
-        [pa.array(files, pa.string()), pa.array(reasons, pa.string()), pa.array(stages, pa.string())],
+        [_arrow_strings(files), _arrow_strings(reasons), _arrow_strings(stages)],
         schema=QUARANTINE_SCHEMA,
     )
     return table.sort_by([("file", "ascending"), ("stage", "ascending")])
@@ -754,12 +776,12 @@ def _manifest_table(results: Sequence[_Result]) -> pa.Table:
     rows = sorted(results, key=lambda r: r.rel)
     return pa.Table.from_arrays(
         [
-            pa.array([r.rel for r in rows], pa.string()),
-            pa.array([r.size for r in rows], pa.int64()),
-            pa.array([r.mtime_ns for r in rows], pa.int64()),
-            pa.array([r.sha256 for r in rows], pa.string()),
-            pa.array([r.status for r in rows], pa.string()),
-            pa.array([r.reason for r in rows], pa.string()),
+            _arrow_strings([r.rel for r in rows]),
+            _arrow_int64([r.size for r in rows]),
+            _arrow_int64([r.mtime_ns for r in rows]),
+            _arrow_strings([r.sha256 for r in rows]),
+            _arrow_strings([r.status for r in rows]),
+            _arrow_strings([r.reason for r in rows]),
         ],
         schema=MANIFEST_SCHEMA,
     )
