@@ -59,10 +59,12 @@ def run(args: argparse.Namespace) -> int:
         cfg = federated_config(args)
         tls = None if args.insecure else TlsFiles(args.ssl_ca_certfile, args.ssl_certfile, args.ssl_keyfile)
         cmd = superlink_command(args.host, args.port, tls, args.enable_supernode_auth)
+        if tls is not None:
+            tls.check()
     except ValidationError as exc:
         print(f"bearing federate: error: {validation_message(exc)}", file=sys.stderr)
         return 2
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"bearing federate: error: {exc}", file=sys.stderr)
         return 2
     env = flower_env()

@@ -35,11 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the SuperNode until it exits; 2 on bad arguments, else its exit code."""
     from bearing_core.federated.client_app import partition_file
-    from bearing_core.federated.deployment import flower_env, supernode_command
+    from bearing_core.federated.deployment import (
+        TlsFiles,
+        flower_env,
+        supernode_command,
+    )
     from bearing_core.federated.simulation import resolve_clients_dir
 
     try:
         clients_dir = resolve_clients_dir(args.data, args.scheme)
+        if args.root_certificates is not None:
+            TlsFiles(args.root_certificates).check()
     except FileNotFoundError as exc:
         print(f"bearing site: error: {exc}", file=sys.stderr)
         return 2

@@ -61,6 +61,13 @@ class TlsFiles:
     certfile: Path | None = None
     keyfile: Path | None = None
 
+    def check(self) -> None:
+        """``FileNotFoundError`` naming the first given file that does not exist (before any process starts)."""
+        for label, path in (("CA certificate", self.ca_certfile), ("certificate", self.certfile),
+                            ("private key", self.keyfile)):
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"TLS {label} not found: {path}")
+
 
 def flower_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for Flower processes: offline defaults, venv ``bin`` on PATH, bearing-fl importable.
