@@ -2,7 +2,8 @@
 
 One ephemeral GX context per run (nothing persisted but what we write): a pandas data source whose assets are
 the Parquet tables being validated, one expectation suite and one validation definition per table, a
-checkpoint per phase with an ``UpdateDataDocsAction`` that renders a local Data Docs site.
+checkpoint per phase with an ``UpdateDataDocsAction`` that renders a local Data Docs site, readable offline
+(:mod:`~bearing_core.validation.data_docs`).
 
 Dataset validation runs in two phases because the second depends on the first:
 
@@ -42,8 +43,16 @@ from bearing_core.config import IMS_SAMPLES_PER_SNAPSHOT
 from bearing_core.io import write_json_atomic, write_parquet_atomic, write_text_atomic
 from bearing_core.validation import suites
 from bearing_core.validation.config import ValidationConfig
-from bearing_core.validation.report import ExpectationOutcome, QuarantineEntry, ValidationReport
-from bearing_core.validation.summaries import feature_timeline, partition_tables, summarize_samples
+from bearing_core.validation.report import (
+    ExpectationOutcome,
+    QuarantineEntry,
+    ValidationReport,
+)
+from bearing_core.validation.summaries import (
+    feature_timeline,
+    partition_tables,
+    summarize_samples,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +88,41 @@ def _format_value(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+class DataDocsError(RuntimeError):
+    """Great Expectations could not render or write a Data Docs page (it logs such errors and carries on)."""
+
+
+class _ErrorRecords(logging.Handler):
+    """Collects the ERROR records logged while attached."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _raise_swallowed_docs_errors() -> Iterator[None]:
+    """Raise :class:`DataDocsError` after the block if Great Expectations logged an error in it.
+
+    GX's site builder catches any exception raised while rendering or writing a page (a full disk, a template
+    error), logs it and goes on: without this, a report directory missing pages would be swapped in as complete.
+    The message keeps GX's ``Type: "message"`` of the cause (which names the file) without its traceback.
+    """
+    handler = _ErrorRecords()
+    gx_logger = logging.getLogger("great_expectations")
+    gx_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        gx_logger.removeHandler(handler)
+    if handler.messages:
+        cause = handler.messages[0].split("Detailed information follows:")[-1].split(".  Traceback:")[0].strip()
+        raise DataDocsError(f"Data Docs could not be written: {cause}")
+
+
 class _GXRun:
     """An ephemeral GX context whose Data Docs site (if any) is ``docs_dir`` and whose tables live in ``work_dir``."""
 
@@ -90,14 +134,9 @@ class _GXRun:
             ProgressBarsConfig,
         )
 
-        sites = {}
-        if docs_dir is not None:
-            sites[DOCS_SITE] = {
-                "class_name": "SiteBuilder",
-                "show_how_to_buttons": False,
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            }
+        from bearing_core.validation.data_docs import site_config
+
+        sites = {DOCS_SITE: site_config(docs_dir)} if docs_dir is not None else {}
         config = DataContextConfig(
             store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
             data_docs_sites=sites,
@@ -137,7 +176,8 @@ class _GXRun:
                 result_format={"result_format": "COMPLETE"},
             )
         )
-        run = checkpoint.run()
+        with _raise_swallowed_docs_errors():
+            run = checkpoint.run()
         by_suite = {r.suite_name: r for r in run.run_results.values()}
         results = []
         for t in tables:
