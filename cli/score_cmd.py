@@ -7,6 +7,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cli.dataset_lock import (
+    add_lock_timeout_argument,
+    dataset_lock,
+    report_lock_timeout,
+)
+
 if TYPE_CHECKING:  # type hints only: pandas is imported inside run() so `bearing --help` stays fast
     import pandas as pd
 
@@ -18,7 +24,9 @@ when K of its last N snapshots exceed the threshold (default 3 of 3), so single 
 Incremental: rows already scored by the same model in the output file are reused; only new snapshots are scored.
 --model latest = data/models/latest (a directory/symlink, or a file naming a version under data/models), else
 the newest directory under data/models holding weights.pt. A model without threshold.json can be calibrated on
-the fly with --calibrate CLIENTS_DIR (the partition's holdout rows). Prints an alarm summary per site."""
+the fly with --calibrate CLIENTS_DIR (the partition's holdout rows). Prints an alarm summary per site.
+Holds the dataset's lock (DATASET_DIR/.pipeline.lock) while it runs: waits for a pipeline run (or a validate)
+on the same dataset to finish. Exit 0 = scored, 2 = bad input, 3 = still locked after --lock-timeout."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,24 +49,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quantile", type=float, default=0.995, help="with --calibrate --method quantile")
     parser.add_argument("--kstd", type=float, default=3.0, help="with --calibrate --method mean_kstd: mean + KSTD·σ")
     parser.add_argument("--per-site", action="store_true", help="with --calibrate: also per-site thresholds")
+    add_lock_timeout_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 on success, 2 on bad input (missing model/threshold/dataset, bad parameters)."""
+    """Exit 0 on success, 2 on bad input (missing model/threshold/dataset, bad parameters), 3 when the dataset
+    stayed locked by another run for ``--lock-timeout`` seconds."""
     from pydantic import ValidationError
 
     from bearing_core.config import DataPaths
+    from bearing_core.locking import LockTimeout
     from bearing_core.scoring import alarm_summary, resolve_model_dir, update_scores
     from bearing_core.threshold import ThresholdConfig, calibrate_from_clients
 
+    if not args.dataset_dir.is_dir():
+        print(f"bearing score: error: dataset directory not found: {args.dataset_dir}", file=sys.stderr)
+        return 2
     try:
         model_dir = resolve_model_dir(args.model, DataPaths().models_root)
-        if args.calibrate is not None:
-            cfg = ThresholdConfig(method=args.method, quantile=args.quantile, k=args.kstd, per_site=args.per_site)
-            record = calibrate_from_clients(model_dir, args.calibrate, cfg)
-            print(f"calibrated: threshold {record.threshold:.6g} ({cfg.describe()}, {record.calibration_size} rows)")
-        result = update_scores(args.dataset_dir, model_dir, args.out, args.k, args.n)
+        with dataset_lock(args.dataset_dir, args.lock_timeout_s, "bearing score"):
+            if args.calibrate is not None:
+                cfg = ThresholdConfig(method=args.method, quantile=args.quantile, k=args.kstd, per_site=args.per_site)
+                record = calibrate_from_clients(model_dir, args.calibrate, cfg)
+                print(f"calibrated: threshold {record.threshold:.6g} ({cfg.describe()}, "
+                      f"{record.calibration_size} rows)")
+            result = update_scores(args.dataset_dir, model_dir, args.out, args.k, args.n)
+    except LockTimeout as exc:
+        return report_lock_timeout(exc, "bearing score")
     except ValidationError as exc:
         error = exc.errors()[0]
         print(f"bearing score: error: {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)

@@ -2,8 +2,10 @@
 
 Prints one line per check (PASS/WARN/FAIL, passed per-column checks grouped) with details of failures, writes
 the Data Docs to DATASET_DIR/validation/index.html and quarantines snapshots failing sample-level checks.
+It holds the dataset's pipeline lock while it runs (see :mod:`cli.dataset_lock`), so it never rewrites
+``quarantine.parquet`` or ``validation/`` under a running pipeline.
 Exit code: 0 when nothing blocks (warnings allowed), 1 when an error expectation fails, 2 on bad arguments or
-a missing/unreadable dataset.
+a missing/unreadable dataset, 3 when another run still held the dataset lock after ``--lock-timeout``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli.dataset_lock import (
+    add_lock_timeout_argument,
+    dataset_lock,
+    report_lock_timeout,
+)
+
 
 def register(subparsers: Any) -> None:
     """Add the ``validate`` sub-command."""
@@ -21,9 +29,10 @@ def register(subparsers: Any) -> None:
         help="validate a processed dataset (Great Expectations): samples, features, timeline",
         description=(
             "Validate a processed dataset with Great Expectations. Sample-level failures quarantine the snapshot "
-            "(quarantine.parquet, stage 'validate'); features-table errors stop the pipeline. Exit 0 = OK (maybe "
-            "with warnings), 1 = an error expectation failed, 2 = bad arguments or missing dataset. "
-            "Defaults of the thresholds: see ValidationConfig."
+            "(quarantine.parquet, stage 'validate'); features-table errors stop the pipeline. Waits while a "
+            "pipeline run (or another validate / score) holds the dataset's lock. Exit 0 = OK (maybe with "
+            "warnings), 1 = an error expectation failed, 2 = bad arguments or missing dataset, 3 = the dataset "
+            "was still locked after --lock-timeout. Defaults of the thresholds: see ValidationConfig."
         ),
     )
     p.add_argument("dataset_dir", type=Path, metavar="DATASET_DIR", help="processed dataset (output of bearing ingest)")
@@ -43,6 +52,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workers", type=int, help="threads reading samples files (default 4)")
     p.add_argument("--no-docs", dest="build_docs", action="store_false", default=None,
                    help="skip building the Data Docs HTML site")  # fmt: skip
+    add_lock_timeout_argument(p)
     p.set_defaults(func=run)
 
 
@@ -63,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     """Validate, print the summary, return the exit code."""
     from pydantic import ValidationError
 
+    from bearing_core.locking import LockTimeout
     from bearing_core.validation import ValidationConfig, validate_dataset
 
     if not args.dataset_dir.is_dir():
@@ -77,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: invalid validation settings:\n{exc}", file=sys.stderr)
         return 2
     try:
-        report = validate_dataset(args.dataset_dir, cfg)
+        with dataset_lock(args.dataset_dir, args.lock_timeout_s, "bearing validate"):
+            report = validate_dataset(args.dataset_dir, cfg)
+    except LockTimeout as exc:
+        return report_lock_timeout(exc, "bearing validate")
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -193,3 +193,27 @@ def test_score_cli_prints_alarm_summary(demo_model: DemoModel, tmp_path: Path, c
     bad = parser.parse_args(["score", str(tmp_path / "nothing"), "--model", str(demo_model.model)])
     assert run(bad) == 2
     assert "bearing score: error:" in capsys.readouterr().err
+
+
+def test_score_cli_waits_for_the_dataset_lock_and_gives_up_cleanly(
+    demo_model: DemoModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_dataset_lock import lock_held_by_another_process
+
+    from bearing_core.locking import PIPELINE_LOCK_FILE
+    from cli.score_cmd import register, run
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    out = tmp_path / "s.parquet"
+    argv = ["score", str(demo_model.dataset), "--model", str(demo_model.model), "--out", str(out)]
+    lock = demo_model.dataset / PIPELINE_LOCK_FILE
+    with lock_held_by_another_process(lock):
+        assert run(parser.parse_args([*argv, "--lock-timeout", "0.2"])) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"bearing score: error: {lock} is still held by another run after 0.2 s")
+    assert not out.exists()
+    with lock_held_by_another_process(lock, hold_s=0.5) as released:
+        assert run(parser.parse_args(argv)) == 0
+    assert "waiting up to 3600 s" in capsys.readouterr().err
+    assert out.stat().st_mtime_ns >= released.stat().st_mtime_ns and len(read_scores(out)) == 48
