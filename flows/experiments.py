@@ -2,7 +2,9 @@
 then the report (markdown + self-contained HTML + summary.csv) and a markdown artifact with the summary table.
 
 The work itself is :mod:`bearing_core.experiments` (data, splits, runs) and :mod:`bearing_core.report`; the flow
-resolves the data for the preset, runs the grid with one log line per experiment and publishes the summary.
+resolves the data for the preset, writes the evaluation split once, runs each experiment as a content-cached task
+(:mod:`tasks.experiments`: a re-run of an unchanged grid on unchanged data is served from the cache, a changed
+experiment re-runs alone), logs one line per experiment and publishes the summary.
 """
 
 from __future__ import annotations
@@ -10,19 +12,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from bearing_core.config import DataPaths
 from bearing_core.experiments import (
+    ExperimentResult,
+    GridConfig,
     demo_grid,
     demo_split,
     prepare_demo_dataset,
-    run_grid,
     seed_grid,
     seed_split,
 )
+from bearing_core.fingerprint import sha256_file
 from bearing_core.report import summary_markdown, write_report
+from tasks.experiments import experiment_task, load_experiment_result, write_split
 
 DEFAULT_SEED_RAW_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "ims" / "raw" / "1st_test"
 """``../shared/ims/raw/1st_test`` relative to the repository: the real IMS files of the seed preset."""
@@ -67,11 +72,14 @@ def experiments_flow(
     print(f"{preset} preset: {split.description}")
     print(f"grid: {', '.join(e.name for e in grid.experiments)}; {grid.rounds} rounds x {grid.local_epochs} epochs")
 
-    def progress(result: Any) -> None:
+    manifest = write_split(split, out_dir / "split")
+    manifest_sha256 = sha256_file(manifest)
+    results = []
+    for spec in grid.experiments:
+        result = run_cached_experiment(grid, spec.name, manifest, manifest_sha256, out_dir)
         print(f"{result.spec.name}: final eval MSE {result.final_eval_mse:.6g}, train MSE "
               f"{result.final_train_mse:.6g}, threshold {result.threshold:.6g}, {result.wall_s:.1f} s")
-
-    results = run_grid(grid, split, out_dir, progress=progress)
+        results.append(result)
     paths = write_report(out_dir, results, split, grid)
     markdown = (
         f"# Experiments: {preset} preset\n\n{split.description}.\n\n{summary_markdown(paths.summary)}\n\n"
@@ -88,3 +96,20 @@ def experiments_flow(
         "summary": paths.summary.to_dict(orient="records"),
         "findings": paths.findings,
     }
+
+
+def run_cached_experiment(
+    grid: GridConfig, name: str, manifest: Path, manifest_sha256: str, out_dir: Path
+) -> ExperimentResult:
+    """Experiment ``name`` of ``grid`` on the split ``manifest``: run, or served from the cache, then read back.
+
+    A cached record whose result files were changed or deleted since is run again with a refreshed cache.
+    """
+    cfg = {"grid": grid.select([name]).model_dump(mode="json"), "work_dir": str(out_dir.resolve())}
+    record = experiment_task(name, str(manifest), manifest_sha256, cfg)
+    try:
+        return load_experiment_result(record["record"], record["record_sha256"])
+    except (FileNotFoundError, ValueError) as exc:
+        get_run_logger().warning("%s: cached result unusable (%s): running it again", name, exc)
+    record = experiment_task.with_options(refresh_cache=True)(name, str(manifest), manifest_sha256, cfg)
+    return load_experiment_result(record["record"], record["record_sha256"])

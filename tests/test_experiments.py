@@ -210,6 +210,28 @@ def test_demo_data_of_an_earlier_run_is_reused_only_when_it_matches(tmp_path: Pa
         prepare_demo_dataset(tmp_path, None, sites=2, files=4, n_samples=256)
 
 
+def test_split_written_for_the_experiment_tasks_reads_back_identical_and_refuses_changes(tmp_path: Path) -> None:
+    from bearing_core.fingerprint import sha256_file
+    from tasks.experiments import read_split, write_split
+
+    split = samples_split()
+    manifest = write_split(split, tmp_path / "split")
+    sha = sha256_file(manifest)
+    assert sha256_file(write_split(split, tmp_path / "split")) == sha  # same split, same bytes: a stable cache key
+    back = read_split(manifest, sha)
+    pd.testing.assert_frame_equal(back.train, split.train)
+    pd.testing.assert_frame_equal(back.eval, split.eval)
+    assert np.array_equal(back.train_position, split.train_position)
+    assert np.array_equal(back.eval_position, split.eval_position)
+    assert (back.columns, back.description, back.dataset_dir, back.faulty) == (split.columns, split.description,
+                                                                                None, None)
+    (tmp_path / "split" / "eval.parquet").write_bytes((tmp_path / "split" / "train.parquet").read_bytes())
+    with pytest.raises(ValueError, match=r"eval.parquet changed since it was recorded"):
+        read_split(manifest, sha)
+    with pytest.raises(ValueError, match="split manifest .* changed"):
+        read_split(manifest, "0" * 64)
+
+
 # ------------------------------------------------------------------------------------------ the flow, end to end
 
 
@@ -223,15 +245,29 @@ def harness(tmp_path_factory: pytest.TempPathFactory):
         yield
 
 
-@pytest.mark.integration
-def test_demo_grid_flow_writes_report_summary_and_artifact(harness, tmp_path: Path) -> None:
-    from prefect.artifacts import Artifact
+DEMO_RUN = {"preset": "demo", "rounds": 2, "experiments": [CENTRALIZED, "fedavg-natural"], "demo_sites": 2,
+            "demo_files": 14, "demo_samples": 2048}
+"""The tiny demo grid every flow test runs (the second and third runs are served from the cache)."""
+
+
+@pytest.fixture(scope="module")
+def demo_run(harness, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict[str, list[str]]]:
+    """The flow run once on the tiny demo grid: output directory, returned dict, task run states."""
+    from pipeline_helpers import task_run_states
 
     from flows.experiments import experiments_flow
 
-    out = tmp_path / "experiments"
-    result = experiments_flow(preset="demo", out=str(out), rounds=2, experiments=[CENTRALIZED, "fedavg-natural"],
-                              demo_sites=2, demo_files=14, demo_samples=2048)
+    out = tmp_path_factory.mktemp("experiments")
+    state = experiments_flow(out=str(out), **DEMO_RUN, return_state=True)
+    return out, state.result(), task_run_states(state.state_details.flow_run_id)
+
+
+@pytest.mark.integration
+def test_demo_grid_flow_writes_report_summary_and_artifact(demo_run) -> None:
+    from prefect.artifacts import Artifact
+
+    out, result, states = demo_run
+    assert states["experiment"] == ["Completed", "Completed"]  # one content-cached task per experiment
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["experiment"]) == [CENTRALIZED, "fedavg-natural"]
     assert [*SUMMARY_COLUMNS, *DETECTION_COLUMNS] == [c for c in summary.columns if c != "faulty_sites"]
@@ -256,6 +292,31 @@ def test_demo_grid_flow_writes_report_summary_and_artifact(harness, tmp_path: Pa
     artifact = Artifact.get(key="experiments-demo")
     assert artifact is not None and "final_eval_mse" in str(artifact.data) and "fedavg-natural" in str(artifact.data)
     assert result["summary_csv"] == str(out / "summary.csv") and len(result["findings"]) >= 3
+
+
+@pytest.mark.integration
+def test_rerun_serves_every_experiment_from_the_cache_and_reruns_one_whose_result_was_deleted(demo_run) -> None:
+    from pipeline_helpers import task_run_states
+
+    from flows.experiments import experiments_flow
+
+    out, first, _ = demo_run
+    weights = {name: (out / "models" / name / "weights.pt").stat().st_mtime_ns for name in DEMO_RUN["experiments"]}
+    state = experiments_flow(out=str(out), **DEMO_RUN, return_state=True)
+    second = state.result()
+    assert task_run_states(state.state_details.flow_run_id)["experiment"] == ["Cached", "Cached"]
+    pd.testing.assert_frame_equal(pd.DataFrame(second["summary"]), pd.DataFrame(first["summary"]))
+    assert second["findings"] == first["findings"]
+    assert {n: (out / "models" / n / "weights.pt").stat().st_mtime_ns for n in weights} == weights  # not retrained
+
+    # a result file deleted since: that experiment runs again (cache refreshed), the other is still served
+    (out / "models" / CENTRALIZED / "experiment_errors.parquet").unlink()
+    state = experiments_flow(out=str(out), **DEMO_RUN, return_state=True)
+    third = state.result()
+    assert task_run_states(state.state_details.flow_run_id)["experiment"] == ["Cached", "Completed", "Cached"]
+    assert (out / "models" / CENTRALIZED / "experiment_errors.parquet").is_file()
+    pd.testing.assert_frame_equal(pd.DataFrame(third["summary"]).drop(columns="wall_s"),
+                                  pd.DataFrame(first["summary"]).drop(columns="wall_s"))
 
 
 @pytest.mark.integration
