@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cli.dataset_lock import add_lock_timeout_argument, dataset_lock, report_lock_timeout
+
 if TYPE_CHECKING:  # type hints only: the real imports stay inside run() so `bearing --help` is fast
     from pydantic import ValidationError
 
@@ -18,7 +20,8 @@ Parse every IMS snapshot under RAW_DIR (files at its top, or one sub-folder per 
 samples/<rel>.parquet, features.parquet, quarantine.parquet, manifest.parquet and dataset.json.
 Re-runs only parse new or modified files; deleted files disappear from the outputs. Bad files never stop
 the run: they are listed in quarantine.parquet with a precise reason, and the exit code stays 0.
-Prints one summary line 'ingested N, unchanged M, quarantined Q' on stdout; progress goes to stderr."""
+Waits while a pipeline run (or validate / score) holds OUT_DIR's dataset lock; exit code 3 if it is still held
+after --lock-timeout. Prints one summary line 'ingested N, unchanged M, quarantined Q' on stdout; progress goes to stderr."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,15 +37,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--channels", type=int, choices=(4, 8), default=None,
         help="channels per file (default: from an existing dataset.json, else the first valid file)",
     )
+    add_lock_timeout_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the ingest with a rich progress bar on stderr; exit 2 on configuration errors, else 0."""
+    """Run the ingest with a rich progress bar on stderr; exit 2 on configuration errors, 3 when the dataset stayed
+    locked by another run, else 0."""
     from pydantic import ValidationError
 
-    from bearing_core.config import IngestConfig
+    from bearing_core.config import DataPaths, IngestConfig
     from bearing_core.ingest import IngestError, ingest_directory
+    from bearing_core.locking import LockTimeout
 
     overrides = {
         key: value
@@ -54,9 +60,13 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"bearing ingest: error: {_first_error(exc)}", file=sys.stderr)
         return 2
+    out_dir = cfg.resolved_out_dir(DataPaths())
     try:
-        with _ProgressBar() as bar:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with dataset_lock(out_dir, args.lock_timeout_s, "bearing ingest"), _ProgressBar() as bar:
             report = ingest_directory(cfg, progress=bar.update)
+    except LockTimeout as exc:
+        return report_lock_timeout(exc, "bearing ingest")
     except IngestError as exc:
         print(f"bearing ingest: error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""``bearing validate`` (and ``bearing score``, in test_scoring) hold the dataset's pipeline lock: while another
+"""``bearing validate``, ``bearing ingest`` (and ``bearing score``, in test_scoring) hold the dataset's pipeline lock: while another
 process holds ``<dataset>/.pipeline.lock`` they wait, and fail with one line and exit code 3 after
 ``--lock-timeout``; once it is released they run."""
 
@@ -85,3 +85,33 @@ def test_validate_waits_for_the_holder_then_runs(tmp_path: Path, capsys: pytest.
     assert "waiting up to 60 s" in err and "Validation PASSED" in out
     # validation only wrote its report after the other process had let go of the lock
     assert (tmp_path / "validation" / "report.json").stat().st_mtime_ns >= released.stat().st_mtime_ns
+
+
+def test_ingest_waits_for_the_dataset_lock_and_gives_up_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+    from conftest import write_ims_file
+
+    from cli import ingest_cmd
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    rng = np.random.default_rng(0)
+    write_ims_file(raw / "2004.02.12.10.32.39", rng.normal(0.0, 0.1, (20_480, 4)))
+    parser = argparse.ArgumentParser(prog="bearing")
+    ingest_cmd.register(parser.add_subparsers())
+    argv = ["ingest", str(raw), "--out", str(out), "--workers", "1"]
+    out.mkdir()
+    lock = out / PIPELINE_LOCK_FILE
+    with lock_held_by_another_process(lock):
+        args = parser.parse_args([*argv, "--lock-timeout", "0.2"])
+        assert args.func(args) == LOCKED_EXIT_CODE
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"bearing ingest: error: {lock} is still held by another run after 0.2 s"
+    )
+    assert sorted(p.name for p in out.iterdir()) == [PIPELINE_LOCK_FILE]  # nothing ingested meanwhile
+    with lock_held_by_another_process(lock, hold_s=0.5) as released:
+        args = parser.parse_args(argv)
+        assert args.func(args) == 0
+    assert capsys.readouterr().out.startswith("ingested 1, unchanged 0, quarantined 0")
+    assert (out / "features.parquet").stat().st_mtime_ns >= released.stat().st_mtime_ns
