@@ -38,9 +38,10 @@ manifest.parquet. The manifest, written last, only ever describes outputs that e
 moment leaves the previous outputs readable and the next run redoes exactly the unfinished files (stale temp
 files are removed first). A lock file (``OUT/.ingest.lock``) stops two ingests from writing one output
 directory at once.
-Samples files are not fsynced one by one (an fsync costs ~1 ms of CPU and ~3 ms of latency per file); a single
-``os.sync()`` makes all of them durable (~0.5 s for 650 MB here) before features.parquet, the first file that
-references them, is written. A killed process loses nothing that was written (the page cache keeps it); after an
+Samples files are not fsynced one by one (an fsync costs ~1 ms of CPU and ~3 ms of latency per file); instead
+``os.sync()`` runs in a background thread while the workers go on (one at a time, re-started as batches
+complete), and a last one after the last batch makes all of them durable before features.parquet, the first file
+that references them, is written: that last sync only has the final batches left to flush. A killed process loses nothing that was written (the page cache keeps it); after an
 OS crash before that sync, only this run's samples can be missing, and no committed output describes them yet: a
 re-run parses those files again, because the manifest still describes the previous state.
 
@@ -52,8 +53,9 @@ flight, so memory stays bounded whatever the number of files. Each worker tunes 
 (:func:`configure_worker_process`) and imports numpy, scipy.fft, pyarrow and pydantic only (no pandas: Arrow
 arrays are built from numpy buffers). ``workers=1`` (or a single batch) runs in-process.
 
-Cost of one 1.1 MB 8-channel file on one core (see BENCHMARKS.md): read + sha256 ~0.7 ms, parse ~2.3 ms,
-features ~2 ms, samples write ~1.2 ms.
+Cost of one 1.1 MB 8-channel file on one core (see BENCHMARKS.md): read + sha256 ~1 ms, parse ~2.8 ms,
+features ~2.4 ms, samples write ~2 ms. Workers need ~0.4 s each to start; the calling process parses batches
+itself meanwhile (:func:`_run_batches`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ import json
 import multiprocessing
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -377,9 +380,12 @@ def _ingest_locked(
             tracker.advance([result])
             if result.status == "ok" and result.n_channels is not None:
                 settings = dataclasses.replace(settings, channels=result.n_channels)
+    syncer = _BackgroundSync()
     for batch_results in _run_batches(tasks, settings, cfg.workers, cfg.batch_size):
         results.extend(batch_results)
         tracker.advance(batch_results)
+        if any(r.parsed for r in batch_results):
+            syncer.kick()
     n_channels = settings.channels
     results = [previous.resolve_unchanged(r) for r in results]
 
@@ -397,8 +403,7 @@ def _ingest_locked(
         "dataset": out_dir / DATASET_FILE,
         "manifest": out_dir / MANIFEST_FILE,
     }
-    if any(r.parsed for r in ok):
-        os.sync()  # the samples written without fsync become durable before anything references them
+    syncer.finish()  # the samples written without fsync are durable before anything references them
     write_parquet_atomic(outputs["features"], _features_table(ok, previous, channels))
     write_parquet_atomic(outputs["quarantine"], _quarantine_table(ingest_quarantine, previous, present))
     write_json_atomic(outputs["dataset"], _dataset_description(raw_dir, cfg, channels, ok))
@@ -416,6 +421,26 @@ def _ingest_locked(
         rebuilt_reason=rebuilt_reason,
         outputs=outputs,
     )
+
+
+class _BackgroundSync:
+    """``os.sync()`` in a daemon thread, at most one at a time, while the ingest goes on (module docstring)."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+
+    def kick(self) -> None:
+        """New samples were written: start a background sync unless one is running."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=os.sync, name="ingest-sync", daemon=True)
+            self._thread.start()
+
+    def finish(self) -> None:
+        """Return once everything written before this call is durable (no-op if nothing was kicked)."""
+        if self._thread is None:
+            return
+        self._thread.join()
+        os.sync()  # covers what was written while (or after) the last background sync ran
 
 
 @contextlib.contextmanager
