@@ -60,6 +60,7 @@ def validate_flow(dataset_dir: str, config: ValidationConfig | None = None) -> V
     key = artifact_key(dataset)
     create_markdown_artifact(markdown=artifact_markdown(report), key=key, description=portable(report).headline())
     create_table_artifact(table=report.table_rows(), key=f"{key}-checks", description="One row per expectation")
-    print(report.summary_text())
+    docs = f"\nData Docs: {relative(report.docs_index)}" if report.docs_index else ""
+    print(portable(report).summary_text() + docs)  # relative paths: logs are stored by the Prefect server
     report.raise_for_errors()
     return report

@@ -17,6 +17,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from bearing_core.fingerprint import sha256_file, tree_fingerprint
+from bearing_core.run_report import relative
 from bearing_core.validation import ValidationConfig, ValidationReport, validate_dataset
 
 
@@ -40,11 +41,18 @@ def validation_inputs_fingerprint(dataset_dir: str | Path) -> str:
     return h.hexdigest()
 
 
+def _run_name() -> str:
+    """``validate <dataset>`` with the dataset relative to the project: no machine paths in the UI."""
+    from prefect.runtime import task_run
+
+    return f"validate {relative(task_run.parameters['dataset_dir'])}"
+
+
 @task(
     name="validate",
     cache_policy=INPUTS + TASK_SOURCE,
     persist_result=True,
-    task_run_name="validate {dataset_dir}",
+    task_run_name=_run_name,
 )
 def validate_task(dataset_dir: str, settings: dict[str, Any], inputs_fingerprint: str) -> ValidationReport:
     """Run the expectation suites on ``dataset_dir`` with ``settings`` (a ValidationConfig as a dict).
@@ -54,5 +62,5 @@ def validate_task(dataset_dir: str, settings: dict[str, Any], inputs_fingerprint
     ``inputs_fingerprint`` is only part of the cache key (computed by the caller).
     """
     report = validate_dataset(dataset_dir, ValidationConfig(**settings))
-    get_run_logger().info(report.headline())
+    get_run_logger().info(report.model_copy(update={"target": Path(relative(report.target))}).headline())
     return report
