@@ -36,9 +36,10 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None, *, fs
             with open(tmp_path, "rb") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        _name_the_output(exc, target)
         raise
 
 
@@ -59,11 +60,19 @@ def write_bytes_atomic(
         finally:
             os.close(fd)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _name_the_output(exc, target)
         raise
     return target
+
+
+def _name_the_output(exc: BaseException, target: Path) -> None:
+    """Give an OSError raised without a file name the ``target``'s: a failed ``write``/``fsync`` (ENOSPC, EDQUOT,
+    EIO) reports none, and "[Errno 28] No space left on device" alone does not say which output was lost."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = str(target)
 
 
 def write_text_atomic(target: str | os.PathLike[str], text: str, *, fsync: bool = True) -> Path:
@@ -94,7 +103,8 @@ def write_parquet_atomic(target: str | os.PathLike[str], table: Any, *, fsync: b
 
 def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     """Rename directory ``src`` onto ``dst`` (same filesystem). An existing ``dst`` is moved aside first, restored
-    if the second rename fails, and deleted after the swap: ``dst`` is never lost and never half-written."""
+    if the second rename fails, and deleted after the swap: ``dst`` is never lost and never half-written, and a
+    failed swap leaves nothing behind."""
     import shutil
 
     src, dst = Path(src), Path(dst)
@@ -102,12 +112,17 @@ def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Pat
         os.replace(src, dst)
         return dst
     trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    os.replace(dst, trash / dst.name)
+    try:
+        os.replace(dst, trash / dst.name)
+    except BaseException:
+        trash.rmdir()
+        raise
     try:
         os.replace(src, dst)
     except BaseException:
         with contextlib.suppress(OSError):
             os.replace(trash / dst.name, dst)
+            trash.rmdir()  # empty again; only a failed restore leaves it behind, holding the previous dst
         raise
     shutil.rmtree(trash, ignore_errors=True)
     return dst

@@ -66,8 +66,10 @@ def save_model(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
     try:
-        with atomic_path(staging / WEIGHTS_FILE) as tmp:
-            torch.save(model.state_dict(), tmp)
+        with atomic_path(staging / WEIGHTS_FILE) as tmp, open(tmp, "wb") as fh:
+            # to a file object, not a path: torch names the archive's inner folder after a path's (random) temp
+            # name, so identical weights would get different bytes and SHA-256s from run to run
+            torch.save(model.state_dict(), fh)
         write_json_atomic(staging / SCALER_FILE, scaler.to_dict())
         write_json_atomic(
             staging / CONFIG_FILE,

@@ -252,7 +252,9 @@ def resolve_model_dir(model: str | os.PathLike[str], models_root: str | os.PathL
 
     ``latest`` resolves to ``<models_root>/latest`` when it exists — a symlink/directory, or a text file holding a
     version name (a directory under ``models_root``) — else to the newest directory (by modification time) under
-    ``models_root`` that holds ``weights.pt``. Anything else is a path.
+    ``models_root`` that holds ``weights.pt``. Hidden directories are never candidates: they are the staging and
+    set-aside directories of writers (:func:`bearing_core.model_io.save_model`, the registry) that a killed run
+    may leave behind, half-written. Anything else is a path.
     """
     models_root = Path(models_root)
     if str(model) != "latest":
@@ -269,7 +271,11 @@ def resolve_model_dir(model: str | os.PathLike[str], models_root: str | os.PathL
         if not target.is_dir():
             raise FileNotFoundError(f"{pointer} names version '{version}' but {target} does not exist")
         return target
-    candidates = [p for p in models_root.glob("*") if (p / "weights.pt").is_file()] if models_root.is_dir() else []
+    candidates = (
+        [p for p in models_root.iterdir() if not p.name.startswith(".") and (p / "weights.pt").is_file()]
+        if models_root.is_dir()
+        else []
+    )
     if not candidates:
         raise FileNotFoundError(f"no model under {models_root} (train one with `bearing train`)")
     return max(candidates, key=lambda p: ((p / "weights.pt").stat().st_mtime_ns, p.name))
