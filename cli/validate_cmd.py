@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bearing_core.locking import LockTimeout
     from bearing_core.validation import ValidationConfig, validate_dataset
+    from bearing_core.validation.runner import DataDocsError
 
     if not args.dataset_dir.is_dir():
         print(f"error: dataset directory not found: {args.dataset_dir}", file=sys.stderr)
@@ -95,5 +96,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DataDocsError as exc:  # e.g. a full disk while writing a page: the previous report is kept
+        print(f"bearing validate: error: {exc}", file=sys.stderr)
+        return 1
     print(report.summary_text())
     return 0 if report.success else 1

@@ -15,6 +15,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from bearing_core.evaluation import evaluate_against_ground_truth, plot_scores
+from bearing_core.io import write_text_atomic
 from bearing_core.run_report import (
     METRICS_PNG,
     SCORES_PNG,
@@ -66,7 +67,7 @@ def report_task(
     if ground_truth and Path(ground_truth).is_file():
         truth = load_ground_truth(ground_truth)
         detection = evaluate_against_ground_truth(scores, truth)
-        detection.to_csv(out / "detection.csv", index=False)
+        write_text_atomic(out / "detection.csv", detection.to_csv(index=False))
         onset = {s: t.onset for s, t in truth.sites.items()}
         failure = {s: t.failure for s, t in truth.sites.items()}
     plot_scores(scores, None, out / SCORES_PNG, onset=onset, failure=failure,
