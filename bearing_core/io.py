@@ -128,14 +128,34 @@ def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Pat
     return dst
 
 
-def remove_stale_temp_files(directory: str | os.PathLike[str]) -> int:
-    """Delete temp files left behind by a killed writer (names start with '.' and end with '.tmp')."""
-    count = 0
+STALE_DIR_PATTERNS = (".*.staging-*", ".*.old-*", ".*.build-*")
+"""Hidden work directories of atomic directory writers (model staging, replaced directories, report builds)."""
+
+
+def remove_stale_temp_files(directory: str | os.PathLike[str], min_age_s: float = 0.0) -> int:
+    """Delete what killed writers left behind under ``directory``: hidden temp files (``.*.tmp``) and hidden work
+    directories (:data:`STALE_DIR_PATTERNS`). None of them is ever read; a re-run writes afresh.
+
+    Only call it while no writer can be active there (under the lock of the directory's writers), or with
+    ``min_age_s`` larger than any write takes: entries modified more recently are kept.
+    """
+    import shutil
+    import time
+
     directory = Path(directory)
     if not directory.exists():
         return 0
+    cutoff = time.time() - min_age_s
+    count = 0
+    stale_dirs = [d for pattern in STALE_DIR_PATTERNS for d in directory.rglob(pattern) if d.is_dir()]
+    for d in stale_dirs:
+        with contextlib.suppress(OSError):
+            if d.lstat().st_mtime <= cutoff:
+                shutil.rmtree(d)
+                count += 1
     for p in directory.rglob(".*.tmp"):
         with contextlib.suppress(OSError):
-            p.unlink()
-            count += 1
+            if p.lstat().st_mtime <= cutoff:
+                p.unlink()
+                count += 1
     return count

@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bearing_core.config import DataPaths
 from bearing_core.fingerprint import sha256_file, sha256_files
 from bearing_core.inputs import DATASET_FILE, FEATURES_FILE, QUARANTINE_FILE
-from bearing_core.io import replace_dir, write_json_atomic, write_text_atomic
+from bearing_core.io import remove_stale_temp_files, replace_dir, write_json_atomic, write_text_atomic
 from bearing_core.model_card import GLOBAL_CLIENT, DataFingerprint, render_model_card
 from bearing_core.model_io import CONFIG_FILE, SCALER_FILE, WEIGHTS_FILE, LoadedModel, load_model
 from bearing_core.partition.writer import MANIFEST_FILE, SPLIT_HOLDOUT, load_manifest, read_client
@@ -59,6 +59,8 @@ from bearing_core.training import reconstruction_errors
 
 LATEST = "latest"
 COMPLETE_FILE = "COMPLETE"
+STALE_AFTER_S = 24 * 3600.0
+"""Age after which a hidden work directory / temp file in the models root is debris of a killed writer."""
 MODEL_CARD_FILE = "MODEL_CARD.md"
 FINGERPRINT_FILE = "fingerprint.json"
 PROMOTION_FILE = "promotion.json"
@@ -206,10 +208,12 @@ def publish_model(
     ``partition_manifest_sha256``, when given (the hash the training task was keyed on), must match the manifest
     on disk: a manifest rewritten since training would fingerprint the wrong data; a ``threshold.json``
     calibrated for other weights is refused too. Publishing the same weights again is a no-op that returns the
-    existing version.
+    existing version. Work directories and temp files that killed writers left in ``models_root`` more than
+    :data:`STALE_AFTER_S` ago are removed first (never read; younger ones may belong to a run in progress).
     """
     trained_dir = Path(trained_dir)
     models_root = Path(models_root) if models_root is not None else DataPaths().models_root
+    remove_stale_temp_files(models_root, min_age_s=STALE_AFTER_S)
     version = _check_version_name(version or trained_dir.name)
     target = models_root / version
     for name in (CONFIG_FILE, METRICS_FILE):

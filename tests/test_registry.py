@@ -367,3 +367,28 @@ def test_models_command_lists_versions_marks_the_champion_and_promotes(
     assert "latest -> v2 (was v1)" in capsys.readouterr().out and current_champion(models) == "v2"
     assert _bearing_models("promote", "v9", "--models-root", str(models)) == 2
     assert "no published version 'v9'" in capsys.readouterr().err
+
+
+def test_publish_sweeps_old_debris_of_killed_writers_and_keeps_recent_work(
+    tmp_path: Path, manifest: Path, trained: dict[str, Path]
+) -> None:
+    models = tmp_path / "models"
+    old, recent = 2 * registry.STALE_AFTER_S, 60.0
+    debris = {
+        models / ".v0.staging-abc123": old,  # a publish or a training save killed a day ago
+        models / ".v0.old-def456": old,  # a version swap killed between its two renames
+        models / "v9" / ".promotion.json.x1y2.tmp": old,  # a promotion record killed mid-write
+        models / ".v8.staging-running": recent,  # another training writing right now
+    }
+    for path, age in debris.items():
+        if path.suffix == ".tmp":
+            path.parent.mkdir(parents=True)
+            path.write_text("half")
+        else:
+            path.mkdir(parents=True)
+            (path / "weights.pt").write_bytes(b"partial")
+        os.utime(path, (path.stat().st_atime - age, path.stat().st_mtime - age))
+    publish_model(trained["good"], manifest, partition_manifest_sha256=sha256_file(manifest), models_root=models,
+                  version="v1")
+    assert [p.name for p in debris if p.exists()] == [".v8.staging-running"]
+    assert registry.is_complete(models / "v1")
