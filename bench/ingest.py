@@ -50,7 +50,7 @@ TARGETS = {"vs_pandas": 3.0, "vs_pyarrow": 0.8, "peak_rss_mb": 1024.0}
 # and peak RSS. ru_maxrss of children is the largest single child, not the sum of concurrent ones, so a sampler
 # thread sums VmRSS over the whole process tree every 20 ms instead.
 _CHILD = """
-import json, os, resource, sys, threading, time
+import json, multiprocessing, os, resource, sys, threading, time
 from bearing_core.config import IngestConfig
 from bearing_core.ingest import ingest_directory
 
@@ -104,6 +104,9 @@ if __name__ == "__main__":
     seconds = time.perf_counter() - start
     done.set()
     sampler.join()
+    # The ingest does not wait for its pool's processes to exit; reap them so RUSAGE_CHILDREN counts their CPU.
+    for child in multiprocessing.active_children():
+        child.join()
     cpu = cpu_seconds(resource.RUSAGE_SELF) - self_cpu_before + cpu_seconds(resource.RUSAGE_CHILDREN)
     print(json.dumps({
         "seconds": seconds,
