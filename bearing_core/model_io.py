@@ -18,19 +18,22 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from bearing_core.autoencoder import Autoencoder, ModelConfig
 from bearing_core.fingerprint import sha256_file
 from bearing_core.io import atomic_path, replace_dir, write_json_atomic
 from bearing_core.scaling import Scaler
+
+if TYPE_CHECKING:  # torch is imported where weights are saved or loaded: code that only needs the file names
+    # (pipelines whose steps are all cached, the CLI's config checks) does not pay ~1 s of torch import
+    from bearing_core.autoencoder import Autoencoder, ModelConfig
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "config.json"
 SCALER_FILE = "scaler.json"
+METRICS_FILE = "metrics.parquet"
+"""Per-round metrics that training writes into the model directory."""
 
 
 @dataclass
@@ -69,6 +72,8 @@ def save_model(
         with atomic_path(staging / WEIGHTS_FILE) as tmp, open(tmp, "wb") as fh:
             # to a file object, not a path: torch names the archive's inner folder after a path's (random) temp
             # name, so identical weights would get different bytes and SHA-256s from run to run
+            import torch
+
             torch.save(model.state_dict(), fh)
         write_json_atomic(staging / SCALER_FILE, scaler.to_dict())
         write_json_atomic(
@@ -104,6 +109,10 @@ def load_model(model_dir: str | os.PathLike[str]) -> LoadedModel:
     actual = sha256_file(model_dir / WEIGHTS_FILE)
     if actual != config["weights_sha256"]:
         raise ValueError(f"{model_dir / WEIGHTS_FILE}: sha256 {actual} does not match config.json")
+    import torch
+
+    from bearing_core.autoencoder import Autoencoder, ModelConfig
+
     model_cfg = ModelConfig.model_validate(config["model"])
     model = Autoencoder(model_cfg)
     model.load_state_dict(torch.load(model_dir / WEIGHTS_FILE, weights_only=True, map_location="cpu"), strict=True)

@@ -53,9 +53,8 @@ from bearing_core.fingerprint import sha256_file, sha256_files
 from bearing_core.inputs import DATASET_FILE, FEATURES_FILE, QUARANTINE_FILE
 from bearing_core.io import remove_stale_temp_files, replace_dir, write_json_atomic, write_text_atomic
 from bearing_core.model_card import GLOBAL_CLIENT, DataFingerprint, render_model_card
-from bearing_core.model_io import CONFIG_FILE, SCALER_FILE, WEIGHTS_FILE, LoadedModel, load_model
+from bearing_core.model_io import CONFIG_FILE, METRICS_FILE, SCALER_FILE, WEIGHTS_FILE, LoadedModel, load_model
 from bearing_core.partition.writer import MANIFEST_FILE, SPLIT_HOLDOUT, load_manifest, read_client
-from bearing_core.training import reconstruction_errors
 
 LATEST = "latest"
 COMPLETE_FILE = "COMPLETE"
@@ -65,9 +64,6 @@ MODEL_CARD_FILE = "MODEL_CARD.md"
 FINGERPRINT_FILE = "fingerprint.json"
 PROMOTION_FILE = "promotion.json"
 THRESHOLD_FILE = "threshold.json"
-METRICS_FILE = "metrics.parquet"
-"""Per-round metrics written by training (same name as bearing_core.federated.server_app.METRICS_FILE, which is
-not imported here because that module pulls in flwr)."""
 
 _REGISTRY_FILES = (COMPLETE_FILE, MODEL_CARD_FILE, FINGERPRINT_FILE, PROMOTION_FILE)
 """Files the registry writes itself: never copied from a training directory, always regenerated."""
@@ -307,6 +303,8 @@ def original_units_mse(model: LoadedModel, data: pd.DataFrame | np.ndarray) -> t
         X = np.asarray(data, dtype=np.float64)
     if X.ndim != 2 or X.shape[0] == 0:
         raise ValueError(f"validation data must be a non-empty 2-D table, got shape {X.shape}")
+    from bearing_core.training import reconstruction_errors  # torch: only when a model runs
+
     _, per_input_scaled = reconstruction_errors(model.model, model.scaler.transform(X))
     # error in original units = scaled error x std (the mean cancels out), per column
     return float(np.mean(per_input_scaled * model.scaler.std**2)), int(X.shape[0])

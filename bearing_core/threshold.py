@@ -37,7 +37,6 @@ from bearing_core.fingerprint import sha256_file
 from bearing_core.io import write_json_atomic
 from bearing_core.model_io import CONFIG_FILE, WEIGHTS_FILE, LoadedModel, load_model
 from bearing_core.partition.writer import SPLIT_HOLDOUT, load_manifest, read_client
-from bearing_core.training import reconstruction_errors
 
 THRESHOLD_FILE = "threshold.json"
 DEFAULT_LOG10_MIN = -8.0
@@ -282,6 +281,8 @@ def snapshot_errors(loaded: LoadedModel, X: np.ndarray) -> tuple[np.ndarray, np.
         raise ValueError(f"expected rows of {len(loaded.input_columns)} inputs ({loaded.input_columns}), got {X.shape}")
     if len(X) == 0:
         return np.zeros(0), np.zeros((0, X.shape[1]))
+    from bearing_core.training import reconstruction_errors  # torch: only when a model runs
+
     return reconstruction_errors(loaded.model, loaded.scaler.transform(X))
 
 

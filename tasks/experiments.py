@@ -30,10 +30,10 @@ from bearing_core.experiments import (
     GridConfig,
     run_experiment,
 )
-from bearing_core.federated.server_app import METRICS_FILE
 from bearing_core.fingerprint import sha256_file, sha256_files
 from bearing_core.inputs import FEATURES_FILE, QUARANTINE_FILE
 from bearing_core.io import write_json_atomic, write_parquet_atomic
+from bearing_core.model_io import METRICS_FILE
 from tasks.train import TrainedModelPolicy, retry_on_transient
 
 SPLIT_MANIFEST = "manifest.json"

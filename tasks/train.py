@@ -26,9 +26,8 @@ from prefect.states import State
 from prefect.utilities.hashing import hash_objects
 
 from bearing_core.federated.config import FederatedConfig, SimulationResources
-from bearing_core.federated.server_app import METRICS_FILE
 from bearing_core.fingerprint import sha256_file
-from bearing_core.model_io import CONFIG_FILE, WEIGHTS_FILE
+from bearing_core.model_io import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
 from bearing_core.threshold import THRESHOLD_FILE, load_threshold
 from tasks.retry import PERMANENT_OS_ERRORS
 

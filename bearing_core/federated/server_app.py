@@ -47,12 +47,11 @@ from bearing_core.federated.strategies import (
     strategy_params,
 )
 from bearing_core.io import write_parquet_atomic
-from bearing_core.model_io import save_model
+from bearing_core.model_io import METRICS_FILE, save_model
 from bearing_core.scaling import Scaler, merge_stats
 from bearing_core.threshold import ThresholdRecord, merge_sketches, save_threshold
 from bearing_core.training import TrainConfig
 
-METRICS_FILE = "metrics.parquet"
 OUT_DIR_KEY = "out-dir"
 
 

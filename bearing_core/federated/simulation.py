@@ -23,10 +23,8 @@ import pandas as pd
 
 from bearing_core.env import configure_environment
 from bearing_core.federated.config import FederatedConfig, SimulationResources
-from bearing_core.federated.server_app import METRICS_FILE
-from bearing_core.federated.strategies import metrics_frame
 from bearing_core.io import write_parquet_atomic
-from bearing_core.model_io import load_model
+from bearing_core.model_io import METRICS_FILE, load_model
 from bearing_core.partition.quantity import NOTEBOOK_RATIOS
 from bearing_core.partition.writer import CLIENTS_DIR, MANIFEST_FILE, PartitionManifest, load_manifest
 
@@ -184,6 +182,8 @@ def run_centralized(
     ]
     previous = pd.read_parquet(model_dir / METRICS_FILE)
     previous = previous[previous["client"] != CENTRALIZED]
+    from bearing_core.federated.strategies import metrics_frame  # flwr: imported only when training
+
     metrics = pd.concat([previous, metrics_frame(rows)], ignore_index=True)
     write_parquet_atomic(model_dir / METRICS_FILE, metrics)
     return metrics
