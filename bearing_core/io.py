@@ -46,26 +46,10 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None, *, fs
 def write_bytes_atomic(
     target: str | os.PathLike[str], data: bytes | memoryview, *, fsync: bool = True, suffix: str | None = None
 ) -> Path:
-    """Write ``data`` to ``target`` atomically with one open of the temporary file (written, synced, renamed)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
-    try:
-        try:
-            view = memoryview(data).cast("B")
-            while view:
-                view = view[os.write(fd, view):]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        _name_the_output(exc, target)
-        raise
-    return target
+    """Write ``data`` to ``target`` atomically (see :func:`atomic_path`); a large ``data`` goes out in one write."""
+    with atomic_path(target, suffix, fsync=fsync) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
 
 
 def _name_the_output(exc: BaseException, target: Path) -> None:
