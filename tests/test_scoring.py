@@ -68,6 +68,43 @@ def test_k_of_n_counts_within_each_site_only_and_in_time_order() -> None:
         debounce_alarms(df, 4, 3)
 
 
+def _with_stops(values: list[int], stops: dict[int, float]) -> pd.DataFrame:
+    """One site, 10 min apart, with a stop of ``stops[i]`` hours before row ``i``."""
+    minutes = np.arange(len(values)) * 10.0
+    for i, hours in stops.items():
+        minutes[i:] += hours * 60
+    return pd.DataFrame({"site": "s", "is_anomaly": np.array(values, dtype=bool),
+                         "timestamp": pd.Timestamp("2003-11-03") + pd.to_timedelta(minutes, "min")})
+
+
+def test_warmup_after_a_long_stop_does_not_alarm_but_a_lasting_excursion_still_does() -> None:
+    # Rows 6.. follow a 34 h stop. 1 h warm-up = rows 6..11 (6 rows, 10 min apart; row 12 is at 1 h).
+    transient = _with_stops([0] * 6 + [1] * 6 + [0] * 4, {6: 34})
+    assert debounce_alarms(transient, 3, 3).astype(int).tolist()[6:12] == [0, 0, 1, 1, 1, 1]  # without warm-up
+    assert not debounce_alarms(transient, 3, 3, warmup_h=1.0).any()
+    assert not transient.equals(transient.assign(is_anomaly=False))  # the flags themselves are untouched
+    lasting = _with_stops([0] * 6 + [1] * 10, {6: 34})
+    assert debounce_alarms(lasting, 3, 3, warmup_h=1.0).astype(int).tolist() == [0] * 12 + [0, 0, 1, 1]
+    # a stop shorter than the warm-up is not a restart: nothing inhibited
+    short = _with_stops([0] * 6 + [1] * 6 + [0] * 4, {6: 0.5})
+    assert np.array_equal(debounce_alarms(short, 3, 3, warmup_h=1.0), debounce_alarms(short, 3, 3))
+    with pytest.raises(ValueError, match="warmup_h"):
+        debounce_alarms(transient, 3, 3, warmup_h=-1.0)
+
+
+def test_a_site_in_alarm_before_a_stop_stays_in_alarm_through_the_warmup() -> None:
+    # in alarm at rows 3..5, stop, still anomalous: the restart does not clear the alarm
+    df = _with_stops([0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], {6: 12})
+    assert debounce_alarms(df, 3, 3, warmup_h=1.0).astype(int).tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+    # a second stop entered in alarm thanks to the first latch is latched too (fixed point), other sites unaffected
+    two = _with_stops([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], {4: 12, 8: 12})
+    other = _with_stops([0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0], {4: 12, 8: 12}).assign(site="t")
+    both = pd.concat([two, other], ignore_index=True)
+    alarm = debounce_alarms(both, 3, 3, warmup_h=1.0)
+    assert alarm[:12].astype(int).tolist() == [0, 0] + [1] * 10
+    assert not alarm[12:].any()
+
+
 def test_channel_of_inputs_maps_feature_columns_to_channels() -> None:
     channels = ["B1_a", "B1_b", "B3_a"]
     assert channel_of_inputs(["B1_a_mean_abs", "B1_b_env_bpfi", "B3_a", "other"], channels) == [
