@@ -59,7 +59,12 @@ class InputConfig(BaseModel):
         0.2,
         ge=0,
         lt=1,
-        description="Last part, in time, of each client's healthy rows kept for evaluation and threshold calibration",
+        description="Part of each client's healthy rows kept for evaluation and threshold calibration",
+    )
+    holdout_mode: Literal["last", "interleaved"] = Field(
+        "last",
+        description="Which healthy rows are held back: 'last' = the latest in time; 'interleaved' = spread evenly "
+        "over the healthy period (every 5th row at 0.2), so run-in, restarts and sensor glitches are represented",
     )
     scale: bool = Field(True, description="Standardise inputs with federated mean/std (else identity scaling)")
 

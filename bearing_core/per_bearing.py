@@ -9,7 +9,7 @@ alarm's site *is* the bearing. With the natural partition, one client per bearin
 
 Standardisation is per bearing and local: each bearing's inputs are centred and scaled by the mean and population
 std of its own healthy *training* rows (the healthy period of :class:`~bearing_core.inputs.InputConfig`, minus the
-calibration holdout the partition writer will set aside, see :func:`~bearing_core.partition.writer.holdout_size`),
+calibration holdout the partition writer will set aside, see :func:`~bearing_core.partition.writer.holdout_mask`),
 so differences in sensor gain or mounting between bearings do not count as anomalies and nothing leaves the site.
 Optionally the natural log is taken first (vibration levels are multiplicative).
 
@@ -48,7 +48,7 @@ from bearing_core.inputs import (
     healthy_period,
     load_features,
 )
-from bearing_core.partition.writer import holdout_size
+from bearing_core.partition.writer import holdout_mask
 from bearing_core.scaling import DEFAULT_MIN_STD
 
 LAYOUT_NAME = "per_bearing"
@@ -113,11 +113,10 @@ def _channel(bearing: str, axis: str) -> str:
 def _training_mask(features: pd.DataFrame, input_cfg: InputConfig) -> np.ndarray:
     """Rows of ``features`` the model will train on: each site's healthy period minus its calibration holdout."""
     healthy = healthy_period(features, input_cfg)
-    rank = healthy.groupby("site", sort=False, observed=True).cumcount().to_numpy()
-    per_site = healthy["site"].value_counts()
-    n_train = per_site - per_site.map(lambda n: holdout_size(int(n), input_cfg.holdout_fraction))
-    training_paths = healthy["path"].to_numpy()[rank < healthy["site"].map(n_train).to_numpy()]
-    return features["path"].isin(training_paths).to_numpy()
+    held = np.zeros(len(healthy), dtype=bool)
+    for rows in healthy.groupby("site", sort=False, observed=True).indices.values():  # one entry per site
+        held[rows] = holdout_mask(len(rows), input_cfg.holdout_fraction, input_cfg.holdout_mode)
+    return features["path"].isin(healthy["path"].to_numpy()[~held]).to_numpy()
 
 
 def write_per_bearing_dataset(

@@ -23,7 +23,7 @@ from bearing_core.partition import (
 )
 from bearing_core.partition.build import partition_dataset
 from bearing_core.partition.quantity import NOTEBOOK_RATIOS
-from bearing_core.partition.writer import load_manifest, read_client, write_partitions
+from bearing_core.partition.writer import holdout_mask, load_manifest, read_client, write_partitions
 from test_inputs import write_dataset, write_samples
 
 INPUTS = ["B1_mean_abs", "B2_mean_abs"]
@@ -201,6 +201,29 @@ def test_write_partitions_files_split_manifest_and_stale_cleanup(tmp_path: Path)
     assert (scheme / "client_0.parquet").read_bytes() == first
     write_partitions(df, IidPartitioner().partition(df, 2, seed=0), tmp_path, "iid", INPUTS, {}, 0, 0.2)
     assert sorted(p.name for p in scheme.iterdir()) == ["client_0.parquet", "client_1.parquet", "manifest.json"]
+
+
+def test_holdout_mask_last_or_spread_evenly() -> None:
+    assert np.flatnonzero(holdout_mask(17, 0.2)).tolist() == [13, 14, 15, 16]  # ceil(0.2 x 17) = 4, the latest
+    assert np.flatnonzero(holdout_mask(17, 0.2, "interleaved")).tolist() == [3, 7, 11, 16]
+    assert np.flatnonzero(holdout_mask(20, 0.2, "interleaved")).tolist() == [4, 9, 14, 19]  # every 5th
+    for n in (1, 2, 7, 100, 431):
+        for fraction in (0.0, 0.1, 0.2, 0.5, 0.9):
+            last, spread = holdout_mask(n, fraction), holdout_mask(n, fraction, "interleaved")
+            assert last.sum() == spread.sum() < max(n, 2)  # same size, at least one training row
+    with pytest.raises(ValueError, match="'last' or 'interleaved'"):
+        holdout_mask(10, 0.2, "random")
+
+
+def test_write_partitions_interleaved_holdout(tmp_path: Path) -> None:
+    df = _frame({"site_1": 30, "site_2": 21})
+    manifest = write_partitions(df, NaturalPartitioner().partition(df, 2, seed=0), tmp_path, "natural", INPUTS, {},
+                                0, 0.2, holdout_mode="interleaved")
+    assert manifest.holdout_mode == "interleaved"
+    assert [(c.train_rows, c.holdout_rows) for c in manifest.clients] == [(24, 6), (16, 5)]
+    client = read_client(tmp_path / "clients" / "natural", 0)
+    assert np.flatnonzero(client["split"].to_numpy() == "holdout").tolist() == [4, 9, 14, 19, 24, 29]
+    assert load_manifest(tmp_path / "clients" / "natural") == manifest
 
 
 def test_write_partitions_rejects_bad_parts_and_names(tmp_path: Path) -> None:

@@ -69,6 +69,21 @@ def test_rows_per_bearing_standardised_on_the_training_rows(tmp_path: Path) -> N
         np.testing.assert_allclose(rows[["a_mean_abs", "b_mean_abs"]].std(ddof=0).to_numpy(), 1.0, rtol=1e-12)
 
 
+def test_interleaved_holdout_standardises_on_the_rows_the_model_trains_on(tmp_path: Path) -> None:
+    source = _dataset(tmp_path, n_files=20)
+    spread = InputConfig(train_fraction=0.5, holdout_mode="interleaved")  # 10 healthy, rows 4 and 9 held out
+    write_per_bearing_dataset(source, tmp_path / "pb", spread)
+    x = load_features(source)[["B2_a_mean_abs", "B2_b_mean_abs"]].to_numpy()
+    train = x[[0, 1, 2, 3, 5, 6, 7, 8]]
+    scaling = json.loads((tmp_path / "pb" / "dataset.json").read_text())["transform"]["standardisation"]["rig/B2"]
+    assert scaling["training_rows"] == 8
+    np.testing.assert_allclose(scaling["mean"], train.mean(axis=0), rtol=1e-12)
+    manifest = partition_dataset(tmp_path / "pb", "natural", 4, 0, spread)
+    assert manifest.holdout_mode == "interleaved"
+    rows = read_client(scheme_dir(tmp_path / "pb", "natural"), 1, split=SPLIT_TRAIN)  # client 1 = rig/B2
+    np.testing.assert_allclose(rows[["a_mean_abs", "b_mean_abs"]].mean().to_numpy(), 0.0, atol=1e-12)
+
+
 def test_log_and_several_features_and_one_axis_bearings(tmp_path: Path) -> None:
     source = _dataset(tmp_path, channels=("B1", "B2", "B3", "B4"))
     result = write_per_bearing_dataset(source, tmp_path / "pb", HEALTHY, PerBearingConfig(log=True))

@@ -88,4 +88,5 @@ def partition_dataset(
         seed,
         input_cfg.holdout_fraction,
         provenance=partition_provenance(dataset_dir, scheme, num_clients, seed, input_cfg, params),
+        holdout_mode=input_cfg.holdout_mode,
     )

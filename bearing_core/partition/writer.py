@@ -5,8 +5,9 @@ Layout, under a processed dataset directory ``OUT``::
     OUT/clients/<scheme>/client_<k>.parquet   timestamp, file, site, path, <input columns>, split
     OUT/clients/<scheme>/manifest.json        PartitionManifest
 
-Each client's rows are in time order; the last ``holdout_fraction`` of them (in time) have ``split="holdout"``:
-they are never trained on and serve for evaluation and threshold calibration. Files are written atomically, the
+Each client's rows are in time order; ``holdout_fraction`` of them have ``split="holdout"`` (:func:`holdout_mask`:
+the latest in time, or spread evenly over time with ``holdout_mode="interleaved"``): they are never trained on and
+serve for evaluation and threshold calibration. Files are written atomically, the
 manifest last, then client files left over from a previous run with more clients are deleted — so a reader that
 goes through the manifest always sees a complete, consistent set.
 """
@@ -19,7 +20,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -47,7 +48,7 @@ class ClientEntry(BaseModel):
     client_id: int = Field(..., ge=0, description="Client index k (file client_<k>.parquet)")
     file: str = Field(..., description="File name, relative to the manifest's directory")
     train_rows: int = Field(..., ge=0, description="Rows with split='train'")
-    holdout_rows: int = Field(..., ge=0, description="Rows with split='holdout' (the latest in time)")
+    holdout_rows: int = Field(..., ge=0, description="Rows with split='holdout'")
     sites: list[str] = Field(..., description="Sites present in this client's rows")
     sha256: str = Field(..., description="SHA-256 of the client file")
 
@@ -63,6 +64,7 @@ class PartitionManifest(BaseModel):
     num_clients: int = Field(..., ge=1)
     input_columns: list[str] = Field(..., description="Model input columns present in every client file")
     holdout_fraction: float = Field(..., ge=0, lt=1)
+    holdout_mode: Literal["last", "interleaved"] = Field("last", description="Which rows are held out (holdout_mask)")
     clients: list[ClientEntry]
     provenance: dict[str, str] = Field(
         default_factory=dict, description="Fingerprints of what the partitioning was made from (content hashes)"
@@ -88,6 +90,21 @@ def holdout_size(n_rows: int, holdout_fraction: float) -> int:
     return min(math.ceil(holdout_fraction * n_rows), n_rows - 1)
 
 
+def holdout_mask(n_rows: int, holdout_fraction: float, mode: str = "last") -> np.ndarray:
+    """Which of ``n_rows`` time-ordered rows are held out: :func:`holdout_size` of them, either the last ones
+    (``"last"``) or spread evenly (``"interleaved"``: the ``j``-th of ``m`` held-out rows is row
+    ``floor((j + 1) · n / m) − 1``, so every 5th row at 0.2, and always the last row)."""
+    n_hold = holdout_size(n_rows, holdout_fraction)
+    mask = np.zeros(n_rows, dtype=bool)
+    if mode == "last":
+        mask[n_rows - n_hold :] = True
+    elif mode == "interleaved":
+        mask[(np.arange(1, n_hold + 1) * n_rows) // max(n_hold, 1) - 1] = True
+    else:
+        raise ValueError(f"holdout mode must be 'last' or 'interleaved', got {mode!r}")
+    return mask
+
+
 def _check_parts(parts: Sequence[np.ndarray], n_rows: int) -> None:
     if not parts:
         raise ValueError("no partitions to write")
@@ -111,6 +128,7 @@ def write_partitions(
     seed: int,
     holdout_fraction: float,
     provenance: dict[str, str] | None = None,
+    holdout_mode: str = "last",
 ) -> PartitionManifest:
     """Write ``out_dir/clients/<scheme>/client_<k>.parquet`` for each part and the manifest; return the manifest.
 
@@ -130,9 +148,9 @@ def write_partitions(
     for k, idx in enumerate(parts):
         rows = df.iloc[np.sort(np.asarray(idx, dtype=np.int64))][columns]
         rows = rows.sort_values(["timestamp", "site", "path"], kind="stable").reset_index(drop=True)
-        n_hold = holdout_size(len(rows), holdout_fraction)
-        split = np.full(len(rows), SPLIT_TRAIN, dtype=object)
-        split[len(rows) - n_hold :] = SPLIT_HOLDOUT
+        held = holdout_mask(len(rows), holdout_fraction, holdout_mode)
+        n_hold = int(held.sum())
+        split = np.where(held, SPLIT_HOLDOUT, SPLIT_TRAIN).astype(object)
         table = pa.Table.from_pandas(rows, preserve_index=False).append_column("split", pa.array(split, pa.string()))
         name = f"client_{k}.parquet"
         write_parquet_atomic(target / name, table)
@@ -153,6 +171,7 @@ def write_partitions(
         num_clients=len(parts),
         input_columns=list(input_cols),
         holdout_fraction=holdout_fraction,
+        holdout_mode=holdout_mode,
         clients=entries,
         provenance=provenance or {},
     )
