@@ -12,6 +12,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from cli.train_cmd import HOLDOUT_HELP
+
 HELP = ("Run the whole pipeline (ingest -> validate -> federated training + threshold -> publish -> score -> "
         "evaluate -> report) as one Prefect flow run.")
 
@@ -66,11 +68,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--train-fraction", type=float, default=0.2,
                        help="healthy fraction of each site's earliest data (default: %(default)s)")
     group.add_argument("--train-until", type=datetime.fromisoformat, default=None, help="end of the healthy period")
+    p.add_argument("--holdout", choices=("last", "interleaved"), default="last", help=HOLDOUT_HELP)
     p.add_argument("--threshold-method", choices=("quantile", "mean_kstd"), default="quantile")
     p.add_argument("--threshold-quantile", type=float, default=0.995)
     p.add_argument("--threshold-k", type=float, default=3.0)
     p.add_argument("--k", dest="alarm_k", type=int, default=3, help="alarm when k of the last n snapshots exceed (3)")
     p.add_argument("--n", dest="alarm_n", type=int, default=3, help="debounce window n (3)")
+    p.add_argument("--warmup-hours", dest="alarm_warmup_h", type=float, default=0.0,
+                   help="no alarm in the first H hours after a stop of at least H hours, unless already in alarm (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="ingest worker processes (default: all cores)")
     p.add_argument("--lock-timeout", dest="lock_timeout_s", type=float, default=3600.0,
@@ -96,7 +101,8 @@ def _config_problems(args: argparse.Namespace) -> list[str]:
             threshold_quantile=args.threshold_quantile, threshold_k=args.threshold_k,
         ).threshold_config(),
         lambda: InputConfig(feature=args.feature, train_until=args.train_until,
-                            train_fraction=None if args.train_until else args.train_fraction),
+                            train_fraction=None if args.train_until else args.train_fraction,
+                            holdout_mode=args.holdout),
     ]
     if args.alpha <= 0:
         return [f"--alpha must be > 0, got {args.alpha}"]
@@ -117,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
             problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.lock_timeout_s < 0:
         problems.append(f"--lock-timeout must be >= 0, got {args.lock_timeout_s}")
+    if not 0 <= args.alarm_warmup_h < float("inf"):
+        problems.append(f"--warmup-hours must be >= 0, got {args.alarm_warmup_h}")
     if args.alarm_k > args.alarm_n:
         problems.append(f"--k ({args.alarm_k}) cannot exceed --n ({args.alarm_n})")
     if not problems:
@@ -135,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         alpha=args.alpha, feature=args.feature, train_fraction=None if args.train_until else args.train_fraction,
         train_until=args.train_until, threshold_method=args.threshold_method,
         threshold_quantile=args.threshold_quantile, threshold_k=args.threshold_k, alarm_k=args.alarm_k,
-        alarm_n=args.alarm_n, seed=args.seed, workers=args.workers, lock_timeout_s=args.lock_timeout_s,
+        alarm_n=args.alarm_n, alarm_warmup_h=args.alarm_warmup_h, holdout=args.holdout, seed=args.seed, workers=args.workers, lock_timeout_s=args.lock_timeout_s,
         return_state=True,
     )
     try:

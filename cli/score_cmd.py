@@ -42,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--n", type=int, default=3, help="debounce window N, snapshots per site (default 3)")
     parser.add_argument(
+        "--warmup-hours", dest="warmup_h", type=float, default=0.0,
+        help="after a stop of at least this many hours, the snapshots of the next as many hours do not count "
+        "towards an alarm, unless the site was already in alarm (default: 0, off)",
+    )
+    parser.add_argument(
         "--calibrate", metavar="CLIENTS_DIR", type=Path, default=None,
         help="(re)calibrate the threshold on this partition's holdout rows first (writes threshold.json)",
     )
@@ -63,8 +68,15 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.scoring import alarm_summary, resolve_model_dir, update_scores
     from bearing_core.threshold import ThresholdConfig, calibrate_from_clients
 
-    if not args.dataset_dir.is_dir():
-        print(f"bearing score: error: dataset directory not found: {args.dataset_dir}", file=sys.stderr)
+    problem = None
+    if not 1 <= args.k <= args.n:
+        problem = f"need 1 <= --k <= --n, got --k {args.k} --n {args.n}"
+    elif not 0 <= args.warmup_h < float("inf"):
+        problem = f"--warmup-hours must be >= 0, got {args.warmup_h}"
+    elif not args.dataset_dir.is_dir():
+        problem = f"dataset directory not found: {args.dataset_dir}"
+    if problem:  # before the lock and any work
+        print(f"bearing score: error: {problem}", file=sys.stderr)
         return 2
     try:
         model_dir = resolve_model_dir(args.model, DataPaths().models_root)
@@ -74,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                 record = calibrate_from_clients(model_dir, args.calibrate, cfg)
                 print(f"calibrated: threshold {record.threshold:.6g} ({cfg.describe()}, "
                       f"{record.calibration_size} rows)")
-            result = update_scores(args.dataset_dir, model_dir, args.out, args.k, args.n)
+            result = update_scores(args.dataset_dir, model_dir, args.out, args.k, args.n, args.warmup_h)
     except LockTimeout as exc:
         return report_lock_timeout(exc, "bearing score")
     except ValidationError as exc:

@@ -24,6 +24,10 @@ The model (weights, config, scaler, input columns) and metrics.parquet go to --o
 (default: data/models/<UTC timestamp>-<hash>/). A client failing in a round is left out of that round."""
 
 PARTITIONS = ("iid", "quantity", "dirichlet", "natural")
+HOLDOUT_HELP = (
+    "healthy rows held back for calibration: 'last' = the latest 20 %% of each client's; 'interleaved' = every 5th, "
+    "spread over the healthy period (default: last)"
+)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     period.add_argument(
         "--train-until", type=datetime.fromisoformat, default=None, help="healthy period = up to this UTC time"
     )
+    parser.add_argument("--holdout", choices=("last", "interleaved"), default="last", help=HOLDOUT_HELP)
     parser.add_argument("--out", dest="model_dir", type=Path, default=None, help="model directory")
     parser.set_defaults(func=run)
 
@@ -132,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         period = (
             {"train_until": args.train_until} if args.train_until else {"train_fraction": args.train_fraction or 0.2}
         )
-        input_cfg = InputConfig(feature=args.feature, **period)
+        input_cfg = InputConfig(feature=args.feature, holdout_mode=args.holdout, **period)
         manifest = partition_dataset(
             args.dataset_dir, args.partition, args.clients, args.seed, input_cfg,
             partition_params(args.partition, args.clients, args.alpha),

@@ -68,6 +68,8 @@ def pipeline_flow(
     threshold_k: float = 3.0,
     alarm_k: int = 3,
     alarm_n: int = 3,
+    alarm_warmup_h: float = 0.0,
+    holdout: Literal["last", "interleaved"] = "last",
     seed: int = 0,
     workers: int | None = None,
     lock_timeout_s: float = 3600.0,
@@ -96,6 +98,10 @@ def pipeline_flow(
         threshold_k: k for 'mean_kstd' (mean + k std).
         alarm_k: an alarm needs alarm_k of the last alarm_n snapshots over the threshold.
         alarm_n: debounce window (snapshots).
+        alarm_warmup_h: hours after a stop (a gap of at least as long) during which snapshots do not count towards
+            an alarm, unless the site was already in alarm; 0 = off.
+        holdout: which healthy rows of each client are held back for calibration: 'last' (the latest in time) or
+            'interleaved' (spread evenly over the healthy period, so restarts and run-in are represented).
         seed: seed for partitioning and training.
         workers: ingest worker processes (default: all cores).
         lock_timeout_s: how long to wait for another run on the same dataset to finish before failing.
@@ -113,7 +119,8 @@ def pipeline_flow(
             strategy=strategy, local_epochs=local_epochs, lr=lr, batch_size=batch_size, hidden=hidden, mu=mu,
             alpha=alpha, feature=feature, train_fraction=train_fraction, train_until=train_until,
             threshold_method=threshold_method, threshold_quantile=threshold_quantile, threshold_k=threshold_k,
-            alarm_k=alarm_k, alarm_n=alarm_n, seed=seed, workers=workers,
+            alarm_k=alarm_k, alarm_n=alarm_n, alarm_warmup_h=alarm_warmup_h, holdout=holdout, seed=seed,
+            workers=workers,
         )
 
 
@@ -139,6 +146,8 @@ def _run_pipeline(
     threshold_k: float,
     alarm_k: int,
     alarm_n: int,
+    alarm_warmup_h: float,
+    holdout: str,
     seed: int,
     workers: int | None,
 ) -> dict[str, Any]:
@@ -172,12 +181,13 @@ def _run_pipeline(
         feature=feature,
         train_fraction=None if train_until is not None else train_fraction,
         train_until=train_until,
+        holdout=holdout,
     )
     published = publish_task(trained["model_dir"], trained["manifest"], trained["manifest_sha256"])
     decision = promote_task(published["path"], trained["manifest"])
     decision["version"] = published["version"]
 
-    scored = score_flow.fn(dataset_dir=dataset_dir, model="latest", k=alarm_k, n=alarm_n)
+    scored = score_flow.fn(dataset_dir=dataset_dir, model="latest", k=alarm_k, n=alarm_n, warmup_h=alarm_warmup_h)
     champion = str(Path(scored["model_dir"]).resolve())  # `latest` -> the version it names
     ground_truth = Path(raw_dir) / GROUND_TRUTH_FILE
     report_dir = DataPaths().reports_root / Path(dataset_dir).name / Path(champion).resolve().name

@@ -49,6 +49,7 @@ def train_flow(
     feature: str = "mean_abs",
     train_fraction: float | None = 0.2,
     train_until: datetime | None = None,
+    holdout: Literal["last", "interleaved"] = "last",
     min_fit_fraction: float = 0.5,
     round_timeout_s: float = 600.0,
     model_dir: str | None = None,
@@ -78,7 +79,8 @@ def train_flow(
         threshold_k=threshold_k,
     )
     input_cfg = InputConfig(
-        feature=feature, train_until=train_until, train_fraction=None if train_until is not None else train_fraction
+        feature=feature, train_until=train_until, train_fraction=None if train_until is not None else train_fraction,
+        holdout_mode=holdout,
     )
     params = partition_params(partition, clients, alpha)
     parts = partition_task(dataset_dir, partition, clients, seed, input_cfg.model_dump(mode="json"), params)

@@ -54,7 +54,8 @@ class ScoresContentPolicy(CachePolicy):
             return None  # the task body raises the precise error
         source_key = TaskSource().compute_key(task_ctx, inputs, flow_parameters)
         key = hash_objects(
-            str(out.resolve()), data_sha, model_sha, int(inputs["alarm_k"]), int(inputs["alarm_n"]), source_key,
+            str(out.resolve()), data_sha, model_sha, int(inputs["alarm_k"]), int(inputs["alarm_n"]),
+            float(inputs.get("warmup_h", 0.0)), source_key,
             raise_on_failure=True,
         )
         store = get_result_store()
@@ -79,7 +80,12 @@ class ScoresContentPolicy(CachePolicy):
     persist_result=True,
 )
 def score_task(
-    dataset_dir: str, model_dir: str, alarm_k: int = 3, alarm_n: int = 3, out: str | None = None
+    dataset_dir: str,
+    model_dir: str,
+    alarm_k: int = 3,
+    alarm_n: int = 3,
+    out: str | None = None,
+    warmup_h: float = 0.0,
 ) -> dict[str, Any]:
     """Bring the scores file up to date; return ``{"path", "sha256", "n_scored", "n_reused", "alarms", ...}``.
 
@@ -87,7 +93,7 @@ def score_task(
     first_alarm_file, top_channel) as JSON-ready rows.
     """
     logger = get_run_logger()
-    result = update_scores(dataset_dir, model_dir, scores_path(dataset_dir, out), alarm_k, alarm_n)
+    result = update_scores(dataset_dir, model_dir, scores_path(dataset_dir, out), alarm_k, alarm_n, warmup_h)
     summary = alarm_summary(result.scores)
     summary["first_alarm"] = summary["first_alarm"].map(lambda t: "" if t is None or str(t) == "NaT" else str(t))
     logger.info(
