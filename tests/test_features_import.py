@@ -90,3 +90,32 @@ def test_real_ims_1st_test_table(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert input_columns(tmp_path / "ims", InputConfig()) == [f"{ch}_mean_abs" for ch in
                                                               ("B1_a", "B1_b", "B2_a", "B2_b", "B3_a", "B3_b", "B4_a", "B4_b")]
     assert run(parser.parse_args(["import-features", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x")])) == 2
+
+
+def test_per_bearing_import_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.import_features_cmd import register, run
+
+    rng = np.random.default_rng(1)
+    channels = ["B1_a", "B1_b", "B2_a", "B2_b"]
+    times = pd.date_range("2003-10-22 12:00", periods=20, freq="10min").strftime("%Y.%m.%d.%H.%M.%S")
+    table = pd.DataFrame(0.1 + 0.01 * rng.random((20, 4)), columns=channels).assign(file=times)[["file", *channels]]
+    table.to_csv(tmp_path / "rig_mean_abs.csv", index=False)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = ["import-features", str(tmp_path / "rig_mean_abs.csv"), "--out", str(tmp_path / "pb"), "--per-bearing",
+            "--log", "--train-fraction", "0.5", "--holdout", "interleaved"]
+    assert run(parser.parse_args(args)) == 0
+    assert "sites rig/B1, rig/B2, inputs a_mean_abs, b_mean_abs (ln), 40 rows" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "pb" / "dataset.json").read_text())
+    assert meta["layout"] == "per_bearing" and meta["transform"]["log"] is True
+    assert meta["transform"]["healthy"]["holdout_mode"] == "interleaved"
+    b1 = np.log(table[["B1_a", "B1_b"]].to_numpy())[[0, 1, 2, 3, 5, 6, 7, 8]]  # 10 healthy minus rows 4 and 9
+    np.testing.assert_allclose(meta["transform"]["standardisation"]["rig/B1"]["mean"], b1.mean(axis=0), rtol=1e-12)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pb", "rig_mean_abs.csv"]  # the wide import is gone
+    assert run(parser.parse_args(["import-features", str(tmp_path / "rig_mean_abs.csv"), "--out",
+                                  str(tmp_path / "x"), "--log"])) == 2
+    assert "--log needs --per-bearing" in capsys.readouterr().err
+    bad = ["import-features", str(tmp_path / "rig_mean_abs.csv"), "--out", str(tmp_path / "y"), "--per-bearing",
+           "--train-fraction", "1.5"]
+    assert run(parser.parse_args(bad)) == 2
+    assert "train_fraction" in capsys.readouterr().err and not (tmp_path / "y").exists()
