@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,6 +44,12 @@ class DataFingerprint(BaseModel):
     period_end: datetime | None = Field(None, description="Latest timestamp among the clients' rows (UTC)")
     train_rows: int = Field(..., ge=0, description="Rows trained on (all clients)")
     holdout_rows: int = Field(..., ge=0, description="Rows held out for evaluation and calibration (all clients)")
+    holdout_mode: Literal["last", "interleaved"] = Field(
+        "last", description="Which healthy rows were held out: the latest in time, or spread evenly over time"
+    )
+
+
+_HOLDOUT = {"last": "the latest healthy rows in time", "interleaved": "healthy rows spread evenly over time"}
 
 
 def _fmt(value: Any) -> str:
@@ -129,7 +135,7 @@ threshold, calibration size, method, error statistics, per-site thresholds).
                 ("sites", ", ".join(fingerprint.sites) or "none"),
                 ("period (clients' rows)", period),
                 ("train rows", fingerprint.train_rows),
-                ("holdout rows (evaluation, calibration)", fingerprint.holdout_rows),
+                ("holdout rows (evaluation, calibration)", f"{fingerprint.holdout_rows} ({_HOLDOUT[fingerprint.holdout_mode]})"),
                 ("partitioning", f"{fingerprint.partition_scheme}, {fingerprint.num_clients} client(s)"),
                 ("dataset sha256", f"`{fingerprint.dataset_sha256}`"),
                 ("partition manifest sha256", f"`{fingerprint.partition_manifest_sha256}`"),
@@ -170,7 +176,7 @@ threshold, calibration size, method, error statistics, per-site thresholds).
                 for r in final.itertuples()
             ],
         )
-        + "\n\nMSE is in standardised units, on each client's holdout rows (the latest healthy rows in time).",
+        + f"\n\nMSE is in standardised units, on each client's holdout rows ({_HOLDOUT[fingerprint.holdout_mode]}).",
         "## Federated vs centralized\n\n"
         + _table(
             ("model", "final eval MSE"),

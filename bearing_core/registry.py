@@ -150,6 +150,7 @@ def data_fingerprint(partition_manifest: str | os.PathLike[str]) -> DataFingerpr
         period_end=max(ends) if ends else None,
         train_rows=sum(c.train_rows for c in manifest.clients),
         holdout_rows=sum(c.holdout_rows for c in manifest.clients),
+        holdout_mode=manifest.holdout_mode,
     )
 
 

@@ -164,6 +164,7 @@ def test_publish_writes_a_complete_version_with_card_and_fingerprint(
     assert f"| centralized baseline (same rows, same epochs) | {0.9 * final_mse:.6g} |" in card
     assert "Cost of federation (relative MSE gap): +11.1 %" in card
     assert "| train rows | 160 |" in card and "| sites | site_1, site_2 |" in card
+    assert fp["holdout_mode"] == "last" and "| holdout rows (evaluation, calibration) | 40 (the latest healthy rows in time) |" in card
     threshold = load_threshold(vdir)  # copied with the weights it was calibrated for
     assert f"| threshold | {threshold.threshold:.6g} |" in card and "| calibration_size | 40 |" in card
     assert "| layers | 4 → 4 → 2 → 4 → 4 |" in card and "`B1_mean_abs`" in card
