@@ -221,7 +221,7 @@ def source_site_scores(scores: pd.DataFrame, dataset_dir: str | os.PathLike[str]
     meta_path = Path(dataset_dir) / DATASET_FILE
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     if meta.get("layout") != LAYOUT_NAME:
-        raise ValueError(f"{meta_path}: not a per-bearing dataset (write it with write_per_bearing_dataset)")
+        raise ValueError(f"{meta_path}: not a per-bearing dataset (write one with `bearing per-bearing`)")
     axes = list(meta["channels"])
     site = scores["site"].astype(str)
     unknown = sorted(set(site) - set(meta["bearings"]))

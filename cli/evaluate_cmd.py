@@ -13,7 +13,10 @@ Evaluate SCORES (written by `bearing score`) against a known failure: first alar
 lead time before --failure-time (hours), alarms in the healthy period (snapshots, events, events per day).
 The healthy period is up to --healthy-until (default: everything before the failure is judged only by the first
 alarm). With --ground-truth (a demo's ground_truth.json) every site is evaluated against its own onset and
-failure instead. --plot writes a PNG: score over time (log scale) per site, threshold, alarms, onset/failure.
+failure instead. Scores of a per-bearing dataset (`bearing per-bearing`) are first folded back to one row per
+snapshot with --per-bearing DIR (the per-bearing dataset they came from): each snapshot keeps its bearing that
+matters most (in alarm, then over threshold, then the highest score/threshold), named as a source channel
+(B2_a). --plot writes a PNG: score over time (log scale) per site, threshold, alarms, onset/failure.
 Times are ISO 8601, UTC (e.g. 2003-11-25T23:39:56)."""
 
 
@@ -25,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--onset", type=datetime.fromisoformat, default=None, help="known defect onset (UTC)")
     parser.add_argument("--site", default=None, help="evaluate only this site")
     parser.add_argument("--ground-truth", type=Path, default=None, help="ground_truth.json of a demo dataset")
+    parser.add_argument(
+        "--per-bearing", metavar="DIR", type=Path, default=None,
+        help="SCORES are of this per-bearing dataset: fold them back to its source's snapshots and sites first",
+    )
     parser.add_argument("--plot", type=Path, default=None, help="write the score plot to this PNG")
     parser.set_defaults(func=run)
 
@@ -43,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         scores = read_scores(args.scores)
+        if args.per_bearing is not None:
+            from bearing_core.per_bearing import source_site_scores
+
+            scores = source_site_scores(scores, args.per_bearing)
         if args.site is not None:
             scores = scores[scores["site"].astype(str) == args.site]
             if scores.empty:

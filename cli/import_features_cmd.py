@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli.train_cmd import HOLDOUT_HELP
+from cli.per_bearing_cmd import add_layout_arguments, describe, write_layout
 
 if TYPE_CHECKING:
     from bearing_core.features_import import ImportResult
@@ -36,12 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--site", default=None, help="site name (default: the table's name without _<feature>)")
     parser.add_argument("--feature", default="mean_abs", help="feature the table holds (default: mean_abs)")
     parser.add_argument("--per-bearing", action="store_true", help="write the per-bearing layout (see above)")
-    parser.add_argument("--log", action="store_true", help="with --per-bearing: natural log of the inputs first")
-    parser.add_argument(
-        "--train-fraction", type=float, default=0.2,
-        help="with --per-bearing: healthy period = earliest fraction of the snapshots (default: 0.2)",
-    )
-    parser.add_argument("--holdout", choices=("last", "interleaved"), default="last", help=HOLDOUT_HELP)
+    add_layout_arguments(parser.add_argument_group("with --per-bearing"))
     parser.set_defaults(func=run)
 
 
@@ -70,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
           f"channels {', '.join(result.channels)}, feature {result.feature} -> "
           f"{args.out_dir if layout is None else layout.out_dir}")
     if layout is not None:
-        print(f"per-bearing layout: sites {', '.join(layout.sites)}, inputs {', '.join(layout.input_columns)}"
-              f"{' (ln)' if args.log else ''}, {layout.rows} rows")
+        print(describe(layout, args.log))
     return 0
 
 
@@ -79,16 +73,13 @@ def _import_per_bearing(args: argparse.Namespace) -> tuple[ImportResult, PerBear
     """Import the wide table into a temporary dataset next to ``--out``, then write its per-bearing layout."""
     from bearing_core.features_import import import_features
     from bearing_core.inputs import InputConfig
-    from bearing_core.per_bearing import PerBearingConfig, write_per_bearing_dataset
 
-    input_cfg = InputConfig(feature=args.feature, train_fraction=args.train_fraction, holdout_mode=args.holdout)
+    InputConfig(feature=args.feature, train_fraction=args.train_fraction, holdout_mode=args.holdout)  # fail early
     args.out_dir.parent.mkdir(parents=True, exist_ok=True)
     wide = Path(tempfile.mkdtemp(prefix=f".{args.out_dir.name}.wide-", dir=args.out_dir.parent))
     try:
         result = import_features(args.table, wide, site=args.site, feature=args.feature)
-        layout = write_per_bearing_dataset(
-            wide, args.out_dir, input_cfg, PerBearingConfig(features=(args.feature,), log=args.log)
-        )
+        layout = write_layout(wide, args)
     finally:
         shutil.rmtree(wide, ignore_errors=True)
     return result, layout

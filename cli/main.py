@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cli.models_cmd",
     "cli.experiments_cmd",
     "cli.import_features_cmd",
+    "cli.per_bearing_cmd",
     "cli.site_cmd",
     "cli.federate_cmd",
 )

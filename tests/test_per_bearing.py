@@ -158,3 +158,43 @@ def test_real_ims_1st_test(tmp_path: Path) -> None:
     assert {s["training_rows"] for s in scaling.values()} == {432 - 87}  # 20 % = 432 files, 87 held out
     last = df[df["file"] == "2003.11.25.23.39.56"].set_index("site")["a_mean_abs"]
     assert last["1st_test/B3"] > 5 and last["1st_test/B1"] < last["1st_test/B3"]  # failed bearing far off its healthy
+
+
+def test_per_bearing_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+
+    source = _dataset(tmp_path, n_files=20)
+    assert main(["per-bearing", str(source), "--out", str(tmp_path / "pb"), "--log", "--train-fraction", "0.5",
+                 "--holdout", "interleaved"]) == 0
+    assert "sites rig/B1, rig/B2, rig/B3, rig/B4, inputs a_mean_abs, b_mean_abs (ln), 80 rows" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "pb" / "dataset.json").read_text())
+    x = np.log(load_features(source)[["B4_a_mean_abs", "B4_b_mean_abs"]].to_numpy())[[0, 1, 2, 3, 5, 6, 7, 8]]
+    np.testing.assert_allclose(meta["transform"]["standardisation"]["rig/B4"]["mean"], x.mean(axis=0), rtol=1e-12)
+    assert main(["per-bearing", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "missing/dataset.json not found" in capsys.readouterr().err
+    assert main(["per-bearing", str(source), "--out", str(tmp_path / "y"), "--feature", "kurtosis"]) == 2
+    assert "missing columns ['B1_a_kurtosis'" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
+def test_evaluate_folds_per_bearing_scores_back_to_the_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bearing_core.scoring import debounce_alarms, write_scores
+    from cli.main import main
+
+    source = _dataset(tmp_path, n_files=12)
+    write_per_bearing_dataset(source, tmp_path / "pb", HEALTHY)
+    rows = load_features(tmp_path / "pb")
+    b3_late = (rows["site"] == "rig/B3").to_numpy() & (rows["timestamp"] >= rows["timestamp"].iloc[-1]
+                                                          - pd.Timedelta("30min")).to_numpy()
+    scores = rows[["timestamp", "file", "site", "path"]].assign(
+        score=np.where(b3_late, 5.0, 0.1), threshold=1.0, is_anomaly=b3_late, top_channel="b", top_input="b_mean_abs",
+        model_version="v",
+    )
+    write_scores(scores.assign(alarm=debounce_alarms(scores, 3, 3)), tmp_path / "scores.parquet")
+    failure = (rows["timestamp"].iloc[-1] + pd.Timedelta("1h")).isoformat()
+    args = ["evaluate", str(tmp_path / "scores.parquet"), "--failure-time", failure]
+    assert main([*args, "--per-bearing", str(tmp_path / "pb")]) == 0
+    out = capsys.readouterr().out
+    third = sorted(rows["file"].unique())[-2]  # B3 over threshold for the last 4 snapshots: 3 of 3 at the 3rd
+    assert f"file {third} channel B3_b" in out and "lead time before failure: 1.17 h" in out
+    assert main([*args, "--per-bearing", str(source)]) == 2
+    assert "not a per-bearing dataset (write one with `bearing per-bearing`)" in capsys.readouterr().err
