@@ -268,6 +268,60 @@ def demo_benchmark(
     return "\n".join(lines), tables
 
 
+def bearing_cli(*args: str) -> None:
+    """Run a ``bearing`` sub-command in this process, its printout suppressed; raise when it fails."""
+    from cli.main import main as bearing
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        if bearing(list(args)) != 0:
+            raise RuntimeError(f"bearing {' '.join(args)} failed")
+
+
+DEMO_PRODUCT_SEEDS = (0, 1, 2)
+
+
+def demo_product_runs(work: Path, seeds: tuple[int, ...] = DEMO_PRODUCT_SEEDS) -> str:
+    """Markdown table: the demo data through the command line with the product's defaults (FedAvg, 20 rounds x 10
+    local epochs, 0.995 quantile of the federated holdout sketches, 3 of 3), default layout (8 inputs, one client
+    per site, 8-4-2-4-8) next to the per-bearing layout (``bearing per-bearing --log``, one client per bearing,
+    2-4-1-4-2), per seed."""
+    raw, dataset = work / "raw", work / "demo"
+    truth = load_ground_truth(raw)
+    per_bearing_dir = work / "demo_cli_per_bearing"
+    bearing_cli("per-bearing", str(dataset), "--out", str(per_bearing_dir), "--log")
+    n_bearing_sites = len(json.loads((per_bearing_dir / DATASET_FILE).read_text(encoding="utf-8"))["sites"])
+    layouts = {
+        "default: 8 x mean_abs, 8-4-2-4-8, 4 site-clients": (dataset, ["--clients", "4"]),
+        f"per-bearing: (a, b) ln mean_abs, 2-4-1-4-2, {n_bearing_sites} bearing-clients": (
+            per_bearing_dir, ["--clients", str(n_bearing_sites), "--hidden", "4,1,4"]),
+    }
+    lines = [
+        ("| layout | seed | detected after onset | correct bearing | false alarm snapshots | delay after onset, h "
+         "(per faulty site) | lead time, h | threshold |"),
+        "|---|---:|---:|---:|---:|---|---|---:|",
+    ]
+    for name, (ds, options) in layouts.items():
+        for seed in seeds:
+            model = work / "models" / f"demo_cli_{'per_bearing' if ds == per_bearing_dir else 'default'}_seed{seed}"
+            bearing_cli("train", str(ds), "--partition", "natural", *options, "--seed", str(seed), "--out", str(model))
+            bearing_cli("score", str(ds), "--model", str(model), "--out", str(model / "scores.parquet"))
+            scores = pd.read_parquet(model / "scores.parquet")
+            threshold = float(scores["threshold"].iloc[0])
+            if ds == per_bearing_dir:
+                scores = source_site_scores(scores, ds)
+            table = evaluate_against_ground_truth(scores, truth)
+            faulty = table[table["faulty"]]
+            delays = ", ".join("-" if pd.isna(v) else f"{v:.1f}" for v in faulty["delay_after_onset_hours"])
+            leads = ", ".join("-" if pd.isna(v) else f"{v:.1f}" for v in faulty["lead_time_hours"])
+            lines.append(
+                f"| {name} | {seed} | {int(faulty['detected_after_onset'].sum())}/{len(faulty)} | "
+                f"{int(faulty['correct_bearing'].sum())}/{len(faulty)} | {int(table['false_alarm_snapshots'].sum())} | "
+                f"{delays} | {leads} | {threshold:.3g} |"
+            )
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class AlarmSeries:
     """Debounced alarms of one scored series (a site) over the IMS files, with the bearing each file's alarm names.
@@ -451,19 +505,12 @@ def product_recipe_scores(work: Path, seed: int) -> tuple[pd.DataFrame, float]:
     ``bearing train --partition natural --clients 4 --hidden 4,1,4 --seed SEED`` (Flower FedAvg, 20 rounds x 10
     local epochs, threshold from the federated holdout sketches), ``bearing score`` (3 of 3; other rules are applied
     to its ``is_anomaly``). Returns the scores and the threshold."""
-    from cli.main import main as bearing
-
     dataset, model = work / "ims_1st_cli_per_bearing_log", work / "models" / f"cli_per_bearing_log_seed{seed}"
     scores_file = model / "scores.parquet"
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet):
-        if bearing(["import-features", str(SHARED_CSV), "--out", str(dataset), "--per-bearing", "--log"]) != 0:
-            raise RuntimeError("bearing import-features failed")
-        if bearing(["train", str(dataset), "--partition", "natural", "--clients", "4", "--hidden", "4,1,4",
-                    "--seed", str(seed), "--out", str(model)]) != 0:
-            raise RuntimeError("bearing train failed")
-        if bearing(["score", str(dataset), "--model", str(model), "--out", str(scores_file)]) != 0:
-            raise RuntimeError("bearing score failed")
+    bearing_cli("import-features", str(SHARED_CSV), "--out", str(dataset), "--per-bearing", "--log")
+    bearing_cli("train", str(dataset), "--partition", "natural", "--clients", "4", "--hidden", "4,1,4",
+                "--seed", str(seed), "--out", str(model))
+    bearing_cli("score", str(dataset), "--model", str(model), "--out", str(scores_file))
     scores = pd.read_parquet(scores_file)
     return scores, float(scores["threshold"].iloc[0])
 
@@ -608,6 +655,12 @@ def ims_benchmark(work: Path, recipe: Recipe, threshold_cfg: ThresholdConfig) ->
 
 
 FINDINGS = (
+    ("- Demo, through the command line with the product's defaults (FedAvg, 3 of 3), three seeds: both layouts alarm "
+    "every defect after onset with no false alarm. The default layout (8 inputs, one client per site) alarms 1.0-3.2 "
+    "h after onset and names the wrong bearing on one site in two seeds of three (site_3, a B2 defect: `make run` "
+    "says B1_a); the per-bearing layout (`bearing per-bearing --log`, one client per bearing, 2-4-1-4-2) names the "
+    "right bearing at every site in every seed and alarms earlier: 0.5 / 0.3 / 1.7-2.2 h after onset, 6.3-7.0 h "
+    "before failure."),
     ("- Demo: the untuned default recipe (ReLU 4-2-4, lr 1e-3, 10 epochs) does not learn on these few-hundred-row "
     "datasets (loss ≈ 1: the score is the distance to the mean) and alarms 3-4 h after onset on `mean_abs`; ELU, lr "
     "1e-2, 200 epochs fits. Envelope inputs see every demo defect within 2-3 snapshots of onset. On `mean_abs` the "
@@ -675,6 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = Recipe(activation=args.activation, lr=args.lr, epochs=args.epochs)
     threshold_cfg = ThresholdConfig(method=args.method)
     demo_md, tables = demo_benchmark(args.work, tuple(args.demo_train_fractions), recipe, threshold_cfg)
+    demo_cli_md = demo_product_runs(args.work)
     ims_md = ims_benchmark(args.work, recipe, threshold_cfg) if SHARED_CSV.is_file() else "(shared IMS table absent: skipped)"
     best_key = f"mean_abs + log10 env_* @ {args.demo_train_fractions[0]:g}"
     best = tables[best_key]
@@ -702,6 +756,15 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "",
             "### Demo data (4 sites x 120 files, seed 0; healthy period = each site's earliest fraction of files)",
+            "",
+            ("Through the command line with the product's defaults (`bearing train --partition natural`: FedAvg, 20 "
+             "rounds x 10 local epochs, lr 1e-2, threshold = 0.995 quantile of the federated holdout sketches; "
+             "`bearing score`: 3 of 3; healthy period 20 %), the default layout next to the per-bearing layout "
+             "(`bearing per-bearing --log`, `--hidden 4,1,4`):"),
+            "",
+            demo_cli_md,
+            "",
+            "Variants, trained centrally with the bench recipe:",
             "",
             demo_md,
             "",
