@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from bearing_core.features_import import import_features
+    from cli.train_cmd import validation_message
 
     if args.log and not args.per_bearing:
         print("bearing import-features: error: --log needs --per-bearing", file=sys.stderr)
@@ -54,12 +55,9 @@ def run(args: argparse.Namespace) -> int:
             result, layout = import_features(args.table, args.out_dir, site=args.site, feature=args.feature), None
         else:
             result, layout = _import_per_bearing(args)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        print(f"bearing import-features: error: {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"bearing import-features: error: {exc}", file=sys.stderr)
+    except (FileNotFoundError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        message = validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
+        print(f"bearing import-features: error: {message}", file=sys.stderr)
         return 2
     print(f"imported {result.rows} snapshots of site {result.site} ({result.first} .. {result.last}), "
           f"channels {', '.join(result.channels)}, feature {result.feature} -> "

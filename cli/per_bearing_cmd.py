@@ -61,14 +61,13 @@ def run(args: argparse.Namespace) -> int:
     """Exit 0 on success, 2 on a missing or unsuitable dataset or bad options."""
     from pydantic import ValidationError
 
+    from cli.train_cmd import validation_message
+
     try:
         layout = write_layout(args.dataset_dir, args)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        print(f"bearing per-bearing: error: {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"bearing per-bearing: error: {exc}", file=sys.stderr)
+    except (FileNotFoundError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        message = validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
+        print(f"bearing per-bearing: error: {message}", file=sys.stderr)
         return 2
     print(describe(layout, args.log))
     return 0
