@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli.train_cmd import HOLDOUT_HELP
+from cli.train_cmd import add_holdout_argument
 
 if TYPE_CHECKING:
     from bearing_core.per_bearing import PerBearingResult
@@ -28,7 +28,7 @@ def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
         "--train-fraction", type=float, default=0.2,
         help="healthy period = earliest fraction of each site's snapshots (default: 0.2)",
     )
-    parser.add_argument("--holdout", choices=("last", "interleaved"), default="last", help=HOLDOUT_HELP)
+    add_holdout_argument(parser)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -12,7 +12,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from cli.train_cmd import HOLDOUT_HELP
+from cli.train_cmd import add_holdout_argument
 
 HELP = ("Run the whole pipeline (ingest -> validate -> federated training + threshold -> publish -> score -> "
         "evaluate -> report) as one Prefect flow run.")
@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--train-fraction", type=float, default=0.2,
                        help="healthy fraction of each site's earliest data (default: %(default)s)")
     group.add_argument("--train-until", type=datetime.fromisoformat, default=None, help="end of the healthy period")
-    p.add_argument("--holdout", choices=("last", "interleaved"), default="last", help=HOLDOUT_HELP)
+    add_holdout_argument(p)
     p.add_argument("--threshold-method", choices=("quantile", "mean_kstd"), default="quantile")
     p.add_argument("--threshold-quantile", type=float, default=0.995)
     p.add_argument("--threshold-k", type=float, default=3.0)

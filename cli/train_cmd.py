@@ -24,10 +24,15 @@ The model (weights, config, scaler, input columns) and metrics.parquet go to --o
 (default: data/models/<UTC timestamp>-<hash>/). A client failing in a round is left out of that round."""
 
 PARTITIONS = ("iid", "quantity", "dirichlet", "natural")
-HOLDOUT_HELP = (
-    "healthy rows held back for calibration: 'last' = the latest 20 %% of each client's; 'interleaved' = every 5th, "
-    "spread over the healthy period (default: last)"
-)
+
+
+def add_holdout_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--holdout last|interleaved`` (``InputConfig.holdout_mode``), shared by train, run and per-bearing."""
+    parser.add_argument(
+        "--holdout", choices=("last", "interleaved"), default="last",
+        help="healthy rows held back for calibration: 'last' = the latest 20 %% of each client's; 'interleaved' = "
+        "every 5th, spread over the healthy period (default: last)",
+    )
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     period.add_argument(
         "--train-until", type=datetime.fromisoformat, default=None, help="healthy period = up to this UTC time"
     )
-    parser.add_argument("--holdout", choices=("last", "interleaved"), default="last", help=HOLDOUT_HELP)
+    add_holdout_argument(parser)
     parser.add_argument("--out", dest="model_dir", type=Path, default=None, help="model directory")
     parser.set_defaults(func=run)
 
