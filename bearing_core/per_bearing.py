@@ -33,6 +33,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -52,7 +53,11 @@ from bearing_core.partition.writer import holdout_mask
 from bearing_core.scaling import DEFAULT_MIN_STD
 
 LAYOUT_NAME = "per_bearing"
+PER_BEARING_DIR = "per_bearing"
+"""Where the pipeline writes a dataset's per-bearing layout: ``<dataset>/per_bearing/`` (under the dataset's lock)."""
 SINGLE_AXIS = "x"
+RELATIVE_PREFIX = "rel_"
+"""Channel (axis) name prefix of a relative input: ``rel_a_mean_abs`` = axis ``a``'s level against the rig's."""
 """Axis name of a bearing with one channel (IMS 2nd/3rd tests: channel ``B1`` → bearing ``B1``, axis ``x``)."""
 
 
@@ -67,6 +72,12 @@ class PerBearingConfig(BaseModel):
     log: bool = Field(False, description="Take the natural log of every input before standardising (inputs must be > 0)")
     min_std: float = Field(
         DEFAULT_MIN_STD, gt=0, description="Floor of a bearing's healthy std (a constant input scales to 0, not inf)"
+    )
+    relative: Literal["off", "add", "only"] = Field(
+        "off",
+        description="Inputs relative to the rig: each axis's (log) level minus the median of the same axis on the "
+        "site's other bearings (needs >= 3 bearings a site; removes what all bearings of a rig do together: load, "
+        "speed, temperature). 'add' = own and relative inputs, 'only' = relative inputs alone",
     )
 
 
@@ -152,6 +163,11 @@ def write_per_bearing_dataset(
             f"available: {', '.join(c for c in features.columns if c not in ('timestamp', 'file', 'site', 'path'))}"
         )
     n, n_bearings, n_inputs = len(features), len(bearings), len(inputs)
+    if cfg.relative != "off" and n_bearings < 3:
+        raise ValueError(
+            f"relative inputs need at least 3 bearings a site to take the median of the others; "
+            f"{source_dir} has {n_bearings} ({', '.join(bearings)})"
+        )
     values = features[source_columns].to_numpy(dtype=np.float64, copy=True).reshape(n, n_bearings, n_inputs)
     if cfg.log:
         bad = ~(values > 0)
@@ -162,6 +178,10 @@ def write_per_bearing_dataset(
                 f"{float(values[row, bearing, column])!r} at {features['path'].iloc[row]}"
             )
         values = np.log(values)
+    channels = list(axes)
+    if cfg.relative != "off":
+        values, inputs, channels = _with_relative(values, inputs, axes, cfg.relative)
+        n_inputs = len(inputs)
     training = _training_mask(features, input_cfg)
     site_codes, source_sites = pd.factorize(features["site"].astype(str), sort=True)
     standardisation: dict[str, dict[str, object]] = {}
@@ -191,22 +211,40 @@ def write_per_bearing_dataset(
         per_bearing,
         inputs,
         {
-            "channels": axes,
+            "channels": channels,
             "expected_samples": source_meta.get("expected_samples"),
             "fs_hz": source_meta.get("fs_hz"),
             "features": list(cfg.features),
             "sites": sites,
             "rig": source_meta.get("rig"),
             "layout": LAYOUT_NAME,
-            "bearings": {f"{site}/{b}": [_channel(b, axis) for axis in axes] for site in source_sites for b in bearings},
-            "transform": {"log": cfg.log, "healthy": input_cfg.model_dump(mode="json"), "standardisation": standardisation},
+            "bearings": {
+                f"{site}/{b}": [_channel(b, c.removeprefix(RELATIVE_PREFIX)) for c in channels]
+                for site in source_sites for b in bearings
+            },
+            "transform": {"log": cfg.log, "relative": cfg.relative, "healthy": input_cfg.model_dump(mode="json"), "standardisation": standardisation},
             "source": {
                 "dataset": str(source_dir.resolve()),
                 "sha256": sha256_files(source_dir / name for name in (FEATURES_FILE, QUARANTINE_FILE, DATASET_FILE)),
             },
         },
     )
-    return PerBearingResult(out_dir=out_dir, rows=len(per_bearing), sites=sites, axes=axes, input_columns=inputs)
+    return PerBearingResult(out_dir=out_dir, rows=len(per_bearing), sites=sites, axes=channels, input_columns=inputs)
+
+
+def _with_relative(
+    values: np.ndarray, inputs: list[str], axes: list[str], mode: str
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Append (``add``) or substitute (``only``) each input's level relative to the same input of the site's other
+    bearings (their median) — ``values`` is (snapshots, bearings, inputs), in log units when the levels are."""
+    n_bearings = values.shape[1]
+    others = np.stack([np.delete(values, b, axis=1) for b in range(n_bearings)], axis=1)  # (n, bearings, others, inputs)
+    relative = values - np.median(others, axis=2)
+    rel_inputs = [RELATIVE_PREFIX + name for name in inputs]
+    rel_axes = [RELATIVE_PREFIX + axis for axis in axes]
+    if mode == "only":
+        return relative, rel_inputs, rel_axes
+    return np.concatenate([values, relative], axis=2), [*inputs, *rel_inputs], [*axes, *rel_axes]
 
 
 def source_site_scores(scores: pd.DataFrame, dataset_dir: str | os.PathLike[str]) -> pd.DataFrame:

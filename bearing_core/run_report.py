@@ -95,6 +95,7 @@ def render_run_report(
     promotion: Mapping[str, Any] | None,
     plots: Mapping[str, str],
     links: Mapping[str, str],
+    alarm_rule: str = "",
 ) -> str:
     """The run report as markdown (every number comes from the arguments: nothing canned)."""
     sites = dataset.get("sites", [])
@@ -114,7 +115,7 @@ def render_run_report(
         )
     out += ["## Training", "", f"- strategy: {training.get('strategy')}, partition: {training.get('partition')} "
             f"({training.get('clients')} clients), {training.get('rounds')} rounds x {training.get('local_epochs')} "
-            "local epochs",
+            f"local epochs, layout: {training.get('layout', 'snapshot')}",
             f"- final holdout MSE: federated {training.get('federated_eval_mse', float('nan')):.4g}, "
             f"centralized {training.get('centralized_eval_mse', float('nan')):.4g}",
             f"- failed client replies: {training.get('failures', 0)}", "", _md_table(per_round), ""]
@@ -126,7 +127,7 @@ def render_run_report(
     if promotion:
         verdict = "promoted to latest" if promotion.get("promoted") else "not promoted (champion kept)"
         out += ["## Model", "", f"- version `{promotion.get('version', '')}`: {verdict}: {promotion.get('reason', '')}", ""]
-    out += ["## Alarms", ""]
+    out += ["## Alarms", ""] + ([f"Rule: {alarm_rule}.", ""] if alarm_rule else [])
     if alarms.empty or int(alarms["alarm_snapshots"].sum()) == 0:
         out += ["No alarm.", ""]
     out += [_md_table(alarms), ""]

@@ -3,17 +3,8 @@
 For every valid snapshot of a processed dataset (quarantined paths excluded): ``score`` = reconstruction MSE
 over the model's inputs (scaled units), ``threshold`` = the model's calibrated threshold (its site's own one when
 calibrated per site), ``is_anomaly = score > threshold``, ``top_channel`` = the channel of the input with the
-largest squared error. ``alarm`` is *debounced per site*: it is raised at a snapshot when at least ``k`` of the
-last ``n`` snapshots of that site (time order, the snapshot itself included) are anomalous — a single spike does
-not page anyone (default 3 of 3).
-
-Warm-up after a stop (optional, ``warmup_h`` > 0): when a site's acquisition resumes after a gap of at least
-``warmup_h`` hours (the machine was stopped), its snapshots in the first ``warmup_h`` hours after the restart do not
-count towards an alarm: a cold bearing's vibration level settles for a few hours after a long stop (the IMS 1st
-test's Nov 3 restart raises bearing 1's level by ~4 % for ~5 h), which is not a defect. ``score`` and
-``is_anomaly`` are unchanged; only ``alarm`` is inhibited. An alarm already raised before the stop is not
-silenced: a site in alarm at its last snapshot before the gap keeps counting through the warm-up (a restart does
-not clear a defect). Off by default.
+largest squared error. ``alarm`` needs the score over the threshold for a *duration* and is held back in the warm-up after a stop:
+see :mod:`bearing_core.alarms` (:class:`~bearing_core.alarms.AlarmConfig`).
 
 Incremental scoring (:func:`update_scores`): ``scores.parquet`` holds the scores of one model version, keyed by
 ``path``. A new call runs the model only on snapshots whose path is not scored yet with this model (a new model
@@ -35,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bearing_core.alarms import AlarmConfig, debounce_alarms
 from bearing_core.inputs import DATASET_FILE, load_features
 from bearing_core.io import atomic_path, write_parquet_atomic
 from bearing_core.model_io import LoadedModel, load_model
@@ -59,73 +51,6 @@ class ScoreUpdate:
     n_reused: int
     """Rows carried over from the existing scores file."""
     path: Path
-
-
-def debounce_alarms(df: pd.DataFrame, k: int = 3, n: int = 3, warmup_h: float = 0.0) -> np.ndarray:
-    """Alarm flags (aligned with ``df``'s rows): at least ``k`` of the last ``n`` rows of the same site anomalous.
-
-    ``df`` needs ``site``, ``timestamp`` and boolean ``is_anomaly``; rows may be in any order (they are ranked by
-    timestamp within each site). The first rows of a site count over the fewer rows available. Vectorised: one
-    cumulative sum over rows sorted by (site, timestamp). ``warmup_h`` > 0: rows in the warm-up after a stop of at
-    least ``warmup_h`` hours do not count, unless the site was in alarm before the stop (module docstring).
-    """
-    if not 1 <= k <= n:
-        raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
-    if not (warmup_h >= 0 and np.isfinite(warmup_h)):
-        raise ValueError(f"warmup_h must be a finite number >= 0, got {warmup_h}")
-    size = len(df)
-    if size == 0:
-        return np.zeros(0, dtype=bool)
-    site_codes = pd.factorize(df["site"].astype(str))[0]
-    order = np.lexsort((df["timestamp"].to_numpy(), site_codes))
-    anomalous = df["is_anomaly"].to_numpy(dtype=bool)[order]
-    sorted_codes = site_codes[order]
-    if warmup_h > 0:
-        timestamps = df["timestamp"].to_numpy()[order].astype("datetime64[us]")
-        alarm_sorted = _inhibit_warmup(anomalous, sorted_codes, timestamps, k, n, warmup_h)
-    else:
-        alarm_sorted = _count_alarms(anomalous, sorted_codes, k, n)
-    alarm = np.empty(size, dtype=bool)
-    alarm[order] = alarm_sorted
-    return alarm
-
-
-def _count_alarms(anomalous: np.ndarray, sorted_codes: np.ndarray, k: int, n: int) -> np.ndarray:
-    """k-of-n flags over rows already sorted by (site, timestamp); ``sorted_codes`` are the rows' site codes."""
-    size = len(anomalous)
-    cumulative = np.concatenate([[0], np.cumsum(anomalous.astype(np.int64))])
-    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-    group_start = np.repeat(starts, np.diff(np.r_[starts, size]))
-    position = np.arange(size)
-    window_start = np.maximum(position - n + 1, group_start)
-    return cumulative[position + 1] - cumulative[window_start] >= k
-
-
-def _inhibit_warmup(
-    anomalous: np.ndarray, sorted_codes: np.ndarray, timestamps: np.ndarray, k: int, n: int, warmup_h: float
-) -> np.ndarray:
-    """k-of-n flags with the warm-up rows after each stop (gap >= ``warmup_h``) not counting, except after a stop
-    the site entered in alarm. Rows are sorted by (site, timestamp). A latched stop can only add alarms, so the
-    fixed point is reached by re-counting at most once per stop."""
-    warmup = np.timedelta64(int(round(warmup_h * 3600 * 1e6)), "us")
-    same_site = np.r_[False, sorted_codes[1:] == sorted_codes[:-1]]
-    gap = np.r_[np.timedelta64(0, "us"), np.diff(timestamps)]
-    restart = same_site & (gap >= warmup)
-    if not restart.any():
-        return _count_alarms(anomalous, sorted_codes, k, n)
-    segment = np.cumsum(~same_site | restart)  # one id per (site, run between stops)
-    segment_start = timestamps[np.flatnonzero(~same_site | restart)][segment - 1]
-    in_warmup = np.isin(segment, segment[restart]) & (timestamps - segment_start < warmup)
-    latched = np.zeros(len(anomalous), dtype=bool)
-    restarts = np.flatnonzero(restart)
-    for _ in range(len(restarts) + 1):
-        alarm = _count_alarms(anomalous & ~(in_warmup & ~latched), sorted_codes, k, n)
-        entered_in_alarm = restarts[alarm[restarts - 1]]
-        now_latched = np.isin(segment, segment[entered_in_alarm])
-        if (now_latched == latched).all():
-            return alarm
-        latched = now_latched
-    return alarm
 
 
 def channel_of_inputs(input_columns: list[str], channels: list[str]) -> list[str]:
@@ -179,27 +104,25 @@ def score_rows(
     )
 
 
-def _finish(scores: pd.DataFrame, k: int, n: int, warmup_h: float = 0.0) -> pd.DataFrame:
-    """Add the debounced ``alarm`` column, order columns and rows (timestamp, site)."""
-    scores = scores.assign(alarm=debounce_alarms(scores, k, n, warmup_h))
+def _finish(scores: pd.DataFrame, alarms: AlarmConfig) -> pd.DataFrame:
+    """Add the ``alarm`` column (:func:`~bearing_core.alarms.debounce_alarms`), order columns and rows (timestamp, site)."""
+    scores = scores.assign(alarm=debounce_alarms(scores, alarms))
     return scores[list(SCORE_COLUMNS)].sort_values(["timestamp", "site"], kind="stable").reset_index(drop=True)
 
 
 def score_dataset(
     dataset_dir: str | os.PathLike[str],
     model_dir: str | os.PathLike[str],
-    alarm_k: int = 3,
-    alarm_n: int = 3,
+    alarms: AlarmConfig | None = None,
     since: datetime | None = None,
-    warmup_h: float = 0.0,
 ) -> pd.DataFrame:
     """Score every valid snapshot of ``dataset_dir`` with the calibrated model in ``model_dir`` (nothing written).
 
-    With ``since``, only snapshots at or after that time are returned, but the ``alarm_n − 1`` snapshots before it
-    (per site) are scored too, so the debounce sees its full window (with ``warmup_h``, the warm-up of a stop just
-    before ``since`` is not seen: score the whole dataset). Columns: :data:`SCORE_COLUMNS`.
+    With ``since``, only snapshots at or after that time are returned, but the snapshots of the persistence window and
+    warm-up before it are scored too, so the alarm rule sees its full window. Columns: :data:`SCORE_COLUMNS`.
     """
     dataset_dir = Path(dataset_dir)
+    alarms = alarms or AlarmConfig()
     loaded = load_model(model_dir)
     record = load_threshold(model_dir)
     features = load_features(dataset_dir)
@@ -207,9 +130,9 @@ def score_dataset(
         since = pd.Timestamp(since)
         since = since.tz_convert("UTC").tz_localize(None) if since.tzinfo is not None else since  # naive UTC
         later = features["timestamp"] >= since
-        context = features[~later].groupby("site", observed=True).tail(alarm_n - 1)
+        context = features[~later & (features["timestamp"] >= since - pd.Timedelta(hours=alarms.persistence_h + alarms.warmup_h))]
         features = pd.concat([context, features[later]]).sort_values(["timestamp", "site"], kind="stable")
-    scores = _finish(score_rows(features, loaded, record, _dataset_channels(dataset_dir)), alarm_k, alarm_n, warmup_h)
+    scores = _finish(score_rows(features, loaded, record, _dataset_channels(dataset_dir)), alarms)
     if since is not None:
         scores = scores[scores["timestamp"] >= since].reset_index(drop=True)
     return scores
@@ -245,9 +168,7 @@ def update_scores(
     dataset_dir: str | os.PathLike[str],
     model_dir: str | os.PathLike[str],
     out: str | os.PathLike[str] | None = None,
-    alarm_k: int = 3,
-    alarm_n: int = 3,
-    warmup_h: float = 0.0,
+    alarms: AlarmConfig | None = None,
 ) -> ScoreUpdate:
     """Incrementally bring ``out`` (default ``<dataset_dir>/scores.parquet``) up to date and return it.
 
@@ -272,7 +193,7 @@ def update_scores(
     combined = pd.concat(parts, ignore_index=True) if parts else fresh
     combined["timestamp"] = pd.to_datetime(combined["timestamp"]).astype("datetime64[us]")
     combined["is_anomaly"] = combined["is_anomaly"].astype(bool)
-    scores = _finish(combined, alarm_k, alarm_n, warmup_h)
+    scores = _finish(combined, alarms or AlarmConfig())
     write_scores(scores, out)
     return ScoreUpdate(scores=scores, n_scored=len(fresh), n_reused=len(reusable), path=out)
 

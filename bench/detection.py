@@ -67,7 +67,8 @@ from bearing_core.per_bearing import (
     write_per_bearing_dataset,
 )
 from bearing_core.scaling import Scaler, local_stats, merge_stats
-from bearing_core.scoring import debounce_alarms, update_scores
+from bearing_core.alarms import AlarmConfig, debounce_alarms
+from bearing_core.scoring import update_scores
 from bearing_core.synthetic import generate_demo, load_ground_truth
 from bearing_core.threshold import (
     ThresholdConfig,
@@ -333,6 +334,13 @@ class AlarmSeries:
     bearing: np.ndarray
 
 
+def k_of_n(over: np.ndarray, k: int, n: int) -> np.ndarray:
+    """The anchor's debounce: at least ``k`` of the last ``n`` snapshots over (a count, as published)."""
+    cumulative = np.concatenate([[0], np.cumsum(over.astype(np.int64))])
+    position = np.arange(len(over))
+    return cumulative[position + 1] - cumulative[np.maximum(position - n + 1, 0)] >= k
+
+
 @dataclass(frozen=True)
 class Rule:
     """Alarm rule: ``k`` of the last ``n`` snapshots over threshold, optional warm-up after stops (hours)."""
@@ -351,7 +359,8 @@ def alarm_series(scores: pd.DataFrame, n_train: int, rule: Rule) -> list[AlarmSe
     series = []
     for site, part in scores.groupby("site", sort=True):
         part = part.sort_values("timestamp").reset_index(drop=True)
-        alarm = debounce_alarms(part, rule.k, rule.n, rule.warmup_h) & (np.arange(len(part)) >= n_train)
+        cfg = AlarmConfig(persistence_h=rule.n * 10 / 60, fraction=rule.k / rule.n, warmup_h=rule.warmup_h)
+        alarm = debounce_alarms(part, cfg) & (np.arange(len(part)) >= n_train)
         named = part["top_channel"].str.split("_").str[0].to_numpy(dtype=object)
         if "/" in str(site):
             named = np.full(len(part), str(site).rpartition("/")[2], dtype=object)
@@ -395,7 +404,7 @@ def anchor_series(features: pd.DataFrame, channels: list[str], n_baseline: int, 
         level = features[[f"{ch}_mean_abs" for ch in channels if ch.split("_")[0] == bearing]].mean(axis=1).to_numpy()
         base = level[:n_baseline]
         over = (level > base.mean() + 3 * base.std()) & (np.arange(len(level)) >= n_baseline)
-        alarm = debounce_alarms(pd.DataFrame({"site": "s", "timestamp": features["timestamp"], "is_anomaly": over}), k, n)
+        alarm = k_of_n(over, k, n)
         series.append(AlarmSeries(alarm=alarm, bearing=np.full(len(level), bearing, dtype=object)))
         first_exceedance[bearing] = _first(over)
     return series, first_exceedance

@@ -12,6 +12,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from cli.score_cmd import add_alarm_arguments, alarm_config
 from cli.train_cmd import add_holdout_argument
 
 HELP = ("Run the whole pipeline (ingest -> validate -> federated training + threshold -> publish -> score -> "
@@ -50,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--raw-dir", type=Path, default=Path("data/raw/demo"), help="raw IMS directory (default: %(default)s)")
     p.add_argument("--out", dest="out_dir", type=Path, default=None,
                    help="processed dataset dir (default: data/processed/<name of raw dir>)")
+    p.add_argument("--layout", choices=("per_bearing", "snapshot"), default="per_bearing",
+                   help="model rows: one per snapshot and bearing, each bearing standardised by its own healthy rows "
+                   "(default), or one per snapshot with every channel")
+    p.add_argument("--relative", choices=("off", "add", "only"), default="off",
+                   help="per_bearing: add / use only each bearing's level relative to the rig's other bearings "
+                   "(default: %(default)s)")
     p.add_argument("--partition", choices=("natural", "iid", "quantity", "dirichlet"), default="natural",
                    help="client partition scheme (default: %(default)s = one client per site)")
     p.add_argument("--clients", type=int, default=4, help="clients for iid/quantity/dirichlet (default: %(default)s)")
@@ -60,7 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--local-epochs", type=int, default=10, help="client epochs per round (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-2, help="client learning rate (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="mini-batch size (default: %(default)s)")
-    p.add_argument("--hidden", type=_widths, default=(4, 2, 4), help="hidden widths (default: 4,2,4)")
+    p.add_argument("--hidden", type=_widths, default=None,
+                   help="hidden widths (default: 4,1,4 per bearing, 4,2,4 per snapshot)")
+    p.add_argument("--activation", choices=("tanh", "elu", "relu"), default="tanh",
+                   help="hidden activation (default: %(default)s: a bounded code)")
     p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal term (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (default: %(default)s)")
     p.add_argument("--feature", default="mean_abs", help="per-channel feature used as model input (default: %(default)s)")
@@ -72,10 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold-method", choices=("quantile", "mean_kstd"), default="quantile")
     p.add_argument("--threshold-quantile", type=float, default=0.995)
     p.add_argument("--threshold-k", type=float, default=3.0)
-    p.add_argument("--k", dest="alarm_k", type=int, default=3, help="alarm when k of the last n snapshots exceed (3)")
-    p.add_argument("--n", dest="alarm_n", type=int, default=3, help="debounce window n (3)")
-    p.add_argument("--warmup-hours", dest="alarm_warmup_h", type=float, default=0.0,
-                   help="no alarm in the first H hours after a stop of at least H hours, unless already in alarm (0: off)")
+    add_alarm_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="ingest worker processes (default: all cores)")
     p.add_argument("--lock-timeout", dest="lock_timeout_s", type=float, default=3600.0,
@@ -97,7 +104,7 @@ def _config_problems(args: argparse.Namespace) -> list[str]:
         lambda: FederatedConfig(
             strategy=args.strategy, rounds=args.rounds, local_epochs=args.local_epochs, lr=args.lr,
             batch_size=args.batch_size, proximal_mu=args.mu, seed=args.seed, num_clients=args.clients,
-            hidden=args.hidden, threshold_method=args.threshold_method,
+            hidden=args.hidden or (4, 1, 4), activation=args.activation, threshold_method=args.threshold_method,
             threshold_quantile=args.threshold_quantile, threshold_k=args.threshold_k,
         ).threshold_config(),
         lambda: InputConfig(feature=args.feature, train_until=args.train_until,
@@ -106,6 +113,10 @@ def _config_problems(args: argparse.Namespace) -> list[str]:
     ]
     if args.alpha <= 0:
         return [f"--alpha must be > 0, got {args.alpha}"]
+    try:
+        alarm_config(args)
+    except ValueError as exc:
+        return [str(exc)]
     for check in checks:
         try:
             check()
@@ -118,15 +129,11 @@ def run(args: argparse.Namespace) -> int:
     problems = []
     if not args.raw_dir.is_dir():
         problems.append(f"raw directory not found: {args.raw_dir}")
-    for name in ("rounds", "clients", "local_epochs", "batch_size", "alarm_k", "alarm_n"):
+    for name in ("rounds", "clients", "local_epochs", "batch_size"):
         if getattr(args, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.lock_timeout_s < 0:
         problems.append(f"--lock-timeout must be >= 0, got {args.lock_timeout_s}")
-    if not 0 <= args.alarm_warmup_h < float("inf"):
-        problems.append(f"--warmup-hours must be >= 0, got {args.alarm_warmup_h}")
-    if args.alarm_k > args.alarm_n:
-        problems.append(f"--k ({args.alarm_k}) cannot exceed --n ({args.alarm_n})")
     if not problems:
         problems.extend(_config_problems(args))
     if problems:  # fail fast, before any work starts
@@ -138,12 +145,13 @@ def run(args: argparse.Namespace) -> int:
 
     state = pipeline_flow(
         raw_dir=str(args.raw_dir), out_dir=None if args.out_dir is None else str(args.out_dir),
+        layout=args.layout, relative=args.relative, activation=args.activation,
         partition=args.partition, clients=args.clients, rounds=args.rounds, strategy=args.strategy,
         local_epochs=args.local_epochs, lr=args.lr, batch_size=args.batch_size, hidden=args.hidden, mu=args.mu,
         alpha=args.alpha, feature=args.feature, train_fraction=None if args.train_until else args.train_fraction,
         train_until=args.train_until, threshold_method=args.threshold_method,
-        threshold_quantile=args.threshold_quantile, threshold_k=args.threshold_k, alarm_k=args.alarm_k,
-        alarm_n=args.alarm_n, alarm_warmup_h=args.alarm_warmup_h, holdout=args.holdout, seed=args.seed, workers=args.workers, lock_timeout_s=args.lock_timeout_s,
+        threshold_quantile=args.threshold_quantile, threshold_k=args.threshold_k,
+        persistence_h=args.persistence_h, alarm_fraction=args.alarm_fraction, warmup_h=args.warmup_h, holdout=args.holdout, seed=args.seed, workers=args.workers, lock_timeout_s=args.lock_timeout_s,
         return_state=True,
     )
     try:

@@ -37,15 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=None,
         help="output file, Parquet or .csv (default: DATASET_DIR/scores.parquet)",
     )
-    parser.add_argument(
-        "--k", type=int, default=3, help="alarm when K of the last N snapshots are anomalous (default: 3)"
-    )
-    parser.add_argument("--n", type=int, default=3, help="debounce window N, snapshots per site (default 3)")
-    parser.add_argument(
-        "--warmup-hours", dest="warmup_h", type=float, default=0.0,
-        help="after a stop of at least this many hours, the snapshots of the next as many hours do not count "
-        "towards an alarm, unless the site was already in alarm (default: 0, off)",
-    )
+    add_alarm_arguments(parser)
     parser.add_argument(
         "--calibrate", metavar="CLIENTS_DIR", type=Path, default=None,
         help="(re)calibrate the threshold on this partition's holdout rows first (writes threshold.json)",
@@ -56,6 +48,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--per-site", action="store_true", help="with --calibrate: also per-site thresholds")
     add_lock_timeout_argument(parser)
     parser.set_defaults(func=run)
+
+
+#: AlarmConfig field -> (flag, argparse dest); help texts and defaults come from the model
+_ALARM_FLAGS = {"persistence_h": ("--persistence-hours", "persistence_h"),
+                "fraction": ("--alarm-fraction", "alarm_fraction"),
+                "warmup_h": ("--warmup-hours", "warmup_h")}
+
+
+def add_alarm_arguments(parser: argparse.ArgumentParser) -> None:
+    """The alarm rule's flags (``bearing score``, ``bearing run``), generated from
+    :class:`bearing_core.alarms.AlarmConfig` so names, defaults and help have one source."""
+    from bearing_core.alarms import AlarmConfig
+
+    for name, field in AlarmConfig.model_fields.items():
+        flag, dest = _ALARM_FLAGS[name]
+        parser.add_argument(flag, dest=dest, type=float, default=field.default,
+                            help=f"{field.description} (default: {field.default:g})")
+
+
+def alarm_config(args: argparse.Namespace) -> object:
+    """The :class:`~bearing_core.alarms.AlarmConfig` the flags give; ``ValueError`` naming the flag when one is out
+    of range."""
+    from pydantic import ValidationError
+
+    from bearing_core.alarms import AlarmConfig
+
+    try:
+        return AlarmConfig(**{name: getattr(args, dest) for name, (_, dest) in _ALARM_FLAGS.items()})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        flag, dest = _ALARM_FLAGS[str(error["loc"][0])]
+        raise ValueError(f"{flag}: {error['msg']}, got {getattr(args, dest)}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,11 +93,11 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.threshold import ThresholdConfig, calibrate_from_clients
 
     problem = None
-    if not 1 <= args.k <= args.n:
-        problem = f"need 1 <= --k <= --n, got --k {args.k} --n {args.n}"
-    elif not 0 <= args.warmup_h < float("inf"):
-        problem = f"--warmup-hours must be >= 0, got {args.warmup_h}"
-    elif not args.dataset_dir.is_dir():
+    try:
+        alarms = alarm_config(args)
+    except ValueError as exc:
+        problem = str(exc)
+    if problem is None and not args.dataset_dir.is_dir():
         problem = f"dataset directory not found: {args.dataset_dir}"
     if problem:  # before the lock and any work
         print(f"bearing score: error: {problem}", file=sys.stderr)
@@ -86,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                 record = calibrate_from_clients(model_dir, args.calibrate, cfg)
                 print(f"calibrated: threshold {record.threshold:.6g} ({cfg.describe()}, "
                       f"{record.calibration_size} rows)")
-            result = update_scores(args.dataset_dir, model_dir, args.out, args.k, args.n, args.warmup_h)
+            result = update_scores(args.dataset_dir, model_dir, args.out, alarms)
     except LockTimeout as exc:
         return report_lock_timeout(exc, "bearing score")
     except ValidationError as exc:

@@ -13,7 +13,6 @@ registry has its own lock (tasks.registry), since several datasets share it.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -21,24 +20,26 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from bearing_core.alarms import AlarmConfig
 from bearing_core.config import DataPaths, IngestConfig
 from bearing_core.fingerprint import sha256_file
 from bearing_core.locking import PIPELINE_LOCK_FILE, exclusive_lock
+from bearing_core.inputs import InputConfig
 from bearing_core.model_io import WEIGHTS_FILE
+from bearing_core.per_bearing import LAYOUT_NAME as PER_BEARING, PER_BEARING_DIR, PerBearingConfig
 from bearing_core.run_report import relative
 from flows.ingest import ingest_flow
 from flows.score import score_flow
 from flows.train import train_flow
 from flows.validate import portable, validate_flow
+from tasks.per_bearing import per_bearing_task
 from tasks.registry import promote_task, publish_task
 from tasks.report import report_task
 
 GROUND_TRUTH_FILE = "ground_truth.json"
-
-
-def _sites(dataset_dir: str) -> list[str]:
-    meta = Path(dataset_dir) / "dataset.json"
-    return list(json.loads(meta.read_text()).get("sites", [])) if meta.is_file() else []
+_ALARMS = AlarmConfig()  # the alarm defaults live in AlarmConfig
+DEFAULT_HIDDEN = {"per_bearing": (4, 1, 4), "snapshot": (4, 2, 4)}
+"""Autoencoder widths when ``hidden`` is not given: 1-4 inputs a bearing, or every channel of a snapshot."""
 
 
 def _key(text: str) -> str:
@@ -50,6 +51,8 @@ def _key(text: str) -> str:
 def pipeline_flow(
     raw_dir: str = "data/raw/demo",
     out_dir: str | None = None,
+    layout: Literal["per_bearing", "snapshot"] = "per_bearing",
+    relative: Literal["off", "add", "only"] = "off",
     partition: Literal["natural", "iid", "quantity", "dirichlet"] = "natural",
     clients: int = 4,
     rounds: int = 20,
@@ -57,7 +60,8 @@ def pipeline_flow(
     local_epochs: int = 10,
     lr: float = 1e-2,
     batch_size: int = 32,
-    hidden: tuple[int, ...] = (4, 2, 4),
+    hidden: tuple[int, ...] | None = None,
+    activation: Literal["tanh", "elu", "relu"] = "tanh",
     mu: float = 0.01,
     alpha: float = 0.5,
     feature: str = "mean_abs",
@@ -66,9 +70,9 @@ def pipeline_flow(
     threshold_method: Literal["quantile", "mean_kstd"] = "quantile",
     threshold_quantile: float = 0.995,
     threshold_k: float = 3.0,
-    alarm_k: int = 3,
-    alarm_n: int = 3,
-    alarm_warmup_h: float = 0.0,
+    persistence_h: float = _ALARMS.persistence_h,
+    alarm_fraction: float = _ALARMS.fraction,
+    warmup_h: float = _ALARMS.warmup_h,
     holdout: Literal["last", "interleaved"] = "last",
     seed: int = 0,
     workers: int | None = None,
@@ -79,7 +83,12 @@ def pipeline_flow(
     Args:
         raw_dir: raw IMS directory (one sub-folder per site, or files at its top). A ground_truth.json in it (the
             demo data's) turns on detection evaluation.
-        out_dir: processed dataset directory; default data/processed/<name of raw_dir>.
+        out_dir: processed dataset directory; default data/processed/(name of raw_dir).
+        layout: 'per_bearing' (default): one model row per snapshot and bearing, each bearing's inputs standardised
+            by its own healthy rows at its own site (ln levels); alarms name the bearing. 'snapshot': one row per
+            snapshot with every channel of the rig.
+        relative: per_bearing only: add ('add') or use only ('only') each bearing's level relative to the median of
+            the rig's other bearings (needs 3 or more bearings a site).
         partition: how the healthy period is split into clients; 'natural' = one client per site (clients ignored).
         clients: number of clients for iid / quantity / dirichlet.
         rounds: federated rounds.
@@ -87,26 +96,33 @@ def pipeline_flow(
         local_epochs: epochs per client per round.
         lr: Adam learning rate of the clients.
         batch_size: mini-batch size.
-        hidden: autoencoder hidden layer widths (default 4,2,4: 8 -> 4 -> 2 -> 4 -> 8).
+        hidden: autoencoder hidden layer widths (default 4,1,4 per bearing; 4,2,4 per snapshot).
+        activation: hidden activation; tanh (default) bounds the code, so the model cannot reconstruct levels far
+            outside the healthy range.
         mu: FedProx proximal term (fedprox only).
         alpha: Dirichlet concentration (dirichlet only; smaller = more skewed).
-        feature: per-channel feature used as model input (mean_abs -> 8 inputs on an 8-channel dataset).
+        feature: per-channel feature used as model input.
         train_fraction: fraction of each site's earliest data treated as healthy training data.
         train_until: alternatively, the end of the healthy period (overrides train_fraction).
         threshold_method: 'quantile' or 'mean_kstd' of the healthy holdout errors (federated sketches).
         threshold_quantile: quantile for 'quantile'.
         threshold_k: k for 'mean_kstd' (mean + k std).
-        alarm_k: an alarm needs alarm_k of the last alarm_n snapshots over the threshold.
-        alarm_n: debounce window (snapshots).
-        alarm_warmup_h: hours after a stop (a gap of at least as long) during which snapshots do not count towards
-            an alarm, unless the site was already in alarm; 0 = off.
+        persistence_h: an alarm needs the score over the threshold for this many hours.
+        alarm_fraction: share of the snapshots in the persistence window that must be over the threshold.
+        warmup_h: hours after a stop (a gap of at least as long) during which snapshots do not count towards an
+            alarm, unless the site was already in alarm; 0 = off.
         holdout: which healthy rows of each client are held back for calibration: 'last' (the latest in time) or
-            'interleaved' (spread evenly over the healthy period, so restarts and run-in are represented).
+            'interleaved' (spread evenly over the healthy period).
         seed: seed for partitioning and training.
         workers: ingest worker processes (default: all cores).
         lock_timeout_s: how long to wait for another run on the same dataset to finish before failing.
     """
     dataset_out = IngestConfig(raw_dir=raw_dir, out_dir=out_dir).resolved_out_dir(DataPaths())
+    alarms = AlarmConfig(persistence_h=persistence_h, fraction=alarm_fraction, warmup_h=warmup_h)
+    input_cfg = InputConfig(
+        feature=feature, train_until=train_until, train_fraction=None if train_until is not None else train_fraction,
+        holdout_mode=holdout,
+    )
     logger = get_run_logger()
     with exclusive_lock(
         Path(dataset_out) / PIPELINE_LOCK_FILE,
@@ -115,12 +131,11 @@ def pipeline_flow(
                                          relative(dataset_out), lock.name),
     ):
         return _run_pipeline(
-            raw_dir=raw_dir, out_dir=out_dir, partition=partition, clients=clients, rounds=rounds,
-            strategy=strategy, local_epochs=local_epochs, lr=lr, batch_size=batch_size, hidden=hidden, mu=mu,
-            alpha=alpha, feature=feature, train_fraction=train_fraction, train_until=train_until,
-            threshold_method=threshold_method, threshold_quantile=threshold_quantile, threshold_k=threshold_k,
-            alarm_k=alarm_k, alarm_n=alarm_n, alarm_warmup_h=alarm_warmup_h, holdout=holdout, seed=seed,
-            workers=workers,
+            raw_dir=raw_dir, out_dir=out_dir, layout=layout, relative_inputs=relative, partition=partition,
+            clients=clients, rounds=rounds, strategy=strategy, local_epochs=local_epochs, lr=lr,
+            batch_size=batch_size, hidden=tuple(hidden) if hidden else DEFAULT_HIDDEN[layout], activation=activation,
+            mu=mu, alpha=alpha, input_cfg=input_cfg, threshold_method=threshold_method,
+            threshold_quantile=threshold_quantile, threshold_k=threshold_k, alarms=alarms, seed=seed, workers=workers,
         )
 
 
@@ -128,6 +143,8 @@ def _run_pipeline(
     *,
     raw_dir: str,
     out_dir: str | None,
+    layout: str,
+    relative_inputs: str,
     partition: str,
     clients: int,
     rounds: int,
@@ -136,18 +153,14 @@ def _run_pipeline(
     lr: float,
     batch_size: int,
     hidden: tuple[int, ...],
+    activation: str,
     mu: float,
     alpha: float,
-    feature: str,
-    train_fraction: float | None,
-    train_until: datetime | None,
+    input_cfg: InputConfig,
     threshold_method: str,
     threshold_quantile: float,
     threshold_k: float,
-    alarm_k: int,
-    alarm_n: int,
-    alarm_warmup_h: float,
-    holdout: str,
+    alarms: AlarmConfig,
     seed: int,
     workers: int | None,
 ) -> dict[str, Any]:
@@ -161,33 +174,40 @@ def _run_pipeline(
     dataset_dir = ingested["out_dir"]
     report = validate_flow.fn(dataset_dir=dataset_dir)
     headline = portable(report).headline()  # no absolute machine paths in reports and artifacts
-    n_clients = len(_sites(dataset_dir)) if partition == "natural" else clients
+    model_dataset = dataset_dir  # what the model's rows come from
+    if layout == PER_BEARING:
+        derived = per_bearing_task(
+            dataset_dir, str(Path(dataset_dir) / PER_BEARING_DIR), input_cfg.model_dump(mode="json"),
+            PerBearingConfig(features=(input_cfg.feature,), log=True, relative=relative_inputs).model_dump(mode="json"),
+        )
+        model_dataset = derived["out_dir"]
     trained = train_flow.fn(
-        dataset_dir=dataset_dir,
+        dataset_dir=model_dataset,
         partition=partition,
-        clients=n_clients,
+        clients=clients,
         rounds=rounds,
         strategy=strategy,
         local_epochs=local_epochs,
         lr=lr,
         batch_size=batch_size,
         hidden=hidden,
+        activation=activation,
         threshold_method=threshold_method,
         threshold_quantile=threshold_quantile,
         threshold_k=threshold_k,
         mu=mu,
         alpha=alpha,
         seed=seed,
-        feature=feature,
-        train_fraction=None if train_until is not None else train_fraction,
-        train_until=train_until,
-        holdout=holdout,
+        feature=input_cfg.feature,
+        train_fraction=input_cfg.train_fraction,
+        train_until=input_cfg.train_until,
+        holdout=input_cfg.holdout_mode,
     )
     published = publish_task(trained["model_dir"], trained["manifest"], trained["manifest_sha256"])
     decision = promote_task(published["path"], trained["manifest"])
     decision["version"] = published["version"]
 
-    scored = score_flow.fn(dataset_dir=dataset_dir, model="latest", k=alarm_k, n=alarm_n, warmup_h=alarm_warmup_h)
+    scored = score_flow.fn(dataset_dir=model_dataset, model="latest", alarms=alarms)
     champion = str(Path(scored["model_dir"]).resolve())  # `latest` -> the version it names
     ground_truth = Path(raw_dir) / GROUND_TRUTH_FILE
     report_dir = DataPaths().reports_root / Path(dataset_dir).name / Path(champion).resolve().name
@@ -203,10 +223,12 @@ def _run_pipeline(
         ingest_summary=ingested["summary"],
         validation_headline=headline,
         validation_warnings=[f"{w.check}: {w.detail()}" for w in report.warnings],
-        training={"strategy": strategy, "partition": partition, "clients": n_clients, "rounds": rounds,
-                  "local_epochs": local_epochs, "federated_eval_mse": trained["federated_eval_mse"],
+        training={"strategy": strategy, "partition": partition, "clients": trained["clients"], "rounds": rounds,
+                  "local_epochs": local_epochs, "layout": layout, "federated_eval_mse": trained["federated_eval_mse"],
                   "centralized_eval_mse": trained["centralized_eval_mse"], "failures": trained["failures"]},
         promotion=decision,
+        alarm_rule=alarms.describe(),
+        per_bearing_dir=model_dataset if layout == PER_BEARING else None,
     )
     key = _key(Path(dataset_dir).name)
     create_markdown_artifact(key=f"report-{key}", markdown=reported["markdown"], description="Pipeline run report")
@@ -218,6 +240,8 @@ def _run_pipeline(
         "ingest": ingested["summary"],
         "validation": headline,
         "validation report": relative(Path(dataset_dir) / "validation" / "index.html"),
+        "layout": layout + (f" ({len(derived['sites'])} bearings, inputs {', '.join(derived['input_columns'])})"
+                            if layout == PER_BEARING else ""),
         "trained model": relative(trained["model_dir"]),
         "promotion": ("promoted to latest: " if decision["promoted"] else "champion kept: ") + decision["reason"],
         "champion (latest)": relative(champion),
@@ -225,6 +249,7 @@ def _run_pipeline(
         "federated holdout MSE": f"{trained['federated_eval_mse']:.5g}",
         "centralized holdout MSE": f"{trained['centralized_eval_mse']:.5g}",
         "scores": relative(scored["path"]),
+        "alarm rule": alarms.describe(),
         "alarms": ", ".join(f"{a['site']}: {a['alarm_snapshots']} from {a['first_alarm'] or '-'} ({a['top_channel']})"
                             for a in reported["alarms"] if a["alarm_snapshots"]) or "none",
         "report": relative(reported["report"]),

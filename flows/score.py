@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+from bearing_core.alarms import AlarmConfig
 from bearing_core.config import DataPaths
 from bearing_core.run_report import relative
 from bearing_core.scoring import resolve_model_dir
@@ -22,26 +23,24 @@ def _artifact_key(text: str) -> str:
 def score_flow(
     dataset_dir: str,
     model: str = "latest",
-    k: int = 3,
-    n: int = 3,
+    alarms: AlarmConfig | None = None,
     out: str | None = None,
-    warmup_h: float = 0.0,
 ) -> dict[str, Any]:
     """Score ``dataset_dir`` with ``model`` (a model directory, or ``latest``: see
-    :func:`bearing_core.scoring.resolve_model_dir`); alarm when ``k`` of the last ``n`` snapshots of a site exceed
-    the threshold; with ``warmup_h`` > 0, snapshots in the first ``warmup_h`` hours after a stop of at least that
-    long do not count (see :mod:`bearing_core.scoring`). Writes ``out`` (default ``<dataset_dir>/scores.parquet``) and publishes an ``alarms-<dataset>``
+    :func:`bearing_core.scoring.resolve_model_dir`); alarm when a site (a bearing, in the per-bearing layout) stays
+    over the threshold for ``alarms.persistence_h`` hours, with a warm-up after stops (see
+    :mod:`bearing_core.alarms`). Writes ``out`` (default ``<dataset_dir>/scores.parquet``) and publishes an ``alarms-<dataset>``
     table artifact (one row per site). Returns the task's result (paths, hashes, counts, alarm summary).
     """
     model_dir = resolve_model_dir(model, DataPaths().models_root)
-    result = score_task(dataset_dir, str(model_dir), k, n, out, warmup_h)
+    alarms = alarms or AlarmConfig()
+    result = score_task(dataset_dir, str(model_dir), alarms.model_dump(), out)
     name = _artifact_key(f"alarms-{dataset_dir.rstrip('/').split('/')[-1]}")
     create_table_artifact(
         key=name or "alarms",
         table=result["alarms"],
         description=(
-            f"Alarms ({k} of the last {n} snapshots over threshold"
-            f"{f', {warmup_h:g} h warm-up after stops' if warmup_h else ''}) of {relative(dataset_dir)} scored with "
+            f"Alarms ({alarms.describe()}) of {relative(dataset_dir)} scored with "
             f"{relative(model_dir)}: "
             f"{result['alarm_snapshots']} alarm snapshots of {result['rows']}"
         ),

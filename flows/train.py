@@ -18,6 +18,7 @@ from bearing_core.config import DataPaths
 from bearing_core.federated.config import FaultInjection, FederatedConfig, SimulationResources
 from bearing_core.federated.simulation import CENTRALIZED, GLOBAL, model_version, partition_params
 from bearing_core.inputs import InputConfig
+from bearing_core.partition.natural import natural_clients
 from bearing_core.run_report import relative
 from tasks.partition import partition_task
 from tasks.train import train_centralized_task, train_federated_task
@@ -83,6 +84,10 @@ def train_flow(
         holdout_mode=holdout,
     )
     params = partition_params(partition, clients, alpha)
+    if partition == "natural":  # one client per site: the count comes from the data
+        clients, natural = natural_clients(dataset_dir)
+        params.update(natural)
+        cfg = cfg.model_copy(update={"num_clients": clients})
     parts = partition_task(dataset_dir, partition, clients, seed, input_cfg.model_dump(mode="json"), params)
     target = model_dir or str(DataPaths().models_root / model_version(parts["sha256"], cfg))
     cfg_dict = cfg.model_dump(mode="json")
@@ -123,4 +128,5 @@ def train_flow(
         "centralized_eval_mse": baseline["final_eval_mse"],
         "failures": federated["failures"],
         "threshold": federated["threshold"],
+        "clients": clients,
     }

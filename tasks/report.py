@@ -24,6 +24,7 @@ from bearing_core.run_report import (
     render_run_report,
     write_run_report,
 )
+from bearing_core.per_bearing import source_site_scores
 from bearing_core.scoring import alarm_summary, read_scores
 from bearing_core.synthetic import load_ground_truth
 from bearing_core.threshold import load_threshold
@@ -52,13 +53,21 @@ def report_task(
     validation_warnings: list[str],
     training: dict[str, Any],
     promotion: dict[str, Any] | None,
+    alarm_rule: str = "",
+    per_bearing_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``report_dir/report.md`` (+ PNGs, detection.csv); return the markdown and the tables."""
+    """Write ``report_dir/report.md`` (+ PNGs, detection.csv); return the markdown and the tables.
+
+    With ``per_bearing_dir`` the scores are per bearing (the per-bearing layout): the alarm table names each bearing,
+    and detection is evaluated on the scores folded back to one row per snapshot of the source sites."""
     logger = get_run_logger()
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
     dataset = json.loads((Path(dataset_dir) / "dataset.json").read_text())
     scores = read_scores(scores_path)
+    alarms = alarm_summary(scores)  # per site, or per bearing in the per-bearing layout
+    if per_bearing_dir is not None:
+        scores = source_site_scores(scores, per_bearing_dir)
     metrics = pd.read_parquet(metrics_path)
     record = load_threshold(model_dir)
 
@@ -73,7 +82,6 @@ def report_task(
     plot_scores(scores, None, out / SCORES_PNG, onset=onset, failure=failure,
                 title=f"Anomaly score per site: {dataset.get('name', '')} (model {Path(model_dir).name})")
     plot_round_metrics(metrics, out / METRICS_PNG, f"Federated ({training.get('strategy')}) vs centralized")
-    alarms = alarm_summary(scores)
     markdown = render_run_report(
         dataset=dataset,
         ingest_summary=ingest_summary,
@@ -90,6 +98,7 @@ def report_task(
         links={"dataset": relative(dataset_dir), "model": relative(model_dir), "scores": relative(scores_path),
                "validation report": relative(Path(dataset_dir) / "validation" / "index.html"),
                "this report": relative(out / "report.md")},
+        alarm_rule=alarm_rule,
     )
     summary = {
         "threshold": record.threshold,

@@ -3,7 +3,7 @@
 Thin wrapper over :func:`bearing_core.scoring.update_scores`; it takes paths and returns paths + hashes.
 
 Cache key = output location + dataset content (SHA-256 of ``features.parquet`` and ``quarantine.parquet``) +
-model (SHA-256 of ``weights.pt`` and ``threshold.json``) + alarm parameters + the task's source. A cached result
+model (SHA-256 of ``weights.pt`` and ``threshold.json``) + alarm rule + the task's source. A cached result
 is served only while the scores file it describes is still on disk with the recorded SHA-256; otherwise the task
 runs again (cheaply: :func:`update_scores` reuses every row still valid in the file).
 """
@@ -21,6 +21,7 @@ from prefect.logging import get_run_logger
 from prefect.results import get_result_store
 from prefect.utilities.hashing import hash_objects
 
+from bearing_core.alarms import AlarmConfig
 from bearing_core.fingerprint import sha256_file, sha256_files
 from bearing_core.inputs import FEATURES_FILE, QUARANTINE_FILE
 from bearing_core.model_io import WEIGHTS_FILE
@@ -50,12 +51,12 @@ class ScoresContentPolicy(CachePolicy):
             out = scores_path(str(dataset_dir), inputs.get("out"))
             data_sha = sha256_files(dataset_dir / name for name in (FEATURES_FILE, QUARANTINE_FILE))
             model_sha = sha256_files(model_dir / name for name in (WEIGHTS_FILE, THRESHOLD_FILE))
-        except (KeyError, OSError):
+        except (KeyError, OSError, ValueError):
             return None  # the task body raises the precise error
         source_key = TaskSource().compute_key(task_ctx, inputs, flow_parameters)
         key = hash_objects(
-            str(out.resolve()), data_sha, model_sha, int(inputs["alarm_k"]), int(inputs["alarm_n"]),
-            float(inputs.get("warmup_h", 0.0)), source_key,
+            str(out.resolve()), data_sha, model_sha, AlarmConfig.model_validate(inputs.get("alarms") or {}).model_dump(),
+            source_key,
             raise_on_failure=True,
         )
         store = get_result_store()
@@ -82,10 +83,8 @@ class ScoresContentPolicy(CachePolicy):
 def score_task(
     dataset_dir: str,
     model_dir: str,
-    alarm_k: int = 3,
-    alarm_n: int = 3,
+    alarms: dict[str, Any] | None = None,
     out: str | None = None,
-    warmup_h: float = 0.0,
 ) -> dict[str, Any]:
     """Bring the scores file up to date; return ``{"path", "sha256", "n_scored", "n_reused", "alarms", ...}``.
 
@@ -93,7 +92,8 @@ def score_task(
     first_alarm_file, top_channel) as JSON-ready rows.
     """
     logger = get_run_logger()
-    result = update_scores(dataset_dir, model_dir, scores_path(dataset_dir, out), alarm_k, alarm_n, warmup_h)
+    rule = AlarmConfig.model_validate(alarms or {})
+    result = update_scores(dataset_dir, model_dir, scores_path(dataset_dir, out), rule)
     summary = alarm_summary(result.scores)
     summary["first_alarm"] = summary["first_alarm"].map(lambda t: "" if t is None or str(t) == "NaT" else str(t))
     logger.info(

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from bearing_core.evaluation import evaluate_against_ground_truth, evaluate_detection, plot_scores
-from bearing_core.scoring import debounce_alarms, write_scores
+from bearing_core.alarms import AlarmConfig, debounce_alarms
+from bearing_core.scoring import write_scores
 from bearing_core.synthetic import DemoConfig, plan_ground_truth
 
 START = datetime(2004, 1, 1)
@@ -27,7 +28,7 @@ def _scores(anomalous: list[int], site: str = "s1", start: datetime = START, ste
         "score": np.where(flags, 2.0, 0.5), "threshold": 1.0, "is_anomaly": flags,
         "top_channel": np.where(flags, "B3_a", "B1_a"),
     })
-    return df.assign(alarm=debounce_alarms(df, 3, 3))
+    return df.assign(alarm=debounce_alarms(df, AlarmConfig(persistence_h=0.5, fraction=1.0, warmup_h=0)))
 
 
 # 49 hourly rows (2 days): a false 3-run at hours 5-7 (alarm at 7), a spike at 20, then a run from hour 40 on

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bearing_core.scoring import debounce_alarms, read_scores
+from bearing_core.alarms import AlarmConfig, debounce_alarms
+from bearing_core.scoring import read_scores
 from cli.main import main
 
 SHARED_TABLE = Path(__file__).resolve().parents[2] / "shared" / "ims" / "features" / "1st_test_mean_abs.csv"
@@ -44,7 +45,8 @@ def scores(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     assert main(["import-features", str(SHARED_TABLE), "--out", str(dataset), "--per-bearing", "--log"]) == 0
     assert main(["train", str(dataset), "--partition", "natural", "--clients", "4", "--hidden", "4,1,4",
                  "--out", str(model)]) == 0
-    assert main(["score", str(dataset), "--model", str(model), "--k", "12", "--n", "12", "--warmup-hours", "4"]) == 0
+    assert main(["score", str(dataset), "--model", str(model), "--persistence-hours", "2", "--alarm-fraction", "1",
+                 "--warmup-hours", "4"]) == 0
     return read_scores(dataset / "scores.parquet")
 
 
@@ -59,5 +61,5 @@ def test_bearing_4_and_3_alarm_before_the_anchor_and_nothing_fires_earlier(score
 def test_without_the_warmup_the_nov_3_restart_raises_a_bearing_1_alarm(scores: pd.DataFrame) -> None:
     files = np.sort(scores["file"].unique())
     restart = int(np.flatnonzero(files == "2003.11.03.09.53.55")[0])  # first file after a 34 h stop
-    firsts = _first_alarms(scores, debounce_alarms(scores, 12, 12))
+    firsts = _first_alarms(scores, debounce_alarms(scores, AlarmConfig(persistence_h=2, fraction=1, warmup_h=0)))
     assert restart <= firsts["B1"] < restart + 24 and firsts["B1"] < firsts["B4"]  # within 4 h: what warm-up is for

@@ -177,7 +177,8 @@ def test_per_bearing_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_evaluate_folds_per_bearing_scores_back_to_the_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from bearing_core.scoring import debounce_alarms, write_scores
+    from bearing_core.alarms import AlarmConfig, debounce_alarms
+    from bearing_core.scoring import write_scores
     from cli.main import main
 
     source = _dataset(tmp_path, n_files=12)
@@ -189,7 +190,7 @@ def test_evaluate_folds_per_bearing_scores_back_to_the_source(tmp_path: Path, ca
         score=np.where(b3_late, 5.0, 0.1), threshold=1.0, is_anomaly=b3_late, top_channel="b", top_input="b_mean_abs",
         model_version="v",
     )
-    write_scores(scores.assign(alarm=debounce_alarms(scores, 3, 3)), tmp_path / "scores.parquet")
+    write_scores(scores.assign(alarm=debounce_alarms(scores, AlarmConfig(persistence_h=0.5, fraction=1.0, warmup_h=0))), tmp_path / "scores.parquet")
     failure = (rows["timestamp"].iloc[-1] + pd.Timedelta("1h")).isoformat()
     args = ["evaluate", str(tmp_path / "scores.parquet"), "--failure-time", failure]
     assert main([*args, "--per-bearing", str(tmp_path / "pb")]) == 0

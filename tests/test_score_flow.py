@@ -10,6 +10,8 @@ import pytest
 
 from test_scoring import DemoModel, build_demo_model
 
+from bearing_core.alarms import AlarmConfig
+
 
 @pytest.fixture(scope="module")
 def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
@@ -50,6 +52,7 @@ def test_score_flow_publishes_alarms_and_caches_on_content(demo_model: DemoModel
     rebuilt = score_flow(str(demo_model.dataset), model=str(demo_model.model))
     assert rebuilt["n_scored"] == 47 and (demo_model.dataset / "scores.parquet").is_file()
 
-    other = score_flow(str(demo_model.dataset), model=str(demo_model.model), k=1, n=1)
+    other = score_flow(str(demo_model.dataset), model=str(demo_model.model),
+                       alarms=AlarmConfig(persistence_h=0.1, fraction=1.0, warmup_h=0))
     assert other["n_scored"] == 0 and other["n_reused"] == 47  # new parameters: re-run, rows reused
     assert other["alarm_snapshots"] == int(pd.read_parquet(other["path"])["is_anomaly"].sum())

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bearing_core.alarms import AlarmConfig
 from bearing_core.autoencoder import ModelConfig
 from bearing_core.config import IngestConfig
 from bearing_core.ingest import ingest_directory
@@ -24,7 +25,6 @@ from bearing_core.scoring import (
     SCORE_COLUMNS,
     alarm_summary,
     channel_of_inputs,
-    debounce_alarms,
     read_scores,
     resolve_model_dir,
     score_dataset,
@@ -35,74 +35,8 @@ from bearing_core.threshold import ThresholdConfig, calibrate_from_clients
 from bearing_core.training import TrainConfig, train_centralized
 
 N_SAMPLES = 8192
-
-
-def _series(flags: dict[str, list[int]]) -> pd.DataFrame:
-    """Rows of several sites, 10 minutes apart, interleaved by time; ``is_anomaly`` from 0/1 lists."""
-    frames = [
-        pd.DataFrame({"site": site, "is_anomaly": np.array(values, dtype=bool),
-                      "timestamp": pd.Timestamp("2004-01-01") + pd.to_timedelta(np.arange(len(values)) * 10 + s, "min")})
-        for s, (site, values) in enumerate(flags.items())
-    ]
-    return pd.concat(frames).sort_values("timestamp").reset_index(drop=True)
-
-
-def test_single_spikes_do_not_alarm_but_a_run_does() -> None:
-    df = _series({"a": [0, 1, 0, 1, 0, 0, 1, 1, 0, 1, 1, 1, 1, 0], "b": [1, 0, 1, 1, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0]})
-    alarm = debounce_alarms(df, k=3, n=3)
-    by_site = {site: alarm[(df["site"] == site).to_numpy()].astype(int).tolist() for site in ("a", "b")}
-    assert by_site["a"] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0]
-    assert by_site["b"] == [0] * 14  # b's anomalies never make 3 in a row: no alarm even while a is alarming
-
-
-def test_k_of_n_counts_within_each_site_only_and_in_time_order() -> None:
-    df = _series({"a": [1, 0, 1, 0, 0, 1, 1], "b": [0, 1, 0, 1, 1, 0, 0]})
-    alarm = debounce_alarms(df, k=2, n=3)
-    assert alarm[(df["site"] == "a").to_numpy()].astype(int).tolist() == [0, 0, 1, 0, 0, 0, 1]
-    assert alarm[(df["site"] == "b").to_numpy()].astype(int).tolist() == [0, 0, 0, 1, 1, 1, 0]
-    shuffled = df.sample(frac=1.0, random_state=0)
-    assert np.array_equal(debounce_alarms(shuffled, 2, 3), alarm[shuffled.index.to_numpy()])  # row order irrelevant
-    assert debounce_alarms(df, 1, 1).tolist() == df["is_anomaly"].tolist()
-    assert debounce_alarms(df.iloc[:0], 3, 3).size == 0
-    with pytest.raises(ValueError, match="1 <= k <= n"):
-        debounce_alarms(df, 4, 3)
-
-
-def _with_stops(values: list[int], stops: dict[int, float]) -> pd.DataFrame:
-    """One site, 10 min apart, with a stop of ``stops[i]`` hours before row ``i``."""
-    minutes = np.arange(len(values)) * 10.0
-    for i, hours in stops.items():
-        minutes[i:] += hours * 60
-    return pd.DataFrame({"site": "s", "is_anomaly": np.array(values, dtype=bool),
-                         "timestamp": pd.Timestamp("2003-11-03") + pd.to_timedelta(minutes, "min")})
-
-
-def test_warmup_after_a_long_stop_does_not_alarm_but_a_lasting_excursion_still_does() -> None:
-    # Rows 6.. follow a 34 h stop. 1 h warm-up = rows 6..11 (6 rows, 10 min apart; row 12 is at 1 h).
-    transient = _with_stops([0] * 6 + [1] * 6 + [0] * 4, {6: 34})
-    assert debounce_alarms(transient, 3, 3).astype(int).tolist()[6:12] == [0, 0, 1, 1, 1, 1]  # without warm-up
-    assert not debounce_alarms(transient, 3, 3, warmup_h=1.0).any()
-    assert not transient.equals(transient.assign(is_anomaly=False))  # the flags themselves are untouched
-    lasting = _with_stops([0] * 6 + [1] * 10, {6: 34})
-    assert debounce_alarms(lasting, 3, 3, warmup_h=1.0).astype(int).tolist() == [0] * 12 + [0, 0, 1, 1]
-    # a stop shorter than the warm-up is not a restart: nothing inhibited
-    short = _with_stops([0] * 6 + [1] * 6 + [0] * 4, {6: 0.5})
-    assert np.array_equal(debounce_alarms(short, 3, 3, warmup_h=1.0), debounce_alarms(short, 3, 3))
-    with pytest.raises(ValueError, match="warmup_h"):
-        debounce_alarms(transient, 3, 3, warmup_h=-1.0)
-
-
-def test_a_site_in_alarm_before_a_stop_stays_in_alarm_through_the_warmup() -> None:
-    # in alarm at rows 3..5, stop, still anomalous: the restart does not clear the alarm
-    df = _with_stops([0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], {6: 12})
-    assert debounce_alarms(df, 3, 3, warmup_h=1.0).astype(int).tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0]
-    # a second stop entered in alarm thanks to the first latch is latched too (fixed point), other sites unaffected
-    two = _with_stops([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], {4: 12, 8: 12})
-    other = _with_stops([0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0], {4: 12, 8: 12}).assign(site="t")
-    both = pd.concat([two, other], ignore_index=True)
-    alarm = debounce_alarms(both, 3, 3, warmup_h=1.0)
-    assert alarm[:12].astype(int).tolist() == [0, 0] + [1] * 10
-    assert not alarm[12:].any()
+THREE_IN_A_ROW = AlarmConfig(persistence_h=0.5, fraction=1.0, warmup_h=0)
+"""3 of 3 on this demo's 10-minute snapshots (the tests' data are too short for the default rule)."""
 
 
 def test_channel_of_inputs_maps_feature_columns_to_channels() -> None:
@@ -170,7 +104,7 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory) -> DemoModel:
 
 
 def test_score_dataset_alarms_after_onset_and_never_before(demo_model: DemoModel) -> None:
-    scores = score_dataset(demo_model.dataset, demo_model.model)
+    scores = score_dataset(demo_model.dataset, demo_model.model, THREE_IN_A_ROW)
     assert list(scores.columns) == list(SCORE_COLUMNS)
     assert len(scores) == 47 and scores["path"].is_unique
     assert scores[["timestamp", "site"]].equals(scores.sort_values(["timestamp", "site"])[["timestamp", "site"]])
@@ -183,33 +117,33 @@ def test_score_dataset_alarms_after_onset_and_never_before(demo_model: DemoModel
     assert (alarms["top_channel"].str[:2] == faulty.bearing).all()  # the alarm names the faulty bearing
     assert not scores.loc[scores["site"] == "site_2", "alarm"].any()
 
-    since = score_dataset(demo_model.dataset, demo_model.model, since=faulty.onset)
+    since = score_dataset(demo_model.dataset, demo_model.model, THREE_IN_A_ROW, since=faulty.onset)
     assert since["timestamp"].min() >= pd.Timestamp(faulty.onset)
     full = scores.set_index("path").loc[since["path"]]
     assert np.array_equal(since["alarm"].to_numpy(), full["alarm"].to_numpy())  # debounce had its context rows
 
 
 def test_update_scores_scores_only_new_snapshots(demo_model: DemoModel, tmp_path: Path) -> None:
-    first = update_scores(demo_model.dataset, demo_model.model, tmp_path / "scores.parquet")
+    first = update_scores(demo_model.dataset, demo_model.model, tmp_path / "scores.parquet", THREE_IN_A_ROW)
     assert (first.n_scored, first.n_reused, len(first.scores)) == (47, 0, 47)
-    again = update_scores(demo_model.dataset, demo_model.model, tmp_path / "scores.parquet")
+    again = update_scores(demo_model.dataset, demo_model.model, tmp_path / "scores.parquet", THREE_IN_A_ROW)
     assert (again.n_scored, again.n_reused) == (0, 47)
     pd.testing.assert_frame_equal(again.scores, first.scores)
 
     shutil.copy(demo_model.held_back, demo_model.raw / "site_1" / demo_model.held_back.name)
     ingest_directory(IngestConfig(raw_dir=demo_model.raw, out_dir=demo_model.dataset, workers=1,
                                   expected_samples=N_SAMPLES))
-    third = update_scores(demo_model.dataset, demo_model.model, tmp_path / "scores.parquet")
+    third = update_scores(demo_model.dataset, demo_model.model, tmp_path / "scores.parquet", THREE_IN_A_ROW)
     assert (third.n_scored, third.n_reused, len(third.scores)) == (1, 47, 48)
     new_row = third.scores[third.scores["file"] == demo_model.held_back.name].iloc[0]
     assert bool(new_row["alarm"])  # the failure snapshot, alarmed thanks to the two previous rows as context
-    reference = score_dataset(demo_model.dataset, demo_model.model)
+    reference = score_dataset(demo_model.dataset, demo_model.model, THREE_IN_A_ROW)
     pd.testing.assert_frame_equal(third.scores, reference, check_exact=False, rtol=1e-6)  # float32 batches
-    stored = read_scores(tmp_path / "scores.parquet")
+    stored = read_scores(tmp_path / "scores.parquet", THREE_IN_A_ROW)
     assert len(stored) == 48 and set(stored["model_version"]) == {"v1"}
 
-    csv = update_scores(demo_model.dataset, demo_model.model, tmp_path / "scores.csv")
-    assert csv.n_scored == 48 and len(read_scores(tmp_path / "scores.csv")) == 48
+    csv = update_scores(demo_model.dataset, demo_model.model, tmp_path / "scores.csv", THREE_IN_A_ROW)
+    assert csv.n_scored == 48 and len(read_scores(tmp_path / "scores.csv", THREE_IN_A_ROW)) == 48
 
     summary = alarm_summary(third.scores).set_index("site")
     assert summary.loc["site_2", "alarm_snapshots"] == 0 and summary.loc["site_2", "top_channel"] == ""

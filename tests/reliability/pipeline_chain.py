@@ -44,6 +44,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bearing_core.alarms import AlarmConfig
+
 RAW_DIR = Path("raw") / "demo"
 """Raw demo data, relative to the project directory."""
 SITES = 2
@@ -53,15 +55,16 @@ SEED = 0
 ROUNDS = 2
 LOCAL_EPOCHS = 1
 TRAIN_FRACTION = 0.5
-ALARM_K, ALARM_N = 3, 3
+ALARMS = AlarmConfig(persistence_h=0.5, fraction=1.0, warmup_h=0.0)
 OUTPUT_DIRS = ("data", "reports")
 STAGES = ("ingest", "validate", "partition", "train", "publish", "promote", "score")
 PIPELINE_STAGE = "pipeline"
 """The label of every counted call under ``bearing`` (the CLI's steps are not labelled)."""
 BEARING_RUN_ARGS = (
     "run", "--raw-dir", str(RAW_DIR), "--rounds", str(ROUNDS), "--local-epochs", str(LOCAL_EPOCHS),
-    "--train-fraction", str(TRAIN_FRACTION), "--seed", str(SEED), "--k", str(ALARM_K), "--n", str(ALARM_N),
-    "--workers", "1",
+    "--train-fraction", str(TRAIN_FRACTION), "--seed", str(SEED), "--layout", "snapshot", "--activation", "elu",
+    "--persistence-hours", str(ALARMS.persistence_h), "--alarm-fraction", str(ALARMS.fraction),
+    "--warmup-hours", str(ALARMS.warmup_h), "--workers", "1",
 )
 """``bearing`` arguments of the Prefect pipeline run that :func:`run_chain` mirrors step for step."""
 
@@ -170,7 +173,7 @@ def run_chain(
         with exclusive_lock(paths.models_root / REGISTRY_LOCK_FILE):
             promote_if_better(paths.models_root / model_dir.name, holdout)
     if begin("score"):
-        update_scores(dataset, resolve_model_dir("latest", paths.models_root), None, ALARM_K, ALARM_N)
+        update_scores(dataset, resolve_model_dir("latest", paths.models_root), None, ALARMS)
 
 
 def _trained(model_dir: Path) -> bool:

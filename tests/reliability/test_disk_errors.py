@@ -42,6 +42,7 @@ import pandas as pd
 import pytest
 from test_registry import _train
 
+from bearing_core.alarms import AlarmConfig
 from bearing_core.config import IngestConfig
 from bearing_core.ingest import ingest_directory
 from bearing_core.inputs import InputConfig
@@ -336,7 +337,7 @@ def test_scoring_fails_on_a_full_disk_and_keeps_the_previous_scores(project: Pat
     before = files_state(dataset)
     disk_full(dataset)
     with pytest.raises(OSError) as exc:
-        update_scores(dataset, project / "models" / LATEST, dataset / "old.parquet", alarm_k=2, alarm_n=3)
+        update_scores(dataset, project / "models" / LATEST, dataset / "old.parquet", AlarmConfig(fraction=0.5))
     assert_no_space_named(exc, dataset / "old.parquet")
     assert files_state(dataset) == before
 
