@@ -22,6 +22,9 @@ OFFLINE_DEFAULTS: dict[str, str] = {
     "DO_NOT_TRACK": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "0",
+    # Prefect's temporary API server (a `bearing run` with no server up) must start within this many seconds; the
+    # default 20 s fails a nightly run on a loaded machine
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 

@@ -7,6 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bearing_core.env import configure_environment
+
+configure_environment()  # offline and project-local before any test imports prefect (no analytics, no telemetry)
+
 SHARED_IMS = Path(__file__).resolve().parents[2] / "shared" / "ims"
 
 

@@ -1,0 +1,266 @@
+"""Detection of the pipeline as users run it: `bearing run` on demo seeds and on the IMS 1st-test replay.
+
+Two parts, following the rule in BENCHMARKS.md ("Pipeline detection defaults"):
+
+``tune``  for each demo seed and each ``--relative`` choice, one real ``bearing run`` (defaults otherwise) in a scratch
+          project; then, on its per-bearing scores, every threshold quantile and alarm rule of the grid (the model's
+          own holdout errors give the thresholds, exactly as its calibration does; no retraining). Prints one row per
+          setting and the setting the rule selects.
+``replay`` the 1st test replayed into raw files (``../shared/ims/replay_ims.py``), one ``bearing run`` with the
+          defaults and ``--train-until`` at 20 % of the files; first alarm per bearing against the anchor (3σ on the
+          bearing's mean|x|, 3 of 3 snapshots), alarm events before the first true one, federated vs centralized MSE.
+
+    .venv/bin/python -m bench.pipeline_detection tune --seeds 0 1 2 --work /tmp/bearing-tune
+    .venv/bin/python -m bench.pipeline_detection replay --work /tmp/bearing-replay [--every 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bearing_core.alarms import AlarmConfig, debounce_alarms
+from bearing_core.per_bearing import PER_BEARING_DIR
+from bearing_core.scoring import read_scores
+from bearing_core.synthetic import load_ground_truth
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_IMS = ROOT.parent / "shared" / "ims"
+QUANTILES = (0.99, 0.995, 0.999)
+PERSISTENCE_H = (1.0, 2.0, 3.0)
+FRACTIONS = (0.8, 1.0)
+WARMUP_H = (0.0, 2.0, 4.0)
+RELATIVE = ("off", "add", "only")
+ANCHOR_B4_FILE, ANCHOR_B3_FILE = 1748, 2119
+TRAIN_UNTIL_1ST = "2003-11-01T10:31:44"  # the first 20 % of the 1st test's files (432 of 2,156)
+
+
+def bearing_cli(project: Path, *args: str) -> tuple[str, float]:
+    """Run ``bearing ARGS`` in ``project`` (its own data/, .prefect/ ...); stdout and wall seconds."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BEARING_PROJECT_DIR": str(project)}
+    for key in ("PREFECT_HOME", "FLWR_HOME", "RAY_TMPDIR", "PREFECT_API_URL"):
+        env.pop(key, None)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=project, env=env, capture_output=True,
+                          text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"bearing {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout, wall
+
+
+def _output(stdout: str, key: str) -> str:
+    match = re.search(rf"^\s+{re.escape(key)}\s+(.*)$", stdout, re.MULTILINE)
+    return match.group(1).strip() if match else ""
+
+
+@dataclass
+class Run:
+    """One `bearing run`: where its per-bearing scores and champion are, and its printed figures."""
+
+    dataset: Path
+    model: Path
+    federated_mse: float
+    centralized_mse: float
+    wall_s: float
+
+    @property
+    def per_bearing(self) -> Path:
+        return self.dataset / PER_BEARING_DIR
+
+
+def pipeline_run(project: Path, raw: Path, *extra: str) -> Run:
+    stdout, wall = bearing_cli(project, "run", "--raw-dir", str(raw), *extra)
+    return Run(
+        dataset=project / _output(stdout, "dataset"),
+        model=project / _output(stdout, "champion (latest)"),
+        federated_mse=float(_output(stdout, "federated holdout MSE")),
+        centralized_mse=float(_output(stdout, "centralized holdout MSE")),
+        wall_s=wall,
+    )
+
+
+def holdout_errors(run: Run) -> np.ndarray:
+    """The champion's reconstruction errors on every client's holdout rows (what its calibration sketches)."""
+    from bearing_core.model_io import load_model
+    from bearing_core.partition.writer import SPLIT_HOLDOUT, load_manifest, read_client
+    from bearing_core.threshold import snapshot_errors
+
+    loaded = load_model(run.model)
+    clients = run.per_bearing / "clients" / "natural"
+    manifest = load_manifest(clients)
+    rows = [read_client(clients, c.client_id, split=SPLIT_HOLDOUT) for c in manifest.clients]
+    X = pd.concat(rows)[loaded.input_columns].to_numpy(np.float64)
+    return snapshot_errors(loaded, X)[0]
+
+
+def threshold_at(errors: np.ndarray, q: float) -> float:
+    from bearing_core.threshold import ErrorSketch
+
+    return ErrorSketch.from_errors(errors).quantile(q)
+
+
+def alarm_events(alarm: np.ndarray) -> np.ndarray:
+    """Indices where an alarm starts (rising edges)."""
+    return np.flatnonzero(alarm & ~np.r_[False, alarm[:-1]])
+
+
+def evaluate_demo(scores: pd.DataFrame, truth_path: Path, threshold: float, rule: AlarmConfig) -> dict[str, float]:
+    """Per bearing: false alarm events (healthy bearing, or the defective one before onset), and for each defect the
+    first alarm on its bearing after onset (delay in hours)."""
+    truth = load_ground_truth(truth_path)
+    scored = scores.assign(is_anomaly=scores["score"].to_numpy() > threshold)
+    scored = scored.assign(alarm=debounce_alarms(scored, rule))
+    false_events, delays, missed = 0, [], 0
+    defects = {(s, t.bearing): t for s, t in truth.sites.items() if t.faulty}
+    for site, part in scored.groupby("site", sort=True):
+        part = part.sort_values("timestamp")
+        source, _, bearing = str(site).rpartition("/")
+        times = part["timestamp"].to_numpy()
+        starts = times[alarm_events(part["alarm"].to_numpy(bool))]
+        defect = defects.get((source, bearing))
+        if defect is None:
+            false_events += len(starts)
+            continue
+        onset = np.datetime64(pd.Timestamp(defect.onset))
+        false_events += int((starts < onset).sum())
+        after = part.loc[part["alarm"].to_numpy(bool) & (times >= onset), "timestamp"]
+        if after.empty:
+            missed += 1
+        else:
+            delays.append((after.iloc[0] - pd.Timestamp(defect.onset)).total_seconds() / 3600)
+    return {"false_events": false_events, "missed": missed, "defects": len(defects),
+            "mean_delay_h": float(np.mean(delays)) if delays else float("nan")}
+
+
+def tune(args: argparse.Namespace) -> None:
+    work = Path(args.work).resolve()
+    runs: dict[tuple[int, str], Run] = {}
+    for seed in args.seeds:
+        raw = work / "raw" / f"demo{seed}"
+        if not (raw / "ground_truth.json").is_file():
+            raw.parent.mkdir(parents=True, exist_ok=True)
+            bearing_cli(work, "demo-data", "--out", str(raw), "--seed", str(seed))
+        for relative in args.relative:  # one scratch project each: its own registry and champion
+            project = work / f"seed{seed}-{relative}"
+            project.mkdir(parents=True, exist_ok=True)
+            runs[seed, relative] = run = pipeline_run(project, raw, "--relative", relative, "--seed", str(seed))
+            print(f"seed {seed} relative {relative}: run {run.wall_s:.0f} s, federated MSE {run.federated_mse:.4g} "
+                  f"vs centralized {run.centralized_mse:.4g} ({run.federated_mse / run.centralized_mse:.2f}x)",
+                  flush=True)
+    rows = []
+    for relative in args.relative:
+        per_seed = {seed: (read_scores(runs[seed, relative].per_bearing / "scores.parquet"),
+                           holdout_errors(runs[seed, relative])) for seed in args.seeds}
+        for q, p, f, w in itertools.product(QUANTILES, PERSISTENCE_H, FRACTIONS, WARMUP_H):
+            rule = AlarmConfig(persistence_h=p, fraction=f, warmup_h=w)
+            results = [evaluate_demo(scores, work / "raw" / f"demo{seed}" / "ground_truth.json",
+                                     threshold_at(errors, q), rule)
+                       for seed, (scores, errors) in per_seed.items()]
+            rows.append({"relative": relative, "q": q, "persistence_h": p, "fraction": f, "warmup_h": w,
+                         "false_events": sum(r["false_events"] for r in results),
+                         "missed": sum(r["missed"] for r in results),
+                         "defects": sum(r["defects"] for r in results),
+                         "mean_delay_h": float(np.nanmean([r["mean_delay_h"] for r in results]))})
+    table = pd.DataFrame(rows)
+    table.to_csv(work / "tune.csv", index=False)
+    ok = table[(table["false_events"] == 0) & (table["missed"] == 0)].copy()
+    print(f"\n{len(ok)} of {len(table)} settings: no false alarm event and every defect alarmed after onset")
+    if ok.empty:
+        print(table.sort_values(["false_events", "missed", "mean_delay_h"]).head(20).to_markdown(index=False))
+        return
+    ok["inputs"] = ok["relative"].map({"off": 1, "only": 1, "add": 2})
+    ok = ok.sort_values(["mean_delay_h", "persistence_h", "warmup_h", "q", "inputs"],
+                        ascending=[True, False, False, False, True])
+    print(ok.head(15).to_markdown(index=False))
+    print(f"\nselected: {ok.iloc[0].to_dict()}")
+    fed = [(s, r, runs[s, r].federated_mse / runs[s, r].centralized_mse) for (s, r) in runs]
+    print("federated / centralized holdout MSE:", ", ".join(f"seed {s} {r}: {x:.2f}x" for s, r, x in fed))
+
+
+def anchor_first_alarms(features: pd.DataFrame, n_train: int) -> dict[str, int | None]:
+    """The published anchor: a bearing's mean|x| (mean of its channels) over its training mean + 3σ in 3 snapshots
+    in a row (file index of the first such alarm)."""
+    out: dict[str, int | None] = {}
+    channels = [c for c in features.columns if c.endswith("_mean_abs")]
+    for bearing in sorted({c.split("_")[0] for c in channels}):
+        level = features[[c for c in channels if c.startswith(bearing + "_")]].mean(axis=1).to_numpy()
+        base = level[:n_train]
+        over = (level > base.mean() + 3 * base.std()) & (np.arange(len(level)) >= n_train)
+        run3 = over & np.r_[False, over[:-1]] & np.r_[False, False, over[:-2]]
+        out[bearing] = int(np.flatnonzero(run3)[0]) if run3.any() else None
+    return out
+
+
+def replay(args: argparse.Namespace) -> None:
+    work = Path(args.work).resolve()
+    project = work / "project"
+    raw = project / "data" / "raw" / "ims1"
+    if not raw.is_dir():
+        raw.mkdir(parents=True)
+        subprocess.run([sys.executable, str(SHARED_IMS / "replay_ims.py"),
+                        str(SHARED_IMS / "features" / "1st_test_mean_abs.csv"), str(raw), "--every", str(args.every)],
+                       check=True)
+    extra = ["--train-until", TRAIN_UNTIL_1ST, *args.extra]
+    run = pipeline_run(project, raw, *extra)
+    files = sorted(p.name for p in raw.iterdir() if p.is_file())
+    index = {name: i * args.every for i, name in enumerate(files)}
+    scores = read_scores(run.per_bearing / "scores.parquet")
+    scores["bearing"] = scores["site"].astype(str).str.rpartition("/")[2]
+    scores["index"] = scores["file"].map(index)
+    first: dict[str, int | None] = {}
+    events: list[tuple[int, str]] = []
+    for bearing, part in scores.groupby("bearing", sort=True):
+        part = part.sort_values("timestamp")
+        alarm = part["alarm"].to_numpy(bool)
+        idx = part["index"].to_numpy()
+        first[bearing] = int(idx[alarm][0]) if alarm.any() else None
+        events += [(int(idx[i]), bearing) for i in alarm_events(alarm)]
+    features = pd.read_parquet(run.dataset / "features.parquet").sort_values("timestamp")
+    anchor = anchor_first_alarms(features.reset_index(drop=True), n_train=(432 + args.every - 1) // args.every)
+    anchor = {b: None if v is None else v * args.every for b, v in anchor.items()}
+    first_true = min((i for i, b in events if b in ("B3", "B4")), default=None)
+    before = [e for e in sorted(events) if first_true is None or e[0] < first_true]
+    print(f"1st-test replay (every {args.every}): bearing run {run.wall_s:.0f} s; federated MSE {run.federated_mse:.4g}"
+          f" vs centralized {run.centralized_mse:.4g} ({run.federated_mse / run.centralized_mse:.2f}x)")
+    print("| bearing | first alarm (file) | anchor (file) | alarm events |")
+    print("|---|---:|---:|---:|")
+    for bearing in sorted(first):
+        print(f"| {bearing} | {first[bearing]} | {anchor.get(bearing)} | {sum(1 for _, b in events if b == bearing)} |")
+    print(f"alarm events before the first B3/B4 alarm: {len(before)} {before[:10]}")
+    print(f"published anchor: B4 {ANCHOR_B4_FILE}, B3 {ANCHOR_B3_FILE}")
+    (work / "replay.json").write_text(json.dumps({"first": first, "anchor": anchor, "events": events,
+                                                  "wall_s": run.wall_s, "federated_mse": run.federated_mse,
+                                                  "centralized_mse": run.centralized_mse}, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(required=True)
+    t = sub.add_parser("tune")
+    t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    t.add_argument("--relative", nargs="+", default=list(RELATIVE), choices=RELATIVE)
+    t.add_argument("--work", default="/tmp/bearing-tune")
+    t.set_defaults(func=tune)
+    r = sub.add_parser("replay")
+    r.add_argument("--work", default="/tmp/bearing-replay")
+    r.add_argument("--every", type=int, default=1)
+    r.add_argument("extra", nargs="*", help="extra `bearing run` arguments (after --)")
+    r.set_defaults(func=replay)
+    args = parser.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
