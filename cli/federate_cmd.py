@@ -116,9 +116,7 @@ def error(message: str, code: int = 2) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """SuperLink up, run submitted and awaited, SuperLink down; 0 when the model was written."""
-    problem = security_problem(args)  # checked before the heavy imports: a refusal is immediate
-    problem = problem or address_problem("--port", args.host, args.port)
-    problem = problem or address_problem("--control-port", LOOPBACK, args.control_port)
+    problem = security_problem(args)
     if problem:
         return error(problem)
     from pydantic import ValidationError
@@ -134,9 +132,6 @@ def run(args: argparse.Namespace) -> int:
         wait_for_run,
         write_connection,
     )
-    from bearing_core.federated.launch import READY
-    from bearing_core.federated.server_app import METRICS_FILE
-    from bearing_core.federated.simulation import GLOBAL
     from cli.train_cmd import federated_config, print_table, validation_message
 
     try:
@@ -150,6 +145,15 @@ def run(args: argparse.Namespace) -> int:
         return error(validation_message(exc))
     except (ValueError, FileNotFoundError) as exc:
         return error(str(exc))
+    problem = address_problem("--port", args.host, args.port)
+    problem = problem or address_problem("--control-port", LOOPBACK, args.control_port)
+    if problem:
+        return error(problem)
+    # every refusal above comes before the heavy imports (torch, flwr): it is immediate
+    from bearing_core.federated.launch import READY
+    from bearing_core.federated.server_app import METRICS_FILE
+    from bearing_core.federated.simulation import GLOBAL
+
     if args.insecure:
         print(f"bearing federate: warning: --insecure: the Fleet API on {args.host}:{args.port} is plain HTTP "
               "(model updates unencrypted, sites not authenticated); for local tests only", file=sys.stderr)

@@ -33,8 +33,6 @@ from bearing_core.federated.deployment import (
     wait_for_run,
     write_connection,
 )
-from bearing_core.federated.guard import ForeignAppError, check_fab
-from bearing_core.federated.launch import FleetOnly
 from bearing_core.inputs import InputConfig
 from bearing_core.partition.build import partition_dataset
 
@@ -202,6 +200,8 @@ def _fab(files: dict[str, bytes]) -> bytes:
 def test_check_fab_accepts_bearings_bundle_and_refuses_any_other(tmp_path: Path) -> None:
     from flwr.cli.build import build_fab_from_disk
 
+    from bearing_core.federated.guard import ForeignAppError, check_fab
+
     check_fab(build_fab_from_disk(APP_DIR))  # what `flwr run bearing_core/federated/app` submits: accepted
 
     foreign = build_fab_from_disk(write_foreign_app(tmp_path / "foreignapp", tmp_path / "markers"))
@@ -223,6 +223,8 @@ def test_check_fab_accepts_bearings_bundle_and_refuses_any_other(tmp_path: Path)
 
 def test_fleet_listener_serves_fleet_paths_only() -> None:
     from starlette.testclient import TestClient
+
+    from bearing_core.federated.launch import FleetOnly
 
     async def app(scope, receive, send):  # type: ignore[no-untyped-def]
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -273,8 +275,8 @@ def test_federate_refuses_a_port_in_use_in_one_line(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        for flag in ("--port", "--control-port"):
-            out = _federate(tmp_path, flag, str(port), "--insecure")
+        for flag, other in (("--port", "--control-port"), ("--control-port", "--port")):
+            out = _federate(tmp_path, flag, str(port), other, str(_free_port()), "--insecure")
             assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
             assert f"bearing federate: error: {flag} {port}: cannot bind 127.0.0.1:{port}" in out.stderr
     assert not (tmp_path / "logs").exists()
