@@ -221,6 +221,23 @@ def test_check_fab_accepts_bearings_bundle_and_refuses_any_other(tmp_path: Path)
     check_fab(_fab({"pyproject.toml": ours}))  # another run config / version of the same app is fine
 
 
+def test_guarded_superexec_acquires_and_launches_its_own_task_type_only() -> None:
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResultStatus
+
+    from bearing_core.federated.guard import _guarded_executor
+
+    executor = _guarded_executor("serverapp")
+    assert executor.get_eligible_capacity(set(TaskType))[0] == {TaskType.SERVER_APP}
+    for task_type in set(TaskType) - {TaskType.SERVER_APP}:  # e.g. a simulation or agent run: never launched
+        spec = ExecutionSpec(task_type=task_type, runtime_api_address="127.0.0.1:9", token="t", insecure=True,
+                             root_certificates_path=None, runtime_dependency_install=False, parent_pid=None,
+                             suppress_output=False, task_id=7)
+        result = executor.launch(spec)
+        assert result.status == LaunchResultStatus.FAILED and "only bearing-fl's serverapp runs here" in result.message
+    assert _guarded_executor("clientapp").get_eligible_capacity(set(TaskType))[0] == {TaskType.CLIENT_APP}
+
+
 def test_fleet_listener_serves_fleet_paths_only() -> None:
     from starlette.testclient import TestClient
 

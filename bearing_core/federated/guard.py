@@ -128,12 +128,14 @@ def _guarded_executor(role: str) -> Any:
     allowed = TaskType.SERVER_APP if role == "serverapp" else TaskType.CLIENT_APP
 
     class GuardedExecutor(SubprocessExecutor):
-        def get_eligible_capacity(self, supported_task_types: set[TaskType], **_: Any) -> tuple[set[TaskType], set[str]]:
-            return supported_task_types & {allowed}, set()
+        def get_eligible_capacity(
+            self, supported_task_types: set[TaskType], **_: Any
+        ) -> tuple[set[TaskType], set[str]]:
+            return supported_task_types & {allowed}, set()  # acquire tasks of the one allowed type only
 
         def launch(self, spec: Any) -> Any:
             if spec.task_type != allowed:
-                message = f"refused task {spec.task_id}: type {spec.task_type}; this node runs only bearing-fl's {role}"
+                message = f"refused task {spec.task_id} of type {spec.task_type}: only bearing-fl's {role} runs here"
                 log(logging.ERROR, message)
                 return LaunchResult.failed(message)
             args = [sys.executable, "-m", MODULE, role, "--runtime-api-address", spec.runtime_api_address,

@@ -1,4 +1,6 @@
-"""The coordinator's SuperLink and a site's SuperNode as bearing-fl runs them (``python -m bearing_core.federated.launch``).
+"""The coordinator's SuperLink and a site's SuperNode as bearing-fl runs them.
+
+Run as ``python -m bearing_core.federated.launch superlink|supernode ...``.
 
 Flower 1.42 serves the SuperLink's Fleet API (sites), Control API (``flwr run/ls/stop``: anyone who reaches it
 may submit a run, there is no authentication) and Runtime API (the ServerApp process; the former ServerAppIo API)
@@ -15,7 +17,7 @@ from ONE HTTP application on one ``--host:--port``. bearing-fl splits them:
     The SuperLink runs with ``--isolation process``; this launcher starts the guarded SuperExec
     (:mod:`bearing_core.federated.guard`) which runs nothing but bearing-fl's ServerApp.
 
-``supernode --superlink HOST:PORT --runtime-port R --node-config ... [--insecure | --root-certificates CA] [--auth-supernode-private-key K]``
+``supernode --superlink HOST:PORT --runtime-port R --node-config ... [--insecure | --root-certificates CA] ...``
     flwr's ``flower-supernode`` (``--isolation process``, its Runtime API on ``127.0.0.1:R``) plus the guarded
     SuperExec, which runs nothing but bearing-fl's ClientApp.
 
