@@ -38,6 +38,7 @@ from bearing_core.federated.deployment import (
     wait_for_run,
     write_connection,
 )
+from bearing_core.federated.launch import READY
 from bearing_core.inputs import InputConfig
 from bearing_core.model_io import load_model
 from bearing_core.partition.build import partition_dataset
@@ -89,11 +90,14 @@ def bearing(*argv: str) -> list[str]:
 
 
 def test_commands_bind_loopback_and_carry_the_node_config(tmp_path: Path) -> None:
-    link = superlink_command(port=9999)
-    assert link[:5] == ["flower-superlink", "--host", "127.0.0.1", "--port", "9999"] and "--insecure" in link
+    link = superlink_command(port=9999, control_port=9998)
+    assert link[:4] == [sys.executable, "-m", "bearing_core.federated.launch", "superlink"] and "--insecure" in link
+    assert [link[link.index(flag) + 1] for flag in ("--fleet-host", "--fleet-port", "--control-port")] == [
+        "127.0.0.1", "9999", "9998"]
     node = supernode_command("127.0.0.1:9999", tmp_path, 3, runtime_port=9100)
+    assert node[:4] == [sys.executable, "-m", "bearing_core.federated.launch", "supernode"]
     assert node[node.index("--node-config") + 1] == f"clients-dir='{tmp_path.resolve()}' partition-id=3"
-    assert node[node.index("--host") + 1] == "127.0.0.1" and "--insecure" in node
+    assert node[node.index("--runtime-port") + 1] == "9100" and "--insecure" in node
     tls = supernode_command("link:9093", tmp_path, 0, root_certificates=tmp_path / "ca.crt")
     assert "--insecure" not in tls and tls[tls.index("--root-certificates") + 1] == str(tmp_path / "ca.crt")
     with pytest.raises(ValueError, match="single quote"):
@@ -152,12 +156,13 @@ def test_superlink_and_two_supernodes_train_a_model(tmp_path: Path) -> None:
     clients_dir = scheme_dir(dataset, "natural")
     env = flower_env()
     env["FLWR_HOME"] = str(tmp_path / "flwr-home")
-    port = _free_port()
-    write_connection(f"127.0.0.1:{port}", flwr_home=tmp_path / "flwr-home")
+    port, control_port = _free_port(), _free_port()
+    write_connection(f"127.0.0.1:{control_port}", flwr_home=tmp_path / "flwr-home")  # flwr run: the Control API
     logs = tmp_path / "logs"
-    processes = [start("superlink", superlink_command(port=port), logs / "superlink.log", env)]
+    processes = [start("superlink", superlink_command(port=port, control_port=control_port), logs / "superlink.log",
+                       env)]
     with running(processes):
-        wait_for_log(processes[0], "Uvicorn running on", timeout_s=60)
+        wait_for_log(processes[0], READY, timeout_s=60)
         for k in range(2):
             node = start(f"supernode-{k}", supernode_command(f"127.0.0.1:{port}", clients_dir, k, _free_port()),
                          logs / f"supernode-{k}.log", env)
@@ -200,7 +205,7 @@ def test_tls_federation_with_bearing_federate_and_site_rejects_insecure_and_fore
 
     coordinator = start("federate", bearing(
         "federate", "--clients", "2", "--rounds", "2", "--lr", "0.01", "--batch-size", "8", "--out", str(model_dir),
-        "--port", str(port), "--ssl-ca-certfile", str(tls.ca_certfile), "--ssl-certfile", str(tls.certfile),
+        "--port", str(port), "--control-port", str(_free_port()), "--ssl-ca-certfile", str(tls.ca_certfile), "--ssl-certfile", str(tls.certfile),
         "--ssl-keyfile", str(tls.keyfile), "--logs", str(logs), "--timeout", "300",
     ), logs / "federate.log", env)
     processes = [coordinator]

@@ -8,6 +8,8 @@ Modules, one concept each:
     server_app   the ServerApp: federated scaling, R rounds, model + metrics.parquet
     simulation   run_federated (in-process Flower simulation) and the centralized baseline
     deployment   SuperLink / SuperNode / `flwr run` command lines for real sites
+    launch       the SuperLink (Fleet API on --host, Control/Runtime on 127.0.0.1) and SuperNode processes
+    guard        only bearing-fl's app runs: the app-bundle check and the guarded SuperExec
 
 Only :mod:`config` is imported here (it is light); the others import torch and flwr.
 """

@@ -1,11 +1,14 @@
 """Deployment mode: real sites run a Flower SuperNode next to their own data, the coordinator a SuperLink.
 
-Topology (Flower 1.42, everything over HTTP(S) on one SuperLink port)::
+Topology (Flower 1.42; the processes are started through :mod:`bearing_core.federated.launch`)::
 
-    coordinator:  flower-superlink --host 127.0.0.1 --port 9093 [TLS]       (bearing federate starts it)
-                  flwr run bearing_core/federated/app <connection> --run-config "out-dir='...' rounds=..."
-    site k:       flower-supernode --superlink HOST:9093 --port <local runtime port>
+    coordinator:  SuperLink  Fleet API on --host:--port (9093; TLS)            <- the sites dial this, nothing else
+                             Control + Runtime APIs on 127.0.0.1:--control-port (9095; this host only)
+                             + guarded SuperExec: runs bearing-fl's ServerApp and nothing else
+                  flwr run bearing_core/federated/app bearing --run-config "out-dir='...' rounds=..."   (to 127.0.0.1)
+    site k:       SuperNode  dials HOST:9093; its Runtime API on 127.0.0.1:<runtime port>
                       --node-config "clients-dir='/site/clients/iid' partition-id=k"      (bearing site)
+                             + guarded SuperExec: runs bearing-fl's ClientApp and nothing else
 
 The ServerApp and ClientApp are :data:`bearing_core.federated.server_app.app` and
 :data:`bearing_core.federated.client_app.app`; the Flower app directory :data:`APP_DIR` only holds their
@@ -15,13 +18,20 @@ host. Runtime dependency installation is disabled (``FLWR_DISABLE_RUNTIME_DEPEND
 
 Security:
 
-* TLS: ``flower-superlink --ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile server.key`` and
-  ``flower-supernode --root-certificates ca.crt`` (and ``root-certificates`` in the ``flwr`` connection) instead
-  of ``--insecure``. The server certificate must name the address the sites dial (SAN).
-* SuperNode authentication: ``flower-superlink --enable-supernode-auth``; each site has an ECDSA key pair,
+* Only the Fleet API faces the network. Flower's Control API has no authentication (TLS and SuperNode
+  authentication do not change that): whoever reaches it may submit a run, whose ServerApp would run on the
+  coordinator and whose ClientApp at every site. So it listens on 127.0.0.1 only, whatever ``--host`` says.
+* Only bearing-fl's app runs (:mod:`bearing_core.federated.guard`): the SuperLink and each SuperNode run with
+  ``--isolation process`` and a guarded SuperExec that checks every run's app bundle before any of its code
+  runs; a foreign run is refused at the coordinator and, should a SuperLink hand one out anyway, at each site.
+* TLS on the Fleet API: ``--ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile server.key`` on
+  the coordinator and ``--root-certificates ca.crt`` at the sites instead of ``--insecure``. The server
+  certificate must name the address the sites dial (SAN).
+* SuperNode authentication: ``--enable-supernode-auth``; each site has an ECDSA key pair,
   passes ``--auth-supernode-private-key site.key`` and the coordinator registers the site's public key
-  (``flwr supernode register site.pub <connection>``) before it may join.
-* Everything binds 127.0.0.1 by default; bind a routable address deliberately (``--host``) and only with TLS.
+  (``flwr supernode register site.pub bearing``, on the coordinator) before it may join.
+* Everything binds 127.0.0.1 by default; bind a routable Fleet address deliberately (``--host``) and only
+  with TLS (``bearing federate`` refuses ``--insecure`` on a non-loopback host without an explicit consent flag).
 
 The helpers here build the command lines and environment, manage the processes (each in its own process group,
 so a stop also ends the SuperExec / ServerApp / ClientApp children) and submit/await a run.
@@ -46,8 +56,10 @@ from bearing_core.env import configure_environment
 from bearing_core.io import write_text_atomic
 
 APP_DIR = Path(__file__).resolve().parent / "app"
-DEFAULT_HOST = "127.0.0.1"
+LOOPBACK = "127.0.0.1"
+DEFAULT_HOST = LOOPBACK
 DEFAULT_SUPERLINK_PORT = 9093
+DEFAULT_CONTROL_PORT = 9095
 DEFAULT_NODE_PORT = 9094
 CONNECTION = "bearing"
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -91,9 +103,12 @@ def superlink_command(
     tls: TlsFiles | None = None,
     enable_supernode_auth: bool = False,
     database: Path | None = None,
+    control_port: int = DEFAULT_CONTROL_PORT,
 ) -> list[str]:
-    """``flower-superlink`` serving Fleet, Control and Runtime APIs on ``host:port`` (``--insecure`` without TLS)."""
-    cmd = ["flower-superlink", "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+    """The SuperLink: Fleet API on ``host:port`` (``--insecure`` without TLS), Control and Runtime APIs on
+    ``127.0.0.1:control_port``, the guarded SuperExec (see :mod:`bearing_core.federated.launch`)."""
+    cmd = [sys.executable, "-m", "bearing_core.federated.launch", "superlink", "--fleet-host", host,
+           "--fleet-port", str(port), "--control-port", str(control_port)]
     if tls is None:
         cmd.append("--insecure")
     else:
@@ -124,9 +139,10 @@ def supernode_command(
     root_certificates: Path | None = None,
     auth_private_key: Path | None = None,
 ) -> list[str]:
-    """``flower-supernode`` for one site: dials ``superlink`` (HOST:PORT); ``--insecure`` without a CA file."""
-    cmd = ["flower-supernode", "--superlink", superlink, "--host", DEFAULT_HOST, "--port", str(runtime_port),
-           "--node-config", node_config(clients_dir, partition_id)]
+    """One site's SuperNode dialing ``superlink`` (HOST:PORT; ``--insecure`` without a CA file), its Runtime API
+    on ``127.0.0.1:runtime_port``, and the guarded SuperExec (see :mod:`bearing_core.federated.launch`)."""
+    cmd = [sys.executable, "-m", "bearing_core.federated.launch", "supernode", "--superlink", superlink,
+           "--runtime-port", str(runtime_port), "--node-config", node_config(clients_dir, partition_id)]
     cmd += ["--insecure"] if root_certificates is None else ["--root-certificates", str(root_certificates)]
     if auth_private_key is not None:
         cmd += ["--auth-supernode-private-key", str(auth_private_key)]
@@ -152,25 +168,16 @@ def flwr_run_command(run_config: Mapping[str, Any], connection: str = CONNECTION
     return ["flwr", "run", str(app_dir), connection, "--run-config", run_config_arg(run_config), "--format", "json"]
 
 
-def write_connection(
-    address: str,
-    name: str = CONNECTION,
-    root_certificates: Path | None = None,
-    flwr_home: Path | None = None,
-) -> Path:
-    """Add/replace ``[superlink.<name>]`` in ``$FLWR_HOME/config.toml`` (what ``flwr run <name>`` dials)."""
+def write_connection(address: str, name: str = CONNECTION, flwr_home: Path | None = None) -> Path:
+    """Add/replace ``[superlink.<name>]`` in ``$FLWR_HOME/config.toml`` (what ``flwr run <name>`` dials): the
+    SuperLink's Control API at ``address``, plain HTTP because it listens on 127.0.0.1 only."""
     import tomli_w  # a flwr dependency
 
     home = Path(flwr_home or os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
     path = home / "config.toml"
     config: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     links = config.setdefault("superlink", {})
-    entry: dict[str, Any] = {"address": address}
-    if root_certificates is None:
-        entry["insecure"] = True
-    else:
-        entry["root-certificates"] = str(Path(root_certificates).resolve())
-    links[name] = entry
+    links[name] = {"address": address, "insecure": True}
     links.setdefault("default", name)
     write_text_atomic(path, tomli_w.dumps(config))
     return path
