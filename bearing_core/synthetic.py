@@ -385,11 +385,7 @@ def _plan_acquisition(
     steps = np.where(np.arange(1, n) < n_first, first_s, then_s).astype(np.int64)  # steps[i - 1]: file i-1 -> i
 
     n_stops = round(n / _FILES_PER_RESTART * float(rng.uniform(0.7, 1.3)))
-    lo, hi = math.ceil(0.08 * n), math.floor(0.95 * n)
-    n_stops = min(n_stops, max(0, (hi - lo) // 4))
-    edges = np.linspace(lo, hi, n_stops + 1)
-    restarts = sorted({int(rng.integers(math.ceil(a), max(math.ceil(a) + 1, math.floor(b)))) for a, b in
-                       zip(edges[:-1], edges[1:])})
+    restarts = _one_in_each_part(rng, math.ceil(0.08 * n), math.floor(0.95 * n), n_stops, min_part=4, margin=0.0)
     if restarts:
         span_s = n / 150 * float(rng.uniform(*_SPAN_DAYS_PER_150_FILES)) * 86400
         minimum = _MIN_STOP_HOURS * 3600
@@ -412,6 +408,24 @@ def _plan_acquisition(
             )
         )
     return runs
+
+
+def _one_in_each_part(
+    rng: np.random.Generator, lo: int, hi: int, count: int, min_part: int, margin: float
+) -> list[int]:
+    """``count`` sorted indices in ``[lo, hi)``, one drawn in each of ``count`` equal parts (at most one per
+    ``min_part`` indices), away from the parts' edges by ``margin`` of their width: spread, never adjacent."""
+    count = min(count, max(0, (hi - lo) // min_part))
+    edges = np.linspace(lo, hi, count + 1)
+    picks = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        first = math.ceil(a + margin * (b - a))
+        picks.append(int(rng.integers(first, max(first + 1, math.floor(b - margin * (b - a))))))
+    return picks
+
+
+def _midpoint(a: datetime, b: datetime) -> datetime:
+    return a + timedelta(seconds=int((b - a).total_seconds()) // 2)
 
 
 def _run_timestamps(acquisition: Sequence[AcquisitionRun]) -> list[datetime]:
@@ -475,25 +489,27 @@ def _plan_nuisances(
             )
 
     n_bursts = round(n / _FILES_PER_BURST * float(rng.uniform(0.8, 1.4)))
-    lo, hi = math.ceil(0.05 * n), math.floor(0.95 * n)
-    n_bursts = min(n_bursts, max(0, (hi - lo) // 8))
-    edges = np.linspace(lo, hi, n_bursts + 1)
     healthy = [b for b in range(4) if b != faulty_bearing]
-    for a, b in zip(edges[:-1], edges[1:]):
-        width = b - a
-        anchor = int(rng.integers(math.ceil(a + 0.2 * width), max(math.ceil(a + 0.2 * width) + 1, math.floor(b - 0.2 * width))))
+    anchors = _one_in_each_part(rng, math.ceil(0.05 * n), math.floor(0.95 * n), n_bursts, min_part=8, margin=0.2)
+    times = [stamps[a] for a in anchors]
+    for k, anchor in enumerate(times):  # each burst covers its anchor file and stays clear of its neighbours'
         bearing = healthy[int(rng.integers(len(healthy)))]
         channels = of_bearing[bearing]
         if sensors == 2 and rng.random() < 0.5:
             channels = [channels[int(rng.integers(2))]]
-        minutes = float(np.exp(rng.uniform(*np.log(_BURST_MINUTES))))
-        start = stamps[anchor] - timedelta(seconds=round(float(rng.uniform(0.0, 0.5)) * minutes * 60))
+        seconds = round(float(np.exp(rng.uniform(*np.log(_BURST_MINUTES)))) * 60)
+        start = anchor - timedelta(seconds=round(float(rng.uniform(0.0, 0.5)) * seconds))
+        if k > 0:  # after the midpoint (whole seconds) between the previous anchor and this one
+            start = max(start, _midpoint(times[k - 1], anchor) + timedelta(seconds=1))
+        end = start + timedelta(seconds=seconds)
+        if k + 1 < len(times):
+            end = min(end, _midpoint(anchor, times[k + 1]))
         nuisances.append(
             Nuisance(
                 kind="burst",
                 channels=channels,
                 start=start,
-                end=start + timedelta(seconds=round(minutes * 60)),
+                end=end,
                 factor=round(float(rng.uniform(*_BURST_FACTOR)), 3),
             )
         )
@@ -605,7 +621,8 @@ def nuisance_factors(truth: GroundTruth, site: str, indices: Sequence[int]) -> n
             assert event.settle_hours is not None
             start_hours = hours[np.searchsorted(all_seconds, start)]
             since = hours[indices] - start_hours
-            value = np.where(since >= 0, 1.0 + (event.factor - 1.0) * np.exp(-np.maximum(since, 0) / event.settle_hours), 1.0)
+            decay = np.exp(-np.maximum(since, 0.0) / event.settle_hours)
+            value = np.where(since >= 0, 1.0 + (event.factor - 1.0) * decay, 1.0)
         factors[:, columns] *= value[:, np.newaxis]
     return factors
 
