@@ -22,17 +22,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description=(
             "Write IMS-format raw snapshot files for several sites (OUT/site_<k>/YYYY.MM.DD.hh.mm.ss: 20,480 "
             "tab-separated lines, 3 decimals, in g) and OUT/ground_truth.json. Sites differ in load, gain, noise "
-            "and resonance; on all but at least one healthy site, one bearing develops an outer- or inner-race "
-            "defect from an onset (~60% of the files) that grows until the last file. Same arguments and seed "
-            "give byte-identical files."
+            "and resonance, and show what real IMS runs show: 3-5 days per 150 files with stops of hours, a change "
+            "of acquisition interval (site_1: 5 min for its first hours, then 10 min, like the IMS 1st test), "
+            "run-in drift of healthy bearings, a louder cold start after each stop, and short bursts on one healthy "
+            "bearing or accelerometer (listed in the ground truth as non-defects). On all but at least one healthy "
+            "site, one bearing develops an outer- or inner-race defect from an onset (~60% of the files) that grows "
+            "until the last file. Same arguments and seed give byte-identical files."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=Path("data/raw/demo"), help="output directory")
     parser.add_argument("--sites", type=int, default=4, help="number of sites (one folder each)")
-    parser.add_argument("--files", type=int, default=120, help="snapshot files per site (10 minutes apart)")
+    parser.add_argument("--files", type=int, default=150, help="snapshot files per site")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--channels", type=int, choices=(4, 8), default=8, help="channels per file")
+    parser.add_argument(
+        "--channels",
+        type=int,
+        choices=(4, 8),
+        default=8,
+        help="channels per file: 8 = the IMS 1st test (B1_a..B4_b, two accelerometers a bearing), 4 = the 2nd and "
+        "3rd tests (B1..B4)",
+    )
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="parallel writer processes (same output)"
     )
@@ -87,12 +97,25 @@ def run(args: argparse.Namespace) -> int:
         f"{config.n_samples:,} samples, seed {config.seed}) to {out} in {elapsed:.1f} s"
     )
     for site, site_truth in truth.sites.items():
+        stamps = truth.timestamps(site)
+        intervals = " then ".join(dict.fromkeys(f"{run.interval_minutes:g}" for run in site_truth.acquisition))
+        kinds = [event.kind for event in site_truth.nuisances]
+        stops = sum(run.after_stop for run in site_truth.acquisition)
+        timeline = (
+            f"{site_truth.n_files} files over {(stamps[-1] - stamps[0]).total_seconds() / 86400:.1f} days, every "
+            f"{intervals} min, {_count(stops, 'stop')}, {_count(kinds.count('burst'), 'burst')}"
+        )
         if site_truth.faulty:
             print(
-                f"  {site}: {site_truth.defect} defect on {site_truth.bearing} from {site_truth.onset:%Y-%m-%d %H:%M:%S}"
-                f" (file #{site_truth.onset_index}) to failure at {site_truth.failure:%Y-%m-%d %H:%M:%S}"
+                f"  {site}: {timeline}; {site_truth.defect} defect on {site_truth.bearing} from "
+                f"{site_truth.onset:%Y-%m-%d %H:%M:%S} (file #{site_truth.onset_index}) to failure at "
+                f"{site_truth.failure:%Y-%m-%d %H:%M:%S}"
             )
         else:
-            print(f"  {site}: healthy")
+            print(f"  {site}: {timeline}; healthy")
     print(f"ground truth: {out / GROUND_TRUTH_FILE}")
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")

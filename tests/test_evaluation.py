@@ -74,14 +74,17 @@ def test_evaluate_against_ground_truth_per_site() -> None:
     faulty = truth.sites["site_1"]
     assert faulty.faulty and not truth.sites["site_2"].faulty
     onset_i = faulty.onset_index
-    site_1 = _scores([0] * onset_i + [1] * (20 - onset_i), "site_1", start=faulty.first_file)
-    site_2 = _scores([0, 0, 1, 1, 1] + [0] * 15, "site_2", start=truth.sites["site_2"].first_file)
+    site_1 = _scores([0] * onset_i + [1] * (20 - onset_i), "site_1")
+    site_2 = _scores([0, 0, 1, 1, 1] + [0] * 15, "site_2")
+    for df, site in ((site_1, "site_1"), (site_2, "site_2")):  # the demo's own (irregular) acquisition times
+        df["timestamp"] = pd.to_datetime(truth.timestamps(site)).astype("datetime64[us]")
     table = evaluate_against_ground_truth(pd.concat([site_1, site_2]), truth).set_index("site")
     row = table.loc["site_1"]
+    alarm = truth.timestamps("site_1")[onset_i + 2]  # 3-of-3 debounce: the third anomalous snapshot
     assert row["detected_after_onset"] and row["false_alarm_snapshots"] == 0
-    assert row["first_alarm"] == faulty.onset + 2 * HOUR
-    assert row["delay_after_onset_hours"] == 2.0
-    assert row["lead_time_hours"] == (faulty.failure - faulty.onset).total_seconds() / 3600 - 2
+    assert row["first_alarm"] == alarm and faulty.onset == truth.timestamps("site_1")[onset_i]
+    assert row["delay_after_onset_hours"] == (alarm - faulty.onset).total_seconds() / 3600
+    assert row["lead_time_hours"] == (faulty.failure - alarm).total_seconds() / 3600
     assert row["correct_bearing"] == (faulty.bearing == "B3")
     assert table.loc["site_2", "false_alarm_snapshots"] == 1 and not table.loc["site_2", "detected_after_onset"]
 

@@ -11,6 +11,7 @@ import contextvars
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -166,7 +167,8 @@ def test_end_to_end_outputs_report_and_artifacts(overlapping, project: Path) -> 
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=sorted(keys))))
     assert {a.key for a in artifacts} == keys
     report = next(a for a in artifacts if a.key == "report-demo")
-    assert report.type == "markdown" and "Validation PASSED: data/processed/demo" in report.data
+    # the demo stops for hours between runs, like the real IMS tests: at most the timeline-gap warning
+    assert report.type == "markdown" and re.search(r"Validation PASSED( with warnings)?: data/processed/demo", report.data)
     for artifact in artifacts:  # no absolute machine paths in what the UI shows
         assert str(project) not in f"{artifact.data} {artifact.description}", artifact.key
     alarms = next(a for a in artifacts if a.key == "alarms-demo")

@@ -1,11 +1,14 @@
-"""bearing_core.synthetic and `bearing demo-data`: IMS format, determinism, ground truth, visible faults."""
+"""bearing_core.synthetic and `bearing demo-data`: IMS format, determinism, ground truth, visible faults, and the
+nuisances of real IMS runs (days with stops, interval change, run-in, cold restarts, bursts, site gains) measured in
+the per-file mean|x| that the project's own reader and features compute from the written files."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import re
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,8 @@ import pytest
 from pydantic import ValidationError
 
 from bearing_core.config import IMS_CHANNELS_4, IMS_CHANNELS_8, RigConfig
-from bearing_core.features import FEATURES, compute_features
+from bearing_core.features import FEATURES, compute_features, compute_features_batch
+from bearing_core.ims_reader import parse_snapshot_time, read_ims_file
 from bearing_core.synthetic import (
     GROUND_TRUTH_FILE,
     DemoConfig,
@@ -21,6 +25,7 @@ from bearing_core.synthetic import (
     format_ims,
     generate_demo,
     load_ground_truth,
+    nuisance_factors,
     plan_ground_truth,
     synthesize_snapshots,
 )
@@ -103,7 +108,9 @@ def test_ground_truth_matches_files(demo: tuple[Path, GroundTruth]) -> None:
         names = sorted(p.name for p in (out / site).iterdir())
         stamps = [datetime.strptime(n, "%Y.%m.%d.%H.%M.%S") for n in names]
         assert stamps == truth.timestamps(site)
-        assert all((b - a).total_seconds() == 600 for a, b in zip(stamps, stamps[1:]))
+        assert sum(run.files for run in site_truth.acquisition) == N_FILES == site_truth.n_files
+        assert stamps[0] == site_truth.first_file == site_truth.acquisition[0].start
+        assert {kind for kind in (e.kind for e in site_truth.nuisances)} >= {"run_in"}
         if site_truth.faulty:
             assert site_truth.onset == stamps[site_truth.onset_index]
             assert site_truth.failure == stamps[-1]
@@ -115,6 +122,22 @@ def test_ground_truth_matches_files(demo: tuple[Path, GroundTruth]) -> None:
             assert raw["sites"][site]["failure"] is None and site_truth.channels == []
     assert truth.sites["site_1"].faulty and not truth.sites["site_2"].faulty
     assert truth.sites["site_1"].profile != truth.sites["site_2"].profile
+    # site_1 follows the IMS 1st test: every 5 minutes for its first files, then every 10
+    steps = np.diff([t.timestamp() for t in truth.timestamps("site_1")])
+    assert steps[0] == 300 and steps[-1] == 600
+
+
+def test_old_ground_truth_files_still_load() -> None:
+    """A ground_truth.json written before acquisition runs, nuisances and the new profile fields existed."""
+    truth = plan_ground_truth(DemoConfig(sites=2, files_per_site=10))
+    raw = truth.model_dump(mode="json")
+    for site in raw["sites"].values():
+        del site["acquisition"], site["nuisances"], site["profile"]["level_jitter"]
+        del site["profile"]["defect_initial_fraction"]
+    old = GroundTruth.model_validate(raw)
+    first = old.sites["site_1"].first_file
+    assert old.timestamps("site_1") == [first + timedelta(minutes=10) * i for i in range(10)]
+    assert old.running_hours("site_1")[-1] == pytest.approx(1.5)
 
 
 def test_at_least_one_site_stays_healthy_and_defects_alternate() -> None:
@@ -164,6 +187,196 @@ def test_invalid_configuration_is_rejected() -> None:
         DemoConfig(start=datetime(2004, 1, 1, tzinfo=timezone.utc))
     with pytest.raises(ValidationError, match="files_per_site"):
         DemoConfig(files_per_site=1)
+
+
+# ------------------------------------------------------------------ what real IMS runs show: the nuisances
+
+REAL_FILES, REAL_SAMPLES = 150, 8192  # the default files per site; shorter snapshots keep this fast
+QUIET = 0.01  # a file is "quiet" on a channel when the planned nuisance factors are within 1 % of 1
+
+
+@dataclass
+class Measured:
+    """One site of the realistic demo, as the project's reader and features see it."""
+
+    stamps: list[datetime]
+    mean_abs: np.ndarray  # (files, channels), mean|x| of each written file
+    level: np.ndarray  # mean_abs / the channel's undisturbed healthy level
+    planned: np.ndarray  # nuisance_factors (ground truth), (files, channels)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[GroundTruth, dict[str, Measured]]:
+    """The default demo (4 sites x 150 files, seed 3) with 8,192-sample snapshots, read back file by file."""
+    out = tmp_path_factory.mktemp("real")
+    truth = generate_demo(out, files_per_site=REAL_FILES, seed=3, n_samples=REAL_SAMPLES)
+    measured = {}
+    for site, site_truth in truth.sites.items():
+        snapshots = [read_ims_file(p, expected_samples=REAL_SAMPLES) for p in sorted((out / site).iterdir())]
+        mean_abs = np.concatenate([
+            compute_features_batch(np.stack([s.data for s in snapshots[i : i + 32]]), RIG)[:, :, IDX["mean_abs"]]
+            for i in range(0, len(snapshots), 32)
+        ])
+        planned = nuisance_factors(truth, site, range(len(snapshots)))
+        healthy = slice(site_truth.onset_index)  # before the defect (None: every file)
+        base = np.median(mean_abs[healthy] / planned[healthy], axis=0)  # the undisturbed level, fitted
+        measured[site] = Measured([s.timestamp for s in snapshots], mean_abs, mean_abs / base, planned)
+    return truth, measured
+
+
+def test_several_days_per_site_with_stops_and_interval_changes(
+    real: tuple[GroundTruth, dict[str, Measured]],
+) -> None:
+    truth, measured = real
+    intervals = set()
+    for site, site_truth in truth.sites.items():
+        stamps = measured[site].stamps  # parsed from the file names by the reader
+        assert stamps == truth.timestamps(site) and len(stamps) == REAL_FILES
+        assert 3.0 <= (stamps[-1] - stamps[0]).total_seconds() / 86400 <= 5.0
+        steps = np.diff([t.timestamp() for t in stamps]) / 60
+        gaps = np.flatnonzero(steps >= 60)  # stops: an hour or more without a file
+        restarts = sorted({e.start for e in site_truth.nuisances if e.kind == "restart"})
+        assert len(gaps) >= 2 and [stamps[i + 1] for i in gaps] == restarts
+        assert all(e.stopped_at == stamps[stamps.index(e.start) - 1] for e in site_truth.nuisances if e.kind == "restart")
+        regular = steps[steps < 60]
+        intervals |= set(np.unique(regular))
+        if site == "site_1":  # the IMS 1st test: every 5 minutes for the first hours, then every 10
+            change = int(np.argmax(regular != 5))
+            assert set(regular[:change]) == {5} and set(regular[change:]) == {10} and change >= 20
+    assert len(intervals) >= 3  # the other sites take files at other intervals
+
+
+def healthy_files(truth: GroundTruth, site: str) -> np.ndarray:
+    """Indices of ``site``'s files before its defect onset (all files on a healthy site)."""
+    return np.arange(truth.sites[site].onset_index or truth.sites[site].n_files)
+
+
+def test_run_in_drift_is_several_percent_and_settles(real: tuple[GroundTruth, dict[str, Measured]]) -> None:
+    truth, measured = real
+    signs = set()
+    for site, site_truth in truth.sites.items():
+        m = measured[site]
+        hours = truth.running_hours(site)[healthy_files(truth, site)]
+        for event in (e for e in site_truth.nuisances if e.kind == "run_in"):
+            columns = [truth.channels.index(c) for c in event.channels]
+            assert 0.03 <= abs(event.factor - 1) <= 0.09 and event.start == m.stamps[0]
+            np.testing.assert_allclose(m.planned[0, columns], event.factor)  # no other nuisance at the start
+            start = m.level[:4, columns].mean()  # the first four files
+            assert start == pytest.approx(m.planned[:4, columns].mean(), abs=0.02)
+            quiet = np.all(np.abs(m.planned[: len(hours), columns] - 1) < QUIET, axis=1)
+            settled = np.median(m.level[: len(hours)][(hours > 3 * event.settle_hours) & quiet][:, columns])
+            assert settled == pytest.approx(1.0, abs=0.012)  # settled (no file at all would give NaN)
+            assert abs(start - settled) >= 0.01 and np.sign(start - settled) == np.sign(event.factor - 1)
+            signs.add(np.sign(event.factor - 1))
+    assert signs == {-1.0, 1.0}  # some bearings run in louder, others quieter
+
+
+def test_restart_after_a_stop_is_louder_for_hours_then_settles(real: tuple[GroundTruth, dict[str, Measured]]) -> None:
+    """At the first file after a stop the bearing is louder by the ground truth's factor (measured against what
+    the other nuisances planned), a few per cent; 4 settle times later that excess is gone."""
+    truth, measured = real
+    shifts, later, one_bearing = [], [], 0
+    for site, site_truth in truth.sites.items():
+        m = measured[site]
+        healthy = len(healthy_files(truth, site))
+        hours = truth.running_hours(site)
+        restarts = [e for e in site_truth.nuisances if e.kind == "restart"]
+        for start in sorted({e.start for e in restarts}):
+            events = [e for e in restarts if e.start == start]
+            i = m.stamps.index(start)
+            assert (start - m.stamps[i - 1]).total_seconds() >= 3600 and events[0].stopped_at == m.stamps[i - 1]
+            if i >= healthy:
+                continue  # the defect changes the level too
+            one_bearing += len(events) == 1
+            for event in events:
+                columns = [truth.channels.index(c) for c in event.channels]
+                assert 1.01 <= event.factor <= 1.07 and 1 <= event.settle_hours <= 4
+                excess = 1 + (event.factor - 1) * np.exp(-(hours - hours[i]) / event.settle_hours)  # this event
+                others = m.planned[:, columns] / excess[:, np.newaxis]
+                shift = (m.level[i, columns] / others[i]).mean() - 1
+                assert shift == pytest.approx(event.factor - 1, abs=0.025)
+                shifts.append(shift)
+                after = np.flatnonzero((hours >= hours[i] + 4 * event.settle_hours) & (np.arange(len(hours)) > i))
+                if len(after) and after[0] < healthy:
+                    later.append((m.level[after[0], columns] / others[after[0]]).mean() - 1)
+            if len(events) == 1:  # the other bearings are not louder
+                rest = [c for c in range(len(truth.channels)) if truth.channels[c] not in events[0].channels]
+                np.testing.assert_allclose(m.level[i, rest], m.planned[i, rest], atol=0.04)
+    assert len(shifts) >= 8 and one_bearing >= 1
+    assert np.mean(shifts) >= 0.025  # a few per cent louder at the restart ...
+    assert len(later) >= 4 and abs(np.mean(later)) < 0.01  # ... gone a few hours later
+
+
+def test_bursts_hit_one_healthy_bearing_or_channel_at_a_time(real: tuple[GroundTruth, dict[str, Measured]]) -> None:
+    truth, measured = real
+    n_bursts = 0
+    for site, site_truth in truth.sites.items():
+        m = measured[site]
+        healthy = len(healthy_files(truth, site))
+        bursts = sorted((e for e in site_truth.nuisances if e.kind == "burst"), key=lambda e: e.start)
+        assert len(bursts) >= 2
+        for event, following in zip(bursts, [*bursts[1:], None]):
+            assert event.end is not None and 3 <= (event.end - event.start).total_seconds() / 60 <= 60
+            assert following is None or following.start > event.end  # one at a time
+            assert len({c.split("_")[0] for c in event.channels}) == 1  # one bearing (or one of its sensors)
+            assert event.channels[0].split("_")[0] != site_truth.bearing  # a healthy bearing
+            files = [i for i, t in enumerate(m.stamps) if event.start <= t < event.end]
+            assert files  # each burst is seen by at least one file
+            columns = [truth.channels.index(c) for c in event.channels]
+            assert 2.0 <= event.factor <= 5.0
+            others = m.planned[np.ix_(files, columns)] / event.factor  # run-in, restart still there
+            ratio = m.level[np.ix_(files, columns)] / others
+            np.testing.assert_allclose(ratio[np.array(files) < healthy], event.factor, rtol=0.06)
+            assert np.all(ratio > 0.94 * event.factor)  # after the onset, a neighbour's defect can add to it
+            rest = [c for c in range(len(truth.channels)) if c not in columns]
+            before_onset = [i for i in files if i < healthy]
+            assert np.all(m.level[np.ix_(before_onset, rest)] < 1.2)  # nothing else bursts at the same time
+            n_bursts += 1
+    assert n_bursts >= 8
+
+
+def test_sites_differ_in_gain_and_noise(real: tuple[GroundTruth, dict[str, Measured]]) -> None:
+    truth, measured = real
+    levels = {site: np.median(m.mean_abs / m.planned, axis=0).mean() for site, m in measured.items()}
+    assert max(levels.values()) / min(levels.values()) > 1.3
+    profiles = [plan_ground_truth(DemoConfig(seed=seed)).sites[s].profile for seed in range(5) for s in truth.sites]
+    gains = [p.gain for p in profiles]
+    assert min(gains) >= 0.7 and max(gains) <= 1.5 and max(gains) / min(gains) > 1.6
+    noises = [p.noise_g for p in profiles]
+    assert max(noises) / min(noises) > 1.4
+
+
+def test_defect_grows_slowly_then_fast_to_several_fold(real: tuple[GroundTruth, dict[str, Measured]]) -> None:
+    truth, measured = real
+    faulty = {site: t for site, t in truth.sites.items() if t.faulty}
+    assert len(faulty) == 3 and not truth.sites["site_4"].faulty
+    for site, site_truth in faulty.items():
+        m = measured[site]
+        columns = [truth.channels.index(c) for c in site_truth.channels]
+        level = (m.level / m.planned)[:, columns[0]]  # the faulty bearing's first sensor, nuisances divided out
+        hours = truth.running_hours(site)
+        onset = site_truth.onset_index
+        assert site_truth.failure == m.stamps[-1] and site_truth.onset == m.stamps[onset]
+        middle = onset + int(np.searchsorted(hours[onset:], (hours[onset] + hours[-1]) / 2))
+        first_half, second_half = level[middle] - level[onset], level[-1] - level[middle]
+        assert level[-1] >= 2.5  # several-fold at failure
+        assert 0 <= first_half < 0.3 * second_half  # slowly at first, then faster
+    subtle = [s for s, t in faulty.items() if t.profile.defect_initial_fraction < 0.05]
+    assert subtle  # some defects are barely visible at onset: mean|x| within a few per cent
+    for site in subtle:
+        onset = faulty[site].onset_index
+        column = truth.channels.index(faulty[site].channels[0])
+        assert measured[site].level[onset : onset + 3, column].mean() / measured[site].planned[onset, column] < 1.05
+
+
+def test_other_seeds_move_every_event() -> None:
+    a, b = (plan_ground_truth(DemoConfig(seed=seed)) for seed in (0, 1))
+    for site in a.sites:
+        times = [{(e.kind, e.start) for e in t.sites[site].nuisances if e.kind != "run_in"} for t in (a, b)]
+        assert times[0] and times[1] and not times[0] & times[1]
+        assert a.timestamps(site) != b.timestamps(site)
+    assert [t.onset for t in a.sites.values()] != [t.onset for t in b.sites.values()]
+    assert plan_ground_truth(DemoConfig(seed=0)) == a  # and the same seed gives the same plan
 
 
 def run_cli(*argv: str) -> int:
