@@ -22,7 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("federate", help=HELP, description=DESCRIPTION)
     parser.add_argument("--clients", type=int, required=True, help="sites expected in the federation")
     add_training_arguments(parser)
-    parser.add_argument("--out", dest="model_dir", type=Path, required=True, help="model directory")
+    parser.add_argument(
+        "--out", dest="model_dir", type=Path, required=True,
+        help="model directory: new, empty or an earlier model (anything else is refused)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="SuperLink bind address (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=9093, help="SuperLink port (default: 9093)")
     security = parser.add_mutually_exclusive_group(required=True)
@@ -53,9 +56,12 @@ def run(args: argparse.Namespace) -> int:
     )
     from bearing_core.federated.server_app import METRICS_FILE
     from bearing_core.federated.simulation import GLOBAL
+    from bearing_core.io import check_output_dir
+    from bearing_core.model_io import MODEL_KIND
     from cli.train_cmd import federated_config, print_table, validation_message
 
     try:
+        check_output_dir(args.model_dir, MODEL_KIND)  # before the SuperLink: the model is saved hours later
         cfg = federated_config(args)
         tls = None if args.insecure else TlsFiles(args.ssl_ca_certfile, args.ssl_certfile, args.ssl_keyfile)
         cmd = superlink_command(args.host, args.port, tls, args.enable_supernode_auth)

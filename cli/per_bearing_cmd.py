@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cli.dataset_lock import add_lock_timeout_argument, dataset_lock, report_lock_timeout
 from cli.train_cmd import add_holdout_argument
 
 if TYPE_CHECKING:
@@ -18,7 +21,9 @@ Read the processed dataset DATASET_DIR (bearing ingest, or bearing import-featur
 (snapshot, bearing), site <site>/<bearing>, inputs <axis>_<feature> (a_mean_abs, b_mean_abs on 8-channel IMS data),
 each bearing standardised by the moments of its own healthy training rows (--train-fraction, --holdout: use the same
 values when training), optionally after a natural log (--log). Train DIR with --partition natural (one client per
-bearing) and a bottleneck narrower than the inputs (--hidden 4,1,4); an alarm's site then names the bearing."""
+bearing) and a bottleneck narrower than the inputs (--hidden 4,1,4); an alarm's site then names the bearing.
+DIR must be new, empty or an earlier per-bearing layout (anything else, the input included, is refused: exit 2);
+it is rewritten under its dataset lock (DIR/.pipeline.lock), so a pipeline run on DIR is waited for."""
 
 
 def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,9 +39,13 @@ def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("per-bearing", help=HELP, description=DESCRIPTION)
     parser.add_argument("dataset_dir", metavar="DATASET_DIR", type=Path, help="processed dataset")
-    parser.add_argument("--out", dest="out_dir", metavar="DIR", type=Path, required=True, help="output dataset dir")
+    parser.add_argument(
+        "--out", dest="out_dir", metavar="DIR", type=Path, required=True,
+        help="output dataset dir: new, empty or an earlier per-bearing layout",
+    )
     parser.add_argument("--feature", default="mean_abs", help="feature taken for each channel (default: mean_abs)")
     add_layout_arguments(parser)
+    add_lock_timeout_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -57,14 +66,42 @@ def describe(layout: PerBearingResult, log: bool) -> str:
             f"{' (ln)' if log else ''}, {layout.rows} rows -> {layout.out_dir}")
 
 
+@contextmanager
+def locked_output(out_dir: Path, kind: str, timeout_s: float, prog: str) -> Iterator[Path]:
+    """Claim ``out_dir`` for ``kind`` (:func:`bearing_core.io.claim_output_dir`: refused unless new, empty or
+    ``kind``'s earlier output), then hold its dataset lock while the block rewrites it. A directory created here is
+    removed again when the block fails before writing anything into it."""
+    from bearing_core.io import OUTPUT_MARKER, claim_output_dir
+    from bearing_core.locking import PIPELINE_LOCK_FILE
+
+    created = not out_dir.exists()
+    claim_output_dir(out_dir, kind)  # marked before the lock file is created in it
+    try:
+        with dataset_lock(out_dir, timeout_s, prog) as lock:
+            yield lock
+    except BaseException:
+        if created and {p.name for p in out_dir.iterdir()} <= {OUTPUT_MARKER, PIPELINE_LOCK_FILE}:
+            for name in (OUTPUT_MARKER, PIPELINE_LOCK_FILE):
+                (out_dir / name).unlink(missing_ok=True)
+            with suppress(OSError):
+                out_dir.rmdir()
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 on success, 2 on a missing or unsuitable dataset or bad options."""
+    """Exit 0 on success, 2 on a missing or unsuitable dataset, a refused --out or bad options, 3 when DIR stayed
+    locked by another run for ``--lock-timeout`` seconds."""
     from pydantic import ValidationError
 
+    from bearing_core.locking import LockTimeout
+    from bearing_core.per_bearing import OUTPUT_KIND
     from cli.train_cmd import validation_message
 
     try:
-        layout = write_layout(args.dataset_dir, args)
+        with locked_output(args.out_dir, OUTPUT_KIND, args.lock_timeout_s, "bearing per-bearing"):
+            layout = write_layout(args.dataset_dir, args)
+    except LockTimeout as exc:
+        return report_lock_timeout(exc, "bearing per-bearing")
     except (FileNotFoundError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         message = validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
         print(f"bearing per-bearing: error: {message}", file=sys.stderr)
