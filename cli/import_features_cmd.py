@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli.dataset_lock import add_lock_timeout_argument, report_lock_timeout
-from cli.per_bearing_cmd import add_layout_arguments, describe, locked_output, write_layout
+from cli.dataset_lock import add_lock_timeout_argument, claimed_output_lock, report_lock_timeout
+from cli.per_bearing_cmd import add_layout_arguments, describe, write_layout
 
 if TYPE_CHECKING:
     from bearing_core.features_import import ImportResult
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     kind = per_bearing.OUTPUT_KIND if args.per_bearing else features_import.OUTPUT_KIND
     try:
-        with locked_output(args.out_dir, kind, args.lock_timeout_s, "bearing import-features"):
+        with claimed_output_lock(args.out_dir, kind, args.lock_timeout_s, "bearing import-features"):
             if not args.per_bearing:
                 result, layout = import_features(args.table, args.out_dir, site=args.site, feature=args.feature), None
             else:

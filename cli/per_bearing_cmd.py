@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli.dataset_lock import add_lock_timeout_argument, dataset_lock, report_lock_timeout
+from cli.dataset_lock import add_lock_timeout_argument, claimed_output_lock, report_lock_timeout
 from cli.train_cmd import add_holdout_argument
 
 if TYPE_CHECKING:
@@ -66,28 +64,6 @@ def describe(layout: PerBearingResult, log: bool) -> str:
             f"{' (ln)' if log else ''}, {layout.rows} rows -> {layout.out_dir}")
 
 
-@contextmanager
-def locked_output(out_dir: Path, kind: str, timeout_s: float, prog: str) -> Iterator[Path]:
-    """Claim ``out_dir`` for ``kind`` (:func:`bearing_core.io.claim_output_dir`: refused unless new, empty or
-    ``kind``'s earlier output), then hold its dataset lock while the block rewrites it. A directory created here is
-    removed again when the block fails before writing anything into it."""
-    from bearing_core.io import OUTPUT_MARKER, claim_output_dir
-    from bearing_core.locking import PIPELINE_LOCK_FILE
-
-    created = not out_dir.exists()
-    claim_output_dir(out_dir, kind)  # marked before the lock file is created in it
-    try:
-        with dataset_lock(out_dir, timeout_s, prog) as lock:
-            yield lock
-    except BaseException:
-        if created and {p.name for p in out_dir.iterdir()} <= {OUTPUT_MARKER, PIPELINE_LOCK_FILE}:
-            for name in (OUTPUT_MARKER, PIPELINE_LOCK_FILE):
-                (out_dir / name).unlink(missing_ok=True)
-            with suppress(OSError):
-                out_dir.rmdir()
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     """Exit 0 on success, 2 on a missing or unsuitable dataset, a refused --out or bad options, 3 when DIR stayed
     locked by another run for ``--lock-timeout`` seconds."""
@@ -98,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from cli.train_cmd import validation_message
 
     try:
-        with locked_output(args.out_dir, OUTPUT_KIND, args.lock_timeout_s, "bearing per-bearing"):
+        with claimed_output_lock(args.out_dir, OUTPUT_KIND, args.lock_timeout_s, "bearing per-bearing"):
             layout = write_layout(args.dataset_dir, args)
     except LockTimeout as exc:
         return report_lock_timeout(exc, "bearing per-bearing")
