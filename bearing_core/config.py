@@ -79,6 +79,11 @@ class IngestConfig(_Model):
     )
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="Parallel worker processes")
     batch_size: int = Field(32, ge=1, description="Files per worker task (amortises per-task overhead)")
+    follow_symlinks: bool = Field(
+        False,
+        description="Follow symlinks wherever they point (DVC-style raw folders linking into a cache); default: only "
+        "links into raw_dir are read. Each link is resolved once and its target recorded in manifest.parquet",
+    )
     rig: RigConfig = Field(default_factory=RigConfig)
 
     @field_validator("channels")

@@ -35,10 +35,12 @@ from bearing_core.inputs import (
     META_COLUMNS,
     QUARANTINE_FILE,
 )
-from bearing_core.io import write_json_atomic, write_parquet_atomic
+from bearing_core.io import claim_output_dir, write_json_atomic, write_parquet_atomic
 from bearing_core.synthetic import TIMESTAMP_FORMAT
 
 QUARANTINE_SCHEMA = pa.schema([("file", pa.string()), ("reason", pa.string()), ("stage", pa.string())])
+OUTPUT_KIND = "features-only dataset"
+"""Kind of output (:data:`bearing_core.io.OUTPUT_MARKER`) of :func:`import_features`."""
 
 
 @dataclass
@@ -102,12 +104,17 @@ def read_feature_table(table_path: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def write_features_only_dataset(
-    out_dir: Path, features: pd.DataFrame, value_columns: list[str], meta: dict[str, Any]
+    out_dir: Path, features: pd.DataFrame, value_columns: list[str], meta: dict[str, Any], kind: str = OUTPUT_KIND
 ) -> None:
     """Write a features-only processed dataset: ``features.parquet`` (timestamp[us], file, site, path, then
     ``value_columns`` as float64), an empty ``quarantine.parquet`` and ``dataset.json`` = ``meta`` plus ``name`` (the
     directory's) and ``features_only: true``. Atomic, ``dataset.json`` last (readers treat it as the completion mark).
+
+    ``out_dir`` must be absent, empty or this ``kind``'s earlier output (:func:`bearing_core.io.claim_output_dir`;
+    :class:`bearing_core.io.OutputDirRefused` otherwise): an ingested dataset or any other folder is never
+    overwritten. Callers outside a pipeline run hold the dataset's lock (``cli.dataset_lock``).
     """
+    claim_output_dir(out_dir, kind)
     schema = pa.schema(
         [("timestamp", pa.timestamp("us")), ("file", pa.string()), ("site", pa.string()), ("path", pa.string())]
         + [(c, pa.float64()) for c in value_columns]

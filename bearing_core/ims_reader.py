@@ -33,6 +33,8 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -101,33 +103,79 @@ def parse_snapshot_time(name: str) -> datetime:
         raise IMSFormatError(f"name is not a valid timestamp YYYY.MM.DD.hh.mm.ss: {exc}") from None
 
 
-def read_raw_bytes(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of ``path``, refusing directories, unreadable files and files over ``max_bytes``.
+def read_raw_bytes(
+    path: str | os.PathLike[str],
+    max_bytes: int = MAX_FILE_BYTES,
+    *,
+    check_opened: Callable[[str], str | None] | None = None,
+) -> bytes:
+    """The bytes of ``path``, refusing directories, non-regular files, unreadable files and files over ``max_bytes``.
 
     The size is checked before reading (and the read is capped), so a stray huge file cannot exhaust memory.
+    ``check_opened``, when given, receives the real path of the file actually opened (:func:`opened_path`, taken
+    from the open descriptor, not from ``path``) and returns a reason to refuse it, or None: a symlink swapped
+    between a caller's check and this open cannot redirect the read. The open never blocks (``O_NONBLOCK``: a
+    FIFO planted in place of a file is refused, not waited on).
     """
-    path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size > max_bytes:
-                raise IMSFormatError(f"file too large: {size} bytes, limit {max_bytes}")
-            # size + 1, not max_bytes + 1: FileIO.read(n) first allocates n bytes (~0.5 ms per file for 64 MB).
-            # The extra byte reveals a file that grew since fstat; its remainder is then read up to the cap.
-            data = fh.read(size + 1)
-            if len(data) > size:
-                data += fh.read(max_bytes + 1 - len(data))
-    except IsADirectoryError:
-        raise IMSFormatError("is a directory, expected a snapshot file") from None
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except PermissionError:
         raise IMSFormatError("unreadable: permission denied") from None
+    except OSError as exc:
+        raise IMSFormatError(f"unreadable: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IMSFormatError("is a directory, expected a snapshot file")
+        if not stat.S_ISREG(st.st_mode):
+            raise IMSFormatError("not a regular file")
+        if check_opened is not None:
+            refused = check_opened(opened_path(fd, path, st))
+            if refused:
+                raise IMSFormatError(refused)
+        size = st.st_size
+        if size > max_bytes:
+            raise IMSFormatError(f"file too large: {size} bytes, limit {max_bytes}")
+        # size + 1, not max_bytes + 1: read(n) first allocates n bytes (~0.5 ms per file for 64 MB).
+        # The extra byte reveals a file that grew since fstat; its remainder is then read up to the cap.
+        data = os.read(fd, size + 1)
+        if len(data) > size:
+            data += os.read(fd, max_bytes + 1 - len(data))
     except OSError as exc:
         if exc.errno == errno.EISDIR:
             raise IMSFormatError("is a directory, expected a snapshot file") from None
         raise IMSFormatError(f"unreadable: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         raise IMSFormatError(f"file too large: more than {max_bytes} bytes")
     return data
+
+
+_DELETED_SUFFIX = " (deleted)"
+
+
+def opened_path(fd: int, path: str | os.PathLike[str], st: os.stat_result) -> str:
+    """The real path of the file open on ``fd`` (opened from ``path``, ``st`` = its ``fstat``).
+
+    On Linux one ``readlink`` of ``/proc/self/fd/<fd>``: the kernel's path of the open file, every symlink already
+    resolved, whatever happened to ``path`` since. Elsewhere (no ``/proc``): ``os.path.realpath(path)``, accepted
+    only while it still names the open file (same device and inode), else :class:`IMSFormatError`.
+    """
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        real = os.path.realpath(path)
+        try:
+            now = os.stat(real)
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise IMSFormatError("file was replaced while being opened: not read") from None
+        return real
+    if st.st_nlink == 0 and real.endswith(_DELETED_SUFFIX):  # unlinked since the open: the kernel marks the name
+        real = real[: -len(_DELETED_SUFFIX)]
+    return real
 
 
 def parse_ims_bytes(

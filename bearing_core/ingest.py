@@ -10,12 +10,19 @@ Which files are snapshots:
     quarantined, never read.
     Two files of one site with the same timestamp: the later-sorted path is quarantined.
     Symlinks are followed only when their target lies inside RAW_DIR; a file or site folder linking outside is
-    quarantined ("symlink points outside the raw directory") and never read. Names that are not valid UTF-8
+    quarantined ("symlink points outside the raw directory") and never read. The check is made on the file
+    actually opened (its real path read from the open descriptor, :func:`bearing_core.ims_reader.opened_path`),
+    not on the path before opening, so a link swapped during the run (e.g. dangling at scan time, its target
+    created outside RAW_DIR since) is quarantined too. With ``follow_symlinks`` (DVC-style raw folders whose files
+    link into a cache elsewhere) links are followed wherever they point: each is resolved once, at scan time, the
+    resolved target is what is read (the open file must still be that target) and it is recorded in the
+    manifest's ``target`` column. Names that are not valid UTF-8
     are quarantined (shown with \\xNN escapes). Names are any Unicode (spaces, accents, CJK) except that a
     snapshot's timestamp must use ASCII digits. Nothing outside RAW_DIR is read and nothing outside OUT_DIR is
     written: a symlink planted in OUT_DIR/samples is replaced by a real directory, never written through.
 
-Incremental bookkeeping (``manifest.parquet``: path, size, mtime_ns, sha256, status, reason):
+Incremental bookkeeping (``manifest.parquet``: path, size, mtime_ns, sha256, status, reason, target = the real
+path read when it is not ``RAW_DIR/<path>`` itself, i.e. the file was reached through a symlink):
     a file whose size and mtime_ns match its manifest row is *unchanged* and not read at all; a file whose
     stat changed but whose sha256 equals the manifest's is also unchanged (content-addressed: ``touch`` does
     not re-parse); anything else is parsed again. Quarantined files are re-tried only when they change,
@@ -132,11 +139,17 @@ def _is_utf8(name: str) -> bool:
 
 
 def _escapes(entry: os.DirEntry[str], root: Path) -> bool:
-    """True for a symlink whose target exists outside ``root`` (dangling links are left to the reader)."""
+    """True for a symlink whose target exists outside ``root`` (dangling links are left to the reader, which
+    checks the file it actually opens: :func:`_opened_file_check`)."""
     if not entry.is_symlink():
         return False
     target = Path(entry.path).resolve()
     return target.exists() and not target.is_relative_to(root)
+
+
+def _is_inside(real: str, root: str) -> bool:
+    """``real`` (a canonical path) is ``root`` or lies under it."""
+    return real == root or real.startswith(root.rstrip("/") + "/")
 
 # glibc mallopt() parameters (malloc.h), see configure_worker_process.
 _M_TRIM_THRESHOLD = -1
@@ -151,6 +164,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("sha256", pa.string()),
         ("status", pa.string()),
         ("reason", pa.string()),
+        ("target", pa.string()),
     ]
 )
 
@@ -196,6 +210,9 @@ class RawFile:
     site: str
     size: int
     mtime_ns: int
+    target: str | None = None
+    """Real path of a file reached through a symlink (the file's own or its site folder's), resolved once at scan
+    time; None for a plain file."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +221,7 @@ class _Task:
     abs_path: str
     site: str
     prev_sha256: str | None
+    target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +232,9 @@ class _WorkerSettings:
     rig: RigConfig
     max_bytes: int
     use_threads: bool
+    raw_root: str
+    """RAW_DIR's canonical path: without ``follow_symlinks`` every file read must lie under it."""
+    follow_symlinks: bool
 
 
 @dataclass(frozen=True)
@@ -231,6 +252,7 @@ class _Result:
     timestamp: datetime | None = None
     n_channels: int | None = None
     features: np.ndarray | None = None
+    target: str | None = None
 
 
 def is_metadata_name(name: str) -> bool:
@@ -244,43 +266,58 @@ def samples_path(out_dir: Path, rel: str) -> Path:
     return out_dir / SAMPLES_DIR / f"{rel}.parquet"
 
 
-def scan_raw_directory(raw_dir: Path) -> tuple[list[RawFile], list[tuple[str, str]]]:
-    """Snapshot candidates (sorted by path) and ``(rel, reason)`` of entries quarantined by layout alone."""
+def scan_raw_directory(
+    raw_dir: Path, follow_symlinks: bool = False
+) -> tuple[list[RawFile], list[tuple[str, str]]]:
+    """Snapshot candidates (sorted by path) and ``(rel, reason)`` of entries quarantined by layout alone.
+
+    A file reached through a symlink (its own or its site folder's) gets its ``target`` resolved here, once.
+    Without ``follow_symlinks`` a link whose target exists outside RAW_DIR is quarantined; with it, it is a
+    candidate like any other.
+    """
     raw_dir = Path(raw_dir)
     root = raw_dir.resolve()
     top_site = root.name
     candidates: list[RawFile] = []
     rejected: list[tuple[str, str]] = []
 
-    def add(path: Path, rel: str, site: str) -> None:
+    def add(path: Path, rel: str, site: str, target: str | None) -> None:
         try:
-            st = path.stat()
+            st = os.stat(target if target is not None else path)
         except OSError:  # dangling symlink etc.: the reader reports why it cannot be read
-            candidates.append(RawFile(rel, site, -1, -1))
+            candidates.append(RawFile(rel, site, -1, -1, target))
             return
         if not stat.S_ISREG(st.st_mode):
             rejected.append((rel, "not a regular file"))
         else:
-            candidates.append(RawFile(rel, site, st.st_size, st.st_mtime_ns))
+            candidates.append(RawFile(rel, site, st.st_size, st.st_mtime_ns, target))
+
+    def refused(entry: os.DirEntry[str]) -> bool:
+        return not _is_utf8(entry.name) or (not follow_symlinks and _escapes(entry, root))
 
     for entry in sorted(os.scandir(raw_dir), key=lambda e: e.name):
         if is_metadata_name(entry.name):
             continue
-        if not _is_utf8(entry.name) or _escapes(entry, root):
+        if refused(entry):
             rejected.append((_printable(entry.name), _NOT_UTF8_REASON if not _is_utf8(entry.name) else _OUTSIDE_REASON))
             continue
         if not entry.is_dir():
-            add(Path(entry.path), entry.name, top_site)
+            add(Path(entry.path), entry.name, top_site, os.path.realpath(entry.path) if entry.is_symlink() else None)
             continue
+        site_target = os.path.realpath(entry.path) if entry.is_symlink() else None
         for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
             if is_metadata_name(sub.name):
                 continue
             rel = f"{entry.name}/{sub.name}"
-            if not _is_utf8(sub.name) or _escapes(sub, root):
+            if refused(sub):
                 rejected.append((_printable(rel), _NOT_UTF8_REASON if not _is_utf8(sub.name) else _OUTSIDE_REASON))
                 continue
             if not sub.is_dir():
-                add(Path(sub.path), rel, entry.name)
+                if sub.is_symlink():
+                    target: str | None = os.path.realpath(sub.path)
+                else:
+                    target = os.path.join(site_target, sub.name) if site_target is not None else None
+                add(Path(sub.path), rel, entry.name, target)
                 continue
             nested_files = [p.relative_to(raw_dir).as_posix() for p in _walk_files(Path(sub.path))]
             rejected.extend((p, _NESTED_REASON) for p in nested_files)
@@ -348,7 +385,7 @@ def _ingest_locked(
         previous = _PreviousRun.empty(out_dir)
     n_channels = cfg.channels or previous.n_channels
 
-    candidates, layout_rejects = scan_raw_directory(raw_dir)
+    candidates, layout_rejects = scan_raw_directory(raw_dir, cfg.follow_symlinks)
     duplicates = find_duplicate_timestamps(candidates)
     scan_quarantine = dict(layout_rejects) | duplicates
     snapshots = [f for f in candidates if f.rel not in duplicates]
@@ -360,7 +397,7 @@ def _ingest_locked(
         if reused is not None:
             results.append(reused)
         else:
-            tasks.append(_Task(f.rel, str(raw_dir / f.rel), f.site, previous.reusable_sha256(f.rel)))
+            tasks.append(_Task(f.rel, str(raw_dir / f.rel), f.site, previous.reusable_sha256(f.rel), f.target))
 
     _real_sample_dirs(out_dir, {t.site for t in tasks})
     settings = _WorkerSettings(
@@ -370,6 +407,8 @@ def _ingest_locked(
         rig=cfg.rig,
         max_bytes=MAX_FILE_BYTES,
         use_threads=False,
+        raw_root=str(raw_dir.resolve()),
+        follow_symlinks=cfg.follow_symlinks,
     )
     tracker = _ProgressTracker(len(tasks), progress)
     if n_channels is None:
@@ -555,25 +594,65 @@ def _process_batch(tasks: Iterable[_Task], settings: _WorkerSettings) -> list[_R
     return [_process_file(task, settings) for task in tasks]
 
 
+def _opened_file_check(task: _Task, settings: _WorkerSettings) -> tuple[str, Callable[[str], str | None], list[str]]:
+    """What to open for ``task``, the check of the file actually opened (see
+    :func:`bearing_core.ims_reader.read_raw_bytes`) and a list receiving that file's real path.
+
+    With ``follow_symlinks`` a link resolved at scan time is read through its recorded target, which the open file
+    must still be (a link swapped since is not followed to its new target). Otherwise the path is opened and the
+    open file must lie inside RAW_DIR, whatever the path resolved to at scan time.
+    """
+    seen: list[str] = []
+    if settings.follow_symlinks and task.target is not None:
+        target = task.target
+
+        def check(real: str) -> str | None:
+            seen.append(real)
+            return None if real == target else f"symlink target changed during the ingest (now {real}): not read"
+
+        return target, check, seen
+
+    root = settings.raw_root
+
+    def check(real: str) -> str | None:
+        seen.append(real)
+        return None if _is_inside(real, root) else _OUTSIDE_REASON
+
+    return task.abs_path, check, seen
+
+
+def _read_target(task: _Task, settings: _WorkerSettings, opened: list[str]) -> str | None:
+    """The manifest's ``target``: the real path of the file opened when it is not ``RAW_DIR/<rel>`` itself (else
+    None); the scan's resolution when nothing could be opened."""
+    if not opened:
+        return task.target
+    return opened[0] if opened[0] != f"{settings.raw_root.rstrip('/')}/{task.rel}" else None
+
+
 def _process_file(task: _Task, settings: _WorkerSettings) -> _Result:
     """Read, hash, parse, featurise one file and write its samples; bad files become a quarantine result."""
-    path = Path(task.abs_path)
+    source, check_opened, opened = _opened_file_check(task, settings)
     try:
-        st = path.stat()  # before reading: if the file changes meanwhile, the next run sees a new mtime
+        st = os.stat(source)  # before reading: if the file changes meanwhile, the next run sees a new mtime
         size, mtime_ns = st.st_size, st.st_mtime_ns
     except OSError:
         size, mtime_ns = -1, -1
-    sha256: str | None = None
     try:
-        raw = read_raw_bytes(path, settings.max_bytes)
-        sha256 = hashlib.sha256(raw).hexdigest()
-        if task.prev_sha256 is not None and sha256 == task.prev_sha256:
-            return _Result(task.rel, task.site, size, mtime_ns, sha256, "unchanged", parsed=False)
-        timestamp = parse_snapshot_time(path.name)
+        raw = read_raw_bytes(source, settings.max_bytes, check_opened=check_opened)
+    except IMSFormatError as exc:  # unreadable, too large, or refused: not parsed
+        target = _read_target(task, settings, opened)
+        return _Result(task.rel, task.site, size, mtime_ns, None, "quarantined", parsed=False, reason=exc.reason,
+                       target=target)  # fmt: skip
+    target = _read_target(task, settings, opened)
+    sha256 = hashlib.sha256(raw).hexdigest()
+    if task.prev_sha256 is not None and sha256 == task.prev_sha256:
+        return _Result(task.rel, task.site, size, mtime_ns, sha256, "unchanged", parsed=False, target=target)
+    try:
+        timestamp = parse_snapshot_time(Path(task.rel).name)
         data = parse_ims_bytes(raw, settings.expected_samples, settings.channels, use_threads=settings.use_threads)
     except IMSFormatError as exc:
-        read = sha256 is not None  # unreadable/too-large files were not parsed
-        return _Result(task.rel, task.site, size, mtime_ns, sha256, "quarantined", parsed=read, reason=exc.reason)
+        return _Result(task.rel, task.site, size, mtime_ns, sha256, "quarantined", parsed=True, reason=exc.reason,
+                       target=target)  # fmt: skip
     features = compute_features(data, settings.rig).ravel()
     write_samples(samples_path(Path(settings.out_dir), task.rel), data, timestamp, task.rel, task.site, fsync=False)
     return _Result(
@@ -587,6 +666,7 @@ def _process_file(task: _Task, settings: _WorkerSettings) -> _Result:
         timestamp=timestamp,
         n_channels=data.shape[1],
         features=features,
+        target=target,
     )
 
 
@@ -714,12 +794,13 @@ class _PreviousRun:
     def reuse(self, f: RawFile) -> _Result | None:
         """The unchanged result for ``f`` when its stat matches the manifest, else None (it must be read)."""
         row = self.manifest.get(f.rel)
-        if row is None or row["sha256"] is None or f.size < 0:
-            return None
+        if row is None or row["sha256"] is None or f.size < 0 or row.get("target") != f.target:
+            return None  # a link pointing elsewhere since is read again, even if the stat matches
         if (row["size"], row["mtime_ns"]) != (f.size, f.mtime_ns) or not self._row_available(f.rel, row["status"]):
             return None
         return _Result(
-            f.rel, f.site, f.size, f.mtime_ns, row["sha256"], row["status"], parsed=False, reason=row["reason"]
+            f.rel, f.site, f.size, f.mtime_ns, row["sha256"], row["status"], parsed=False, reason=row["reason"],
+            target=f.target,
         )
 
     def reusable_sha256(self, rel: str) -> str | None:
@@ -743,6 +824,7 @@ class _PreviousRun:
             row["status"],
             parsed=False,
             reason=row["reason"],
+            target=result.target,
         )
 
 
@@ -814,6 +896,7 @@ def _manifest_table(results: Sequence[_Result]) -> pa.Table:
             _arrow_strings([r.sha256 for r in rows]),
             _arrow_strings([r.status for r in rows]),
             _arrow_strings([r.reason for r in rows]),
+            _arrow_strings([r.target for r in rows]),
         ],
         schema=MANIFEST_SCHEMA,
     )

@@ -85,13 +85,70 @@ def write_parquet_atomic(target: str | os.PathLike[str], table: Any, *, fsync: b
     return write_bytes_atomic(target, sink.getvalue(), fsync=fsync, suffix=".parquet.tmp")
 
 
-def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
-    """Rename directory ``src`` onto ``dst`` (same filesystem). An existing ``dst`` is moved aside first, restored
-    if the second rename fails, and deleted after the swap: ``dst`` is never lost and never half-written, and a
-    failed swap leaves nothing behind."""
+OUTPUT_MARKER = ".bearing-output"
+"""Marker file of a directory a bearing writer owns as a whole (a model, a features-only dataset); it holds the
+writer's *kind* of output (``model``, ``per-bearing dataset``...). A writer replaces or rewrites a directory only
+when it is absent, empty, or marked with its own kind: never a user's folder, the project, or another writer's
+output (see :func:`check_output_dir`)."""
+
+
+class OutputDirRefused(ValueError):
+    """The output directory holds something this writer did not write: it is left untouched."""
+
+
+def output_kind(path: str | os.PathLike[str]) -> str | None:
+    """The kind recorded in ``path``'s :data:`OUTPUT_MARKER`, or ``None`` when it has none."""
+    try:
+        return (Path(path) / OUTPUT_MARKER).read_text(encoding="utf-8").strip() or None
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return None
+
+
+def check_output_dir(path: str | os.PathLike[str], kind: str) -> None:
+    """Raise :class:`OutputDirRefused` unless ``path`` may be (re)written as a whole by a writer of ``kind``: it
+    does not exist, is an empty directory, or is this kind's own earlier output (its marker says ``kind``)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise OutputDirRefused(f"{path} exists and is not a directory: choose another output directory")
+    found = output_kind(path)
+    if found == kind:
+        return
+    with os.scandir(path) as entries:
+        if next(entries, None) is None:
+            return
+    holds = f"holds a {found}" if found else f"is not empty and has no {OUTPUT_MARKER} marker"
+    raise OutputDirRefused(
+        f"{path} {holds}, not a {kind} written by bearing: refusing to overwrite it (choose a new or empty "
+        "directory, or remove it yourself)"
+    )
+
+
+def claim_output_dir(path: str | os.PathLike[str], kind: str) -> Path:
+    """Check ``path`` (:func:`check_output_dir`), create it and mark it as ``kind``'s, for a writer that writes its
+    files into it one by one. The marker goes in first, so a run killed half-way leaves a directory the next run of
+    the same writer may finish."""
+    path = Path(path)
+    check_output_dir(path, kind)
+    path.mkdir(parents=True, exist_ok=True)
+    if output_kind(path) != kind:
+        write_text_atomic(path / OUTPUT_MARKER, kind + "\n")
+    return path
+
+
+def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, kind: str) -> Path:
+    """Rename directory ``src`` onto ``dst`` (same filesystem), marking it as ``kind``'s output.
+
+    ``dst`` must be absent, empty or ``kind``'s earlier output (:func:`check_output_dir`; else
+    :class:`OutputDirRefused` and nothing changes). An existing ``dst`` is moved aside first, restored if the
+    second rename fails, and deleted after the swap: ``dst`` is never lost and never half-written, and a failed
+    swap leaves nothing behind."""
     import shutil
 
     src, dst = Path(src), Path(dst)
+    check_output_dir(dst, kind)
+    write_text_atomic(src / OUTPUT_MARKER, kind + "\n")
     if not dst.exists():
         os.replace(src, dst)
         return dst

@@ -34,6 +34,8 @@ CONFIG_FILE = "config.json"
 SCALER_FILE = "scaler.json"
 METRICS_FILE = "metrics.parquet"
 """Per-round metrics that training writes into the model directory."""
+MODEL_KIND = "model"
+"""Kind of output (:data:`bearing_core.io.OUTPUT_MARKER`) of a model directory: only a model replaces a model."""
 
 
 @dataclass
@@ -56,7 +58,9 @@ def save_model(
     input_columns: list[str],
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the model directory ``out_dir`` atomically (an existing one is replaced) and return its path.
+    """Write the model directory ``out_dir`` atomically (an existing model is replaced) and return its path.
+
+    ``out_dir`` must be absent, empty or an earlier model (:class:`bearing_core.io.OutputDirRefused` otherwise).
 
     ``extra`` is free JSON metadata (training config, metrics, threshold, data fingerprints...).
     """
@@ -86,7 +90,7 @@ def save_model(
                 "extra": extra or {},
             },
         )
-        replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir, kind=MODEL_KIND)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

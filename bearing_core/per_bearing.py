@@ -49,12 +49,15 @@ from bearing_core.inputs import (
     healthy_period,
     load_features,
 )
+from bearing_core.io import OutputDirRefused, check_output_dir
 from bearing_core.partition.writer import holdout_mask
 from bearing_core.scaling import DEFAULT_MIN_STD
 
 LAYOUT_NAME = "per_bearing"
 PER_BEARING_DIR = "per_bearing"
 """Where the pipeline writes a dataset's per-bearing layout: ``<dataset>/per_bearing/`` (under the dataset's lock)."""
+OUTPUT_KIND = "per-bearing dataset"
+"""Kind of output (:data:`bearing_core.io.OUTPUT_MARKER`) of :func:`write_per_bearing_dataset`."""
 SINGLE_AXIS = "x"
 RELATIVE_PREFIX = "rel_"
 """Channel (axis) name prefix of a relative input: ``rel_a_mean_abs`` = axis ``a``'s level against the rig's."""
@@ -141,10 +144,14 @@ def write_per_bearing_dataset(
     ``input_cfg`` defines the healthy period whose training rows give each bearing's moments; partition the
     result with the same ``input_cfg`` (on the per-bearing sites the healthy period selects the same snapshots, so
     the moments come from exactly the rows the model trains on). Outputs are written atomically, ``dataset.json``
-    last.
+    last. ``out_dir`` must not be ``source_dir`` and must be absent, empty or an earlier per-bearing layout
+    (:class:`bearing_core.io.OutputDirRefused` otherwise).
     """
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     cfg = cfg or PerBearingConfig()
+    if out_dir.resolve() == source_dir.resolve():
+        raise OutputDirRefused(f"the output {out_dir} is the input dataset: write the per-bearing layout elsewhere")
+    check_output_dir(out_dir, OUTPUT_KIND)  # before any work; claimed again when written
     source_meta_path = source_dir / DATASET_FILE
     if not source_meta_path.is_file():
         raise FileNotFoundError(f"{source_meta_path} not found: is {source_dir} a processed dataset?")
@@ -228,6 +235,7 @@ def write_per_bearing_dataset(
                 "sha256": sha256_files(source_dir / name for name in (FEATURES_FILE, QUARANTINE_FILE, DATASET_FILE)),
             },
         },
+        kind=OUTPUT_KIND,
     )
     return PerBearingResult(out_dir=out_dir, rows=len(per_bearing), sites=sites, axes=channels, input_columns=inputs)
 

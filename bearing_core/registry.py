@@ -53,7 +53,15 @@ from bearing_core.fingerprint import sha256_file, sha256_files
 from bearing_core.inputs import DATASET_FILE, FEATURES_FILE, QUARANTINE_FILE
 from bearing_core.io import remove_stale_temp_files, replace_dir, write_json_atomic, write_text_atomic
 from bearing_core.model_card import GLOBAL_CLIENT, DataFingerprint, render_model_card
-from bearing_core.model_io import CONFIG_FILE, METRICS_FILE, SCALER_FILE, WEIGHTS_FILE, LoadedModel, load_model
+from bearing_core.model_io import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_KIND,
+    SCALER_FILE,
+    WEIGHTS_FILE,
+    LoadedModel,
+    load_model,
+)
 from bearing_core.partition.writer import MANIFEST_FILE, SPLIT_HOLDOUT, load_manifest, read_client
 
 LATEST = "latest"
@@ -245,7 +253,7 @@ def publish_model(
         )
         files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
         write_json_atomic(staging / COMPLETE_FILE, {"version": version, "created": created.isoformat(), "files": files})
-        replace_dir(staging, target)
+        replace_dir(staging, target, kind=MODEL_KIND)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

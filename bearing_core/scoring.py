@@ -11,6 +11,10 @@ Incremental scoring (:func:`update_scores`): ``scores.parquet`` holds the scores
 re-scores everything; paths that left the dataset — deleted or quarantined since — are dropped). The debounced
 ``alarm`` column is then recomputed over the whole table from ``is_anomaly``: it is a cheap rolling count (no
 model), and it stays correct even when a late file lands between already scored ones.
+
+A dataset with no valid snapshot, or with fewer than :data:`MIN_VALID_FRACTION` of them valid, is not scored
+(:class:`TooFewValidSnapshots`): an empty or mostly quarantined dataset means the data or its validation is
+broken, and "0 in alarm" would hide it.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bearing_core.alarms import AlarmConfig, debounce_alarms
-from bearing_core.inputs import DATASET_FILE, load_features
+from bearing_core.inputs import DATASET_FILE, FEATURES_FILE, QUARANTINE_FILE, load_features
 from bearing_core.io import atomic_path, write_parquet_atomic
 from bearing_core.model_io import LoadedModel, load_model
 from bearing_core.threshold import ThresholdRecord, load_threshold, snapshot_errors
@@ -39,6 +44,16 @@ SCORE_COLUMNS = (
 )
 """Columns of a scores table: the contract columns, plus ``top_input`` (the input column with the largest error,
 e.g. ``B3_a_env_bpfi``) and ``model_version``."""
+
+
+MIN_VALID_FRACTION = 0.5
+"""Scoring refuses a dataset where fewer than this fraction of the snapshots are valid (not quarantined): "scored 0,
+0 in alarm" would read as "all healthy" while monitoring has in fact stopped (e.g. every snapshot quarantined by a
+mistyped ``bearing validate --channels``)."""
+
+
+class TooFewValidSnapshots(ValueError):
+    """The dataset has no valid snapshot, or fewer than :data:`MIN_VALID_FRACTION` of its snapshots are valid."""
 
 
 @dataclass
@@ -65,6 +80,28 @@ def _dataset_channels(dataset_dir: Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {dataset_dir} a processed dataset?")
     return list(json.loads(path.read_text(encoding="utf-8"))["channels"])
+
+
+def _valid_features(dataset_dir: Path) -> pd.DataFrame:
+    """:func:`~bearing_core.inputs.load_features` of ``dataset_dir``, or :class:`TooFewValidSnapshots` when
+    fewer than :data:`MIN_VALID_FRACTION` of its snapshots (features rows and quarantined files) are valid."""
+    features = load_features(dataset_dir)
+    snapshots = pq.read_table(dataset_dir / FEATURES_FILE, columns=["path"]).column("path").combine_chunks()
+    quarantine_path = dataset_dir / QUARANTINE_FILE
+    if quarantine_path.is_file():
+        quarantined = pq.read_table(quarantine_path, columns=["file"]).column("file").combine_chunks()
+        snapshots = pa.concat_arrays([snapshots.cast(pa.string()), quarantined.cast(pa.string())])
+    total, valid = len(pc.unique(snapshots)), len(features)
+    if total == 0:
+        raise TooFewValidSnapshots(f"{dataset_dir} has no snapshots to score (features.parquet is empty)")
+    if valid == 0 or valid < MIN_VALID_FRACTION * total:
+        raise TooFewValidSnapshots(
+            f"{dataset_dir}: {'no' if valid == 0 else f'only {valid} of {total}'} snapshots valid "
+            f"({total - valid} of {total} quarantined, see {QUARANTINE_FILE}); scoring needs at least "
+            f"{MIN_VALID_FRACTION:.0%} valid, or monitoring would silently stop: fix the cause of the quarantine "
+            "(e.g. wrong `bearing validate` options) and validate again"
+        )
+    return features
 
 
 def score_rows(
@@ -125,7 +162,7 @@ def score_dataset(
     alarms = alarms or AlarmConfig()
     loaded = load_model(model_dir)
     record = load_threshold(model_dir)
-    features = load_features(dataset_dir)
+    features = _valid_features(dataset_dir)
     if since is not None:
         since = pd.Timestamp(since)
         since = since.tz_convert("UTC").tz_localize(None) if since.tzinfo is not None else since  # naive UTC
@@ -179,7 +216,7 @@ def update_scores(
     out = Path(out) if out is not None else dataset_dir / SCORES_FILE
     loaded = load_model(model_dir)
     record = load_threshold(model_dir)
-    features = load_features(dataset_dir)
+    features = _valid_features(dataset_dir)
     reusable = pd.DataFrame(columns=list(SCORE_COLUMNS))
     if out.is_file():
         previous = read_scores(out)

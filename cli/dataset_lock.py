@@ -1,4 +1,5 @@
-"""The processed dataset's lock for commands that write into a dataset outside the pipeline (validate, score).
+"""The processed dataset's lock for commands that write into a dataset outside the pipeline (validate, score,
+and per-bearing / import-features, which write a whole features-only dataset: :func:`claimed_output_lock`).
 
 A pipeline run holds ``<dataset>/.pipeline.lock`` (:data:`bearing_core.locking.PIPELINE_LOCK_FILE`) for its whole
 duration and rewrites ``quarantine.parquet``, ``validation/`` and ``scores.parquet``. ``bearing validate`` and
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from bearing_core.locking import PIPELINE_LOCK_FILE, LockTimeout, exclusive_lock
@@ -58,3 +59,24 @@ def report_lock_timeout(exc: LockTimeout, prog: str) -> int:
     """Print the one-line error of a lock wait that timed out; return :data:`LOCKED_EXIT_CODE`."""
     print(f"{prog}: error: {exc}", file=sys.stderr)
     return LOCKED_EXIT_CODE
+
+
+@contextmanager
+def claimed_output_lock(out_dir: Path, kind: str, timeout_s: float, prog: str) -> Iterator[Path]:
+    """Claim ``out_dir`` for ``kind`` (:func:`bearing_core.io.claim_output_dir`: refused unless new, empty or
+    ``kind``'s earlier output), then hold its dataset lock while the block rewrites it. A directory created here is
+    removed again when the block fails before writing anything into it."""
+    from bearing_core.io import OUTPUT_MARKER, claim_output_dir
+
+    created = not out_dir.exists()
+    claim_output_dir(out_dir, kind)  # marked before the lock file is created in it
+    try:
+        with dataset_lock(out_dir, timeout_s, prog) as lock:
+            yield lock
+    except BaseException:
+        if created and {p.name for p in out_dir.iterdir()} <= {OUTPUT_MARKER, PIPELINE_LOCK_FILE}:
+            for name in (OUTPUT_MARKER, PIPELINE_LOCK_FILE):
+                (out_dir / name).unlink(missing_ok=True)
+            with suppress(OSError):
+                out_dir.rmdir()
+        raise

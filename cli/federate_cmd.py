@@ -62,7 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("federate", help=HELP, description=DESCRIPTION)
     parser.add_argument("--clients", type=int, required=True, help="sites expected in the federation")
     add_training_arguments(parser)
-    parser.add_argument("--out", dest="model_dir", type=Path, required=True, help="model directory")
+    parser.add_argument(
+        "--out", dest="model_dir", type=Path, required=True,
+        help="model directory: new, empty or an earlier model (anything else is refused)",
+    )
     parser.add_argument("--host", type=ip_address, default=LOOPBACK,
                         help="IP address the Fleet API (the sites' address) binds (default: 127.0.0.1)")
     parser.add_argument("--port", type=port_number, default=9093, help="Fleet API port (default: 9093)")
@@ -132,9 +135,12 @@ def run(args: argparse.Namespace) -> int:
         wait_for_run,
         write_connection,
     )
+    from bearing_core.io import check_output_dir
+    from bearing_core.model_io import MODEL_KIND
     from cli.train_cmd import federated_config, print_table, validation_message
 
     try:
+        check_output_dir(args.model_dir, MODEL_KIND)  # before the SuperLink: the model is saved hours later
         cfg = federated_config(args)
         tls = None if args.insecure else TlsFiles(args.ssl_ca_certfile, args.ssl_certfile, args.ssl_keyfile)
         cmd = superlink_command(args.host, args.port, tls, args.enable_supernode_auth,

@@ -37,6 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--channels", type=int, choices=(4, 8), default=None,
         help="channels per file (default: from an existing dataset.json, else the first valid file)",
     )
+    parser.add_argument(
+        "--follow-symlinks", action="store_true",
+        help="read files that RAW_DIR links to wherever they are (DVC-style folders linking into a cache); each "
+        "link is resolved once, its target recorded in manifest.parquet (default: links leaving RAW_DIR are "
+        "quarantined, never read)",
+    )
     add_lock_timeout_argument(parser)
     parser.set_defaults(func=run)
 
@@ -56,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
         if value is not None
     }
     try:
-        cfg = IngestConfig(raw_dir=args.raw_dir, out_dir=args.out_dir, **overrides)
+        cfg = IngestConfig(
+            raw_dir=args.raw_dir, out_dir=args.out_dir, follow_symlinks=args.follow_symlinks, **overrides
+        )
     except ValidationError as exc:
         print(f"bearing ingest: error: {_first_error(exc)}", file=sys.stderr)
         return 2

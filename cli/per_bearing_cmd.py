@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cli.dataset_lock import add_lock_timeout_argument, claimed_output_lock, report_lock_timeout
 from cli.train_cmd import add_holdout_argument
 
 if TYPE_CHECKING:
@@ -18,7 +19,9 @@ Read the processed dataset DATASET_DIR (bearing ingest, or bearing import-featur
 (snapshot, bearing), site <site>/<bearing>, inputs <axis>_<feature> (a_mean_abs, b_mean_abs on 8-channel IMS data),
 each bearing standardised by the moments of its own healthy training rows (--train-fraction, --holdout: use the same
 values when training), optionally after a natural log (--log). Train DIR with --partition natural (one client per
-bearing) and a bottleneck narrower than the inputs (--hidden 4,1,4); an alarm's site then names the bearing."""
+bearing) and a bottleneck narrower than the inputs (--hidden 4,1,4); an alarm's site then names the bearing.
+DIR must be new, empty or an earlier per-bearing layout (anything else, the input included, is refused: exit 2);
+it is rewritten under its dataset lock (DIR/.pipeline.lock), so a pipeline run on DIR is waited for."""
 
 
 def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,9 +37,13 @@ def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("per-bearing", help=HELP, description=DESCRIPTION)
     parser.add_argument("dataset_dir", metavar="DATASET_DIR", type=Path, help="processed dataset")
-    parser.add_argument("--out", dest="out_dir", metavar="DIR", type=Path, required=True, help="output dataset dir")
+    parser.add_argument(
+        "--out", dest="out_dir", metavar="DIR", type=Path, required=True,
+        help="output dataset dir: new, empty or an earlier per-bearing layout",
+    )
     parser.add_argument("--feature", default="mean_abs", help="feature taken for each channel (default: mean_abs)")
     add_layout_arguments(parser)
+    add_lock_timeout_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -58,13 +65,19 @@ def describe(layout: PerBearingResult, log: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 on success, 2 on a missing or unsuitable dataset or bad options."""
+    """Exit 0 on success, 2 on a missing or unsuitable dataset, a refused --out or bad options, 3 when DIR stayed
+    locked by another run for ``--lock-timeout`` seconds."""
     from pydantic import ValidationError
 
+    from bearing_core.locking import LockTimeout
+    from bearing_core.per_bearing import OUTPUT_KIND
     from cli.train_cmd import validation_message
 
     try:
-        layout = write_layout(args.dataset_dir, args)
+        with claimed_output_lock(args.out_dir, OUTPUT_KIND, args.lock_timeout_s, "bearing per-bearing"):
+            layout = write_layout(args.dataset_dir, args)
+    except LockTimeout as exc:
+        return report_lock_timeout(exc, "bearing per-bearing")
     except (FileNotFoundError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         message = validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
         print(f"bearing per-bearing: error: {message}", file=sys.stderr)

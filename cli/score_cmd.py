@@ -26,7 +26,8 @@ Incremental: rows already scored by the same model in the output file are reused
 the newest directory under data/models holding weights.pt. A model without threshold.json can be calibrated on
 the fly with --calibrate CLIENTS_DIR (the partition's holdout rows). Prints an alarm summary per site.
 Holds the dataset's lock (DATASET_DIR/.pipeline.lock) while it runs: waits for a pipeline run (or a validate)
-on the same dataset to finish. Exit 0 = scored, 2 = bad input, 3 = still locked after --lock-timeout."""
+on the same dataset to finish. Exit 0 = scored, 1 = nothing or fewer than half of the snapshots valid (not
+scored: the data or its validation needs fixing), 2 = bad input, 3 = still locked after --lock-timeout."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -83,13 +84,13 @@ def alarm_config(args: argparse.Namespace) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 on success, 2 on bad input (missing model/threshold/dataset, bad parameters), 3 when the dataset
-    stayed locked by another run for ``--lock-timeout`` seconds."""
+    """Exit 0 on success, 1 when too few snapshots are valid to score, 2 on bad input (missing model/threshold/
+    dataset, bad parameters), 3 when the dataset stayed locked by another run for ``--lock-timeout`` seconds."""
     from pydantic import ValidationError
 
     from bearing_core.config import DataPaths
     from bearing_core.locking import LockTimeout
-    from bearing_core.scoring import alarm_summary, resolve_model_dir, update_scores
+    from bearing_core.scoring import TooFewValidSnapshots, alarm_summary, resolve_model_dir, update_scores
     from bearing_core.threshold import ThresholdConfig, calibrate_from_clients
 
     problem = None
@@ -113,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
             result = update_scores(args.dataset_dir, model_dir, args.out, alarms)
     except LockTimeout as exc:
         return report_lock_timeout(exc, "bearing score")
+    except TooFewValidSnapshots as exc:
+        print(f"bearing score: error: {exc}", file=sys.stderr)
+        return 1
     except ValidationError as exc:
         error = exc.errors()[0]
         print(f"bearing score: error: {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)

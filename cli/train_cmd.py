@@ -122,7 +122,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--train-until", type=datetime.fromisoformat, default=None, help="healthy period = up to this UTC time"
     )
     add_holdout_argument(parser)
-    parser.add_argument("--out", dest="model_dir", type=Path, default=None, help="model directory")
+    parser.add_argument(
+        "--out", dest="model_dir", type=Path, default=None,
+        help="model directory: new, empty or an earlier model (anything else is refused)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -134,10 +137,14 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.federated.simulation import CENTRALIZED, GLOBAL, model_version, partition_params, run_federated
     from bearing_core.fingerprint import sha256_file
     from bearing_core.inputs import InputConfig
+    from bearing_core.io import check_output_dir
+    from bearing_core.model_io import MODEL_KIND
     from bearing_core.partition.build import partition_dataset
     from bearing_core.partition.writer import MANIFEST_FILE, scheme_dir
 
     try:
+        if args.model_dir is not None:  # before partitioning: a directory the model may not replace stops the run
+            check_output_dir(args.model_dir, MODEL_KIND)
         cfg = federated_config(args)
         period = (
             {"train_until": args.train_until} if args.train_until else {"train_fraction": args.train_fraction or 0.2}

@@ -37,7 +37,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("dataset_dir", type=Path, metavar="DATASET_DIR", help="processed dataset (output of bearing ingest)")
     p.add_argument("--expected-samples", type=int, help="samples per snapshot (default: dataset.json, 20480)")
-    p.add_argument("--channels", help="comma-separated expected channel names (default: dataset.json)")
+    p.add_argument("--channels", help="comma-separated expected channel names, in file order: must be the dataset's "
+                   "own (default: dataset.json)")
     p.add_argument("--range", dest="sensor_range_g", type=float, metavar="G", help="sensor range +-G g (default 10)")
     p.add_argument("--flat-std", dest="flat_std_floor_g", type=float, metavar="G",
                    help="std below this (g) = dead sensor (default 1e-4)")  # fmt: skip
@@ -69,6 +70,29 @@ _CONFIG_FIELDS = (
 )
 
 
+def _channels_problem(dataset_dir: Path, text: str, channels: tuple[str, ...]) -> str | None:
+    """Why ``--channels`` cannot apply to the dataset, or None.
+
+    The samples files hold exactly the channels ``dataset.json`` declares (ingest writes both), so any other list
+    would fail every snapshot's schema check and quarantine the whole dataset: a typo (``--channels 3``) would stop
+    monitoring. Such a list is a bad argument. Without declared channels, ``--channels`` is the only source.
+    """
+    import json
+
+    try:
+        declared = tuple(json.loads((dataset_dir / "dataset.json").read_text(encoding="utf-8")).get("channels") or ())
+    except (OSError, ValueError, AttributeError):  # missing or unreadable: validate_dataset reports it
+        return None
+    if not declared or channels == declared:
+        return None
+    unknown = [c for c in channels if c not in declared]
+    what = f"{', '.join(unknown)} not among them" if unknown else "not in that order or not all of them"
+    return (
+        f"--channels {text}: {dataset_dir} has {len(declared)} channels ({', '.join(declared)}), {what}; "
+        "name exactly those, in file order, or omit --channels"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate, print the summary, return the exit code."""
     from pydantic import ValidationError
@@ -83,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = {f: getattr(args, f) for f in _CONFIG_FIELDS if getattr(args, f) is not None}
     if args.channels:
         overrides["channels"] = tuple(c.strip() for c in args.channels.split(",") if c.strip())
+        problem = _channels_problem(args.dataset_dir, args.channels, overrides["channels"])
+        if problem:
+            print(f"bearing validate: error: {problem}", file=sys.stderr)
+            return 2
     try:
         cfg = ValidationConfig(**overrides)
     except ValidationError as exc:

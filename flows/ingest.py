@@ -19,6 +19,7 @@ def ingest_flow(
     workers: int | None = None,
     batch_size: int = 32,
     channels: int | None = None,
+    follow_symlinks: bool = False,
 ) -> dict[str, Any]:
     """Raw IMS snapshot files -> samples/ + features.parquet + quarantine.parquet.
 
@@ -28,8 +29,12 @@ def ingest_flow(
         workers: parallel worker processes (default: all cores).
         batch_size: files per worker task.
         channels: 4 or 8; default inferred from the first valid file.
+        follow_symlinks: read files raw_dir links to wherever they are (DVC-style folders); default: links leaving
+            raw_dir are quarantined.
     """
-    cfg = IngestConfig(raw_dir=raw_dir, out_dir=out_dir, batch_size=batch_size, channels=channels)
+    cfg = IngestConfig(
+        raw_dir=raw_dir, out_dir=out_dir, batch_size=batch_size, channels=channels, follow_symlinks=follow_symlinks
+    )
     out = str(cfg.resolved_out_dir(DataPaths()))
     result = ingest_task(  # cached on the raw tree; re-runs when the outputs no longer match (IngestOutputsPolicy)
         raw_dir=str(Path(raw_dir)),
@@ -38,6 +43,7 @@ def ingest_flow(
         workers=workers,
         batch_size=batch_size,
         channels=channels,
+        follow_symlinks=follow_symlinks,
     )
     print(result["summary"])
     return result

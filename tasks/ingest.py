@@ -93,13 +93,17 @@ def ingest_task(
     workers: int | None = None,
     batch_size: int = 32,
     channels: int | None = None,
+    follow_symlinks: bool = False,
 ) -> dict[str, Any]:
     """Ingest ``raw_dir`` into ``out_dir``; returns output paths and their content hashes (never DataFrames).
 
     ``raw_fingerprint`` is only part of the cache key (computed by the caller).
     """
     logger = get_run_logger()
-    kwargs: dict[str, Any] = {"raw_dir": raw_dir, "out_dir": out_dir, "batch_size": batch_size, "channels": channels}
+    kwargs: dict[str, Any] = {
+        "raw_dir": raw_dir, "out_dir": out_dir, "batch_size": batch_size, "channels": channels,
+        "follow_symlinks": follow_symlinks,
+    }
     if workers:
         kwargs["workers"] = workers
     cfg = IngestConfig(**kwargs)

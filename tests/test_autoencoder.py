@@ -72,7 +72,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path) -> None:
     scaler = Scaler(mean=np.array([0.1, 0.2, 0.3, 0.4]), std=np.array([1.0, 2.0, 3.0, 4.0]))
     columns = ["B1_mean_abs", "B2_mean_abs", "B3_mean_abs", "B4_mean_abs"]
     out = save_model(tmp_path / "models" / "v1", model, cfg, scaler, columns, {"threshold": 0.5})
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "scaler.json", "weights.pt"]
+    assert sorted(p.name for p in out.iterdir()) == [".bearing-output", "config.json", "scaler.json", "weights.pt"]
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["v1"]  # no staging dir left behind
 
     loaded = load_model(out)

@@ -10,7 +10,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bearing_core.io import atomic_path, write_json_atomic, write_parquet_atomic, write_text_atomic
+from bearing_core.io import (
+    OUTPUT_MARKER,
+    OutputDirRefused,
+    atomic_path,
+    claim_output_dir,
+    replace_dir,
+    write_json_atomic,
+    write_parquet_atomic,
+    write_text_atomic,
+)
 
 
 @pytest.fixture
@@ -57,3 +66,48 @@ def test_failed_write_leaves_the_previous_file_and_no_temp_file(tmp_path: Path, 
         raise RuntimeError("writer failed")
     assert target.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def _built(tmp_path: Path, content: str) -> Path:
+    src = tmp_path / f".build-{content}"
+    src.mkdir()
+    (src / "data.txt").write_text(content)
+    return src
+
+
+def test_replace_dir_marks_its_output_and_replaces_only_the_same_kind(tmp_path: Path) -> None:
+    dst = tmp_path / "out"
+    replace_dir(_built(tmp_path, "v1"), dst, kind="report")
+    assert (dst / OUTPUT_MARKER).read_text() == "report\n" and (dst / "data.txt").read_text() == "v1"
+    replace_dir(_built(tmp_path, "v2"), dst, kind="report")  # its own earlier output
+    assert (dst / "data.txt").read_text() == "v2"
+    with pytest.raises(OutputDirRefused, match=f"{dst} holds a report, not a model written by bearing"):
+        replace_dir(_built(tmp_path, "m"), dst, kind="model")
+    assert (dst / "data.txt").read_text() == "v2" and (dst / OUTPUT_MARKER).read_text() == "report\n"
+
+
+def test_replace_dir_never_deletes_a_directory_it_did_not_write(tmp_path: Path) -> None:
+    """The check sits in replace_dir itself, so every whole-directory writer gets it (models, registry versions)."""
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "sub" / "thesis.tex").write_text("precious")
+    src = _built(tmp_path, "new")
+    with pytest.raises(OutputDirRefused, match=f"{mine} is not empty and has no {OUTPUT_MARKER} marker"):
+        replace_dir(src, mine, kind="model")
+    assert (mine / "sub" / "thesis.tex").read_text() == "precious" and sorted(p.name for p in mine.iterdir()) == ["sub"]
+    assert (src / "data.txt").read_text() == "new"  # the caller still owns (and removes) its build
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(OutputDirRefused, match="exists and is not a directory"):
+        replace_dir(src, tmp_path / "a_file", kind="model")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (replace_dir(src, empty, kind="model") / "data.txt").read_text() == "new"
+
+
+def test_claim_output_dir_creates_and_marks_first(tmp_path: Path) -> None:
+    out = claim_output_dir(tmp_path / "a" / "b", "features-only dataset")
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER]
+    (out / "features.parquet").write_bytes(b"half")  # a run killed half-way: the next one may finish it
+    assert claim_output_dir(out, "features-only dataset") == out
+    with pytest.raises(OutputDirRefused, match="holds a features-only dataset, not a per-bearing dataset"):
+        claim_output_dir(out, "per-bearing dataset")

@@ -77,6 +77,7 @@ import pytest
 import torch
 
 from bearing_core.fingerprint import sha256_file
+from bearing_core.io import OUTPUT_MARKER
 from bearing_core.model_io import (
     CONFIG_FILE,
     SCALER_FILE,
@@ -97,6 +98,8 @@ BEFORE_PUBLISH = chain.STAGES[: chain.STAGES.index("publish")]
 AFTER_TRAIN = chain.STAGES[chain.STAGES.index("publish"):]
 EXTRA_BEFORE_PUBLISH, EXTRA_AFTER_TRAIN = 1, 2
 LOCK_FILES = {".ingest.lock", ".pipeline.lock", ".registry.lock"}
+PERMANENT_HIDDEN = {*LOCK_FILES, OUTPUT_MARKER}
+"""Hidden files that belong to a directory (locks, the output marker of a model directory), not leftovers."""
 HIDDEN_TEMPORARY = re.compile(r"\..+\.(tmp|staging-\w+|old-\w+|build-\w+)")
 """Names of the temporary entries a killed writer leaves: atomic files, model/version/report directories."""
 RANDOM_PARTS = (
@@ -293,7 +296,7 @@ def assert_only_unused_leftovers(project: Path) -> list[str]:
         for name in [*dirnames, *filenames]:
             path = Path(dirpath) / name
             rel = path.relative_to(project).as_posix()
-            if name in LOCK_FILES:
+            if name in PERMANENT_HIDDEN:
                 continue
             if name.startswith("."):
                 assert HIDDEN_TEMPORARY.fullmatch(name), f"unexpected hidden entry {rel}"
