@@ -85,6 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_alarm_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="ingest worker processes (default: all cores)")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="follow symbolic links in the raw directory (each resolved once, recorded in the manifest)")
     p.add_argument("--lock-timeout", dest="lock_timeout_s", type=float, default=3600.0,
                    help="seconds to wait for another run on the same dataset to finish (default: %(default)s)")
     p.set_defaults(func=run)
@@ -151,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         alpha=args.alpha, feature=args.feature, train_fraction=None if args.train_until else args.train_fraction,
         train_until=args.train_until, threshold_method=args.threshold_method,
         threshold_quantile=args.threshold_quantile, threshold_k=args.threshold_k,
-        persistence_h=args.persistence_h, alarm_fraction=args.alarm_fraction, warmup_h=args.warmup_h, holdout=args.holdout, seed=args.seed, workers=args.workers, lock_timeout_s=args.lock_timeout_s,
+        persistence_h=args.persistence_h, alarm_fraction=args.alarm_fraction, warmup_h=args.warmup_h, holdout=args.holdout, seed=args.seed, workers=args.workers,
+        follow_symlinks=args.follow_symlinks, lock_timeout_s=args.lock_timeout_s,
         return_state=True,
     )
     try:

@@ -76,6 +76,7 @@ def pipeline_flow(
     holdout: Literal["last", "interleaved"] = "last",
     seed: int = 0,
     workers: int | None = None,
+    follow_symlinks: bool = False,
     lock_timeout_s: float = 3600.0,
 ) -> dict[str, Any]:
     """Raw IMS files -> validated dataset -> federated model + threshold -> champion -> scores, alarms, report.
@@ -115,6 +116,8 @@ def pipeline_flow(
             'interleaved' (spread evenly over the healthy period).
         seed: seed for partitioning and training.
         workers: ingest worker processes (default: all cores).
+        follow_symlinks: follow symbolic links in raw_dir (e.g. a DVC-managed folder); each link is resolved once and
+            its target recorded in the manifest. Off: links are quarantined.
         lock_timeout_s: how long to wait for another run on the same dataset to finish before failing.
     """
     dataset_out = IngestConfig(raw_dir=raw_dir, out_dir=out_dir).resolved_out_dir(DataPaths())
@@ -136,6 +139,7 @@ def pipeline_flow(
             batch_size=batch_size, hidden=tuple(hidden) if hidden else DEFAULT_HIDDEN[layout], activation=activation,
             mu=mu, alpha=alpha, input_cfg=input_cfg, threshold_method=threshold_method,
             threshold_quantile=threshold_quantile, threshold_k=threshold_k, alarms=alarms, seed=seed, workers=workers,
+            follow_symlinks=follow_symlinks,
         )
 
 
@@ -163,6 +167,7 @@ def _run_pipeline(
     alarms: AlarmConfig,
     seed: int,
     workers: int | None,
+    follow_symlinks: bool,
 ) -> dict[str, Any]:
     """The pipeline's steps (see :func:`pipeline_flow`), run while the dataset lock is held.
 
@@ -170,7 +175,7 @@ def _run_pipeline(
     runs. A sub-flow run costs about 1 s even when all its tasks are cached (flow-run bookkeeping and the heartbeat
     thread's shutdown), which was most of a cached pipeline run; the standalone flows are unchanged.
     """
-    ingested = ingest_flow.fn(raw_dir=raw_dir, out_dir=out_dir, workers=workers)
+    ingested = ingest_flow.fn(raw_dir=raw_dir, out_dir=out_dir, workers=workers, follow_symlinks=follow_symlinks)
     dataset_dir = ingested["out_dir"]
     report = validate_flow.fn(dataset_dir=dataset_dir)
     headline = portable(report).headline()  # no absolute machine paths in reports and artifacts
