@@ -12,6 +12,8 @@ Cases (``--cases``, default all):
 * ``fedavg``, ``fedmedian``, ``fedtrimmedavg``: the flwr strategies with the server's screening off
   (``outlier_factor=0``: only NaN/inf replies rejected, the behaviour before issue 14);
 * ``fedavg+screen``: FedAvg with the default screening (``outlier_factor=10``, clip; manifest known);
+* ``+dp<z>`` (e.g. ``fedavg+screen+dp0.1``): central differential privacy, noise multiplier z, clipping norm
+  ``--clipping-norm``;
 * ``*@attack`` (e.g. ``fedavg@attack``): the same with client 1 sending weights x1e6 and a claimed 1e9 rows in
   the last round (fault ``scale``) and client 2 a calibration sketch of errors 1e6 (fault ``sketch``).
 
@@ -28,21 +30,39 @@ from pathlib import Path
 CASES = ("fedavg", "fedmedian", "fedtrimmedavg", "fedavg+screen", "fedavg@attack", "fedavg+screen@attack")
 
 
-def run_case(dataset: Path, case: str, hidden: tuple[int, ...], out: Path, rounds: int) -> dict[str, object]:
+def parse_case(case: str) -> tuple[str, bool, float, bool]:
+    """``STRATEGY[+screen][+dp<z>][@attack]`` -> (strategy, screen, noise multiplier, attack); ValueError if bad."""
+    from bearing_core.federated.config import STRATEGIES
+
+    name, _, attack = case.partition("@")
+    strategy, *mods = name.split("+")
+    usage = f"bad case {case!r}: STRATEGY[+screen][+dp<z>][@attack], e.g. {', '.join(CASES)}"
+    try:
+        noise = [float(m.removeprefix("dp")) for m in mods if m.startswith("dp")]
+    except ValueError:
+        raise ValueError(usage) from None
+    if strategy not in STRATEGIES or attack not in ("", "attack") or len(noise) + mods.count("screen") != len(mods):
+        raise ValueError(usage)
+    return strategy, "screen" in mods, noise[0] if noise else 0.0, bool(attack)
+
+
+def run_case(
+    dataset: Path, case: str, hidden: tuple[int, ...], out: Path, rounds: int, clipping_norm: float
+) -> dict[str, object]:
     """One simulation of ``case`` on the natural partition of ``dataset``; final metrics and threshold."""
     from bearing_core.federated.config import FederatedConfig
     from bearing_core.federated.simulation import GLOBAL, run_federated
     from bearing_core.partition.writer import MANIFEST_FILE, scheme_dir
     from bearing_core.threshold import load_threshold
 
-    name, _, attack = case.partition("@")
-    strategy, _, screen = name.partition("+")
+    strategy, screen, noise, attack = parse_case(case)
     clients_dir = scheme_dir(dataset, "natural")
     cfg = FederatedConfig(
         strategy=strategy, rounds=rounds, hidden=hidden, seed=0,
         outlier_factor=10.0 if screen else 0.0,
         manifest=str(clients_dir / MANIFEST_FILE) if screen else "",
         faults=f"1@{rounds}:scale,2@1:sketch" if attack else "",
+        dp_noise_multiplier=noise, clipping_norm=clipping_norm if noise else 0.0,
     )
     start = time.perf_counter()
     result = run_federated(clients_dir, cfg, out / f"{dataset.name}-{case}", baseline=False)
@@ -71,14 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument("--hidden", default="", help="per dataset, ';'-separated widths, e.g. '4,2,4;4,1,4'")
     parser.add_argument("--rounds", type=int, default=20, help="federated rounds (default: 20)")
+    parser.add_argument("--clipping-norm", type=float, default=1.0, help="clipping norm of +dp cases (default: 1)")
     args = parser.parse_args(argv)
-    from bearing_core.federated.config import STRATEGIES
-
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    bad = [c for c in cases if c.partition("@")[0].removesuffix("+screen") not in STRATEGIES
-           or c.partition("@")[2] not in ("", "attack")]
-    if bad:
-        parser.error(f"unknown cases {bad}: STRATEGY[+screen][@attack], e.g. {', '.join(CASES)}")
+    try:
+        for case in cases:
+            parse_case(case)
+    except ValueError as exc:
+        parser.error(str(exc))
     widths = [tuple(int(w) for w in h.split(",")) for h in args.hidden.split(";")] if args.hidden else []
     if widths and len(widths) != len(args.datasets):
         parser.error(f"--hidden has {len(widths)} entries for {len(args.datasets)} datasets")
@@ -94,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     for k, dataset in enumerate(args.datasets):
         partition_dataset(dataset, "natural", 4, 0, InputConfig(train_fraction=0.2))
         for case in cases:
-            rows.append(run_case(dataset, case, widths[k] if widths else (4, 2, 4), args.out, args.rounds))
+            hidden = widths[k] if widths else (4, 2, 4)
+            rows.append(run_case(dataset, case, hidden, args.out, args.rounds, args.clipping_norm))
             write_json_atomic(args.out / "results.json", rows)
     print("\n| dataset | case | final holdout MSE | threshold | excluded | adjusted |\n|---|---|---|---|---|---|")
     for r in rows:

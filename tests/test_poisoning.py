@@ -248,8 +248,94 @@ def test_every_rejection_and_cap_is_logged_with_its_site(runs) -> None:
 
 
 @pytest.mark.slow
+def test_model_card_names_the_screened_site(runs) -> None:
+    import json
+    from datetime import datetime, timezone
+
+    from bearing_core.model_card import DataFingerprint, render_model_card
+    from bearing_core.model_io import load_model
+
+    result = runs["attacked"]
+    fingerprint = DataFingerprint(
+        dataset="dataset", dataset_dir="dataset", dataset_sha256="0", partition_manifest=result.config.manifest,
+        partition_manifest_sha256="0", partition_scheme="iid", num_clients=5, sites=["site_1", "site_2"],
+        train_rows=1, holdout_rows=1,
+    )
+    threshold = json.loads((result.model_dir / "threshold.json").read_text())
+    card = render_model_card("v1", datetime.now(timezone.utc), load_model(result.model_dir), fingerprint,
+                             result.metrics, threshold)
+    assert "1 client reply failed or was rejected by the server's screening" in card
+    assert f"- round {ROUNDS} train, client {ATTACKER}: claimed {SCALE_ATTACK_ROWS} train rows" in card
+    assert f'"{SKETCHER}": "error sketch rejected: its median error 1e+06' in card
+    assert "| outlier_factor | 10 |" in card and "No differential privacy" in card
+
+
+@pytest.mark.slow
 def test_without_the_screening_the_same_attacks_take_over(runs) -> None:
     honest_mse, honest_threshold = _outcome(runs["honest"])
     mse, threshold = _outcome(runs["unscreened"])
     assert not mse <= 1e3 * honest_mse  # NaN/inf or astronomically large: the model is gone
     assert threshold > 1e3 * honest_threshold  # and nothing would ever alarm
+
+
+# ------------------------------------------------------------------------------------------ privacy (issue 14, 9)
+
+
+def test_private_strategy_clips_adds_calibrated_noise_and_keeps_logging_errors() -> None:
+    from flwr.app import Error
+
+    from bearing_core.federated.strategies import Private, privacy_summary
+
+    with pytest.raises(ValueError, match="dp_noise_multiplier > 0 needs clipping_norm > 0"):
+        FederatedConfig(dp_noise_multiplier=1.0)
+    cfg = FederatedConfig(num_clients=4, clipping_norm=2.0, dp_noise_multiplier=0.5, outlier_factor=0)
+    strategy = build_strategy(cfg)
+    assert isinstance(strategy, Private) and strategy.clipping_norm == 2.0 and strategy.num_sampled_clients == 4
+    inner = strategy.strategy
+    inner.ledger.node_partitions.update({100 + k: k for k in range(4)})
+    start = [np.zeros(20_000, dtype=np.float64)]
+    list(strategy.configure_train(1, ArrayRecord(start), ConfigRecord(), _Nodes([100, 101, 102, 103])))
+    replies = [_reply(100 + k, k, [np.full(20_000, 1.0)], 10) for k in range(3)]  # norm sqrt(20000) >> 2
+    instruction = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=103,
+                          message_type=MessageType.TRAIN)
+    replies.append(Message(Error(code=0, reason="boom Message: disk full'>"), reply_to=instruction))
+    np.random.seed(0)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    aggregate = arrays.to_numpy_ndarrays()[0]
+    clipped = 2.0 / np.sqrt(20_000)  # every update scaled onto the clipping norm, then averaged
+    assert float(aggregate.mean()) == pytest.approx(clipped, abs=0.005)
+    assert float(aggregate.std()) == pytest.approx(0.5 * 2.0 / 4, rel=0.03)  # noise std = z * C / sampled
+    assert [(f["client"], f["reason"]) for f in inner.ledger.failures] == [(3, "disk full")]  # the round went on
+
+    summary = privacy_summary(cfg)
+    assert summary["noise_std_per_round"] == 0.25 and summary["rounds"] == cfg.rounds and summary["epsilon"] is None
+    assert "none installed" in summary["accountant"] and privacy_summary(FederatedConfig()) is None
+
+
+def test_absolute_clipping_without_privacy_is_applied_and_logged() -> None:
+    cfg = FederatedConfig(num_clients=4, clipping_norm=0.1, outlier_factor=0)
+    strategy = build_strategy(cfg)
+    strategy.ledger.node_partitions.update({100 + k: k for k in range(4)})
+    start = [np.zeros(4)]
+    list(strategy.configure_train(1, ArrayRecord(start), ConfigRecord(), _Nodes([100, 101, 102, 103])))
+    replies = [_reply(100, 0, [np.full(4, 0.01)], 10), _reply(101, 1, [np.full(4, 1.0)], 10)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0], (0.01 + 0.05) / 2)  # client 1: norm 2 -> 0.1
+    assert [(a["client"], a["reason"]) for a in strategy.ledger.adjustments] == [
+        (1, "update norm 2 above clipping_norm 0.1: clipped to it")
+    ]
+
+
+def test_train_cli_rejects_bad_screening_settings_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    import argparse
+
+    from cli import train_cmd
+
+    parser = argparse.ArgumentParser(prog="bearing")
+    train_cmd.register(parser.add_subparsers())
+    for flags, message in ((["--outlier-factor", "0.5"], "outlier_factor must be 0 (off) or above 1, got 0.5"),
+                           (["--dp-noise-multiplier", "1"], "dp_noise_multiplier > 0 needs clipping_norm > 0")):
+        args = parser.parse_args(["train", str(tmp_path), *flags])
+        assert args.func(args) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and error[0].startswith("bearing train: error:") and message in error[0]

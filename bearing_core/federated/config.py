@@ -171,6 +171,18 @@ class FederatedConfig(BaseModel):
         description="Partition manifest (manifest.json) known to the server: self-reported train / holdout row "
         "counts are capped at its rows per client. Empty: capped at outlier_factor x the median count",
     )
+    clipping_norm: float = Field(
+        0.0,
+        ge=0,
+        description="Absolute bound on every client update's L2 norm (delta from the global model): larger ones "
+        "are scaled onto it, also the clipping norm of differential privacy. 0: no absolute bound",
+    )
+    dp_noise_multiplier: float = Field(
+        0.0,
+        ge=0,
+        description="Central differential privacy (Flower's server-side fixed clipping at clipping_norm): Gaussian "
+        "noise of std dp_noise_multiplier x clipping_norm / sampled clients added to every aggregate. 0: off",
+    )
     fault: FaultInjection | None = Field(
         None, description="Deliberate client failure, for testing (flat fault-* keys in the run config)"
     )
@@ -205,6 +217,12 @@ class FederatedConfig(BaseModel):
             if key in seen:
                 raise ValueError(f"two fault injections for client {key[0]} in round {key[1]}: keep one")
             seen.add(key)
+        return self
+
+    @model_validator(mode="after")
+    def _privacy_needs_a_clipping_norm(self) -> FederatedConfig:
+        if self.dp_noise_multiplier > 0 and self.clipping_norm <= 0:
+            raise ValueError("dp_noise_multiplier > 0 needs clipping_norm > 0 (the noise is scaled by it)")
         return self
 
     @property

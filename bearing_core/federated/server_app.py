@@ -29,6 +29,7 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -49,6 +50,7 @@ from bearing_core.federated.strategies import (
     RoundLedger,
     build_strategy,
     metrics_frame,
+    privacy_summary,
     strategy_params,
 )
 from bearing_core.io import write_parquet_atomic
@@ -174,6 +176,8 @@ def federated_threshold(
 def run_server(grid: Grid, cfg: FederatedConfig, out_dir: str | os.PathLike[str]) -> Path:
     """The whole federated run against ``grid`` (see module doc); returns the model directory ``out_dir``."""
     random.seed(cfg.seed)  # flwr samples nodes with the `random` module
+    if cfg.dp_noise_multiplier > 0:
+        np.random.seed(cfg.seed)  # flwr draws the privacy noise from numpy's global generator
     ledger = RoundLedger(cfg)
     nodes = wait_for_clients(grid, cfg.min_available_clients, cfg.round_timeout_s)
     scaler, columns, train_rows = federated_scaler(grid, nodes, ledger)
@@ -212,6 +216,7 @@ def run_server(grid: Grid, cfg: FederatedConfig, out_dir: str | os.PathLike[str]
             "final_train_loss": float(final["train_loss"]),
             "failures": ledger.failures,
             "screening": ledger.adjustments,
+            "privacy": privacy_summary(cfg),
         },
     )
     write_parquet_atomic(out_dir / METRICS_FILE, frame)

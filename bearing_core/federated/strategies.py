@@ -22,6 +22,10 @@ FedTrimmedAvg, Krum) with a :class:`RoundLedger` mixed in. The ledger:
 * sorts replies by partition id before aggregation, so the floating-point sum order (hence the global model) does
   not depend on which client answered first.
 
+With ``dp_noise_multiplier`` > 0 the strategy is wrapped in Flower's central differential privacy (:class:`Private`):
+every update clipped to ``clipping_norm`` (the same absolute bound the screening applies without privacy), Gaussian
+noise added to the aggregate.
+
 The strategy also forwards the run's fault injections (:meth:`FederatedConfig.fault_config`, chaos testing) to
 the clients in every train instruction.
 """
@@ -132,16 +136,33 @@ class RoundLedger:
                 _metrics(msg)[WEIGHT_KEY] = cap
                 self.adjust(server_round, "train", msg, f"claimed {claim} train rows, more than its cap {cap}: "
                             f"weighted as {cap}")
-        if factor <= 0 or reference is None or len(replies) < MIN_ROBUST_SITES:
+        if reference is None:
+            return replies
+        replies = self._screen_norms(server_round, replies, reference) if len(replies) >= MIN_ROBUST_SITES else replies
+        bound = self.cfg.clipping_norm
+        if bound > 0 and self.cfg.dp_noise_multiplier == 0:  # with privacy on, Flower's wrapper clips (same bound)
+            for msg in replies:
+                norm = update_norm(_arrays(msg), reference)
+                if norm > bound:
+                    msg.content[ARRAYS_KEY] = ArrayRecord(clip_update(_arrays(msg), reference, bound))
+                    self.adjust(server_round, "train", msg, f"update norm {norm:.4g} above clipping_norm {bound:g}: "
+                                "clipped to it")
+        return replies
+
+    def _screen_norms(self, server_round: int, replies: list[Message], reference: list[np.ndarray]) -> list[Message]:
+        """Reject (or clip) updates whose norm exceeds ``outlier_factor`` x the round's median."""
+        factor = self.cfg.outlier_factor
+        if factor <= 0:
             return replies
         norms = np.array([update_norm(_arrays(m), reference) for m in replies])
-        bound = factor * float(robust_median(norms))
+        median = float(robust_median(norms))
+        bound = factor * median
         kept: list[Message] = []
         for msg, norm in zip(replies, norms, strict=True):
             if norm <= bound:
                 kept.append(msg)
                 continue
-            what = f"update norm {norm:.4g} above {factor:g} x the round's median ({bound:.4g})"
+            what = f"update norm {norm:.4g} above {factor:g} x the round's median {median:.4g}"
             if self.cfg.norm_action == "reject":
                 self.reject(server_round, "train", msg.metadata.src_node_id, self.partition_of(msg), f"{what} rejected")
                 continue
@@ -335,6 +356,11 @@ class _LedgerMixin:
         self._sampled = {}
         self._train_agg = {}
         self._reference = {}
+        self._held_errors: dict[int, list[Message]] = {}
+
+    def hold_errors(self, server_round: int, errors: list[Message]) -> None:
+        """Error replies of ``server_round`` that an outer wrapper kept from this strategy (see :class:`Private`)."""
+        self._held_errors[server_round] = errors
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -351,7 +377,8 @@ class _LedgerMixin:
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         nodes = self._sampled[(server_round, "train")]
         reference = self._reference.pop(server_round, None)
-        checked = self.ledger.check_replies(server_round, "train", len(nodes), list(replies), nodes, reference)
+        replies = list(replies) + self._held_errors.pop(server_round, [])
+        checked = self.ledger.check_replies(server_round, "train", len(nodes), replies, nodes, reference)
         arrays, metrics = super().aggregate_train(server_round, checked)  # type: ignore[misc]
         self._train_agg[server_round] = metrics
         return arrays, metrics
@@ -371,6 +398,47 @@ class _LedgerMixin:
         return metrics
 
 
+class Private(flwr_strategy.DifferentialPrivacyServerSideFixedClipping):
+    """Flower's central differential privacy with server-side fixed clipping, around a ledger strategy.
+
+    Flower's wrapper clips every successful update to ``clipping_norm``, lets the inner strategy aggregate and adds
+    Gaussian noise of std ``noise_multiplier x clipping_norm / num_sampled_clients`` to the aggregate. It skips a
+    round's aggregation altogether when any reply is an error; here error replies go straight to the inner
+    strategy's ledger instead (logged, left out, counted against ``min_fit_fraction``) and the round goes on.
+    """
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        self.strategy.hold_errors(server_round, [m for m in replies if m.has_error()])  # type: ignore[attr-defined]
+        return super().aggregate_train(server_round, [m for m in replies if not m.has_error()])
+
+
+def privacy_summary(cfg: FederatedConfig) -> dict[str, Any] | None:
+    """What a private run guarantees, for the model card (None when ``dp_noise_multiplier`` is 0).
+
+    No privacy accountant is installed (Flower's RDP accountant needs the optional ``dp-accounting`` package,
+    ``flwr[dp]``), so no epsilon is computed: the mechanism's parameters are reported instead.
+    """
+    if cfg.dp_noise_multiplier <= 0:
+        return None
+    sampled = max(1, math.ceil(cfg.fraction_train * cfg.num_clients))
+    return {
+        "mechanism": "central DP, Gaussian, server-side fixed clipping (flwr DifferentialPrivacyServerSideFixedClipping)",
+        "noise_multiplier": cfg.dp_noise_multiplier,
+        "clipping_norm": cfg.clipping_norm,
+        "noise_std_per_round": cfg.dp_noise_multiplier * cfg.clipping_norm / sampled,
+        "rounds": cfg.rounds,
+        "clients_per_round": sampled,
+        "num_clients": cfg.num_clients,
+        "sampling": f"fraction_train={cfg.fraction_train:g} of the clients each round, no amplification assumed",
+        "epsilon": None,
+        "accountant": "none installed (Flower's RdpAccountant needs dp-accounting, i.e. flwr[dp]): no epsilon; "
+        "note the noise is calibrated for a uniform mean, while FedAvg weights clients by their rows",
+    }
+
+
 def strategy_params(cfg: FederatedConfig) -> dict[str, Any]:
     """Strategy-specific constructor arguments (also saved with the model)."""
     if cfg.strategy == "fedprox":
@@ -383,8 +451,11 @@ def strategy_params(cfg: FederatedConfig) -> dict[str, Any]:
     return {}
 
 
-def build_strategy(cfg: FederatedConfig, ledger: RoundLedger | None = None) -> flwr_strategy.FedAvg:
-    """The flwr strategy named by ``cfg.strategy`` (validated by :class:`FederatedConfig`), with a ledger."""
+def build_strategy(
+    cfg: FederatedConfig, ledger: RoundLedger | None = None
+) -> flwr_strategy.FedAvg | Private:
+    """The flwr strategy named by ``cfg.strategy`` (validated by :class:`FederatedConfig`), with a ledger; wrapped
+    in :class:`Private` when ``cfg.dp_noise_multiplier`` > 0."""
     base: type[flwr_strategy.FedAvg] = getattr(flwr_strategy, STRATEGY_CLASSES[cfg.strategy])
     ledger = ledger or RoundLedger(cfg)
     sampled = max(1, math.ceil(cfg.fraction_train * cfg.num_clients))
@@ -400,6 +471,8 @@ def build_strategy(cfg: FederatedConfig, ledger: RoundLedger | None = None) -> f
         **strategy_params(cfg),
     )
     strategy.attach_ledger(ledger)
+    if cfg.dp_noise_multiplier > 0:
+        return Private(strategy, cfg.dp_noise_multiplier, cfg.clipping_norm, sampled)
     return strategy
 
 
