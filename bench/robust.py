@@ -52,6 +52,7 @@ def run_case(
     """One simulation of ``case`` on the natural partition of ``dataset``; final metrics and threshold."""
     from bearing_core.federated.config import FederatedConfig
     from bearing_core.federated.simulation import GLOBAL, run_federated
+    from bearing_core.model_io import load_model
     from bearing_core.partition.writer import MANIFEST_FILE, scheme_dir
     from bearing_core.threshold import load_threshold
 
@@ -68,10 +69,9 @@ def run_case(
     result = run_federated(clients_dir, cfg, out / f"{dataset.name}-{case}", baseline=False)
     threshold = load_threshold(result.model_dir)
     extra_failures = [f"r{f['round']} {f['step']} c{f['client']}" for f in result.failures]
-    extra_failures += [f"c{k} calibrate" for k in threshold.rejected_sketches if f"c{k} calibrate" not in extra_failures]
-    from bearing_core.model_io import load_model
-
-    adjusted = [f"r{a['round']} {a['step']} c{a['client']}" for a in load_model(result.model_dir).extra.get("screening", [])]
+    extra_failures += [f"c{k} calibrate" for k in threshold.rejected_sketches]
+    screening = load_model(result.model_dir).extra.get("screening", [])
+    adjusted = [f"r{a['round']} {a['step']} c{a['client']}" for a in screening]
     return {
         "dataset": dataset.name,
         "case": case,

@@ -49,7 +49,9 @@ SCALE_ATTACK_ROWS = 1_000_000_000
 """... and claims this many training rows (``num-examples``), so that plain FedAvg gives it almost all the weight."""
 SKETCH_ATTACK_ERROR = 1e6
 """Mode 'sketch': every holdout error in the client's calibration sketch is replaced by this value."""
-_FAULT_SPEC = re.compile(r"\s*(\d+)@(\d+):(raise|sleep|nan|scale|sketch)(?::(\d+(?:\.\d*)?(?:e[+-]?\d+)?))?\s*", re.IGNORECASE)
+_FAULT_SPEC = re.compile(
+    r"\s*(\d+)@(\d+):(raise|sleep|nan|scale|sketch)(?::(\d+(?:\.\d*)?(?:e[+-]?\d+)?))?\s*", re.IGNORECASE
+)
 
 
 class FaultInjection(BaseModel):
@@ -94,7 +96,9 @@ class FaultInjection(BaseModel):
         """Inverse of :meth:`spec`; ``ValueError`` naming the bad spec and the expected form."""
         match = _FAULT_SPEC.fullmatch(spec)
         if match is None:
-            raise ValueError(f"bad fault spec {spec!r}: expected PID@ROUND:MODE[:SLEEP_S], MODE raise|sleep|nan|scale|sketch")
+            raise ValueError(
+                f"bad fault spec {spec!r}: expected PID@ROUND:MODE[:SLEEP_S], MODE raise|sleep|nan|scale|sketch"
+            )
         pid, server_round, mode, sleep_s = match.groups()
         extra = {} if sleep_s is None else {"sleep_s": float(sleep_s)}
         return cls(partition_id=int(pid), round=int(server_round), mode=mode.lower(), **extra)

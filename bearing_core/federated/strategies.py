@@ -288,10 +288,11 @@ def clip_update(arrays: list[np.ndarray], reference: list[np.ndarray], bound: fl
     """``reference + (arrays − reference)`` scaled so that the update's norm is at most ``bound`` (dtype kept)."""
     norm = update_norm(arrays, reference)
     factor = 1.0 if norm <= bound else bound / norm
-    return [
-        (np.asarray(ref, np.float64) + factor * (np.asarray(a, np.float64) - np.asarray(ref, np.float64))).astype(a.dtype)
-        for a, ref in zip(arrays, reference, strict=True)
-    ]
+    out = []
+    for array, ref in zip(arrays, reference, strict=True):
+        base = np.asarray(ref, np.float64)
+        out.append((base + factor * (np.asarray(array, np.float64) - base)).astype(array.dtype))
+    return out
 
 
 def non_finite_update(msg: Message) -> str | None:
@@ -425,7 +426,8 @@ def privacy_summary(cfg: FederatedConfig) -> dict[str, Any] | None:
         return None
     sampled = max(1, math.ceil(cfg.fraction_train * cfg.num_clients))
     return {
-        "mechanism": "central DP, Gaussian, server-side fixed clipping (flwr DifferentialPrivacyServerSideFixedClipping)",
+        "mechanism": "central DP, Gaussian noise, server-side fixed clipping "
+        "(flwr DifferentialPrivacyServerSideFixedClipping)",
         "noise_multiplier": cfg.dp_noise_multiplier,
         "clipping_norm": cfg.clipping_norm,
         "noise_std_per_round": cfg.dp_noise_multiplier * cfg.clipping_norm / sampled,
