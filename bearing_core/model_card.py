@@ -115,6 +115,8 @@ threshold, calibration size, method, error statistics, per-site thresholds).
     hyper = {k: v for k, v in fed_cfg.items() if k not in ("fault",)}
     hyper.update({f"strategy.{k}": v for k, v in dict(extra.get("strategy_params", {})).items()})
     failures = list(extra.get("failures", []))
+    screening = list(extra.get("screening", []))
+    privacy: dict[str, Any] | None = extra.get("privacy")
     final = _final_rows(metrics) if len(metrics) else metrics
 
     sections = [
@@ -163,10 +165,24 @@ threshold, calibration size, method, error statistics, per-site thresholds).
         + _table(("parameter", "value"), [(k, json.dumps(v) if isinstance(v, (list, dict)) else v)
                                            for k, v in sorted(hyper.items())])
         + (
-            f"\n\n{len(failures)} client repl{'y' if len(failures) == 1 else 'ies'} failed and "
+            f"\n\n{len(failures)} client repl{'y' if len(failures) == 1 else 'ies'} failed or "
+            f"{'was' if len(failures) == 1 else 'were'} rejected by the server's screening, and "
             f"{'was' if len(failures) == 1 else 'were'} left out of their round(s)."
             if failures
             else "\n\nNo client failed during training."
+        )
+        + (
+            "\n\nKept with bounded influence by the server's screening:\n\n"
+            + "\n".join(f"- round {a['round']} {a['step']}, client {a['client']}: {a['reason']}" for a in screening)
+            if screening
+            else ""
+        ),
+        "## Privacy\n\n"
+        + (
+            _table(("field", "value"), [(k, "not computed" if v is None else v) for k, v in privacy.items()])
+            if privacy
+            else "No differential privacy: only aggregates leave the sites (weights, counts, moments, error "
+            "histograms), but the server sees each site's update as sent."
         ),
         f"## Final metrics (round {rounds})\n\n"
         + _table(

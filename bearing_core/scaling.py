@@ -166,3 +166,83 @@ class Scaler:
         if missing:
             raise ValueError(f"scaler dict is missing {sorted(missing)}")
         return cls(mean=np.asarray(data["mean"], dtype=np.float64), std=np.asarray(data["std"], dtype=np.float64))
+
+
+MIN_ROBUST_SITES = 3
+"""Median-based screening needs at least this many sites: with two, neither can be told from the other."""
+
+
+def robust_median(values: np.ndarray, axis: int = 0) -> np.ndarray:
+    """The median along ``axis`` (helper of the screening functions, so they share one definition)."""
+    return np.median(np.asarray(values, dtype=np.float64), axis=axis)
+
+
+def cap_counts(
+    counts: Sequence[int], factor: float, reference: Sequence[int | None] | None = None
+) -> list[int | None]:
+    """The largest row count each client may claim, or None for no cap.
+
+    ``reference`` (e.g. the partition manifest's rows per client) is authoritative where given; elsewhere, with
+    ``factor`` > 0 and at least :data:`MIN_ROBUST_SITES` clients, the cap is ``factor`` x the median claim.
+    """
+    reference = list(reference) if reference is not None else [None] * len(counts)
+    if len(reference) != len(counts):
+        raise ValueError(f"{len(counts)} counts but {len(reference)} reference counts")
+    median_cap: int | None = None
+    if factor > 0 and len(counts) >= MIN_ROBUST_SITES:
+        median_cap = max(1, int(factor * float(robust_median(np.asarray(counts, dtype=np.float64)))))
+    return [ref if ref is not None else median_cap for ref in reference]
+
+
+def screen_stats(
+    stats: Sequence[ScalerStats],
+    factor: float,
+    caps: Sequence[int | None] | None = None,
+    columns: Sequence[str] | None = None,
+) -> list[tuple[ScalerStats | None, str | None]]:
+    """Robust screening of the clients' statistics before :func:`merge_stats`: per client, ``(stats, note)``.
+
+    ``stats`` is what to merge (None: rejected), ``note`` what was done (None: nothing). In order:
+
+    * non-finite sums, negative or non-finite sums of squared deviations: rejected;
+    * a count above its cap (``caps``, see :func:`cap_counts`): re-weighted to the cap (sum and sum of squared
+      deviations scaled alike, so the client's mean and variance are kept but its weight is bounded);
+    * with ``factor`` > 0 and at least :data:`MIN_ROBUST_SITES` non-empty clients, moments outside the sites'
+      plausible range: a column mean further than ``factor`` robust scales from the median of the clients' means
+      (robust scale = median within-client std + 1.4826 x the median absolute deviation of the means, i.e. the
+      within- and between-site spread), or a column std above ``factor`` x the median std: rejected.
+    """
+    names = list(columns) if columns is not None else [str(j) for j in range(stats[0].n_features if stats else 0)]
+    caps = list(caps) if caps is not None else [None] * len(stats)
+    out: list[tuple[ScalerStats | None, str | None]] = []
+    for s, cap in zip(stats, caps, strict=True):
+        if not (np.isfinite(s.sum).all() and np.isfinite(s.sumsq).all()) or (s.sumsq < 0).any():
+            out.append((None, "non-finite or negative scaler statistics rejected"))
+        elif cap is not None and s.count > cap:
+            ratio = cap / s.count
+            kept = ScalerStats(count=cap, sum=s.sum * ratio, sumsq=s.sumsq * ratio)
+            out.append((kept, f"claimed {s.count} train rows, more than its cap {cap}: weighted as {cap}"))
+        else:
+            out.append((s, None))
+    live = [k for k, (s, _) in enumerate(out) if s is not None and s.count > 0]
+    if factor <= 0 or len(live) < MIN_ROBUST_SITES:
+        return out
+    means = np.stack([out[k][0].sum / out[k][0].count for k in live])  # type: ignore[union-attr]
+    stds = np.sqrt(np.stack([out[k][0].sumsq / out[k][0].count for k in live]))  # type: ignore[union-attr]
+    centre = robust_median(means)
+    median_std = np.maximum(robust_median(stds), DEFAULT_MIN_STD)
+    scale = median_std + 1.4826 * robust_median(np.abs(means - centre))
+    deviation = np.abs(means - centre) / scale
+    std_ratio = stds / median_std
+    for row, k in enumerate(live):
+        worst_mean, worst_std = int(np.argmax(deviation[row])), int(np.argmax(std_ratio[row]))
+        if deviation[row, worst_mean] > factor:
+            note = (f"mean of {names[worst_mean]} lies {deviation[row, worst_mean]:.3g} robust scales from the "
+                    f"sites' median (bound {factor:g}): scaler statistics rejected")
+        elif std_ratio[row, worst_std] > factor:
+            note = (f"std of {names[worst_std]} is {std_ratio[row, worst_std]:.3g} x the sites' median "
+                    f"(bound {factor:g}): scaler statistics rejected")
+        else:
+            continue
+        out[k] = (None, note)
+    return out

@@ -257,6 +257,47 @@ def merge_sketches(sketches: Sequence[ErrorSketch]) -> ErrorSketch:
     return merged
 
 
+def screen_sketches(
+    sketches: Sequence[ErrorSketch], factor: float, q: float, caps: Sequence[int | None] | None = None
+) -> list[str | None]:
+    """Robust screening of the clients' calibration sketches before :func:`merge_sketches`: per sketch, why it is
+    rejected, or None to keep it.
+
+    * non-finite moments: rejected;
+    * more errors than the client has holdout rows (its cap in ``caps``, see :func:`bearing_core.scaling.cap_counts`):
+      rejected (a sketch's histogram cannot be re-weighted);
+    * with ``factor`` > 0 and at least :data:`bearing_core.scaling.MIN_ROBUST_SITES` non-empty sketches left, mass
+      far from the others': a median error or a ``q``-quantile (the threshold's own statistic) more than
+      ``factor`` times above or below the median over the sketches: rejected. A sketch whose mass sits beyond the
+      others' would otherwise move the threshold alone (up: no alarm ever fires; down: alarms on healthy data).
+    """
+    from bearing_core.scaling import MIN_ROBUST_SITES, robust_median
+
+    caps = list(caps) if caps is not None else [None] * len(sketches)
+    notes: list[str | None] = []
+    for sketch, cap in zip(sketches, caps, strict=True):
+        if not all(math.isfinite(v) for v in (sketch.mean, sketch.m2)) or sketch.count < 0:
+            notes.append("non-finite error sketch rejected")
+        elif cap is not None and sketch.count > cap:
+            notes.append(f"error sketch of {sketch.count} errors, more than its {cap} holdout rows: rejected")
+        else:
+            notes.append(None)
+    live = [k for k, note in enumerate(notes) if note is None and sketches[k].count > 0]
+    if factor <= 0 or len(live) < MIN_ROBUST_SITES:
+        return notes
+    tiny = np.finfo(np.float64).tiny
+    stats = np.array([[max(sketches[k].quantile(0.5), tiny), max(sketches[k].quantile(q), tiny)] for k in live])
+    ratio = stats / robust_median(stats)
+    for row, k in enumerate(live):
+        for col, what in enumerate(("median error", f"{q:g}-quantile")):
+            r = ratio[row, col]
+            if r > factor or r < 1 / factor:
+                notes[k] = (f"error sketch rejected: its {what} {stats[row, col]:.3g} is {r:.3g} x the sites' "
+                            f"median (bound {factor:g}x either way)")
+                break
+    return notes
+
+
 def threshold_from_sketch(sketch: ErrorSketch, cfg: ThresholdConfig) -> float:
     """The threshold ``cfg`` defines, from a (merged) sketch."""
     if sketch.count == 0:
@@ -312,6 +353,9 @@ class ThresholdRecord(BaseModel):
     error_std: float = Field(..., description="Std of healthy calibration errors")
     error_max: float = Field(..., description="Largest healthy calibration error")
     source: str = Field("", description="Where the calibration rows came from (e.g. a clients directory)")
+    rejected_sketches: dict[str, str] = Field(
+        default_factory=dict, description="Clients whose calibration sketch the server rejected, with the reason"
+    )
     created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc).replace(microsecond=0))
 
     def for_sites(self, sites: Sequence[str] | np.ndarray) -> np.ndarray:
@@ -327,6 +371,7 @@ def save_threshold(
     cfg: ThresholdConfig,
     site_sketches: Mapping[str, ErrorSketch] | None = None,
     source: str = "",
+    rejected_sketches: Mapping[str, str] | None = None,
 ) -> ThresholdRecord:
     """Derive the threshold(s) from merged sketches and write ``<model_dir>/threshold.json`` atomically.
 
@@ -356,6 +401,7 @@ def save_threshold(
         error_std=sketch.std,
         error_max=sketch.max,
         source=source,
+        rejected_sketches=dict(rejected_sketches or {}),
     )
     write_json_atomic(model_dir / THRESHOLD_FILE, record.model_dump(mode="json"))
     return record

@@ -62,6 +62,26 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold-k", type=float, default=3.0, help="k of mean + k*std (default: 3)")
     parser.add_argument("--min-fit-fraction", type=float, default=0.5, help="successful replies needed per round")
     parser.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait for replies per step")
+    parser.add_argument(
+        "--outlier-factor", type=float, default=10.0,
+        help="screening of client replies against the median over clients: updates with a norm above this x the "
+        "round's median, row counts, scaler moments and calibration sketches far outside the others'; 0 = off "
+        "(default: 10)",
+    )
+    parser.add_argument(
+        "--norm-action", choices=("reject", "clip"), default="reject",
+        help="an update above the norm bound is left out or scaled down onto it (default: reject)",
+    )
+    parser.add_argument(
+        "--clipping-norm", type=float, default=0.0,
+        help="absolute bound on every update's L2 norm, also the clipping norm of --dp-noise-multiplier (default: 0 = "
+        "none)",
+    )
+    parser.add_argument(
+        "--dp-noise-multiplier", type=float, default=0.0,
+        help="central differential privacy: Gaussian noise of std this x clipping norm / clients on every aggregate "
+        "(default: 0 = off; needs --clipping-norm)",
+    )
 
 
 def federated_config(args: argparse.Namespace) -> FederatedConfig:
@@ -84,6 +104,10 @@ def federated_config(args: argparse.Namespace) -> FederatedConfig:
         threshold_method=args.threshold_method,
         threshold_quantile=args.threshold_quantile,
         threshold_k=args.threshold_k,
+        outlier_factor=args.outlier_factor,
+        norm_action=args.norm_action,
+        clipping_norm=args.clipping_norm,
+        dp_noise_multiplier=args.dp_noise_multiplier,
     )
 
 

@@ -129,7 +129,7 @@ def _error_reply(node_id: int, reason: str) -> Message:
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_every_strategy_builds_and_aggregates(name: str) -> None:
-    cfg = FederatedConfig(strategy=name, num_clients=5, trim_beta=0.2)
+    cfg = FederatedConfig(strategy=name, num_clients=5, trim_beta=0.2, outlier_factor=0)  # the strategies' own math
     strategy = build_strategy(cfg)
     assert type(strategy).__name__.lower() == f"bearing{name}"
     start = ArrayRecord([np.zeros(3, dtype=np.float32), np.zeros((2, 2), dtype=np.float32)])

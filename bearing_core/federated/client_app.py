@@ -30,7 +30,12 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from bearing_core.autoencoder import build_model, get_weights, set_weights
-from bearing_core.federated.config import FaultInjection
+from bearing_core.federated.config import (
+    SCALE_ATTACK_FACTOR,
+    SCALE_ATTACK_ROWS,
+    SKETCH_ATTACK_ERROR,
+    FaultInjection,
+)
 from bearing_core.federated.messages import (
     ARRAYS_KEY,
     CALIBRATE_ACTION,
@@ -94,22 +99,28 @@ def _node_partition(context: Context, clients_dir: Path | None) -> tuple[Path, i
     return Path(str(where)), int(node["partition-id"])
 
 
-def _maybe_fail(config: Mapping[str, object], partition_id: int, server_round: int) -> bool:
-    """Deliberate failure requested by the server's fault-injection settings (chaos testing).
+def _maybe_fail(config: Mapping[str, object], partition_id: int, server_round: int) -> str | None:
+    """Deliberate failure of the train step requested by the server's fault-injection settings (chaos testing).
 
     ``raise`` raises here; ``sleep`` stalls here, then the client trains normally (its reply comes too late for a
-    shorter round timeout); ``nan`` returns True: the caller replies :func:`_poisoned` weights. False otherwise.
+    shorter round timeout); ``nan`` and ``scale`` are returned: the caller replies :func:`_poisoned` weights, or
+    :func:`_scaled` weights with a false row count. None otherwise (``sketch`` concerns calibration only).
     """
     for fault in FaultInjection.all_from_config(config):
-        if (fault.partition_id, fault.round) != (partition_id, server_round):
+        if (fault.partition_id, fault.round) != (partition_id, server_round) or fault.mode == "sketch":
             continue
         if fault.mode == "sleep":
             time.sleep(fault.sleep_s)
-        elif fault.mode == "nan":
-            return True
+        elif fault.mode in ("nan", "scale"):
+            return fault.mode
         else:
             raise RuntimeError(f"injected fault: client {partition_id} fails in round {server_round}")
-    return False
+    return None
+
+
+def _poisons_sketch(config: Mapping[str, object], partition_id: int) -> bool:
+    """Whether this client must send a poisoned calibration sketch (fault mode ``sketch``, any round)."""
+    return any(f.partition_id == partition_id and f.mode == "sketch" for f in FaultInjection.all_from_config(config))
 
 
 def _poisoned(weights: list[np.ndarray]) -> list[np.ndarray]:
@@ -118,6 +129,11 @@ def _poisoned(weights: list[np.ndarray]) -> list[np.ndarray]:
     for array in out:
         array.flat[0] = np.nan
     return out
+
+
+def _scaled(weights: list[np.ndarray]) -> list[np.ndarray]:
+    """``weights`` x :data:`SCALE_ATTACK_FACTOR` (fault mode ``scale``, sent with a claimed row count)."""
+    return [w * np.asarray(SCALE_ATTACK_FACTOR, dtype=w.dtype) for w in weights]
 
 
 def build_client_app(clients_dir: str | os.PathLike[str] | None = None) -> ClientApp:
@@ -139,7 +155,7 @@ def build_client_app(clients_dir: str | os.PathLike[str] | None = None) -> Clien
         where, pid = _node_partition(context, baked)
         config = msg.content[CONFIG_KEY]
         server_round = int(config["server-round"])
-        poison = _maybe_fail(dict(config), pid, server_round)
+        attack = _maybe_fail(dict(config), pid, server_round)
         model_cfg, scaler, train_cfg = parse_round_config(config)
         _, X_train, _ = load_partition(where, pid)
         if len(X_train) == 0:
@@ -155,10 +171,11 @@ def build_client_app(clients_dir: str | os.PathLike[str] | None = None) -> Clien
                 "train_loss": float(result["train_loss"]),
                 "train_s": time.perf_counter() - start,
                 PARTITION_KEY: pid,
-                WEIGHT_KEY: int(result["num_examples"]),
+                WEIGHT_KEY: SCALE_ATTACK_ROWS if attack == "scale" else int(result["num_examples"]),
             }
         )
-        weights = _poisoned(get_weights(model)) if poison else get_weights(model)
+        weights = get_weights(model)
+        weights = _poisoned(weights) if attack == "nan" else _scaled(weights) if attack == "scale" else weights
         content = RecordDict({ARRAYS_KEY: ArrayRecord(weights), METRICS_KEY: metrics})
         return Message(content, reply_to=msg)
 
@@ -190,6 +207,8 @@ def build_client_app(clients_dir: str | os.PathLike[str] | None = None) -> Clien
         model = build_model(model_cfg, train_cfg.seed)
         set_weights(model, msg.content[ARRAYS_KEY].to_numpy_ndarrays())
         errors = reconstruction_errors(model, scaler.transform(X_holdout))[0] if len(X_holdout) else np.zeros(0)
+        if _poisons_sketch(dict(config), pid):
+            errors = np.full(errors.shape, SKETCH_ATTACK_ERROR)
         sketch = ErrorSketch.from_errors(errors, bins_per_decade=int(config["bins-per-decade"]))
         return sketch_reply(msg, sketch, pid)
 

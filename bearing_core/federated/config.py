@@ -41,9 +41,17 @@ def check_strategy(name: str) -> str:
     return key
 
 
-FaultMode = Literal["raise", "sleep", "nan"]
+FaultMode = Literal["raise", "sleep", "nan", "scale", "sketch"]
 FAULTS_KEY = "faults"
-_FAULT_SPEC = re.compile(r"\s*(\d+)@(\d+):(raise|sleep|nan)(?::(\d+(?:\.\d*)?(?:e[+-]?\d+)?))?\s*", re.IGNORECASE)
+SCALE_ATTACK_FACTOR = 1e6
+"""Mode 'scale': the client multiplies its trained weights by this factor ..."""
+SCALE_ATTACK_ROWS = 1_000_000_000
+"""... and claims this many training rows (``num-examples``), so that plain FedAvg gives it almost all the weight."""
+SKETCH_ATTACK_ERROR = 1e6
+"""Mode 'sketch': every holdout error in the client's calibration sketch is replaced by this value."""
+_FAULT_SPEC = re.compile(
+    r"\s*(\d+)@(\d+):(raise|sleep|nan|scale|sketch)(?::(\d+(?:\.\d*)?(?:e[+-]?\d+)?))?\s*", re.IGNORECASE
+)
 
 
 class FaultInjection(BaseModel):
@@ -51,7 +59,11 @@ class FaultInjection(BaseModel):
 
     Modes: ``raise`` (the ClientApp raises: an error reply), ``sleep`` (it stalls ``sleep_s`` before training, so
     its reply misses a shorter round timeout) and ``nan`` (it trains, then replies weights containing NaN: a
-    diverged or corrupted update, which the server must reject rather than average).
+    diverged or corrupted update, which the server must reject rather than average). Two poisoning attacks, which
+    the server's screening must bound (see :mod:`bearing_core.federated.strategies`): ``scale`` (it trains, then
+    replies weights x :data:`SCALE_ATTACK_FACTOR` and claims :data:`SCALE_ATTACK_ROWS` rows) and ``sketch`` (its
+    calibration sketch claims every holdout error is :data:`SKETCH_ATTACK_ERROR`; calibration follows the last
+    round, so ``round`` does not matter for this mode).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -61,7 +73,8 @@ class FaultInjection(BaseModel):
     mode: FaultMode = Field(
         "raise",
         description="'raise': the ClientApp raises; 'sleep': it stalls for sleep_s before replying; "
-        "'nan': it replies weights containing NaN",
+        "'nan': it replies weights containing NaN; 'scale': weights x1e6 and a claimed 1e9 rows; "
+        "'sketch': a calibration sketch of errors 1e6",
     )
     sleep_s: float = Field(30.0, ge=0, description="Stall duration for mode 'sleep' (exceed round_timeout_s)")
 
@@ -83,7 +96,9 @@ class FaultInjection(BaseModel):
         """Inverse of :meth:`spec`; ``ValueError`` naming the bad spec and the expected form."""
         match = _FAULT_SPEC.fullmatch(spec)
         if match is None:
-            raise ValueError(f"bad fault spec {spec!r}: expected PID@ROUND:MODE[:SLEEP_S], MODE raise|sleep|nan")
+            raise ValueError(
+                f"bad fault spec {spec!r}: expected PID@ROUND:MODE[:SLEEP_S], MODE raise|sleep|nan|scale|sketch"
+            )
         pid, server_round, mode, sleep_s = match.groups()
         extra = {} if sleep_s is None else {"sleep_s": float(sleep_s)}
         return cls(partition_id=int(pid), round=int(server_round), mode=mode.lower(), **extra)
@@ -143,6 +158,35 @@ class FederatedConfig(BaseModel):
     )
     threshold_quantile: float = Field(0.995, gt=0, lt=1, description="Quantile q for threshold_method 'quantile'")
     threshold_k: float = Field(3.0, gt=0, description="k for threshold_method 'mean_kstd' (mean + k·std)")
+    outlier_factor: float = Field(
+        10.0,
+        ge=0,
+        description="Robust screening of what clients report, relative to the median over the clients (3 or more): "
+        "updates (delta from the global model) with a norm above factor x the round's median are rejected (or "
+        "clipped, see norm_action); row counts above factor x the median (no manifest) or above what the client "
+        "reported before round 1 are capped; scaler moments and calibration sketches outside the sites' plausible "
+        "range are rejected. 0 disables it (the manifest check stays on when a manifest is given)",
+    )
+    norm_action: Literal["reject", "clip"] = Field(
+        "reject", description="What happens to an update above the norm bound: left out, or scaled down onto it"
+    )
+    manifest: str = Field(
+        "",
+        description="Partition manifest (manifest.json) known to the server: self-reported train / holdout row "
+        "counts are capped at its rows per client. Empty: capped at outlier_factor x the median count",
+    )
+    clipping_norm: float = Field(
+        0.0,
+        ge=0,
+        description="Absolute bound on every client update's L2 norm (delta from the global model): larger ones "
+        "are scaled onto it, also the clipping norm of differential privacy. 0: no absolute bound",
+    )
+    dp_noise_multiplier: float = Field(
+        0.0,
+        ge=0,
+        description="Central differential privacy (Flower's server-side fixed clipping at clipping_norm): Gaussian "
+        "noise of std dp_noise_multiplier x clipping_norm / sampled clients added to every aggregate. 0: off",
+    )
     fault: FaultInjection | None = Field(
         None, description="Deliberate client failure, for testing (flat fault-* keys in the run config)"
     )
@@ -157,6 +201,12 @@ class FederatedConfig(BaseModel):
     def _known_strategy(cls, value: str) -> str:
         return check_strategy(value)
 
+    @field_validator("outlier_factor")
+    @classmethod
+    def _outlier_factor_above_one(cls, value: float) -> float:
+        if 0 < value <= 1:
+            raise ValueError(f"outlier_factor must be 0 (off) or above 1, got {value:g}")
+        return value
 
     @field_validator("faults", mode="before")
     @classmethod
@@ -171,6 +221,12 @@ class FederatedConfig(BaseModel):
             if key in seen:
                 raise ValueError(f"two fault injections for client {key[0]} in round {key[1]}: keep one")
             seen.add(key)
+        return self
+
+    @model_validator(mode="after")
+    def _privacy_needs_a_clipping_norm(self) -> FederatedConfig:
+        if self.dp_noise_multiplier > 0 and self.clipping_norm <= 0:
+            raise ValueError("dp_noise_multiplier > 0 needs clipping_norm > 0 (the noise is scaled by it)")
         return self
 
     @property

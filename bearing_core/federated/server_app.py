@@ -4,14 +4,19 @@ Steps of :func:`run_server`:
 
 1. wait until ``min_available_fraction`` of the expected clients are connected;
 2. **federated scaling**: a ``query`` message to every client; each returns count/sum/sum of squared deviations of
-   its TRAIN rows, the server merges them exactly (:func:`bearing_core.scaling.merge_stats`) into the global
-   :class:`~bearing_core.scaling.Scaler` and checks that every client has the same input columns;
+   its TRAIN rows, the server screens them (:func:`bearing_core.scaling.screen_stats`: counts capped at the
+   partition manifest's rows or ``outlier_factor`` x the median, implausible moments rejected), merges the rest
+   exactly (:func:`bearing_core.scaling.merge_stats`) into the global :class:`~bearing_core.scaling.Scaler` and
+   checks that every client has the same input columns. The counts also fix each client's row caps for training
+   and calibration (:class:`~bearing_core.federated.strategies.RoundLedger`);
 3. ``strategy.start``: R rounds of train + evaluate, the scaler and model shape travelling in the round config;
 4. writes ``out_dir`` = the model (:func:`bearing_core.model_io.save_model`, with strategy, parameters and
    failures in ``extra``) + ``metrics.parquet`` (per client and global, per round);
 5. **federated calibration**: a ``query.calibrate`` message with the final weights to every client; each returns
-   a log-histogram sketch of its holdout rows' errors, the server merges them and writes ``threshold.json``
-   (:func:`bearing_core.threshold.save_threshold`). No per-snapshot error leaves a client.
+   a log-histogram sketch of its holdout rows' errors, the server screens them
+   (:func:`bearing_core.threshold.screen_sketches`: more errors than holdout rows, or mass far from the other
+   sites', rejected), merges the rest and writes ``threshold.json`` (:func:`bearing_core.threshold.save_threshold`).
+   No per-snapshot error leaves a client.
 
 Simulation bakes the :class:`FederatedConfig` and output directory into :func:`build_server_app`; a deployment
 (``flwr run``) uses the module-level :data:`app`, which reads them from the run config (``out-dir`` key).
@@ -24,6 +29,7 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -44,12 +50,14 @@ from bearing_core.federated.strategies import (
     RoundLedger,
     build_strategy,
     metrics_frame,
+    privacy_summary,
     strategy_params,
 )
 from bearing_core.io import write_parquet_atomic
 from bearing_core.model_io import METRICS_FILE, save_model
-from bearing_core.scaling import Scaler, merge_stats
-from bearing_core.threshold import ThresholdRecord, merge_sketches, save_threshold
+from bearing_core.partition.writer import load_manifest
+from bearing_core.scaling import Scaler, cap_counts, merge_stats, screen_stats
+from bearing_core.threshold import ThresholdRecord, merge_sketches, save_threshold, screen_sketches
 from bearing_core.training import TrainConfig
 
 OUT_DIR_KEY = "out-dir"
@@ -84,9 +92,47 @@ def federated_scaler(grid: Grid, nodes: list[int], ledger: RoundLedger) -> tuple
                 f"client {pid} has input columns {cols}, client {parsed[0][0]} has {columns}: "
                 "all partitions must come from the same partitioning run"
             )
-    merged = merge_stats([stats for _, stats, _, _ in parsed])
-    scaler = Scaler.from_stats(merged) if cfg.scale else Scaler.identity(len(columns))
-    return scaler, columns, {pid: stats.count for pid, stats, _, _ in parsed}
+    pids = [pid for pid, _, _, _ in parsed]
+    train_ref, holdout_ref = manifest_rows(cfg.manifest, pids)
+    counts, holdouts = [s.count for _, s, _, _ in parsed], [h for _, _, _, h in parsed]
+    train_caps = cap_counts(counts, cfg.outlier_factor, train_ref)
+    holdout_caps = cap_counts(holdouts, cfg.outlier_factor, holdout_ref)
+    if cfg.outlier_factor > 0 or cfg.manifest:
+        # a client trains and calibrates on all its rows: later claims must not exceed what it reported here
+        ledger.row_caps = {pid: _least(n, cap) for pid, n, cap in zip(pids, counts, train_caps)}
+        ledger.holdout_caps = {pid: _least(n, cap) for pid, n, cap in zip(pids, holdouts, holdout_caps)}
+    kept = []
+    for msg, pid, (stats, note) in zip(ok, pids, screen_stats([s for _, s, _, _ in parsed], cfg.outlier_factor,
+                                                               train_caps, columns)):
+        if stats is None:
+            ledger.reject(0, "scaler-stats", msg.metadata.src_node_id, pid, str(note))
+            continue
+        if note is not None:
+            ledger.adjust(0, "scaler-stats", msg, note, client=pid)
+        kept.append(stats)
+    needed = cfg.min_successful(len(messages))
+    if len(kept) < needed:
+        raise NotEnoughClients(f"scaler statistics: {len(kept)} of {len(messages)} clients passed the screening, "
+                               f"{needed} required; " + "; ".join(f["reason"] for f in ledger.failures))
+    scaler = Scaler.from_stats(merge_stats(kept)) if cfg.scale else Scaler.identity(len(columns))
+    return scaler, columns, {pid: ledger.row_caps.get(pid, n) for pid, n in zip(pids, counts)}
+
+
+def _least(count: int, cap: int | None) -> int:
+    return count if cap is None else min(count, cap)
+
+
+def manifest_rows(manifest: str, pids: list[int]) -> tuple[list[int | None] | None, list[int | None] | None]:
+    """Train and holdout rows per partition id from the partition manifest at ``manifest`` (``""``: None, None).
+
+    A partition id the manifest does not list gets 0 rows: it may not weigh in at all.
+    """
+    if not manifest:
+        return None, None
+    entries = {entry.client_id: entry for entry in load_manifest(manifest).clients}
+    train = [entries[pid].train_rows if pid in entries else 0 for pid in pids]
+    holdout = [entries[pid].holdout_rows if pid in entries else 0 for pid in pids]
+    return train, holdout
 
 
 def federated_threshold(
@@ -100,23 +146,38 @@ def federated_threshold(
     """Merge the clients' holdout error sketches into the alarm threshold and save it with the model."""
     cfg = ledger.cfg
     threshold_cfg = cfg.threshold_config()
-    config = ConfigRecord({**dict(config), "bins-per-decade": threshold_cfg.bins_per_decade})
+    config = ConfigRecord(
+        {**dict(config), "bins-per-decade": threshold_cfg.bins_per_decade, **cfg.fault_config()}
+    )
     content = RecordDict({ARRAYS_KEY: ArrayRecord(get_weights(model)), CONFIG_KEY: config})
     messages = [
         Message(content, dst_node_id=node, message_type=f"{MessageType.QUERY}.{CALIBRATE_ACTION}") for node in nodes
     ]
     answers = list(grid.send_and_receive(messages, timeout=cfg.round_timeout_s))
     replies = ledger.check_replies(cfg.rounds, "calibrate", len(messages), answers)
-    sketches = [parse_sketch_reply(msg)[1] for msg in replies if not msg.has_error()]
-    merged = merge_sketches(sketches)
-    if merged.count == 0:
-        raise ValueError("no client has holdout rows to calibrate the threshold on (holdout_fraction > 0 needed)")
-    return save_threshold(model_dir, merged, threshold_cfg, source=f"federated: {len(sketches)} clients")
+    ok = [msg for msg in replies if not msg.has_error()]
+    sketches = [parse_sketch_reply(msg)[1] for msg in ok]
+    pids = [ledger.partition_of(msg) for msg in ok]
+    caps = [ledger.holdout_caps.get(pid) for pid in pids]
+    notes = screen_sketches(sketches, cfg.outlier_factor, threshold_cfg.quantile, caps)
+    rejected: dict[str, str] = {}
+    for msg, pid, note in zip(ok, pids, notes):
+        if note is not None:
+            ledger.reject(cfg.rounds, "calibrate", msg.metadata.src_node_id, pid, note)
+            rejected[str(pid)] = note
+    kept = [sketch for sketch, note in zip(sketches, notes) if note is None]
+    if not kept or (merged := merge_sketches(kept)).count == 0:
+        raise ValueError("no client has holdout rows to calibrate the threshold on (holdout_fraction > 0 needed)"
+                         + (f"; rejected sketches: {rejected}" if rejected else ""))
+    return save_threshold(model_dir, merged, threshold_cfg, source=f"federated: {len(kept)} clients",
+                          rejected_sketches=rejected)
 
 
 def run_server(grid: Grid, cfg: FederatedConfig, out_dir: str | os.PathLike[str]) -> Path:
     """The whole federated run against ``grid`` (see module doc); returns the model directory ``out_dir``."""
     random.seed(cfg.seed)  # flwr samples nodes with the `random` module
+    if cfg.dp_noise_multiplier > 0:
+        np.random.seed(cfg.seed)  # flwr draws the privacy noise from numpy's global generator
     ledger = RoundLedger(cfg)
     nodes = wait_for_clients(grid, cfg.min_available_clients, cfg.round_timeout_s)
     scaler, columns, train_rows = federated_scaler(grid, nodes, ledger)
@@ -154,6 +215,8 @@ def run_server(grid: Grid, cfg: FederatedConfig, out_dir: str | os.PathLike[str]
             "final_eval_mse": float(final["eval_mse"]),
             "final_train_loss": float(final["train_loss"]),
             "failures": ledger.failures,
+            "screening": ledger.adjustments,
+            "privacy": privacy_summary(cfg),
         },
     )
     write_parquet_atomic(out_dir / METRICS_FILE, frame)

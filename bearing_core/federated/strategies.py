@@ -10,9 +10,21 @@ FedTrimmedAvg, Krum) with a :class:`RoundLedger` mixed in. The ledger:
 * rejects train replies whose weights or train loss are not finite (NaN/inf) BEFORE aggregation: flwr would
   average them in and one diverged or corrupted client would turn the global model into NaN. They are logged as
   failures ("client 7 round 1: non-finite weights rejected");
+* screens the finite train replies (``outlier_factor`` > 0), since one site can otherwise take the global model
+  over: a claimed ``num-examples`` above the client's row cap (:attr:`RoundLedger.row_caps`, from the partition
+  manifest or the scaler-statistics step; else ``outlier_factor`` x the round's median claim) is cut down to it,
+  and an update (reply minus the global model the round started from) whose L2 norm exceeds ``outlier_factor`` x
+  the round's median norm is left out (``norm_action="reject"``) or scaled down onto that bound (``"clip"``;
+  measured: a x1e6 update clipped to 10 x the median, at its true weight, still raised the demo's final holdout
+  MSE 15-fold when sent in the last round, hence rejection by default).
+  Caps and clips are logged in :attr:`RoundLedger.adjustments`, rejections in the failures, each with its client;
 * fails the run with one clear error when fewer than ``min_fit_fraction`` of the sampled clients succeeded;
 * sorts replies by partition id before aggregation, so the floating-point sum order (hence the global model) does
   not depend on which client answered first.
+
+With ``dp_noise_multiplier`` > 0 the strategy is wrapped in Flower's central differential privacy (:class:`Private`):
+every update clipped to ``clipping_norm`` (the same absolute bound the screening applies without privacy), Gaussian
+noise added to the aggregate.
 
 The strategy also forwards the run's fault injections (:meth:`FederatedConfig.fault_config`, chaos testing) to
 the clients in every train instruction.
@@ -35,7 +47,8 @@ from flwr.serverapp import strategy as flwr_strategy
 from flwr.supercore import log
 
 from bearing_core.federated.config import STRATEGY_CLASSES, FederatedConfig
-from bearing_core.federated.messages import PARTITION_KEY, WEIGHT_KEY
+from bearing_core.federated.messages import ARRAYS_KEY, PARTITION_KEY, WEIGHT_KEY
+from bearing_core.scaling import MIN_ROBUST_SITES, cap_counts, robust_median
 
 
 class NotEnoughClients(RuntimeError):
@@ -44,12 +57,19 @@ class NotEnoughClients(RuntimeError):
 
 @dataclass
 class RoundLedger:
-    """Per-client and global metrics of every round, plus the failures the run survived."""
+    """Per-client and global metrics of every round, the failures the run survived and the screening's actions.
+
+    ``row_caps`` / ``holdout_caps``: the most train / holdout rows each partition id may claim (set by the server
+    after the scaler-statistics step); ``adjustments``: every cap and clip applied to a client's reply.
+    """
 
     cfg: FederatedConfig
     node_partitions: dict[int, int] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    adjustments: list[dict[str, Any]] = field(default_factory=list)
+    row_caps: dict[int, int] = field(default_factory=dict)
+    holdout_caps: dict[int, int] = field(default_factory=dict)
     _round_start: dict[int, float] = field(default_factory=dict)
     _current: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
@@ -64,12 +84,15 @@ class RoundLedger:
         sampled: int,
         replies: list[Message],
         sampled_nodes: Collection[int] | None = None,
+        reference: list[np.ndarray] | None = None,
     ) -> list[Message]:
-        """Log failed, missing and (train step) non-finite replies, enforce ``min_fit_fraction``.
+        """Log failed, missing and (train step) non-finite replies, screen the train replies, enforce
+        ``min_fit_fraction``.
 
         Returns the usable replies sorted by partition id, then the error replies (flwr skips those); rejected
-        non-finite replies are left out entirely. With ``sampled_nodes`` (the instructions' destination node
-        ids) every missing reply is logged under its own client, else one row counts them.
+        replies are left out entirely. With ``sampled_nodes`` (the instructions' destination node ids) every
+        missing reply is logged under its own client, else one row counts them. ``reference``: the global
+        weights the round started from (train step), against which update norms are measured.
         """
         errors = [m for m in replies if m.has_error()]
         for msg in errors:
@@ -85,6 +108,8 @@ class RoundLedger:
                 server_round, step, msg.metadata.src_node_id, f"client {pid} round {server_round}: {problem} rejected",
                 client=pid,
             )
+        if step == "train":
+            ok = self._screen_train(server_round, ok, reference)
         self._fail_missing(server_round, step, sampled, replies, sampled_nodes)
         needed = self.cfg.min_successful(sampled)
         if len(ok) < needed:
@@ -96,6 +121,72 @@ class RoundLedger:
         ok.sort(key=_partition_id)
         self._record(server_round, step, ok)
         return ok + errors
+
+    def _screen_train(
+        self, server_round: int, replies: list[Message], reference: list[np.ndarray] | None
+    ) -> list[Message]:
+        """Cap claimed row counts and bound update norms (see the module doc); returns the replies kept."""
+        factor = self.cfg.outlier_factor
+        claims = [int(_metrics(m)[WEIGHT_KEY]) for m in replies]
+        median_caps = cap_counts(claims, factor)
+        for msg, claim, median_cap in zip(replies, claims, median_caps, strict=True):
+            pid = self.partition_of(msg)
+            cap = self.row_caps.get(pid, median_cap)
+            if cap is not None and claim > cap:
+                _metrics(msg)[WEIGHT_KEY] = cap
+                self.adjust(server_round, "train", msg, f"claimed {claim} train rows, more than its cap {cap}: "
+                            f"weighted as {cap}")
+        if reference is None:
+            return replies
+        replies = self._screen_norms(server_round, replies, reference) if len(replies) >= MIN_ROBUST_SITES else replies
+        bound = self.cfg.clipping_norm
+        if bound > 0 and self.cfg.dp_noise_multiplier == 0:  # with privacy on, Flower's wrapper clips (same bound)
+            for msg in replies:
+                norm = update_norm(_arrays(msg), reference)
+                if norm > bound:
+                    msg.content[ARRAYS_KEY] = ArrayRecord(clip_update(_arrays(msg), reference, bound))
+                    self.adjust(server_round, "train", msg, f"update norm {norm:.4g} above clipping_norm {bound:g}: "
+                                "clipped to it")
+        return replies
+
+    def _screen_norms(self, server_round: int, replies: list[Message], reference: list[np.ndarray]) -> list[Message]:
+        """Reject (or clip) updates whose norm exceeds ``outlier_factor`` x the round's median."""
+        factor = self.cfg.outlier_factor
+        if factor <= 0:
+            return replies
+        norms = np.array([update_norm(_arrays(m), reference) for m in replies])
+        median = float(robust_median(norms))
+        bound = factor * median
+        kept: list[Message] = []
+        for msg, norm in zip(replies, norms, strict=True):
+            if norm <= bound:
+                kept.append(msg)
+                continue
+            what = f"update norm {norm:.4g} above {factor:g} x the round's median {median:.4g}"
+            if self.cfg.norm_action == "reject":
+                self.reject(server_round, "train", msg.metadata.src_node_id, self.partition_of(msg), f"{what} rejected")
+                continue
+            msg.content[ARRAYS_KEY] = ArrayRecord(clip_update(_arrays(msg), reference, bound))
+            self.adjust(server_round, "train", msg, f"{what}: clipped to it")
+            kept.append(msg)
+        return kept
+
+    def partition_of(self, msg: Message) -> int:
+        """The partition id of a reply's sender: as mapped at the scaler-statistics step, else as it claims."""
+        return self.node_partitions.get(msg.metadata.src_node_id, _partition_id(msg))
+
+    def adjust(self, server_round: int, step: str, msg: Message | None, reason: str, client: int | None = None) -> None:
+        """Log a cap or clip applied to a client's reply (kept in the aggregate, with bounded influence)."""
+        node_id = msg.metadata.src_node_id if msg is not None else None
+        client = client if client is not None or msg is None else self.partition_of(msg)
+        log(WARNING, "round %s %s: client %s (node %s): %s", server_round, step, client, node_id, reason)
+        self.adjustments.append(
+            {"round": server_round, "step": step, "client": client, "node_id": node_id, "reason": reason}
+        )
+
+    def reject(self, server_round: int, step: str, node_id: int | None, client: int | None, reason: str) -> None:
+        """Log a reply left out by the server's screening (a failure of that client in that step)."""
+        self._fail(server_round, step, node_id, f"client {client} round {server_round}: {reason}", client=client)
 
     def _fail_missing(
         self, server_round: int, step: str, sampled: int, replies: list[Message], sampled_nodes: Collection[int] | None
@@ -172,6 +263,38 @@ def _partition_id(msg: Message) -> int:
     return int(next(iter(msg.content.metric_records.values()), {}).get(PARTITION_KEY, -1))
 
 
+def _metrics(msg: Message) -> MetricRecord:
+    return next(iter(msg.content.metric_records.values()))
+
+
+def _arrays(msg: Message) -> list[np.ndarray]:
+    return msg.content[ARRAYS_KEY].to_numpy_ndarrays()
+
+
+def update_norm(arrays: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    """L2 norm of ``arrays − reference`` over all arrays (a client's update relative to the global model)."""
+    if len(arrays) != len(reference):
+        return math.inf
+    squares = 0.0
+    for array, ref in zip(arrays, reference, strict=True):
+        if array.shape != ref.shape:
+            return math.inf
+        delta = np.asarray(array, dtype=np.float64) - np.asarray(ref, dtype=np.float64)
+        squares += float(np.dot(delta.ravel(), delta.ravel()))
+    return math.sqrt(squares)
+
+
+def clip_update(arrays: list[np.ndarray], reference: list[np.ndarray], bound: float) -> list[np.ndarray]:
+    """``reference + (arrays − reference)`` scaled so that the update's norm is at most ``bound`` (dtype kept)."""
+    norm = update_norm(arrays, reference)
+    factor = 1.0 if norm <= bound else bound / norm
+    out = []
+    for array, ref in zip(arrays, reference, strict=True):
+        base = np.asarray(ref, np.float64)
+        out.append((base + factor * (np.asarray(array, np.float64) - base)).astype(array.dtype))
+    return out
+
+
 def non_finite_update(msg: Message) -> str | None:
     """Why a train reply must not be aggregated (``"non-finite weights"`` / ``"non-finite train_loss"``), or None.
 
@@ -226,17 +349,25 @@ class _LedgerMixin:
     ledger: RoundLedger
     _sampled: dict[tuple[int, str], list[int]]
     _train_agg: dict[int, MetricRecord | None]
+    _reference: dict[int, list[np.ndarray]]
 
     def attach_ledger(self, ledger: RoundLedger) -> None:
         """Start recording into ``ledger`` (called once, right after construction)."""
         self.ledger = ledger
         self._sampled = {}
         self._train_agg = {}
+        self._reference = {}
+        self._held_errors: dict[int, list[Message]] = {}
+
+    def hold_errors(self, server_round: int, errors: list[Message]) -> None:
+        """Error replies of ``server_round`` that an outer wrapper kept from this strategy (see :class:`Private`)."""
+        self._held_errors[server_round] = errors
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.ledger.start_round(server_round)
+        self._reference[server_round] = arrays.to_numpy_ndarrays()
         config = ConfigRecord({**dict(config), **self.ledger.cfg.fault_config()})
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         self._sampled[(server_round, "train")] = [m.metadata.dst_node_id for m in messages]
@@ -246,7 +377,9 @@ class _LedgerMixin:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         nodes = self._sampled[(server_round, "train")]
-        checked = self.ledger.check_replies(server_round, "train", len(nodes), list(replies), nodes)
+        reference = self._reference.pop(server_round, None)
+        replies = list(replies) + self._held_errors.pop(server_round, [])
+        checked = self.ledger.check_replies(server_round, "train", len(nodes), replies, nodes, reference)
         arrays, metrics = super().aggregate_train(server_round, checked)  # type: ignore[misc]
         self._train_agg[server_round] = metrics
         return arrays, metrics
@@ -266,6 +399,48 @@ class _LedgerMixin:
         return metrics
 
 
+class Private(flwr_strategy.DifferentialPrivacyServerSideFixedClipping):
+    """Flower's central differential privacy with server-side fixed clipping, around a ledger strategy.
+
+    Flower's wrapper clips every successful update to ``clipping_norm``, lets the inner strategy aggregate and adds
+    Gaussian noise of std ``noise_multiplier x clipping_norm / num_sampled_clients`` to the aggregate. It skips a
+    round's aggregation altogether when any reply is an error; here error replies go straight to the inner
+    strategy's ledger instead (logged, left out, counted against ``min_fit_fraction``) and the round goes on.
+    """
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        self.strategy.hold_errors(server_round, [m for m in replies if m.has_error()])  # type: ignore[attr-defined]
+        return super().aggregate_train(server_round, [m for m in replies if not m.has_error()])
+
+
+def privacy_summary(cfg: FederatedConfig) -> dict[str, Any] | None:
+    """What a private run guarantees, for the model card (None when ``dp_noise_multiplier`` is 0).
+
+    No privacy accountant is installed (Flower's RDP accountant needs the optional ``dp-accounting`` package,
+    ``flwr[dp]``), so no epsilon is computed: the mechanism's parameters are reported instead.
+    """
+    if cfg.dp_noise_multiplier <= 0:
+        return None
+    sampled = max(1, math.ceil(cfg.fraction_train * cfg.num_clients))
+    return {
+        "mechanism": "central DP, Gaussian noise, server-side fixed clipping "
+        "(flwr DifferentialPrivacyServerSideFixedClipping)",
+        "noise_multiplier": cfg.dp_noise_multiplier,
+        "clipping_norm": cfg.clipping_norm,
+        "noise_std_per_round": cfg.dp_noise_multiplier * cfg.clipping_norm / sampled,
+        "rounds": cfg.rounds,
+        "clients_per_round": sampled,
+        "num_clients": cfg.num_clients,
+        "sampling": f"fraction_train={cfg.fraction_train:g} of the clients each round, no amplification assumed",
+        "epsilon": None,
+        "accountant": "none installed (Flower's RdpAccountant needs dp-accounting, i.e. flwr[dp]): no epsilon; "
+        "note the noise is calibrated for a uniform mean, while FedAvg weights clients by their rows",
+    }
+
+
 def strategy_params(cfg: FederatedConfig) -> dict[str, Any]:
     """Strategy-specific constructor arguments (also saved with the model)."""
     if cfg.strategy == "fedprox":
@@ -278,8 +453,11 @@ def strategy_params(cfg: FederatedConfig) -> dict[str, Any]:
     return {}
 
 
-def build_strategy(cfg: FederatedConfig, ledger: RoundLedger | None = None) -> flwr_strategy.FedAvg:
-    """The flwr strategy named by ``cfg.strategy`` (validated by :class:`FederatedConfig`), with a ledger."""
+def build_strategy(
+    cfg: FederatedConfig, ledger: RoundLedger | None = None
+) -> flwr_strategy.FedAvg | Private:
+    """The flwr strategy named by ``cfg.strategy`` (validated by :class:`FederatedConfig`), with a ledger; wrapped
+    in :class:`Private` when ``cfg.dp_noise_multiplier`` > 0."""
     base: type[flwr_strategy.FedAvg] = getattr(flwr_strategy, STRATEGY_CLASSES[cfg.strategy])
     ledger = ledger or RoundLedger(cfg)
     sampled = max(1, math.ceil(cfg.fraction_train * cfg.num_clients))
@@ -295,6 +473,8 @@ def build_strategy(cfg: FederatedConfig, ledger: RoundLedger | None = None) -> f
         **strategy_params(cfg),
     )
     strategy.attach_ledger(ledger)
+    if cfg.dp_noise_multiplier > 0:
+        return Private(strategy, cfg.dp_noise_multiplier, cfg.clipping_norm, sampled)
     return strategy
 
 
