@@ -39,8 +39,10 @@ help:
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# torch first: pins the local CPU wheel so nothing later pulls a CUDA build
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	# a pip without known vulnerabilities first (23.3 fixes CVE-2023-5752; a new venv may bring an older one)
+	$(BIN)/python -m pip install --quiet "pip>=23.3"
+	# torch next, at requirements.lock's pin: the local CPU wheel, so nothing later pulls a CUDA build
+	$(BIN)/python -m pip install --quiet -c requirements.lock torch
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
 	touch $(STAMP)
 

@@ -80,3 +80,28 @@ def test_result_storage_follows_a_users_prefect_home_and_keeps_a_users_storage(
     monkeypatch.setenv("PREFECT_LOCAL_STORAGE_PATH", str(tmp_path / "mine"))  # Prefect's older name wins too
     assert "PREFECT_RESULTS_LOCAL_STORAGE_PATH" not in configure_environment(tmp_path)
     assert "PREFECT_RESULTS_LOCAL_STORAGE_PATH" not in os.environ
+
+
+def test_requirements_lock_pins_every_direct_dependency_at_pyprojects_version() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    direct = [Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"]["dev"]]]
+    lock = {canonicalize_name(name): version for name, version in (
+        line.split("==") for line in (REPO / "requirements.lock").read_text(encoding="utf-8").split()
+    )}
+    assert {canonicalize_name(r.name): str(r.specifier).removeprefix("==") for r in direct} == {
+        canonicalize_name(r.name): lock.get(canonicalize_name(r.name)) for r in direct
+    }
+    assert lock["torch"] == "2.13.0"
+
+
+def test_make_install_upgrades_pip_first_and_takes_torch_from_the_lock() -> None:
+    recipe = (REPO / "Makefile").read_text(encoding="utf-8").split("$(STAMP): pyproject.toml requirements.lock\n")[1]
+    installs = [line.strip() for line in recipe.split("\n\n")[0].splitlines() if "pip install" in line]
+    assert installs[0] == '$(BIN)/python -m pip install --quiet "pip>=23.3"'
+    assert installs[1:] == ["$(BIN)/python -m pip install --quiet -c requirements.lock torch",
+                            '$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"']
