@@ -27,7 +27,8 @@ OFFLINE_DEFAULTS: dict[str, str] = {
 }
 
 # Prefect's default result storage is ~/.prefect/storage whatever PREFECT_HOME says (its default is computed
-# without PREFECT_HOME): every checkout of every user shared one cache. Either name below sets it.
+# without PREFECT_HOME): every checkout of every user shared one cache. Prefect reads either name below (the first
+# wins); the project sets the second, so that a user or a test setting it explicitly replaces the project's value.
 _STORAGE_SETTINGS = ("PREFECT_RESULTS_LOCAL_STORAGE_PATH", "PREFECT_LOCAL_STORAGE_PATH")
 
 
@@ -72,7 +73,7 @@ def configure_environment(root: Path | None = None) -> dict[str, str]:
             set_now[key] = value
     if not any(name in os.environ for name in _STORAGE_SETTINGS):
         storage = str(Path(os.environ["PREFECT_HOME"]) / "storage")
-        os.environ[_STORAGE_SETTINGS[0]] = set_now[_STORAGE_SETTINGS[0]] = storage
+        os.environ[_STORAGE_SETTINGS[1]] = set_now[_STORAGE_SETTINGS[1]] = storage
     for key in ("PREFECT_HOME", "FLWR_HOME", "RAY_TMPDIR"):
         Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
     return set_now

@@ -64,7 +64,7 @@ def test_the_makefile_exports_what_configure_environment_sets(
     set_now = configure_environment(root)
     assert set_now.pop("RAY_TMPDIR") == str(ray_tmpdir(root))  # computed (socket path length): env.py's alone
     assert _makefile_exports(root) == set_now
-    assert set_now["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] == str(root / ".prefect" / "storage")
+    assert set_now["PREFECT_LOCAL_STORAGE_PATH"] == str(root / ".prefect" / "storage")
     assert set_now["PREFECT_RESULTS_DEFAULT_SERIALIZER"] == "json"
 
 
@@ -75,11 +75,11 @@ def test_result_storage_follows_a_users_prefect_home_and_keeps_a_users_storage(
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
     configure_environment(tmp_path)
-    assert os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] == str(tmp_path / "home" / "storage")
-    monkeypatch.delenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH")
-    monkeypatch.setenv("PREFECT_LOCAL_STORAGE_PATH", str(tmp_path / "mine"))  # Prefect's older name wins too
-    assert "PREFECT_RESULTS_LOCAL_STORAGE_PATH" not in configure_environment(tmp_path)
-    assert "PREFECT_RESULTS_LOCAL_STORAGE_PATH" not in os.environ
+    assert os.environ["PREFECT_LOCAL_STORAGE_PATH"] == str(tmp_path / "home" / "storage")
+    monkeypatch.delenv("PREFECT_LOCAL_STORAGE_PATH")
+    monkeypatch.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(tmp_path / "mine"))  # Prefect's other name
+    assert "PREFECT_LOCAL_STORAGE_PATH" not in configure_environment(tmp_path)
+    assert "PREFECT_LOCAL_STORAGE_PATH" not in os.environ
 
 
 def test_requirements_lock_pins_every_direct_dependency_at_pyprojects_version() -> None:
