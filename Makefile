@@ -10,16 +10,23 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RAW_DIR ?= data/raw/demo
 
-# Offline, project-local runtime (see bearing_core/env.py, which sets the same defaults for direct CLI use, and
-# RAY_TMPDIR: <project>/.ray, or a short directory under /tmp when that path is too long for Ray's Unix sockets).
+# Offline, project-local runtime: the same values bearing_core/env.py sets for direct CLI use (tests/test_env.py
+# checks they agree), plus RAY_TMPDIR, which env.py computes: <project>/.ray, or a short directory under /tmp when
+# that path is too long for Ray's Unix sockets. Task cache records: plain JSON in $(PREFECT_HOME)/storage.
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export RAY_USAGE_STATS_ENABLED := 0
+export PREFECT_UI_ENABLED := true
 export DO_NOT_TRACK := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_DEDUP_LOGS := 0
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export PREFECT_RESULTS_DEFAULT_SERIALIZER := json
 export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_LOCAL_STORAGE_PATH := $(PREFECT_HOME)/storage
+export PREFECT_SERVER_API_HOST := 127.0.0.1
 export FLWR_HOME := $(CURDIR)/.flwr
 
 .PHONY: run test bench install serve stop clean-data help
@@ -33,8 +40,10 @@ help:
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# torch first: pins the local CPU wheel so nothing later pulls a CUDA build
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	# a pip without known vulnerabilities first (23.3 fixes CVE-2023-5752; a new venv may bring an older one)
+	$(BIN)/python -m pip install --quiet "pip>=23.3"
+	# torch next, at requirements.lock's pin: the local CPU wheel, so nothing later pulls a CUDA build
+	$(BIN)/python -m pip install --quiet -c requirements.lock torch
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
 	touch $(STAMP)
 

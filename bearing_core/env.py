@@ -25,7 +25,14 @@ OFFLINE_DEFAULTS: dict[str, str] = {
     # Prefect's temporary API server (a `bearing run` with no server up) must start within this many seconds; the
     # default 20 s fails a nightly run on a loaded machine
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # cache records as plain JSON, never pickle (tasks/results.py also refuses any record that is not)
+    "PREFECT_RESULTS_DEFAULT_SERIALIZER": "json",
 }
+
+# Prefect's default result storage is ~/.prefect/storage whatever PREFECT_HOME says (its default is computed
+# without PREFECT_HOME): every checkout of every user shared one cache. Prefect reads either name below (the first
+# wins); the project sets the second, so that a user or a test setting it explicitly replaces the project's value.
+_STORAGE_SETTINGS = ("PREFECT_RESULTS_LOCAL_STORAGE_PATH", "PREFECT_LOCAL_STORAGE_PATH")
 
 
 # Ray puts Unix sockets at $RAY_TMPDIR/ray/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store; a Unix socket
@@ -50,7 +57,8 @@ def project_root() -> Path:
 
 
 def configure_environment(root: Path | None = None) -> dict[str, str]:
-    """Set offline defaults and project-local homes (PREFECT_HOME, FLWR_HOME, RAY_TMPDIR).
+    """Set offline defaults and project-local homes (PREFECT_HOME, FLWR_HOME, RAY_TMPDIR) and Prefect's result
+    storage ($PREFECT_HOME/storage, where task cache records live).
 
     Returns the variables this call set (those not already present in the environment).
     """
@@ -66,6 +74,9 @@ def configure_environment(root: Path | None = None) -> dict[str, str]:
         if key not in os.environ:
             os.environ[key] = value
             set_now[key] = value
+    if not any(name in os.environ for name in _STORAGE_SETTINGS):
+        storage = str(Path(os.environ["PREFECT_HOME"]) / "storage")
+        os.environ[_STORAGE_SETTINGS[1]] = set_now[_STORAGE_SETTINGS[1]] = storage
     for key in ("PREFECT_HOME", "FLWR_HOME", "RAY_TMPDIR"):
         Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
     return set_now

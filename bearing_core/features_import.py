@@ -66,8 +66,9 @@ def default_site_name(table_path: str | os.PathLike[str], feature: str = "mean_a
 def read_feature_table(table_path: str | os.PathLike[str]) -> pd.DataFrame:
     """The table with its ``file`` column checked and parsed into ``timestamp``; channel columns as float64.
 
-    Errors name the table, the line (1 = header) and the column: missing ``file`` column, no channel column,
-    unparsable file names, duplicate files, non-numeric or missing values.
+    Errors name the table, the line (1 = header) and the column: missing ``file`` column, no channel column, a
+    column named like a dataset's own (``timestamp``, ``site``, ``path``), unparsable file names, duplicate files,
+    non-numeric or missing values.
     """
     table_path = Path(table_path)
     if not table_path.is_file():
@@ -76,6 +77,12 @@ def read_feature_table(table_path: str | os.PathLike[str]) -> pd.DataFrame:
     if "file" not in df.columns:
         raise ValueError(f"{table_path}: no 'file' column (columns: {', '.join(df.columns)})")
     channels = [c for c in df.columns if c != "file"]
+    reserved = [c for c in channels if c in META_COLUMNS]
+    if reserved:
+        raise ValueError(
+            f"{table_path}: column {reserved[0]!r} is reserved (timestamp comes from the file name, site and path "
+            "from the import): remove or rename it"
+        )
     if not channels:
         raise ValueError(f"{table_path}: no channel columns besides 'file'")
     if df.empty:

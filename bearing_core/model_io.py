@@ -99,34 +99,78 @@ def save_model(
 
 
 
+def parameter_count(n_inputs: int, hidden: tuple[int, ...] | list[int]) -> int:
+    """Weights + biases of the autoencoder ``n_inputs → hidden... → n_inputs`` (plain integers: no allocation)."""
+    widths = [n_inputs, *hidden, n_inputs]
+    return sum(w_in * w_out + w_out for w_in, w_out in zip(widths[:-1], widths[1:]))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def load_model(model_dir: str | os.PathLike[str]) -> LoadedModel:
-    """Read a directory written by :func:`save_model`; the weights' checksum is verified."""
+    """Read a directory written by :func:`save_model`; the weights' checksum is verified.
+
+    Everything is checked before anything is allocated: config.json's keys, the model configuration, that its
+    input width matches the input columns and the scaler, and that ``weights.pt`` is large enough to hold the
+    model's float32 parameters (a config.json with absurd widths fails here, not in a huge allocation). The
+    weights are read with ``weights_only=True`` (no pickled code runs). Any problem is one ``ValueError`` line
+    naming the file (pydantic's ``ValidationError``, a ``ValueError`` too, for an invalid model configuration).
+    """
     model_dir = Path(model_dir)
     for name in (WEIGHTS_FILE, CONFIG_FILE, SCALER_FILE):
         if not (model_dir / name).is_file():
             raise FileNotFoundError(f"not a model directory: {model_dir / name} is missing")
-    config = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    config_path, weights_path = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a JSON object")
     if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{model_dir / CONFIG_FILE}: format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}"
-        )
-    actual = sha256_file(model_dir / WEIGHTS_FILE)
+        raise ValueError(f"{config_path}: format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
+    missing = [key for key in ("model", "input_columns", "weights_sha256") if key not in config]
+    if missing:
+        raise ValueError(f"{config_path}: missing {', '.join(missing)}")
+    actual = sha256_file(weights_path)
     if actual != config["weights_sha256"]:
-        raise ValueError(f"{model_dir / WEIGHTS_FILE}: sha256 {actual} does not match config.json")
-    import torch
-
-    from bearing_core.autoencoder import Autoencoder, ModelConfig
+        raise ValueError(f"{weights_path}: sha256 {actual} does not match config.json")
+    from bearing_core.autoencoder import ModelConfig
 
     model_cfg = ModelConfig.model_validate(config["model"])
-    model = Autoencoder(model_cfg)
-    model.load_state_dict(torch.load(model_dir / WEIGHTS_FILE, weights_only=True, map_location="cpu"), strict=True)
-    model.eval()
+    input_columns = config["input_columns"]
+    if not isinstance(input_columns, list) or len(input_columns) != model_cfg.n_inputs:
+        raise ValueError(f"{config_path}: input_columns must list the model's {model_cfg.n_inputs} inputs")
     scaler = Scaler.from_dict(json.loads((model_dir / SCALER_FILE).read_text(encoding="utf-8")))
+    if scaler.n_features != model_cfg.n_inputs:
+        raise ValueError(f"{model_dir / SCALER_FILE}: width {scaler.n_features}, the model has {model_cfg.n_inputs}")
+    n_params = parameter_count(model_cfg.n_inputs, model_cfg.hidden)
+    if 4 * n_params > weights_path.stat().st_size:
+        raise ValueError(
+            f"{config_path}: the model has {n_params:,} parameters but {weights_path.name} holds "
+            f"{weights_path.stat().st_size:,} bytes (at most {weights_path.stat().st_size // 4:,} float32 values)"
+        )
+    import torch
+
+    from bearing_core.autoencoder import Autoencoder
+
+    try:
+        state = torch.load(weights_path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError (refused content), RuntimeError (not a torch file) ...
+        raise ValueError(f"{weights_path}: not a plain state_dict, refused to load ({_first_line(exc)})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{weights_path}: not a state_dict of tensors")
+    model = Autoencoder(model_cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{weights_path} does not fit {config_path.name}'s model ({_first_line(exc)})") from None
+    model.eval()
     return LoadedModel(
         model=model,
         model_cfg=model_cfg,
         scaler=scaler,
-        input_columns=list(config["input_columns"]),
+        input_columns=list(input_columns),
         extra=dict(config.get("extra", {})),
         path=model_dir,
     )

@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.evaluation import evaluate_against_ground_truth, evaluate_detection, plot_scores
     from bearing_core.scoring import read_scores
     from bearing_core.synthetic import load_ground_truth
+    from cli.console import printable
+    from cli.train_cmd import validation_message
 
     if args.failure_time is None and args.ground_truth is None:
         print("bearing evaluate: error: give --failure-time or --ground-truth", file=sys.stderr)
@@ -61,22 +63,29 @@ def run(args: argparse.Namespace) -> int:
         onset: object = args.onset
         failure: object = args.failure_time
         if args.ground_truth is not None:
-            truth = load_ground_truth(args.ground_truth)
+            try:
+                truth = load_ground_truth(args.ground_truth)
+            except ValidationError as exc:  # wrong shape or not JSON: the first problem, not pydantic's dump
+                raise ValueError(f"ground truth {args.ground_truth}: {validation_message(exc)}") from None
             table = evaluate_against_ground_truth(scores, truth)
             if args.site is not None:
                 table = table[table["site"] == args.site]
+            text = table.select_dtypes(include=["object", "string"]).columns
             with pd.option_context("display.width", 200, "display.max_columns", None):
-                print(table.to_string(index=False))
+                print(table.assign(**{c: table[c].map(printable) for c in text}).to_string(index=False))
             onset = {s: t.onset for s, t in truth.sites.items()}
             failure = {s: t.failure for s, t in truth.sites.items()}
         else:
             report = evaluate_detection(scores, args.failure_time, args.healthy_until, args.onset)
-            print("\n".join(report.lines()))
+            print("\n".join(printable(line) for line in report.lines()))
         if args.plot is not None:
             title = f"Anomaly score: {args.scores.name}"
             plot_scores(scores, None, args.plot, onset=onset, failure=failure, title=title)
-            print(f"plot: {args.plot}")
-    except (FileNotFoundError, ValueError, ValidationError) as exc:
-        print(f"bearing evaluate: error: {exc}", file=sys.stderr)
+            print(f"plot: {printable(args.plot)}")
+    except ValidationError as exc:
+        print(f"bearing evaluate: error: {printable(validation_message(exc))}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"bearing evaluate: error: {printable(exc)}", file=sys.stderr)
         return 2
     return 0

@@ -33,25 +33,67 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 on success, 2 on bad input or configuration, 1 when a run fails."""
+    """Exit 0 on success, 2 on bad input or configuration (found before Prefect starts), 1 when a run fails."""
     from pydantic import ValidationError
+
+    from cli.console import printable
+    from cli.train_cmd import validation_message
+
+    try:
+        problem = check_arguments(args)
+    except ValidationError as exc:
+        problem = validation_message(exc)
+    except ValueError as exc:
+        problem = str(exc)
+    if problem:
+        print(f"bearing experiments: error: {printable(problem)}", file=sys.stderr)
+        return 2
 
     from flows.experiments import experiments_flow
 
-    if args.rounds is not None and args.rounds < 1:
-        print("bearing experiments: error: --rounds must be >= 1", file=sys.stderr)
-        return 2
     try:
         result = experiments_flow(
-            preset=args.preset, raw_dir=None if args.raw_dir is None else str(args.raw_dir), out=None if args.out is None else str(args.out),
-            rounds=args.rounds, experiments=args.only, clients=args.clients, demo_sites=args.sites,
-            demo_files=args.files,
+            preset=args.preset, raw_dir=None if args.raw_dir is None else str(args.raw_dir),
+            out=None if args.out is None else str(args.out), rounds=args.rounds, experiments=args.only,
+            clients=args.clients, demo_sites=args.sites, demo_files=args.files,
         )
-    except (ValidationError, ValueError, FileNotFoundError) as exc:
-        print(f"bearing experiments: error: {exc}", file=sys.stderr)
+    except ValidationError as exc:
+        print(f"bearing experiments: error: {printable(validation_message(exc))}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"bearing experiments: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a failed run is one line + exit code, the flow logged the traceback
-        print(f"bearing experiments: failed: {exc}", file=sys.stderr)
+        print(f"bearing experiments: failed: {printable(str(exc))}", file=sys.stderr)
         return 1
-    print(f"summary: {result['summary_csv']}\nreport:  {result['report_html']}\n         {result['report_md']}")
+    print(f"summary: {printable(result['summary_csv'])}\nreport:  {printable(result['report_html'])}\n"
+          f"         {printable(result['report_md'])}")
     return 0
+
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments, checked without Prefect (whose server takes seconds to start): the
+    grid (rounds, clients, ``--only`` names), the demo's size and the raw directory. ``None`` when all is well;
+    pydantic's ValidationError / ValueError for values the grid or demo configuration refuses."""
+    from bearing_core.experiments import demo_grid, seed_grid
+    from bearing_core.synthetic import DemoConfig
+
+    if args.rounds is not None and args.rounds < 1:
+        return f"--rounds must be >= 1, got {args.rounds}"
+    if args.clients < 1:
+        return f"--clients must be >= 1, got {args.clients}"
+    if args.only is not None and not args.only:
+        return "--only needs at least one experiment name"
+    grid = seed_grid(args.rounds) if args.preset == "seed" else demo_grid(args.rounds, num_clients=args.clients)
+    grid.select(args.only)  # ValueError naming the unknown experiments and the grid's
+    if args.preset == "demo" and args.raw_dir is None:
+        DemoConfig(sites=args.sites, files_per_site=args.files)
+    if args.raw_dir is None and args.preset == "seed":
+        from flows.experiments import DEFAULT_SEED_RAW_DIR  # imports prefect; starts nothing
+
+        raw_dir: Path | None = DEFAULT_SEED_RAW_DIR
+    else:
+        raw_dir = args.raw_dir
+    if raw_dir is not None and not raw_dir.is_dir():
+        return f"raw directory not found: {raw_dir}"
+    return None

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core import features_import, per_bearing
     from bearing_core.features_import import import_features
     from bearing_core.locking import LockTimeout
+    from cli.console import printable
     from cli.train_cmd import validation_message
 
     if args.log and not args.per_bearing:
@@ -72,13 +73,13 @@ def run(args: argparse.Namespace) -> int:
         return report_lock_timeout(exc, "bearing import-features")
     except (FileNotFoundError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         message = validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
-        print(f"bearing import-features: error: {message}", file=sys.stderr)
+        print(f"bearing import-features: error: {printable(message)}", file=sys.stderr)
         return 2
-    print(f"imported {result.rows} snapshots of site {result.site} ({result.first} .. {result.last}), "
-          f"channels {', '.join(result.channels)}, feature {result.feature} -> "
-          f"{args.out_dir if layout is None else layout.out_dir}")
+    print(printable(f"imported {result.rows} snapshots of site {result.site} ({result.first} .. {result.last}), "
+                    f"channels {', '.join(result.channels)}, feature {result.feature} -> "
+                    f"{args.out_dir if layout is None else layout.out_dir}"))
     if layout is not None:
-        print(describe(layout, args.log))
+        print(printable(describe(layout, args.log)))
     return 0
 
 

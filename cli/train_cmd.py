@@ -165,24 +165,25 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.model_io import MODEL_KIND
     from bearing_core.partition.build import partition_dataset
     from bearing_core.partition.writer import MANIFEST_FILE, scheme_dir
+    from cli.console import printable
 
     try:
         if args.model_dir is not None:  # before partitioning: a directory the model may not replace stops the run
             check_output_dir(args.model_dir, MODEL_KIND)
         cfg = federated_config(args)
-        period = (
-            {"train_until": args.train_until} if args.train_until else {"train_fraction": args.train_fraction or 0.2}
-        )
+        period = {"train_until": args.train_until} if args.train_until is not None else {}
+        if args.train_fraction is not None:  # 0 is refused by InputConfig, not replaced by the default
+            period["train_fraction"] = args.train_fraction
         input_cfg = InputConfig(feature=args.feature, holdout_mode=args.holdout, **period)
         manifest = partition_dataset(
             args.dataset_dir, args.partition, args.clients, args.seed, input_cfg,
             partition_params(args.partition, args.clients, args.alpha),
         )
     except ValidationError as exc:
-        print(f"bearing train: error: {validation_message(exc)}", file=sys.stderr)
+        print(f"bearing train: error: {printable(validation_message(exc))}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as exc:
-        print(f"bearing train: error: {exc}", file=sys.stderr)
+        print(f"bearing train: error: {printable(exc)}", file=sys.stderr)
         return 2
     clients_dir = scheme_dir(args.dataset_dir, args.partition)
     model_dir = args.model_dir or DataPaths().models_root / model_version(sha256_file(clients_dir / MANIFEST_FILE), cfg)
@@ -191,19 +192,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_federated(clients_dir, cfg, model_dir)
     except Exception as exc:  # noqa: BLE001 - report any training failure as one line + exit code
-        print(f"bearing train: training failed: {exc}", file=sys.stderr)
+        print(f"bearing train: training failed: {printable(exc)}", file=sys.stderr)
         return 1
     print_table(result.metrics, GLOBAL, f"federated ({cfg.strategy})")
     print_table(result.metrics, CENTRALIZED, "centralized baseline")
     for failure in result.failures:
-        print(f"excluded: round {failure['round']} {failure['step']} client {failure['client']}: {failure['reason']}")
+        print(printable(f"excluded: round {failure['round']} {failure['step']} client {failure['client']}: "
+                        f"{failure['reason']}"))
     from bearing_core.threshold import load_threshold
 
     threshold = load_threshold(result.model_dir)
     print(f"threshold: {threshold.threshold:.6g} ({threshold.config.describe()} of {threshold.calibration_size} "
           "healthy holdout errors, merged from the clients' sketches)")
-    print(f"model:     {result.model_dir}")
-    print(f"metrics:   {result.model_dir / 'metrics.parquet'}")
+    print(f"model:     {printable(result.model_dir)}")
+    print(f"metrics:   {printable(result.model_dir / 'metrics.parquet')}")
     return 0
 
 

@@ -52,11 +52,11 @@ def validate_flow(dataset_dir: str, config: ValidationConfig | None = None) -> V
     if not dataset.is_dir():
         raise FileNotFoundError(f"dataset directory not found: {dataset}")
     docs_missing = not (dataset / "validation" / "report.json").is_file()
-    report = validate_task.with_options(refresh_cache=docs_missing or None)(
+    report = ValidationReport.model_validate(validate_task.with_options(refresh_cache=docs_missing or None)(
         dataset_dir=str(dataset),
         settings=cfg.model_dump(mode="json"),
         inputs_fingerprint=validation_inputs_fingerprint(dataset),
-    )
+    ))
     key = artifact_key(dataset)
     create_markdown_artifact(markdown=artifact_markdown(report), key=key, description=portable(report).headline())
     create_table_artifact(table=report.table_rows(), key=f"{key}-checks", description="One row per expectation")

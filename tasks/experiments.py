@@ -34,6 +34,7 @@ from bearing_core.fingerprint import sha256_file, sha256_files
 from bearing_core.inputs import FEATURES_FILE, QUARANTINE_FILE
 from bearing_core.io import write_json_atomic, write_parquet_atomic
 from bearing_core.model_io import METRICS_FILE
+from tasks.results import persisted
 from tasks.train import TrainedModelPolicy, retry_on_transient
 
 SPLIT_MANIFEST = "manifest.json"
@@ -129,8 +130,7 @@ def load_experiment_result(record_path: str | Path, record_sha256: str) -> Exper
 @task(
     name="experiment",
     task_run_name="experiment {name}",
-    cache_policy=TrainedModelPolicy(),
-    persist_result=True,
+    **persisted(TrainedModelPolicy()),
     retries=1,
     retry_delay_seconds=10,
     retry_condition_fn=retry_on_transient,

@@ -30,6 +30,7 @@ from bearing_core.config import IngestConfig
 from bearing_core.fingerprint import sha256_file, sha256_files
 from bearing_core.ingest import IngestError, IngestProgress, ingest_directory
 from bearing_core.run_report import relative
+from tasks.results import persisted
 from tasks.retry import is_transient
 
 
@@ -79,8 +80,7 @@ def retry_ingest(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> 
 
 @task(
     name="ingest",
-    cache_policy=IngestOutputsPolicy(),
-    persist_result=True,
+    **persisted(IngestOutputsPolicy()),
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_condition_fn=retry_ingest,

@@ -26,6 +26,7 @@ from bearing_core.fingerprint import sha256_file
 from bearing_core.inputs import InputConfig
 from bearing_core.partition.build import partition_dataset, partition_provenance
 from bearing_core.partition.writer import MANIFEST_FILE, manifest_is_current, scheme_dir
+from tasks.results import persisted
 from tasks.retry import transient_io_error
 
 
@@ -77,11 +78,10 @@ class PartitionContentPolicy(CachePolicy):
 
 @task(
     name="partition",
-    cache_policy=PartitionContentPolicy(),
+    **persisted(PartitionContentPolicy()),
     retries=1,
     retry_delay_seconds=2,
     retry_condition_fn=transient_io_error,
-    persist_result=True,
 )
 def partition_task(
     dataset_dir: str,

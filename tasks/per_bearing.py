@@ -23,6 +23,7 @@ from prefect.utilities.hashing import hash_objects
 from bearing_core.fingerprint import sha256_file, sha256_files
 from bearing_core.inputs import DATASET_FILE, FEATURES_FILE, QUARANTINE_FILE, InputConfig
 from bearing_core.per_bearing import PerBearingConfig, write_per_bearing_dataset
+from tasks.results import persisted
 from tasks.retry import transient_io_error
 
 
@@ -69,12 +70,11 @@ class PerBearingContentPolicy(CachePolicy):
 
 
 @task(
+    **persisted(PerBearingContentPolicy()),
     name="per-bearing",
-    cache_policy=PerBearingContentPolicy(),
     retries=1,
     retry_delay_seconds=2,
     retry_condition_fn=transient_io_error,
-    persist_result=True,
 )
 def per_bearing_task(dataset_dir: str, out_dir: str, input_cfg: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     """Write the per-bearing layout of ``dataset_dir`` to ``out_dir``; return its path, sites and input columns."""

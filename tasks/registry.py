@@ -36,6 +36,7 @@ from bearing_core.registry import (
     promote_if_better,
     publish_model,
 )
+from tasks.results import persisted
 from tasks.retry import transient_io_error
 
 REGISTRY_LOCK_TIMEOUT_S = 1800.0
@@ -109,8 +110,7 @@ class PromotionPolicy(CachePolicy):
 
 @task(
     name="publish-model",
-    cache_policy=PublishedVersionPolicy(),
-    persist_result=True,
+    **persisted(PublishedVersionPolicy()),
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_condition_fn=transient_io_error,
@@ -129,8 +129,7 @@ def publish_task(model_dir: str, manifest: str, manifest_sha256: str) -> dict[st
 
 @task(
     name="promote-if-better",
-    cache_policy=PromotionPolicy(),
-    persist_result=True,
+    **persisted(PromotionPolicy()),
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_condition_fn=transient_io_error,

@@ -28,13 +28,13 @@ from bearing_core.per_bearing import source_site_scores
 from bearing_core.scoring import alarm_summary, read_scores
 from bearing_core.synthetic import load_ground_truth
 from bearing_core.threshold import load_threshold
+from tasks.results import persisted
 from tasks.retry import transient_io_error
 
 
 @task(
     name="report",
-    cache_policy=INPUTS + TASK_SOURCE,
-    persist_result=True,
+    **persisted(INPUTS + TASK_SOURCE),
     retries=1,
     retry_delay_seconds=2,
     retry_condition_fn=transient_io_error,

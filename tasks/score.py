@@ -27,6 +27,7 @@ from bearing_core.inputs import FEATURES_FILE, QUARANTINE_FILE
 from bearing_core.model_io import WEIGHTS_FILE
 from bearing_core.scoring import SCORES_FILE, alarm_summary, update_scores
 from bearing_core.threshold import THRESHOLD_FILE
+from tasks.results import persisted
 from tasks.retry import transient_io_error
 
 
@@ -74,11 +75,10 @@ class ScoresContentPolicy(CachePolicy):
 
 @task(
     name="score",
-    cache_policy=ScoresContentPolicy(),
+    **persisted(ScoresContentPolicy()),
     retries=1,
     retry_delay_seconds=2,
     retry_condition_fn=transient_io_error,
-    persist_result=True,
 )
 def score_task(
     dataset_dir: str,

@@ -29,6 +29,7 @@ from bearing_core.federated.config import FederatedConfig, SimulationResources
 from bearing_core.fingerprint import sha256_file
 from bearing_core.model_io import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
 from bearing_core.threshold import THRESHOLD_FILE, load_threshold
+from tasks.results import persisted
 from tasks.retry import PERMANENT_OS_ERRORS
 
 PERMANENT_ERRORS = (ValueError, TypeError, KeyError, *PERMANENT_OS_ERRORS)
@@ -102,8 +103,7 @@ class TrainedModelPolicy(CachePolicy):
 
 @task(
     name="train-federated",
-    cache_policy=TrainedModelPolicy(),
-    persist_result=True,
+    **persisted(TrainedModelPolicy()),
     retries=2,
     retry_delay_seconds=[5, 30],
     retry_condition_fn=retry_on_transient,
@@ -166,8 +166,7 @@ def train_federated_task(
 
 @task(
     name="train-centralized",
-    cache_policy=TrainedModelPolicy(centralized=True),
-    persist_result=True,
+    **persisted(TrainedModelPolicy(centralized=True)),
     retries=1,
     retry_delay_seconds=5,
     retry_condition_fn=retry_on_transient,

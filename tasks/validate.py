@@ -18,7 +18,8 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from bearing_core.fingerprint import sha256_file, tree_fingerprint
 from bearing_core.run_report import relative
-from bearing_core.validation import ValidationConfig, ValidationReport, validate_dataset
+from bearing_core.validation import ValidationConfig, validate_dataset
+from tasks.results import persisted
 
 
 def validation_inputs_fingerprint(dataset_dir: str | Path) -> str:
@@ -50,17 +51,18 @@ def _run_name() -> str:
 
 @task(
     name="validate",
-    cache_policy=INPUTS + TASK_SOURCE,
-    persist_result=True,
+    **persisted(INPUTS + TASK_SOURCE),
     task_run_name=_run_name,
 )
-def validate_task(dataset_dir: str, settings: dict[str, Any], inputs_fingerprint: str) -> ValidationReport:
+def validate_task(dataset_dir: str, settings: dict[str, Any], inputs_fingerprint: str) -> dict[str, Any]:
     """Run the expectation suites on ``dataset_dir`` with ``settings`` (a ValidationConfig as a dict).
 
-    Returns the report (counts, per-check outcomes, quarantined paths, Data Docs path), never DataFrames.
+    Returns the report (counts, per-check outcomes, quarantined paths, Data Docs path) as JSON
+    (``ValidationReport.model_dump(mode="json")``; read it back with ``ValidationReport.model_validate``), never
+    DataFrames.
     Does not raise on failed expectations: the flow publishes the report first, then fails the run.
     ``inputs_fingerprint`` is only part of the cache key (computed by the caller).
     """
     report = validate_dataset(dataset_dir, ValidationConfig(**settings))
     get_run_logger().info(report.model_copy(update={"target": Path(relative(report.target))}).headline())
-    return report
+    return report.model_dump(mode="json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from bearing_core.env import configure_environment, ray_tmpdir
 
+REPO = Path(__file__).resolve().parents[1]
 RAY_SOCKET = "ray/session_2026-11-28_07-39-07_393946_4194304/sockets/plasma_store"
 
 
@@ -39,3 +41,67 @@ def test_configure_environment_sets_the_homes_and_keeps_the_users_values(
     assert os.environ["FLWR_HOME"] == str(tmp_path / "mine") and "FLWR_HOME" not in set_now
     assert os.environ["RAY_TMPDIR"] == str(ray_tmpdir(tmp_path.resolve()))
     assert all(Path(os.environ[key]).is_dir() for key in ("PREFECT_HOME", "FLWR_HOME", "RAY_TMPDIR"))
+
+
+def _makefile_exports(root: Path) -> dict[str, str]:
+    """``export NAME := VALUE`` lines of the Makefile, with $(CURDIR) = ``root`` and earlier exports expanded."""
+    exports: dict[str, str] = {}
+    for line in (REPO / "Makefile").read_text(encoding="utf-8").splitlines():
+        match = re.fullmatch(r"export\s+(\w+)\s*:=\s*(.*?)\s*", line)
+        if match:
+            value = match.group(2).replace("$(CURDIR)", str(root))
+            exports[match.group(1)] = re.sub(r"\$\((\w+)\)", lambda m: exports[m.group(1)], value)
+    return exports
+
+
+def test_the_makefile_exports_what_configure_environment_sets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    root = tmp_path.resolve()
+    for key in list(os.environ):
+        if key.startswith(("PREFECT_", "FLWR_", "RAY_", "GX_", "DO_NOT_TRACK", "BEARING_")):
+            monkeypatch.delenv(key)
+    set_now = configure_environment(root)
+    assert set_now.pop("RAY_TMPDIR") == str(ray_tmpdir(root))  # computed (socket path length): env.py's alone
+    assert _makefile_exports(root) == set_now
+    assert set_now["PREFECT_LOCAL_STORAGE_PATH"] == str(root / ".prefect" / "storage")
+    assert set_now["PREFECT_RESULTS_DEFAULT_SERIALIZER"] == "json"
+
+
+def test_result_storage_follows_a_users_prefect_home_and_keeps_a_users_storage(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for key in ("PREFECT_HOME", "PREFECT_RESULTS_LOCAL_STORAGE_PATH", "PREFECT_LOCAL_STORAGE_PATH"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    configure_environment(tmp_path)
+    assert os.environ["PREFECT_LOCAL_STORAGE_PATH"] == str(tmp_path / "home" / "storage")
+    monkeypatch.delenv("PREFECT_LOCAL_STORAGE_PATH")
+    monkeypatch.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(tmp_path / "mine"))  # Prefect's other name
+    assert "PREFECT_LOCAL_STORAGE_PATH" not in configure_environment(tmp_path)
+    assert "PREFECT_LOCAL_STORAGE_PATH" not in os.environ
+
+
+def test_requirements_lock_pins_every_direct_dependency_at_pyprojects_version() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    direct = [Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"]["dev"]]]
+    lock = {canonicalize_name(name): version for name, version in (
+        line.split("==") for line in (REPO / "requirements.lock").read_text(encoding="utf-8").split()
+    )}
+    assert {canonicalize_name(r.name): str(r.specifier).removeprefix("==") for r in direct} == {
+        canonicalize_name(r.name): lock.get(canonicalize_name(r.name)) for r in direct
+    }
+    assert lock["torch"] == "2.13.0"
+
+
+def test_make_install_upgrades_pip_first_and_takes_torch_from_the_lock() -> None:
+    recipe = (REPO / "Makefile").read_text(encoding="utf-8").split("$(STAMP): pyproject.toml requirements.lock\n")[1]
+    installs = [line.strip() for line in recipe.split("\n\n")[0].splitlines() if "pip install" in line]
+    assert installs[0] == '$(BIN)/python -m pip install --quiet "pip>=23.3"'
+    assert installs[1:] == ["$(BIN)/python -m pip install --quiet -c requirements.lock torch",
+                            '$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"']
