@@ -319,3 +319,36 @@ def test_deployment_parameters_equal_the_flow_defaults() -> None:
     for deployment in spec["deployments"]:
         for name, value in deployment["parameters"].items():
             assert defaults[name] == value, (deployment["name"], name, value, defaults[name])
+
+
+def test_each_dataset_has_its_own_champion_across_alternating_runs(project: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: the demo (8 channels), then a 4-channel IMS run, then the demo again, in one project. Each run
+    completes and each dataset is scored by its own champion (one registry per dataset): before, the 4-channel
+    model was never promoted over the demo's (other inputs), and the demo's champion scored the 4-channel data."""
+    monkeypatch.chdir(tmp_path)  # a fresh project under the module's Prefect harness
+    generate_demo(tmp_path / "raw" / "demo", sites=2, files_per_site=30, seed=1, workers=1)
+    generate_demo(tmp_path / "raw" / "ims4", sites=2, files_per_site=30, seed=2, channels=4, workers=1)
+    outputs = []
+    for raw in ("raw/demo", "raw/ims4", "raw/demo"):
+        state, _, _ = run_pipeline(raw_dir=raw)
+        assert state.is_completed(), (raw, state)
+        outputs.append(state.result())
+    champions = {}
+    for dataset, channels in (("demo", 8), ("ims4", 4)):
+        latest = Path("data/models") / dataset / "latest"
+        assert latest.is_symlink() and (latest.resolve() / "COMPLETE").is_file(), dataset
+        champions[dataset] = latest.resolve()
+        fingerprint = json.loads((latest.resolve() / "fingerprint.json").read_text())
+        assert fingerprint["dataset"] == dataset
+        inputs = json.loads((latest.resolve() / "config.json").read_text())["input_columns"]
+        assert len(inputs) == channels
+        scores = pd.read_parquet(f"data/processed/{dataset}/scores.parquet")
+        assert set(scores["model_version"]) == {latest.resolve().name} and len(scores) == 60
+    assert champions["demo"] != champions["ims4"]
+    assert not Path("data/models/latest").exists()  # no registry-wide champion any more
+    assert [o["champion (latest)"] for o in outputs] == [
+        f"data/models/demo/{champions['demo'].name}", f"data/models/ims4/{champions['ims4'].name}",
+        f"data/models/demo/{champions['demo'].name}"]
+    assert outputs[1]["promotion"].startswith("promoted to latest: first model")  # not compared with the demo's
+    assert outputs[2] == outputs[0]  # the demo's third run: same champion, same results (served from the cache)
