@@ -9,7 +9,7 @@ from prefect.artifacts import create_table_artifact
 
 from bearing_core.config import DataPaths
 from bearing_core.run_report import relative
-from bearing_core.scoring import resolve_model_dir
+from bearing_core.registry import dataset_name, resolve_model
 from tasks.score import score_task
 
 
@@ -27,13 +27,14 @@ def score_flow(
     out: str | None = None,
     warmup_h: float = 0.0,
 ) -> dict[str, Any]:
-    """Score ``dataset_dir`` with ``model`` (a model directory, or ``latest``: see
-    :func:`bearing_core.scoring.resolve_model_dir`); alarm when ``k`` of the last ``n`` snapshots of a site exceed
-    the threshold; with ``warmup_h`` > 0, snapshots in the first ``warmup_h`` hours after a stop of at least that
-    long do not count (see :mod:`bearing_core.scoring`). Writes ``out`` (default ``<dataset_dir>/scores.parquet``) and publishes an ``alarms-<dataset>``
-    table artifact (one row per site). Returns the task's result (paths, hashes, counts, alarm summary).
+    """Score ``dataset_dir`` with ``model``: ``latest`` (the champion of this dataset), a published version name,
+    or a model directory (see :func:`bearing_core.registry.resolve_model`); alarm when ``k`` of the last ``n``
+    snapshots of a site exceed the threshold; with ``warmup_h`` > 0, snapshots in the first ``warmup_h`` hours
+    after a stop of at least that long do not count (see :mod:`bearing_core.scoring`). Writes ``out`` (default
+    ``<dataset_dir>/scores.parquet``) and publishes an ``alarms-<dataset>`` table artifact (one row per site).
+    Returns the task's result (paths, hashes, counts, alarm summary).
     """
-    model_dir = resolve_model_dir(model, DataPaths().models_root)
+    model_dir = resolve_model(DataPaths().models_root, model, dataset=dataset_name(dataset_dir))
     result = score_task(dataset_dir, str(model_dir), k, n, out, warmup_h)
     name = _artifact_key(f"alarms-{dataset_dir.rstrip('/').split('/')[-1]}")
     create_table_artifact(
