@@ -176,6 +176,19 @@ def datasets(models_root: str | os.PathLike[str] | None = None) -> list[str]:
     return sorted(names)
 
 
+def check_training_output(out_dir: str | os.PathLike[str]) -> Path:
+    """``out_dir`` if a training run may write its model there; ``ValueError`` when it is a dataset's registry
+    (published versions or a ``latest`` inside) or a published version: a model directory is written by replacing
+    the whole directory, which would delete them."""
+    out_dir = Path(out_dir)
+    if is_complete(out_dir):
+        raise ValueError(f"{out_dir} is a published model version: training would replace it; choose another --out")
+    if out_dir.is_dir() and (_version_dirs(out_dir) or _champion_name(out_dir / LATEST) is not None):
+        raise ValueError(f"{out_dir} is a dataset's model registry (published versions inside): training would "
+                         f"replace it; write into {out_dir / '<name>'} instead")
+    return out_dir
+
+
 # ------------------------------------------------------------------------------------------- flat registry
 
 

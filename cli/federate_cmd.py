@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from bearing_core.federated.server_app import METRICS_FILE
     from bearing_core.federated.simulation import GLOBAL
+    from bearing_core.registry import check_training_output
     from cli.train_cmd import federated_config, print_table, validation_message
 
     try:
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         cmd = superlink_command(args.host, args.port, tls, args.enable_supernode_auth)
         if tls is not None:
             tls.check()
+        check_training_output(args.model_dir)  # not over a registry or a published version
     except ValidationError as exc:
         print(f"bearing federate: error: {validation_message(exc)}", file=sys.stderr)
         return 2

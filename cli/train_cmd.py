@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.inputs import InputConfig
     from bearing_core.partition.build import partition_dataset
     from bearing_core.partition.writer import MANIFEST_FILE, scheme_dir
-    from bearing_core.registry import dataset_name
+    from bearing_core.registry import check_training_output, dataset_name
 
     try:
         cfg = federated_config(args)
@@ -150,10 +150,10 @@ def run(args: argparse.Namespace) -> int:
             partition_params(args.partition, args.clients, args.alpha),
         )
         clients_dir = scheme_dir(args.dataset_dir, args.partition)
-        model_dir = args.model_dir or (  # default: in the dataset's registry, unpublished
+        model_dir = check_training_output(args.model_dir or (  # default: in the dataset's registry, unpublished
             DataPaths().models_root / dataset_name(args.dataset_dir)
             / model_version(sha256_file(clients_dir / MANIFEST_FILE), cfg)
-        )
+        ))
     except ValidationError as exc:
         print(f"bearing train: error: {validation_message(exc)}", file=sys.stderr)
         return 2

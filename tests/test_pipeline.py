@@ -121,10 +121,10 @@ def test_overlapping_runs_are_serialised_and_the_later_one_is_served_from_cache(
     pd.testing.assert_frame_equal(
         pd.read_parquet("data/processed/demo/features.parquet"), pd.read_parquet(project / "single/features.parquet")
     )
-    latest = Path("data/models/latest")
+    latest = Path("data/models/demo/latest")  # the demo dataset's champion, in its own registry
     assert latest.is_symlink() and (latest.resolve() / "COMPLETE").is_file()
     assert len(pd.read_parquet("data/processed/demo/scores.parquet")) == 60
-    assert not list(Path("data/models").glob(".*staging*"))  # no half-published version left behind
+    assert not list(Path("data/models").glob("**/.*staging*"))  # no half-published version left behind
 
 
 def test_end_to_end_outputs_report_and_artifacts(overlapping, project: Path) -> None:
@@ -135,8 +135,8 @@ def test_end_to_end_outputs_report_and_artifacts(overlapping, project: Path) -> 
     dataset = Path("data/processed/demo")
     for name in ("features.parquet", "quarantine.parquet", "dataset.json", "validation/index.html", "scores.parquet"):
         assert (dataset / name).is_file(), name
-    version = Path("data/models/latest").resolve()
-    assert out["champion (latest)"] == f"data/models/{version.name}"
+    version = Path("data/models/demo/latest").resolve()
+    assert out["champion (latest)"] == f"data/models/demo/{version.name}"
     for name in ("COMPLETE", "MODEL_CARD.md", "threshold.json", "weights.pt", "metrics.parquet"):
         assert (version / name).is_file(), name
     threshold = json.loads((version / "threshold.json").read_text())["threshold"]
@@ -220,7 +220,7 @@ def test_failed_training_then_retry_of_the_same_flow_run_reruns_only_from_the_fa
     models.write_text("not a directory\n")
     state, states, _ = run_pipeline(rounds=4)  # new training parameters: training has to run
     assert state.is_failed()
-    with pytest.raises(NotADirectoryError, match="cannot write the model: data/models is not a directory"):
+    with pytest.raises(NotADirectoryError, match="cannot write the model: data/models/demo is not a directory"):
         state.result()
     final = last_states(states)
     assert {step: final[step] for step in ("ingest", "validate", "partition")} == dict.fromkeys(

@@ -545,3 +545,28 @@ def test_a_flat_registry_is_migrated_once_with_one_line_per_move(
         assert {name: sha256_file(version.path / name) for name in files} == files
     assert registry.migrate_flat_registry(models) == [] and capsys.readouterr().out == ""  # once
     assert (models / "b2" / "weights.pt").is_file()
+
+
+def test_training_never_writes_over_a_registry_or_a_published_version(
+    tmp_path: Path, manifest: Path, trained: dict[str, Path], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A model directory is written by replacing it whole: `bearing train --out data/models/<dataset>` (the
+    README's recipes wrote to that path before the registry became per dataset) would delete the published
+    versions."""
+    from cli.main import main
+
+    models = tmp_path / "models"
+    publish_model(trained["good"], manifest, models_root=models, version="v1")
+    for target in (models / "plant_a", models / "plant_a" / "v1"):
+        with pytest.raises(ValueError, match="training would replace it"):
+            registry.check_training_output(target)
+    assert registry.check_training_output(models / "plant_a" / "recipe") == models / "plant_a" / "recipe"
+    monkeypatch.chdir(tmp_path)
+    dataset = manifest.parent.parent.parent
+    argv = ["train", str(dataset), "--partition", "dirichlet", "--clients", "2", "--rounds", "1"]
+    assert main([*argv, "--out", str(models / "plant_a")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"bearing train: error: {models / 'plant_a'} is a dataset's model registry (published versions inside): "
+        f"training would replace it; write into {models / 'plant_a' / '<name>'} instead")
+    assert registry.is_complete(models / "plant_a" / "v1")
