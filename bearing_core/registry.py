@@ -222,8 +222,11 @@ def migrate_flat_registry(models_root: str | os.PathLike[str] | None = None) -> 
     champion = _champion_name(flat_latest) if not flat_latest.is_dir() or flat_latest.is_symlink() else None
     lines = []
     for version_dir in flat:
-        dataset = str((_read_json(version_dir / FINGERPRINT_FILE) or {}).get("dataset") or "unknown")
-        target = registry_dir(root, dataset) / version_dir.name
+        dataset = str((_read_json(version_dir / FINGERPRINT_FILE) or {}).get("dataset") or "")
+        try:
+            target = registry_dir(root, dataset) / version_dir.name
+        except ValueError:  # no fingerprint, or a name that cannot be a registry's
+            target = registry_dir(root, "unknown") / version_dir.name
         target.parent.mkdir(exist_ok=True)
         try:
             os.rename(version_dir, target)  # a directory rename: atomic, and refused onto a non-empty target

@@ -570,3 +570,30 @@ def test_training_never_writes_over_a_registry_or_a_published_version(
         f"bearing train: error: {models / 'plant_a'} is a dataset's model registry (published versions inside): "
         f"training would replace it; write into {models / 'plant_a' / '<name>'} instead")
     assert registry.is_complete(models / "plant_a" / "v1")
+
+
+def test_bearing_score_latest_is_the_champion_of_the_dataset_scored(
+    tmp_path: Path, manifest: Path, other_manifest: Path, trained: dict[str, Path],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`bearing score DATASET_DIR` (--model latest) scores with DATASET_DIR's own champion, never with another
+    dataset's (issue 13: the one registry-wide champion scored every dataset, or failed to)."""
+    from cli.main import main
+
+    monkeypatch.chdir(tmp_path)  # data/models is the default registry
+    models = Path("data/models")
+    plant_a, plant_b = manifest.parent.parent.parent, other_manifest.parent.parent.parent
+    publish_model(trained["good"], other_manifest, models_root=models, version="b1")
+    promote(models, "plant_b", "b1")
+    out = tmp_path / "scores.parquet"
+    assert main(["score", str(plant_a), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bearing score: error: no champion for dataset 'plant_a' in data/models/plant_a") and (
+        "published: plant_b: b1" in err)
+    publish_model(trained["good"], manifest, models_root=models, version="a1")
+    promote(models, "plant_a", "a1")
+    assert main(["score", str(plant_a), "--out", str(out)]) == 0
+    assert f"model {(models / 'plant_a' / 'a1').resolve()}: scored 400 new snapshots" in capsys.readouterr().out
+    assert len(pd.read_parquet(out)) == 400
+    assert main(["score", str(plant_b), "--model", "b1", "--out", str(tmp_path / "b.parquet")]) == 0
+    assert f"model {(models / 'plant_b' / 'b1').resolve()}: scored 400 new snapshots" in capsys.readouterr().out
