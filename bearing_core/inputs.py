@@ -33,6 +33,8 @@ FEATURES_FILE = "features.parquet"
 QUARANTINE_FILE = "quarantine.parquet"
 DATASET_FILE = "dataset.json"
 SAMPLES_DIR = "samples"
+PER_BEARING_DIR = "per_bearing"
+"""Where the pipeline writes a dataset's per-bearing layout: ``<dataset>/per_bearing/`` (under the dataset's lock)."""
 META_COLUMNS = ("timestamp", "file", "site", "path")
 """Identifying columns every row carries next to its inputs."""
 

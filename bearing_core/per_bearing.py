@@ -44,6 +44,7 @@ from bearing_core.fingerprint import sha256_files
 from bearing_core.inputs import (
     DATASET_FILE,
     FEATURES_FILE,
+    PER_BEARING_DIR,
     QUARANTINE_FILE,
     InputConfig,
     healthy_period,
@@ -54,8 +55,6 @@ from bearing_core.partition.writer import holdout_mask
 from bearing_core.scaling import DEFAULT_MIN_STD
 
 LAYOUT_NAME = "per_bearing"
-PER_BEARING_DIR = "per_bearing"
-"""Where the pipeline writes a dataset's per-bearing layout: ``<dataset>/per_bearing/`` (under the dataset's lock)."""
 OUTPUT_KIND = "per-bearing dataset"
 """Kind of output (:data:`bearing_core.io.OUTPUT_MARKER`) of :func:`write_per_bearing_dataset`."""
 SINGLE_AXIS = "x"

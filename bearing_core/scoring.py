@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bearing_core.alarms import AlarmConfig, debounce_alarms
-from bearing_core.inputs import DATASET_FILE, FEATURES_FILE, QUARANTINE_FILE, load_features
+from bearing_core.inputs import DATASET_FILE, FEATURES_FILE, META_COLUMNS, QUARANTINE_FILE, load_features
 from bearing_core.io import atomic_path, write_parquet_atomic
 from bearing_core.model_io import LoadedModel, load_model
 from bearing_core.threshold import ThresholdRecord, load_threshold, snapshot_errors
@@ -110,10 +110,10 @@ def score_rows(
     """Scores of ``rows`` (features rows: metadata + the model's input columns), without the ``alarm`` column."""
     missing = [c for c in loaded.input_columns if c not in rows.columns]
     if missing:
+        features = [c for c in rows.columns if c not in META_COLUMNS]
         raise ValueError(
-            f"the model's input columns {missing} are not in the dataset's features "
-            f"(model inputs: {loaded.input_columns}); score with a model trained in 'features' mode on this kind of "
-            "dataset ('samples'-mode models, whose inputs are raw channels, cannot score per snapshot)"
+            f"the model's inputs {loaded.input_columns} are not all among the dataset's features {features} "
+            f"(missing: {missing}): score with a model trained on this kind of dataset"
         )
     X = rows[loaded.input_columns].to_numpy(dtype=np.float64)
     bad = ~np.isfinite(X).all(axis=1)
@@ -254,37 +254,3 @@ def alarm_summary(scores: pd.DataFrame) -> pd.DataFrame:
         )
     columns = ["site", "snapshots", "anomalies", "alarm_snapshots", "first_alarm", "first_alarm_file", "top_channel"]
     return pd.DataFrame(rows, columns=columns)
-
-
-def resolve_model_dir(model: str | os.PathLike[str], models_root: str | os.PathLike[str] = "data/models") -> Path:
-    """The model directory ``model`` names.
-
-    ``latest`` resolves to ``<models_root>/latest`` when it exists — a symlink/directory, or a text file holding a
-    version name (a directory under ``models_root``) — else to the newest directory (by modification time) under
-    ``models_root`` that holds ``weights.pt``. Hidden directories are never candidates: they are the staging and
-    set-aside directories of writers (:func:`bearing_core.model_io.save_model`, the registry) that a killed run
-    may leave behind, half-written. Anything else is a path.
-    """
-    models_root = Path(models_root)
-    if str(model) != "latest":
-        path = Path(model)
-        if not path.is_dir():
-            raise FileNotFoundError(f"model directory not found: {path}")
-        return path
-    pointer = models_root / "latest"
-    if pointer.is_dir():
-        return pointer
-    if pointer.is_file():
-        version = pointer.read_text(encoding="utf-8").strip()
-        target = models_root / version
-        if not target.is_dir():
-            raise FileNotFoundError(f"{pointer} names version '{version}' but {target} does not exist")
-        return target
-    candidates = (
-        [p for p in models_root.iterdir() if not p.name.startswith(".") and (p / "weights.pt").is_file()]
-        if models_root.is_dir()
-        else []
-    )
-    if not candidates:
-        raise FileNotFoundError(f"no model under {models_root} (train one with `bearing train`)")
-    return max(candidates, key=lambda p: ((p / "weights.pt").stat().st_mtime_ns, p.name))

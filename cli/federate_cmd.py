@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from bearing_core.io import check_output_dir
     from bearing_core.model_io import MODEL_KIND
+    from bearing_core.registry import check_training_output
     from cli.train_cmd import federated_config, print_table, validation_message
 
     try:
@@ -147,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
                                 control_port=args.control_port)
         if tls is not None:
             tls.check()
+        check_training_output(args.model_dir)  # not over a registry or a published version
     except ValidationError as exc:
         return error(validation_message(exc))
     except (ValueError, FileNotFoundError) as exc:

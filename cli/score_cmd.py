@@ -22,9 +22,12 @@ Score every valid (not quarantined) snapshot of DATASET_DIR with the model's rec
 inputs, scaled units) against the threshold saved with the model (threshold.json). An alarm is raised for a site
 when K of its last N snapshots exceed the threshold (default 3 of 3), so single spikes do not alarm.
 Incremental: rows already scored by the same model in the output file are reused; only new snapshots are scored.
---model latest = data/models/latest (a directory/symlink, or a file naming a version under data/models), else
-the newest directory under data/models holding weights.pt. A model without threshold.json can be calibrated on
-the fly with --calibrate CLIENTS_DIR (the partition's holdout rows). Prints an alarm summary per site.
+--model latest (the default) = the champion of DATASET_DIR's own registry, data/models/<dataset>/latest, where
+<dataset> is DATASET_DIR's name; --model VERSION = a published version (bearing models lists them); --model DIR =
+that model directory as given (config.json, weights.pt, scaler.json: a published version, or a training output
+such as bearing train --out DIR). Names never resolve to an unpublished directory. A model without
+threshold.json can be calibrated on the fly with --calibrate CLIENTS_DIR (the partition's holdout rows).
+Prints an alarm summary per site.
 Holds the dataset's lock (DATASET_DIR/.pipeline.lock) while it runs: waits for a pipeline run (or a validate)
 on the same dataset to finish. Exit 0 = scored, 1 = nothing or fewer than half of the snapshots valid (not
 scored: the data or its validation needs fixing), 2 = bad input, 3 = still locked after --lock-timeout."""
@@ -33,7 +36,10 @@ scored: the data or its validation needs fixing), 2 = bad input, 3 = still locke
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("score", help=HELP, description=DESCRIPTION)
     parser.add_argument("dataset_dir", metavar="DATASET_DIR", type=Path, help="processed dataset (bearing ingest)")
-    parser.add_argument("--model", default="latest", help="model directory, or 'latest' (default: latest)")
+    parser.add_argument(
+        "--model", default="latest",
+        help="'latest' (this dataset's champion), a published version, or a model directory (default: latest)",
+    )
     parser.add_argument(
         "--out", type=Path, default=None,
         help="output file, Parquet or .csv (default: DATASET_DIR/scores.parquet)",
@@ -90,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
 
     from bearing_core.config import DataPaths
     from bearing_core.locking import LockTimeout
-    from bearing_core.scoring import TooFewValidSnapshots, alarm_summary, resolve_model_dir, update_scores
+    from bearing_core.registry import dataset_name, resolve_model
+    from bearing_core.scoring import TooFewValidSnapshots, alarm_summary, update_scores
     from bearing_core.threshold import ThresholdConfig, calibrate_from_clients
 
     problem = None
@@ -104,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"bearing score: error: {problem}", file=sys.stderr)
         return 2
     try:
-        model_dir = resolve_model_dir(args.model, DataPaths().models_root)
+        model_dir = resolve_model(DataPaths().models_root, args.model, dataset=dataset_name(args.dataset_dir))
         with dataset_lock(args.dataset_dir, args.lock_timeout_s, "bearing score"):
             if args.calibrate is not None:
                 cfg = ThresholdConfig(method=args.method, quantile=args.quantile, k=args.kstd, per_site=args.per_site)

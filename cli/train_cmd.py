@@ -21,7 +21,8 @@ Partition DATASET_DIR's healthy period into --clients client files (DATASET_DIR/
 first: clients share only count/sum/sum-of-squares), train the same model centrally on the union of the same
 train rows for the same number of epochs, and print a per-round table (train loss, holdout MSE/RMSE).
 The model (weights, config, scaler, input columns) and metrics.parquet go to --out
-(default: data/models/<UTC timestamp>-<hash>/). A client failing in a round is left out of that round."""
+(default: data/models/<dataset>/<UTC timestamp>-<hash>/, unpublished: score it with bearing score --model DIR).
+A client failing in a round is left out of that round."""
 
 PARTITIONS = ("iid", "quantity", "dirichlet", "natural")
 
@@ -166,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.partition.build import partition_dataset
     from bearing_core.partition.writer import MANIFEST_FILE, scheme_dir
     from cli.console import printable
+    from bearing_core.registry import check_training_output, dataset_name
 
     try:
         if args.model_dir is not None:  # before partitioning: a directory the model may not replace stops the run
@@ -179,14 +181,17 @@ def run(args: argparse.Namespace) -> int:
             args.dataset_dir, args.partition, args.clients, args.seed, input_cfg,
             partition_params(args.partition, args.clients, args.alpha),
         )
+        clients_dir = scheme_dir(args.dataset_dir, args.partition)
+        model_dir = check_training_output(args.model_dir or (  # default: in the dataset's registry, unpublished
+            DataPaths().models_root / dataset_name(args.dataset_dir)
+            / model_version(sha256_file(clients_dir / MANIFEST_FILE), cfg)
+        ))
     except ValidationError as exc:
         print(f"bearing train: error: {printable(validation_message(exc))}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as exc:
         print(f"bearing train: error: {printable(exc)}", file=sys.stderr)
         return 2
-    clients_dir = scheme_dir(args.dataset_dir, args.partition)
-    model_dir = args.model_dir or DataPaths().models_root / model_version(sha256_file(clients_dir / MANIFEST_FILE), cfg)
     print(f"partition {args.partition}: {manifest.num_clients} clients, train rows "
           f"{[c.train_rows for c in manifest.clients]}, holdout rows {[c.holdout_rows for c in manifest.clients]}")
     try:

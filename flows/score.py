@@ -10,7 +10,7 @@ from prefect.artifacts import create_table_artifact
 from bearing_core.alarms import AlarmConfig
 from bearing_core.config import DataPaths
 from bearing_core.run_report import relative
-from bearing_core.scoring import resolve_model_dir
+from bearing_core.registry import dataset_name, resolve_model
 from tasks.score import score_task
 
 
@@ -26,13 +26,14 @@ def score_flow(
     alarms: AlarmConfig | None = None,
     out: str | None = None,
 ) -> dict[str, Any]:
-    """Score ``dataset_dir`` with ``model`` (a model directory, or ``latest``: see
-    :func:`bearing_core.scoring.resolve_model_dir`); alarm when a site (a bearing, in the per-bearing layout) stays
-    over the threshold for ``alarms.persistence_h`` hours, with a warm-up after stops (see
-    :mod:`bearing_core.alarms`). Writes ``out`` (default ``<dataset_dir>/scores.parquet``) and publishes an ``alarms-<dataset>``
-    table artifact (one row per site). Returns the task's result (paths, hashes, counts, alarm summary).
+    """Score ``dataset_dir`` with ``model``: ``latest`` (the champion of this dataset), a published version name,
+    or a model directory (see :func:`bearing_core.registry.resolve_model`); alarm when a site (a bearing, in the
+    per-bearing layout) stays over the threshold for ``alarms.persistence_h`` hours, with a warm-up after stops (see
+    :mod:`bearing_core.alarms`). Writes ``out`` (default ``<dataset_dir>/scores.parquet``) and publishes an
+    ``alarms-<dataset>`` table artifact (one row per site). Returns the task's result (paths, hashes, counts, alarm
+    summary).
     """
-    model_dir = resolve_model_dir(model, DataPaths().models_root)
+    model_dir = resolve_model(DataPaths().models_root, model, dataset=dataset_name(dataset_dir))
     alarms = alarms or AlarmConfig()
     result = score_task(dataset_dir, str(model_dir), alarms.model_dump(), out)
     name = _artifact_key(f"alarms-{dataset_dir.rstrip('/').split('/')[-1]}")

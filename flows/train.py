@@ -19,6 +19,7 @@ from bearing_core.federated.config import FaultInjection, FederatedConfig, Simul
 from bearing_core.federated.simulation import CENTRALIZED, GLOBAL, model_version, partition_params
 from bearing_core.inputs import InputConfig
 from bearing_core.partition.natural import natural_clients
+from bearing_core.registry import dataset_name
 from bearing_core.run_report import relative
 from tasks.partition import partition_task
 from tasks.train import train_centralized_task, train_federated_task
@@ -58,8 +59,9 @@ def train_flow(
 ) -> dict[str, Any]:
     """Train a federated autoencoder on ``dataset_dir`` and its centralized baseline.
 
-    ``model_dir`` defaults to ``data/models/<UTC timestamp>-<hash>``. ``fail_client`` makes that client raise in
-    round 1 (to exercise fault tolerance). Returns paths, hashes and final metrics.
+    ``model_dir`` defaults to ``data/models/<dataset>/<UTC timestamp>-<hash>`` (in the dataset's registry,
+    unpublished until :func:`tasks.registry.publish_task` publishes it in place). ``fail_client`` makes that
+    client raise in round 1 (to exercise fault tolerance). Returns paths, hashes and final metrics.
     """
     cfg = FederatedConfig(
         strategy=strategy,
@@ -89,7 +91,8 @@ def train_flow(
         params.update(natural)
         cfg = cfg.model_copy(update={"num_clients": clients})
     parts = partition_task(dataset_dir, partition, clients, seed, input_cfg.model_dump(mode="json"), params)
-    target = model_dir or str(DataPaths().models_root / model_version(parts["sha256"], cfg))
+    registry = DataPaths().models_root / dataset_name(dataset_dir)
+    target = model_dir or str(registry / model_version(parts["sha256"], cfg))
     cfg_dict = cfg.model_dump(mode="json")
     federated = train_federated_task(
         parts["path"], parts["sha256"], target, cfg_dict, SimulationResources().model_dump(mode="json")

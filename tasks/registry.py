@@ -2,14 +2,16 @@
 
 Both are content-cached, so a re-run with nothing changed skips them like every other step:
 
-* publish: key = the model directory + SHA-256 of its weights + the partition manifest's SHA-256 + task source;
-  served only while the published version is still complete with those weights.
+* publish: key = the model directory + the models root + SHA-256 of its weights + the partition manifest's
+  SHA-256 + task source; served only while the published version is still complete with those weights.
 * promote: key = the version + its weights' SHA-256 + the holdout manifest's SHA-256 + tolerance + task
-  source; served only while ``latest`` still names the model the recorded decision left as champion (after a
-  manual ``bearing models promote`` the decision is taken again).
+  source; served only while its dataset's ``latest`` still names the model the recorded decision left as
+  champion (after a manual ``bearing models promote`` the decision is taken again).
 
-Both hold the registry lock (``<models_root>/.registry.lock``) while they write, so two runs at once never
-interleave a publication with a swap of ``latest``. Only transient I/O errors are retried.
+A version goes to the registry of the dataset it was trained on (``<models_root>/<dataset>/<version>``, see
+:mod:`bearing_core.registry`). Both hold the registry lock (``<models_root>/.registry.lock``) while they write,
+so two runs at once never interleave a publication with a swap of a ``latest``. Only transient I/O errors are
+retried.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from prefect.context import TaskRunContext
 from prefect.results import get_result_store
 from prefect.utilities.hashing import hash_objects
 
+from bearing_core.config import DataPaths
 from bearing_core.fingerprint import sha256_file
 from bearing_core.locking import REGISTRY_LOCK_FILE, exclusive_lock
 from bearing_core.model_io import WEIGHTS_FILE
@@ -58,7 +61,8 @@ def _served_or_recompute(key: str, still_valid: Any) -> str | None:
 
 @dataclass
 class PublishedVersionPolicy(CachePolicy):
-    """Key = model directory + weights SHA-256 + manifest SHA-256 + task source; valid while the version is."""
+    """Key = model directory + models root + weights SHA-256 + manifest SHA-256 + task source; valid while the
+    version is."""
 
     def compute_key(
         self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
@@ -69,7 +73,9 @@ class PublishedVersionPolicy(CachePolicy):
         except (KeyError, OSError):
             return None  # the task body raises the precise error
         source = TaskSource().compute_key(task_ctx, inputs, flow_parameters)
-        key = hash_objects(str(model_dir), weights_sha, inputs["manifest_sha256"], source, raise_on_failure=True)
+        models_root = Path(inputs.get("models_root") or DataPaths().models_root).resolve()
+        key = hash_objects(str(model_dir), str(models_root), weights_sha, inputs["manifest_sha256"], source,
+                           raise_on_failure=True)
 
         def still_published(record: dict[str, Any]) -> bool:
             version = Path(record["path"])
@@ -103,7 +109,7 @@ class PromotionPolicy(CachePolicy):
 
         def champion_unchanged(record: dict[str, Any]) -> bool:
             expected = record["challenger"] if record["promoted"] else record["champion"]
-            return current_champion(version_dir.parent) == expected
+            return current_champion(version_dir.parent.parent, version_dir.parent.name) == expected
 
         return _served_or_recompute(key, champion_unchanged)
 
@@ -115,15 +121,18 @@ class PromotionPolicy(CachePolicy):
     retry_delay_seconds=[2, 10],
     retry_condition_fn=transient_io_error,
 )
-def publish_task(model_dir: str, manifest: str, manifest_sha256: str) -> dict[str, Any]:
-    """Publish ``model_dir`` (weights, threshold, metrics) as a complete version with its MODEL_CARD.md.
+def publish_task(
+    model_dir: str, manifest: str, manifest_sha256: str, models_root: str | None = None
+) -> dict[str, Any]:
+    """Publish ``model_dir`` (weights, threshold, metrics) as a complete version with its MODEL_CARD.md, in the
+    registry of the dataset ``manifest`` partitions (``models_root``, default ``data/models``, ``/<dataset>``).
 
     Idempotent: publishing the same weights again returns the existing version.
     """
-    models_root = Path(model_dir).parent
+    models_root = Path(models_root) if models_root is not None else DataPaths().models_root
     with exclusive_lock(models_root / REGISTRY_LOCK_FILE, timeout_s=REGISTRY_LOCK_TIMEOUT_S):
         info = publish_model(model_dir, manifest, partition_manifest_sha256=manifest_sha256, models_root=models_root)
-    get_run_logger().info("published model version %s", info.version)
+    get_run_logger().info("published model version %s of dataset %s", info.version, info.dataset)
     return info.model_dump(mode="json")
 
 
@@ -135,9 +144,11 @@ def publish_task(model_dir: str, manifest: str, manifest_sha256: str) -> dict[st
     retry_condition_fn=transient_io_error,
 )
 def promote_task(version_dir: str, manifest: str, tolerance: float = 0.0) -> dict[str, Any]:
-    """Promote the version to ``latest`` unless it is worse than the champion on the same healthy holdout rows."""
+    """Promote the version (``<models_root>/<dataset>/<version>``) to its dataset's ``latest`` unless it is worse
+    than that dataset's champion on the same healthy holdout rows."""
     eval_data = holdout_data(manifest)
-    with exclusive_lock(Path(version_dir).resolve().parent / REGISTRY_LOCK_FILE, timeout_s=REGISTRY_LOCK_TIMEOUT_S):
+    models_root = Path(version_dir).resolve().parent.parent
+    with exclusive_lock(models_root / REGISTRY_LOCK_FILE, timeout_s=REGISTRY_LOCK_TIMEOUT_S):
         decision = promote_if_better(version_dir, eval_data, tolerance=tolerance)
     get_run_logger().info("%s: %s", "promoted" if decision.promoted else "kept the champion", decision.reason)
     return decision.model_dump(mode="json")

@@ -122,10 +122,10 @@ def test_overlapping_runs_are_serialised_and_the_later_one_is_served_from_cache(
     pd.testing.assert_frame_equal(
         pd.read_parquet("data/processed/demo/features.parquet"), pd.read_parquet(project / "single/features.parquet")
     )
-    latest = Path("data/models/latest")
+    latest = Path("data/models/demo/latest")  # the demo dataset's champion, in its own registry
     assert latest.is_symlink() and (latest.resolve() / "COMPLETE").is_file()
     assert len(pd.read_parquet("data/processed/demo/scores.parquet")) == 60
-    assert not list(Path("data/models").glob(".*staging*"))  # no half-published version left behind
+    assert not list(Path("data/models").glob("**/.*staging*"))  # no half-published version left behind
 
 
 def test_end_to_end_outputs_report_and_artifacts(overlapping, project: Path) -> None:
@@ -136,8 +136,8 @@ def test_end_to_end_outputs_report_and_artifacts(overlapping, project: Path) -> 
     dataset = Path("data/processed/demo")
     for name in ("features.parquet", "quarantine.parquet", "dataset.json", "validation/index.html", "scores.parquet"):
         assert (dataset / name).is_file(), name
-    version = Path("data/models/latest").resolve()
-    assert out["champion (latest)"] == f"data/models/{version.name}"
+    version = Path("data/models/demo/latest").resolve()
+    assert out["champion (latest)"] == f"data/models/demo/{version.name}"
     for name in ("COMPLETE", "MODEL_CARD.md", "threshold.json", "weights.pt", "metrics.parquet"):
         assert (version / name).is_file(), name
     threshold = json.loads((version / "threshold.json").read_text())["threshold"]
@@ -222,7 +222,7 @@ def test_failed_training_then_retry_of_the_same_flow_run_reruns_only_from_the_fa
     models.write_text("not a directory\n")
     state, states, _ = run_pipeline(rounds=4)  # new training parameters: training has to run
     assert state.is_failed()
-    with pytest.raises(NotADirectoryError, match="cannot write the model: data/models is not a directory"):
+    with pytest.raises(NotADirectoryError, match="cannot write the model: data/models/demo is not a directory"):
         state.result()
     final = last_states(states)
     assert {step: final[step] for step in ("ingest", "validate", "partition")} == dict.fromkeys(
@@ -321,3 +321,36 @@ def test_deployment_parameters_equal_the_flow_defaults() -> None:
     for deployment in spec["deployments"]:
         for name, value in deployment["parameters"].items():
             assert defaults[name] == value, (deployment["name"], name, value, defaults[name])
+
+
+def test_each_dataset_has_its_own_champion_across_alternating_runs(project: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: the demo (8 channels), then a 4-channel IMS run, then the demo again, in one project. Each run
+    completes and each dataset is scored by its own champion (one registry per dataset): before, the 4-channel
+    model was never promoted over the demo's (other inputs), and the demo's champion scored the 4-channel data."""
+    monkeypatch.chdir(tmp_path)  # a fresh project under the module's Prefect harness
+    generate_demo(tmp_path / "raw" / "demo", sites=2, files_per_site=30, seed=1, workers=1)
+    generate_demo(tmp_path / "raw" / "ims4", sites=2, files_per_site=30, seed=2, channels=4, workers=1)
+    outputs = []
+    for raw in ("raw/demo", "raw/ims4", "raw/demo"):
+        state, _, _ = run_pipeline(raw_dir=raw)
+        assert state.is_completed(), (raw, state)
+        outputs.append(state.result())
+    champions = {}
+    for dataset, channels in (("demo", 8), ("ims4", 4)):
+        latest = Path("data/models") / dataset / "latest"
+        assert latest.is_symlink() and (latest.resolve() / "COMPLETE").is_file(), dataset
+        champions[dataset] = latest.resolve()
+        fingerprint = json.loads((latest.resolve() / "fingerprint.json").read_text())
+        assert fingerprint["dataset"] == dataset
+        inputs = json.loads((latest.resolve() / "config.json").read_text())["input_columns"]
+        assert len(inputs) == channels
+        scores = pd.read_parquet(f"data/processed/{dataset}/scores.parquet")
+        assert set(scores["model_version"]) == {latest.resolve().name} and len(scores) == 60
+    assert champions["demo"] != champions["ims4"]
+    assert not Path("data/models/latest").exists()  # no registry-wide champion any more
+    assert [o["champion (latest)"] for o in outputs] == [
+        f"data/models/demo/{champions['demo'].name}", f"data/models/ims4/{champions['ims4'].name}",
+        f"data/models/demo/{champions['demo'].name}"]
+    assert outputs[1]["promotion"].startswith("promoted to latest: first model")  # not compared with the demo's
+    assert outputs[2] == outputs[0]  # the demo's third run: same champion, same results (served from the cache)

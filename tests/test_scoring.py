@@ -26,7 +26,7 @@ from bearing_core.scoring import (
     alarm_summary,
     channel_of_inputs,
     read_scores,
-    resolve_model_dir,
+    score_rows,
     score_dataset,
     update_scores,
 )
@@ -44,23 +44,6 @@ def test_channel_of_inputs_maps_feature_columns_to_channels() -> None:
     assert channel_of_inputs(["B1_a_mean_abs", "B1_b_env_bpfi", "B3_a", "other"], channels) == [
         "B1_a", "B1_b", "B3_a", "other"
     ]
-
-
-def test_resolve_model_dir_latest(tmp_path: Path) -> None:
-    root = tmp_path / "models"
-    with pytest.raises(FileNotFoundError, match="no model under"):
-        resolve_model_dir("latest", root)
-    for name in ("v1", "v2"):
-        (root / name).mkdir(parents=True)
-        (root / name / "weights.pt").write_bytes(b"w")
-    (root / "not-a-model").mkdir()
-    newest = max((root / "v1", root / "v2"), key=lambda p: (p / "weights.pt").stat().st_mtime_ns)
-    assert resolve_model_dir("latest", root) == newest
-    (root / "latest").write_text("v1\n")
-    assert resolve_model_dir("latest", root) == root / "v1"
-    assert resolve_model_dir(root / "v2", root) == root / "v2"
-    with pytest.raises(FileNotFoundError, match="model directory not found"):
-        resolve_model_dir(root / "nope", root)
 
 
 @dataclass
@@ -188,3 +171,20 @@ def test_score_cli_waits_for_the_dataset_lock_and_gives_up_cleanly(
         assert run(parser.parse_args(argv)) == 0
     assert "waiting up to 3600 s" in capsys.readouterr().err
     assert out.stat().st_mtime_ns >= released.stat().st_mtime_ns and len(read_scores(out)) == 48
+
+
+def test_a_model_of_other_inputs_is_refused_in_one_line_naming_both_sets(demo_model: DemoModel) -> None:
+    """Issue 13: the error named the model's inputs twice and never the dataset's features."""
+    from bearing_core.inputs import load_features
+    from bearing_core.model_io import load_model
+    from bearing_core.threshold import load_threshold
+
+    loaded = load_model(demo_model.model)
+    rows = load_features(demo_model.dataset).drop(columns=["B1_a_env_bpfo"])
+    with pytest.raises(ValueError) as error:
+        score_rows(rows, loaded, load_threshold(demo_model.model), ["B1_a"])
+    message = str(error.value)
+    assert "\n" not in message
+    features = [c for c in rows.columns if c not in ("timestamp", "file", "site", "path")]
+    assert f"the model's inputs {loaded.input_columns} are not all among the dataset's features {features}" in message
+    assert "(missing: ['B1_a_env_bpfo'])" in message

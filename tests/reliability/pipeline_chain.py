@@ -133,13 +133,21 @@ def run_chain(
     from bearing_core.locking import REGISTRY_LOCK_FILE, exclusive_lock
     from bearing_core.partition.build import partition_dataset
     from bearing_core.partition.writer import MANIFEST_FILE, scheme_dir
-    from bearing_core.registry import holdout_data, promote_if_better, publish_model
-    from bearing_core.scoring import resolve_model_dir, update_scores
+    from bearing_core.registry import (
+        LATEST,
+        dataset_name,
+        holdout_data,
+        promote_if_better,
+        publish_model,
+        resolve_model,
+    )
+    from bearing_core.scoring import update_scores
     from bearing_core.validation import ValidationConfig, validate_dataset
 
     paths = DataPaths()
     dataset = IngestConfig(raw_dir=RAW_DIR).resolved_out_dir(paths)
     manifest = scheme_dir(dataset, "natural") / MANIFEST_FILE
+    registry = paths.models_root / dataset_name(dataset)  # the dataset's registry, as in flows/train.py
     todo = STAGES[STAGES.index(start):]
 
     def begin(stage: str) -> bool:
@@ -161,7 +169,7 @@ def run_chain(
     fed_cfg = FederatedConfig(rounds=ROUNDS, local_epochs=LOCAL_EPOCHS, seed=SEED, num_clients=clients)
     begin("train")
     if model_dir is None or not _trained(model_dir):
-        model_dir = paths.models_root / model_version(manifest_sha, fed_cfg)
+        model_dir = registry / model_version(manifest_sha, fed_cfg)
         run_federated(manifest.parent, fed_cfg, model_dir, resources=SimulationResources(), baseline=False)
         run_centralized(manifest.parent, fed_cfg, model_dir)
         todo = STAGES  # a new model: publish, promote and score it whatever the first step was
@@ -171,9 +179,9 @@ def run_chain(
     if begin("promote"):
         holdout = holdout_data(manifest)
         with exclusive_lock(paths.models_root / REGISTRY_LOCK_FILE):
-            promote_if_better(paths.models_root / model_dir.name, holdout)
+            promote_if_better(registry / model_dir.name, holdout)
     if begin("score"):
-        update_scores(dataset, resolve_model_dir("latest", paths.models_root), None, ALARMS)
+        update_scores(dataset, resolve_model(paths.models_root, LATEST, dataset.name), None, ALARMS)
 
 
 def _trained(model_dir: Path) -> bool:

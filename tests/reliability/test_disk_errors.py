@@ -137,7 +137,8 @@ def assert_no_space_named(exc: pytest.ExceptionInfo[BaseException], path: Path) 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project in the state every step leaves: raw/, dataset/ (ingested, validated, partitioned, scored),
-    models/ (v1 published and promoted), reports/v1 (report + plot)."""
+    models/dataset/ (v1 published and promoted: the registry of the dataset 'dataset'), reports/v1 (report +
+    plot)."""
     from bearing_core.run_report import plot_round_metrics, write_run_report
     from bearing_core.scoring import update_scores
     from bearing_core.validation import validate_dataset
@@ -149,11 +150,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     validate_dataset(dataset)
     partition_dataset(dataset, "natural", 2, 0, InputConfig(train_fraction=0.5))
     manifest = scheme_dir(dataset, "natural") / MANIFEST_FILE
-    _train(models / "v1", manifest, rounds=2, calibrate=True)
-    publish_model(models / "v1", manifest, models_root=models)
-    promote_if_better(models / "v1", holdout_data(manifest))
-    update_scores(dataset, models / LATEST)
-    metrics = pd.read_parquet(models / "v1" / "metrics.parquet")
+    registry = models / dataset.name  # the dataset's registry: training writes into it, as the train flow does
+    _train(registry / "v1", manifest, rounds=2, calibrate=True)
+    publish_model(registry / "v1", manifest, models_root=models)
+    promote_if_better(registry / "v1", holdout_data(manifest))
+    update_scores(dataset, registry / LATEST)
+    metrics = pd.read_parquet(registry / "v1" / "metrics.parquet")
     plot_round_metrics(metrics, root / "reports" / "v1" / "metrics.png", "rounds")
     write_run_report(root / "reports" / "v1", "# run report\n", {"threshold": 1.0})
     return root
@@ -271,19 +273,20 @@ def test_training_outputs_fail_on_a_full_disk_and_keep_the_previous_files(projec
     from bearing_core.threshold import calibrate_from_clients
 
     models = project / "models"
+    registry = models / "dataset"
     clients = scheme_dir(project / "dataset", "natural")
     before = files_state(models)
     disk_full(models)
-    loaded = load_model(models / "v1")
+    loaded = load_model(registry / "v1")
     with pytest.raises(OSError) as exc:  # the model directory (weights written by torch to a path, then fsynced)
-        save_model(models / "v2", loaded.model, loaded.model_cfg, loaded.scaler, loaded.input_columns)
-    assert_no_space_named(exc, models / ".v2.staging")
+        save_model(registry / "v2", loaded.model, loaded.model_cfg, loaded.scaler, loaded.input_columns)
+    assert_no_space_named(exc, registry / ".v2.staging")
     with pytest.raises(OSError) as exc:  # the centralized baseline's rows appended to metrics.parquet
-        run_centralized(clients, FederatedConfig(rounds=1, local_epochs=1), models / "v1")
-    assert_no_space_named(exc, models / "v1" / "metrics.parquet")
+        run_centralized(clients, FederatedConfig(rounds=1, local_epochs=1), registry / "v1")
+    assert_no_space_named(exc, registry / "v1" / "metrics.parquet")
     with pytest.raises(OSError) as exc:  # the calibrated threshold
-        calibrate_from_clients(models / "v1", clients)
-    assert_no_space_named(exc, models / "v1" / "threshold.json")
+        calibrate_from_clients(registry / "v1", clients)
+    assert_no_space_named(exc, registry / "v1" / "threshold.json")
     assert files_state(models) == before
 
 
@@ -292,20 +295,21 @@ def test_publish_fails_on_a_full_disk_and_leaves_the_training_output_and_registr
     project: Path, disk_full, rename_fails, where: str
 ) -> None:
     models = project / "models"
+    registry = models / "dataset"
     manifest = scheme_dir(project / "dataset", "natural") / MANIFEST_FILE
-    _train(models / "v2", manifest, rounds=1, calibrate=True)  # a new training output beside the champion
+    _train(registry / "v2", manifest, rounds=1, calibrate=True)  # a new training output beside the champion
     before = files_state(models)
     if where == "staging":  # the registry's own files (fingerprint, card, COMPLETE) cannot be written
         disk_full(models)
-        expected = models / ".v2.staging"
+        expected = registry / ".v2.staging"
     else:  # everything is staged, but renaming the version into place fails
-        rename_fails(models / "v2")
-        expected = models / "v2"
+        rename_fails(registry / "v2")
+        expected = registry / "v2"
     with pytest.raises(OSError) as exc:
-        publish_model(models / "v2", manifest, models_root=models)
+        publish_model(registry / "v2", manifest, models_root=models)
     assert NO_SPACE in str(exc.value) and str(expected) in str(exc.value), str(exc.value)
     assert files_state(models) == before
-    assert current_champion(models) == "v1"
+    assert current_champion(models, "dataset") == "v1"
 
 
 @pytest.mark.parametrize("where", ["promotion.json", LATEST])
@@ -313,20 +317,21 @@ def test_promotion_fails_on_a_full_disk_and_keeps_the_champion(
     project: Path, disk_full, rename_fails, where: str
 ) -> None:
     models = project / "models"
+    registry = models / "dataset"
     manifest = scheme_dir(project / "dataset", "natural") / MANIFEST_FILE
-    publish_model(_train(models / "v2", manifest, rounds=1, calibrate=True), manifest, models_root=models)
+    publish_model(_train(registry / "v2", manifest, rounds=1, calibrate=True), manifest, models_root=models)
     before = files_state(models)
     if where == LATEST:
-        rename_fails(models / LATEST)
+        rename_fails(registry / LATEST)
         with pytest.raises(OSError) as exc:
-            set_latest(models, "v2")
+            set_latest(models, "dataset", "v2")
     else:
-        disk_full(models / "v2")
+        disk_full(registry / "v2")
         with pytest.raises(OSError) as exc:
-            promote_if_better(models / "v2", holdout_data(manifest), tolerance=100.0)
-    assert_no_space_named(exc, models / where if where == LATEST else models / "v2" / where)
+            promote_if_better(registry / "v2", holdout_data(manifest), tolerance=100.0)
+    assert_no_space_named(exc, registry / where if where == LATEST else registry / "v2" / where)
     assert files_state(models) == before
-    assert current_champion(models) == "v1"
+    assert current_champion(models, "dataset") == "v1"
 
 
 def test_scoring_fails_on_a_full_disk_and_keeps_the_previous_scores(project: Path, disk_full) -> None:
@@ -337,7 +342,7 @@ def test_scoring_fails_on_a_full_disk_and_keeps_the_previous_scores(project: Pat
     before = files_state(dataset)
     disk_full(dataset)
     with pytest.raises(OSError) as exc:
-        update_scores(dataset, project / "models" / LATEST, dataset / "old.parquet", AlarmConfig(fraction=0.5))
+        update_scores(dataset, project / "models" / "dataset" / LATEST, dataset / "old.parquet", AlarmConfig(fraction=0.5))
     assert_no_space_named(exc, dataset / "old.parquet")
     assert files_state(dataset) == before
 
@@ -352,7 +357,8 @@ def test_run_report_fails_on_a_full_disk_and_keeps_the_previous_report(project: 
         write_run_report(report, "# another report\n", {"threshold": 2.0})
     assert_no_space_named(exc, report / "summary.json")
     with pytest.raises(OSError) as exc:
-        plot_round_metrics(pd.read_parquet(project / "models" / "v1" / "metrics.parquet"), report / "metrics.png", "x")
+        metrics = pd.read_parquet(project / "models" / "dataset" / "v1" / "metrics.parquet")
+        plot_round_metrics(metrics, report / "metrics.png", "x")
     assert_no_space_named(exc, report / "metrics.png")
     assert files_state(report) == before
 
@@ -397,7 +403,7 @@ def test_cli_exits_non_zero_with_one_clear_line(
         argv = ["ingest", str(project / "raw"), "--out", str(dataset), "--workers", "1"]
     else:
         (dataset / "scores.parquet").unlink()
-        argv = ["score", str(dataset), "--model", str(project / "models" / LATEST)]
+        argv = ["score", str(dataset), "--model", str(project / "models" / "dataset" / LATEST)]
     before = files_state(dataset)
     (disk_full if fault == "disk full" else read_only)(dataset)
     code = main(argv)

@@ -94,6 +94,8 @@ CHAIN = Path(chain.__file__).resolve()
 PLAN_SEED = 8  # issue #8
 DATASET = Path("data") / "processed" / chain.RAW_DIR.name
 MODELS = Path("data") / "models"
+REGISTRY = MODELS / chain.RAW_DIR.name
+"""The registry of the demo dataset's models (one registry per dataset): its versions and its ``latest``."""
 BEFORE_PUBLISH = chain.STAGES[: chain.STAGES.index("publish")]
 AFTER_TRAIN = chain.STAGES[chain.STAGES.index("publish"):]
 EXTRA_BEFORE_PUBLISH, EXTRA_AFTER_TRAIN = 1, 2
@@ -223,7 +225,9 @@ def assert_readable_as_complete(project: Path) -> None:
         elif path.suffix == ".json" or path.name == COMPLETE_FILE:
             json.loads(path.read_text(encoding="utf-8"))
     models = project / MODELS
-    for folder in models.iterdir() if models.is_dir() else ():
+    registries = [d for d in models.iterdir() if d.is_dir() and not d.name.startswith(".")] if models.is_dir() else []
+    assert [d.name for d in registries] in ([], [REGISTRY.name]), registries  # one dataset, one registry
+    for folder in registries[0].iterdir() if registries else ():
         if folder.name.startswith(".") or folder.is_symlink() or not folder.is_dir():
             continue
         if (folder / CONFIG_FILE).is_file():
@@ -232,8 +236,9 @@ def assert_readable_as_complete(project: Path) -> None:
             files = json.loads((folder / COMPLETE_FILE).read_text(encoding="utf-8"))["files"]
             assert {name: sha256_file(folder / name) for name in files} == files, folder
             load_threshold(folder)
-    if (models / LATEST).is_symlink() or (models / LATEST).exists():
-        champion = resolve_model(models, LATEST)  # raises unless it names a complete version
+    assert not (models / LATEST).is_symlink() and not (models / LATEST).exists()  # no registry-wide champion
+    if (project / REGISTRY / LATEST).is_symlink() or (project / REGISTRY / LATEST).exists():
+        champion = resolve_model(models, LATEST, REGISTRY.name)  # raises unless it names a complete version
         load_model(champion)
         load_threshold(champion)
     features = project / DATASET / "features.parquet"
@@ -263,7 +268,7 @@ def outputs(project: Path, stages: Sequence[str] = chain.STAGES) -> dict[str, An
         out["partition manifest"] = json.loads((clients / MANIFEST_FILE).read_text())
         out["client files"] = {p.name: sha256_file(p) for p in sorted(clients.glob("client_*.parquet"))}
     if "score" in stages:
-        champion = resolve_model(project / MODELS, LATEST)
+        champion = resolve_model(project / MODELS, LATEST, REGISTRY.name)
         state = torch.load(champion / WEIGHTS_FILE, weights_only=True)
         out["weights"] = {name: (tuple(t.shape), t.numpy().tobytes()) for name, t in state.items()}
         out["weights.pt"] = sha256_file(champion / WEIGHTS_FILE)
@@ -301,7 +306,8 @@ def assert_only_unused_leftovers(project: Path) -> list[str]:
             if name.startswith("."):
                 assert HIDDEN_TEMPORARY.fullmatch(name), f"unexpected hidden entry {rel}"
                 found.append(rel)
-            elif path.parent == project / MODELS and path.is_dir() and not path.is_symlink() and not is_complete(path):
+            elif (path.parent == project / REGISTRY and path.is_dir() and not path.is_symlink()
+                  and not is_complete(path)):
                 found.append(rel)  # a training run killed before publishing: never listed, never served
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
     return found
@@ -327,8 +333,9 @@ class Reference:
     @property
     def model_dir(self) -> str:
         """The trained (not yet published) model in :attr:`before_publish`, relative to a project."""
-        (folder,) = [p for p in (self.before_publish / "models").iterdir() if not p.name.startswith(".")]
-        return (MODELS / folder.name).as_posix()
+        registry = self.before_publish / "models" / REGISTRY.name
+        (folder,) = [p for p in registry.iterdir() if not p.name.startswith(".")]
+        return (REGISTRY / folder.name).as_posix()
 
 
 @pytest.fixture(scope="module")
@@ -361,7 +368,7 @@ def test_kill_plan_is_reproducible_and_covers_every_step(reference: Reference) -
     assert [c["stage"] for c in reference.trace] == sorted((c["stage"] for c in reference.trace),
                                                            key=chain.STAGES.index)
     assert {pattern(c["target"]) for c in reference.trace if c["stage"] == "promote"} == {
-        "data/models/<version>/promotion.json", "data/models/latest"}
+        f"{REGISTRY.as_posix()}/<version>/promotion.json", f"{REGISTRY.as_posix()}/latest"}
 
 
 def test_kills_before_publishing_are_each_completed_by_the_next_run(reference: Reference, tmp_path: Path) -> None:
@@ -402,19 +409,20 @@ def test_kills_after_training_are_completed_by_a_rerun_from_the_killed_step(
 def test_killed_prefect_pipeline_run_is_completed_by_the_next_run(reference: Reference, tmp_path: Path) -> None:
     project = new_project(tmp_path / "project", reference.project / "raw")
     # publishing set the trained model aside and was killed before renaming the new version into place
-    version_dir = r"data/models/\d{8}T\d{6}Z-[0-9a-f]{8}"  # matched by training's save and publish's swap
+    # matched by training's save and publish's swap
+    version_dir = rf"{REGISTRY.as_posix()}/\d{{8}}T\d{{6}}Z-[0-9a-f]{{8}}"
     trace = run_script("bearing", project, "--kill-target", version_dir, "--kill-match", "2", "--",
                        *chain.BEARING_RUN_ARGS, killed=True)
-    assert pattern(trace[-2]["target"]).startswith("data/models/.<version>.old-*/")
+    assert pattern(trace[-2]["target"]).startswith(f"{REGISTRY.as_posix()}/.<version>.old-*/")
     assert_readable_as_complete(project)
-    assert not (project / MODELS / LATEST).exists()
-    set_aside = [p for p in (project / MODELS).glob(".*.old-*/*") if (p / WEIGHTS_FILE).is_file()]
-    assert len(set_aside) == 1 and not (project / MODELS / set_aside[0].name).exists()
+    assert not (project / REGISTRY / LATEST).exists()
+    set_aside = [p for p in (project / REGISTRY).glob(".*.old-*/*") if (p / WEIGHTS_FILE).is_file()]
+    assert len(set_aside) == 1 and not (project / REGISTRY / set_aside[0].name).exists()
 
     run_script("bearing", project, "--", *chain.BEARING_RUN_ARGS, killed=False)
     assert_readable_as_complete(project)
     assert_same_outputs(outputs(project), reference.outputs, "Prefect pipeline killed while publishing, re-run")
-    champion = resolve_model(project / MODELS, LATEST)
+    champion = resolve_model(project / MODELS, LATEST, REGISTRY.name)
     assert champion.name != set_aside[0].name  # trained again: the training cache saw its model gone
     assert (project / "reports" / chain.RAW_DIR.name / champion.name / "report.md").is_file()
 
@@ -436,17 +444,19 @@ def test_identical_weights_are_saved_byte_for_byte_identical(tmp_path: Path) -> 
     assert not list(tmp_path.glob(".*"))  # no staging directory left
 
 
-def test_latest_fallback_never_picks_a_hidden_staging_directory(tmp_path: Path) -> None:
-    """Without ``latest``, scoring falls back to the newest model directory; a killed writer's hidden staging
-    directory (here newer, with weights but no config) is not a candidate."""
+def test_latest_never_resolves_to_a_hidden_staging_directory(tmp_path: Path) -> None:
+    """Scoring's resolver fell back to the newest model directory without ``latest``, and had to skip a killed
+    writer's hidden staging directory. The registry's resolver (the only one now) has no fallback: without a
+    champion ``latest`` is an error, and a hidden directory named explicitly is refused."""
     from bearing_core.autoencoder import ModelConfig, build_model
     from bearing_core.scaling import Scaler
-    from bearing_core.scoring import resolve_model_dir
 
     cfg = ModelConfig(n_inputs=3, hidden=(2,))
-    model = save_model(tmp_path / "v1", build_model(cfg, seed=1), cfg, Scaler(np.zeros(3), np.ones(3)), ["a", "b", "c"])
-    staging = tmp_path / ".v2.staging-abc123"
-    staging.mkdir()
-    shutil.copy(model / WEIGHTS_FILE, staging / WEIGHTS_FILE)
-    os.utime(model / WEIGHTS_FILE, ns=(1, 1))
-    assert resolve_model_dir("latest", tmp_path) == model
+    registry = tmp_path / "demo"
+    model = save_model(registry / "v1", build_model(cfg, seed=1), cfg, Scaler(np.zeros(3), np.ones(3)), ["a", "b", "c"])
+    staging = registry / ".v2.staging-abc123"
+    shutil.copytree(model, staging)  # newer, complete model files, but a staging directory
+    with pytest.raises(FileNotFoundError, match="no champion for dataset 'demo'"):
+        resolve_model(tmp_path, LATEST, "demo")
+    with pytest.raises(FileNotFoundError, match="registry work directory"):
+        resolve_model(tmp_path, staging)
