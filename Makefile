@@ -10,14 +10,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RAW_DIR ?= data/raw/demo
 
-# Offline, project-local runtime (see bearing_core/env.py, which sets the same defaults for direct CLI use, and
-# RAY_TMPDIR: <project>/.ray, or a short directory under /tmp when that path is too long for Ray's Unix sockets).
+# Offline, project-local runtime (see bearing_core/env.py, which sets the same defaults for direct CLI use).
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export RAY_USAGE_STATS_ENABLED := 0
 export DO_NOT_TRACK := 1
 export PREFECT_HOME := $(CURDIR)/.prefect
 export FLWR_HOME := $(CURDIR)/.flwr
