@@ -11,8 +11,7 @@ STAMP  := $(VENV)/.installed-stamp
 RAW_DIR ?= data/raw/demo
 
 # Offline, project-local runtime: the same values bearing_core/env.py sets for direct CLI use (tests/test_env.py
-# checks they agree), plus RAY_TMPDIR, which env.py computes: <project>/.ray, or a short directory under /tmp when
-# that path is too long for Ray's Unix sockets. Task cache records: plain JSON in $(PREFECT_HOME)/storage.
+# checks they agree). Task cache records: plain JSON in $(PREFECT_HOME)/storage.
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1

@@ -1,14 +1,13 @@
 """Environment defaults that keep every run offline and project-local.
 
-Call :func:`configure_environment` before importing prefect / flwr / great_expectations / ray:
-several of them read their settings at import time. Values already set by the user win.
+Call :func:`configure_environment` before importing prefect / flwr / great_expectations: several of them read
+their settings at import time. Values already set by the user win. (No Ray settings: the simulation runtime,
+:mod:`bearing_core.federated.backend`, does not use Ray.)
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 OFFLINE_DEFAULTS: dict[str, str] = {
@@ -20,8 +19,6 @@ OFFLINE_DEFAULTS: dict[str, str] = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_UI_ENABLED": "true",
     "DO_NOT_TRACK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_DEDUP_LOGS": "0",
     # Prefect's temporary API server (a `bearing run` with no server up) must start within this many seconds; the
     # default 20 s fails a nightly run on a loaded machine
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
@@ -35,29 +32,13 @@ OFFLINE_DEFAULTS: dict[str, str] = {
 _STORAGE_SETTINGS = ("PREFECT_RESULTS_LOCAL_STORAGE_PATH", "PREFECT_LOCAL_STORAGE_PATH")
 
 
-# Ray puts Unix sockets at $RAY_TMPDIR/ray/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store; a Unix socket
-# path holds at most 107 bytes, so a deep project directory cannot host them (Ray fails to start).
-_RAY_SOCKET_SUFFIX = len("/ray/session_2026-11-28_07-39-07_393946_4194304/sockets/plasma_store")
-_UNIX_SOCKET_PATH_MAX = 107
-
-
-def ray_tmpdir(root: Path) -> Path:
-    """Ray's temporary directory for the project at ``root``: ``root/.ray``, or, when that path is too long for
-    Ray's Unix sockets, a short per-project directory ``<system temp>/bearing-ray-<hash of root>``."""
-    local = root / ".ray"
-    if len(str(local)) + _RAY_SOCKET_SUFFIX <= _UNIX_SOCKET_PATH_MAX:
-        return local
-    digest = hashlib.sha256(str(root).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"bearing-ray-{digest}"
-
-
 def project_root() -> Path:
     """The directory that holds data/, .prefect/ ...: $BEARING_PROJECT_DIR, else the current directory."""
     return Path(os.environ.get("BEARING_PROJECT_DIR", os.getcwd())).resolve()
 
 
 def configure_environment(root: Path | None = None) -> dict[str, str]:
-    """Set offline defaults and project-local homes (PREFECT_HOME, FLWR_HOME, RAY_TMPDIR) and Prefect's result
+    """Set offline defaults and project-local homes (PREFECT_HOME, FLWR_HOME) and Prefect's result
     storage ($PREFECT_HOME/storage, where task cache records live).
 
     Returns the variables this call set (those not already present in the environment).
@@ -66,7 +47,6 @@ def configure_environment(root: Path | None = None) -> dict[str, str]:
     wanted = dict(OFFLINE_DEFAULTS)
     wanted["PREFECT_HOME"] = str(root / ".prefect")
     wanted["FLWR_HOME"] = str(root / ".flwr")
-    wanted["RAY_TMPDIR"] = str(ray_tmpdir(root))
     # Local API only: the Prefect server (when started) binds loopback.
     wanted["PREFECT_SERVER_API_HOST"] = "127.0.0.1"
     set_now: dict[str, str] = {}
@@ -77,6 +57,6 @@ def configure_environment(root: Path | None = None) -> dict[str, str]:
     if not any(name in os.environ for name in _STORAGE_SETTINGS):
         storage = str(Path(os.environ["PREFECT_HOME"]) / "storage")
         os.environ[_STORAGE_SETTINGS[1]] = set_now[_STORAGE_SETTINGS[1]] = storage
-    for key in ("PREFECT_HOME", "FLWR_HOME", "RAY_TMPDIR"):
+    for key in ("PREFECT_HOME", "FLWR_HOME"):
         Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
     return set_now

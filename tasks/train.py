@@ -5,8 +5,8 @@ Thin wrappers over :mod:`bearing_core.federated.simulation`; they take and retur
 Caching is keyed on content: the partition manifest's SHA-256 (which pins every client file's hash), the training
 parameters and the task's source. A cached result is only served while the model directory it points to is still
 complete; otherwise the task trains again and caches the new result (see :class:`TrainedModelPolicy`). Retries
-with backoff cover transient failures (a Ray worker dying, a client timing out); configuration and data errors
-fail at once.
+with backoff cover transient failures (clients timing out, I/O); configuration and data errors fail at
+once.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def retry_on_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any
         state.result(raise_on_failure=True)
     except PERMANENT_ERRORS:
         return False
-    except Exception:  # noqa: BLE001 - anything else (Ray, timeouts, I/O) may be transient
+    except Exception:  # noqa: BLE001 - anything else (timeouts, I/O) may be transient
         return True
     return True
 

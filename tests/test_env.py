@@ -4,43 +4,27 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from bearing_core.env import configure_environment, ray_tmpdir
+from bearing_core.env import configure_environment
 
 REPO = Path(__file__).resolve().parents[1]
-RAY_SOCKET = "ray/session_2026-11-28_07-39-07_393946_4194304/sockets/plasma_store"
-
-
-def test_ray_tmpdir_is_project_local_when_its_sockets_fit() -> None:
-    root = Path("/srv/bearing-fl")
-    assert ray_tmpdir(root) == root / ".ray"
-
-
-def test_ray_tmpdir_of_a_deep_project_is_short_and_per_project() -> None:
-    deep = Path("/home/reliability-engineer/projects/plant-7/line-b/bearing-fl")
-    other = deep.with_name("bearing-fl-copy")
-    chosen = ray_tmpdir(deep)
-    assert len(str(deep / ".ray" / RAY_SOCKET)) > 107  # Ray could not create its sockets there
-    assert len(str(chosen / RAY_SOCKET)) <= 107
-    assert chosen.parent == Path(tempfile.gettempdir()) and chosen.name.startswith("bearing-ray-")
-    assert ray_tmpdir(deep) == chosen != ray_tmpdir(other)  # stable per project, distinct between projects
 
 
 def test_configure_environment_sets_the_homes_and_keeps_the_users_values(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    for key in ("PREFECT_HOME", "FLWR_HOME", "RAY_TMPDIR"):
+    for key in ("PREFECT_HOME", "FLWR_HOME"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "mine"))
     set_now = configure_environment(tmp_path)
     assert os.environ["PREFECT_HOME"] == set_now["PREFECT_HOME"] == str(tmp_path.resolve() / ".prefect")
     assert os.environ["FLWR_HOME"] == str(tmp_path / "mine") and "FLWR_HOME" not in set_now
-    assert os.environ["RAY_TMPDIR"] == str(ray_tmpdir(tmp_path.resolve()))
-    assert all(Path(os.environ[key]).is_dir() for key in ("PREFECT_HOME", "FLWR_HOME", "RAY_TMPDIR"))
+    assert all(Path(os.environ[key]).is_dir() for key in ("PREFECT_HOME", "FLWR_HOME"))
+    assert not [key for key in set_now if key.startswith("RAY_")]  # the simulation runtime does not use Ray
+    assert not (tmp_path / ".ray").exists()
 
 
 def _makefile_exports(root: Path) -> dict[str, str]:
@@ -62,7 +46,6 @@ def test_the_makefile_exports_what_configure_environment_sets(
         if key.startswith(("PREFECT_", "FLWR_", "RAY_", "GX_", "DO_NOT_TRACK", "BEARING_")):
             monkeypatch.delenv(key)
     set_now = configure_environment(root)
-    assert set_now.pop("RAY_TMPDIR") == str(ray_tmpdir(root))  # computed (socket path length): env.py's alone
     assert _makefile_exports(root) == set_now
     assert set_now["PREFECT_LOCAL_STORAGE_PATH"] == str(root / ".prefect" / "storage")
     assert set_now["PREFECT_RESULTS_DEFAULT_SERIALIZER"] == "json"

@@ -1,8 +1,8 @@
 """Federated training: config, strategies and their aggregation, fault tolerance, and a real Flower simulation.
 
-Ray start-up dominates a simulation's cost, so one simulation (3 clients, 3 rounds, client 1 failing in round 1)
-is shared by the end-to-end assertions; strategies and the fault-tolerance rules are also checked directly on
-reply messages, without Ray.
+One simulation (3 clients, 3 rounds, client 1 failing in round 1) is shared by the end-to-end assertions, and run
+once more to check that a seed gives the same model bit for bit; strategies and the fault-tolerance rules are also
+checked directly on reply messages, without a simulation.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def test_run_config_round_trip() -> None:
     assert FederatedConfig(min_fit_fraction=0.5).min_successful(3) == 2
 
 
-# ------------------------------------------------------------------------- strategies without Ray
+# -------------------------------------------------------------------- strategies without a simulation
 
 
 @pytest.fixture(autouse=True)
@@ -193,6 +193,16 @@ def test_short_reason_keeps_the_client_message() -> None:
 # ------------------------------------------------------------------------------ one real simulation
 
 
+SIMULATED_CFG = FederatedConfig(rounds=3, local_epochs=2, lr=1e-2, batch_size=16, min_fit_fraction=0.5,
+                                fault=FaultInjection(partition_id=1, round=1))
+
+
+def _torch_settings() -> tuple[int, bool]:
+    import torch
+
+    return torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+
+
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory: pytest.TempPathFactory):
     """3 IID clients, 3 rounds of FedAvg, client 1 raising in round 1; the result and its directories."""
@@ -200,9 +210,9 @@ def simulated(tmp_path_factory: pytest.TempPathFactory):
 
     dataset = write_feature_dataset(tmp_path_factory.mktemp("fl") / "dataset")
     partition_dataset(dataset, "iid", 3, 0, InputConfig(train_fraction=1.0))
-    cfg = FederatedConfig(rounds=3, local_epochs=2, lr=1e-2, batch_size=16, min_fit_fraction=0.5,
-                          fault=FaultInjection(partition_id=1, round=1))
-    result = run_federated(dataset, cfg, dataset.parent / "model")
+    before = _torch_settings()
+    result = run_federated(dataset, SIMULATED_CFG, dataset.parent / "model")
+    assert _torch_settings() == before  # the in-process ClientApps' torch.set_num_threads(1) etc. do not leak
     return result, dataset
 
 
@@ -250,6 +260,36 @@ def test_model_and_metrics_written_with_centralized_baseline(simulated) -> None:
     np.testing.assert_allclose(loaded.scaler.mean, train.mean(axis=0), rtol=1e-10)
     np.testing.assert_allclose(loaded.scaler.std, train.std(axis=0), rtol=1e-8)
     assert result.final("global")["eval_mse"] == pytest.approx(loaded.extra["final_eval_mse"])
+
+
+def test_same_seed_gives_the_same_model_bit_for_bit(simulated, tmp_path: Path) -> None:
+    """The in-process runtime keeps runs reproducible: clients seed their own work, replies are aggregated in
+    partition order, and concurrent ClientApps do not disturb each other (nor the server)."""
+    from bearing_core.federated.config import SimulationResources
+    from bearing_core.federated.simulation import run_federated
+
+    result, dataset = simulated
+    again = run_federated(dataset, SIMULATED_CFG, tmp_path / "again", baseline=False,
+                          resources=SimulationResources(workers=3))
+    first, second = load_model(result.model_dir), load_model(again.model_dir)
+    for name, tensor in first.model.state_dict().items():
+        assert tensor.numpy().tobytes() == second.model.state_dict()[name].numpy().tobytes(), name
+    fl = result.metrics[result.metrics["client"] != "centralized"].drop(columns="wall_s").reset_index(drop=True)
+    pd.testing.assert_frame_equal(fl, again.metrics.drop(columns="wall_s").reset_index(drop=True))
+    without_node_ids = [[{k: v for k, v in f.items() if k != "node_id"} for f in r.failures] for r in (result, again)]
+    assert without_node_ids[0] == without_node_ids[1] != []  # node ids are drawn at random per run
+
+
+def test_simulation_workers_are_validated() -> None:
+    from pydantic import ValidationError
+
+    from bearing_core.federated.backend import run_inprocess
+    from bearing_core.federated.config import SimulationResources
+
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        SimulationResources(workers=0)
+    with pytest.raises(ValueError, match="workers must be between 1 and"):
+        run_inprocess(None, None, 2, 1000)  # checked before anything starts
 
 
 def test_federated_threshold_equals_pooled_calibration(simulated) -> None:

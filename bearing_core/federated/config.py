@@ -284,27 +284,13 @@ class FederatedConfig(BaseModel):
 
 
 class SimulationResources(BaseModel):
-    """Ray resources of an in-process simulation, sized for a small shared machine by default.
+    """How a simulation runs its virtual clients: ``workers`` ClientApp calls at once, in threads of this process.
 
-    Ray starts ``floor(num_cpus / client_num_cpus)`` actors (worker processes, each importing torch) and feeds
-    every virtual client's messages through them, so 100 clients run on 2 actors; raise ``num_cpus`` on bigger
-    machines. Ray's temporary files go to ``$RAY_TMPDIR`` (project-local, see :mod:`bearing_core.env`).
+    The runtime is :mod:`bearing_core.federated.backend` (no Ray: it opens no socket). 100 clients run through
+    the 2 default workers in turn; a client stalling past the round timeout holds one worker until it returns, so
+    keep at least 2.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    num_cpus: int = Field(2, ge=1, description="CPUs Ray may use in total")
-    client_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per running client (fractional allowed)")
-    object_store_mb: int = Field(128, ge=80, description="Ray object store size (MiB); models here are tiny")
-
-    def backend_config(self) -> dict[str, Any]:
-        """The ``backend_config`` of ``flwr.simulation.run_simulation``."""
-        return {
-            "client_resources": {"num_cpus": self.client_num_cpus, "num_gpus": 0.0},
-            "init_args": {
-                "num_cpus": self.num_cpus,
-                "num_gpus": 0,
-                "include_dashboard": False,
-                "object_store_memory": self.object_store_mb * 1024 * 1024,
-            },
-        }
+    workers: int = Field(2, ge=1, le=32, description="ClientApp calls run at once (threads of the training process)")

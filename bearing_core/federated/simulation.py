@@ -1,9 +1,9 @@
-"""Federated training on one machine (Flower simulation, Ray backend) and its centralized baseline.
+"""Federated training on one machine (Flower simulation, in-process runtime) and its centralized baseline.
 
-:func:`run_federated` runs the bearing ServerApp and one virtual ClientApp per partition file in-process
-(``flwr.simulation.run_simulation``), then :func:`run_centralized` trains the same model on the union of the same
-clients' train rows for the same number of epochs (``rounds × local_epochs``), evaluated on the union of their
-holdout rows, and appends its per-round rows (``client="centralized"``) to ``metrics.parquet``: what federation
+:func:`run_federated` runs the bearing ServerApp and one virtual ClientApp per partition file in this process
+(:func:`bearing_core.federated.backend.run_inprocess`: Flower's simulation engine without Ray, no socket opened),
+then :func:`run_centralized` trains the same model on the union of the same clients' train rows for the same
+number of epochs (``rounds × local_epochs``), evaluated on the union of their holdout rows, and appends its per-round rows (``client="centralized"``) to ``metrics.parquet``: what federation
 costs is read off one table.
 """
 
@@ -109,9 +109,7 @@ def run_federated(
     ``baseline`` the centralized baseline's rows are added to the metrics (see :func:`run_centralized`).
     """
     configure_environment()
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU only: silences Ray's FutureWarning
-    from flwr.simulation import run_simulation  # heavy import (ray), only when simulating
-
+    from bearing_core.federated.backend import run_inprocess  # heavy imports (torch, flwr), only when simulating
     from bearing_core.federated.client_app import build_client_app
     from bearing_core.federated.server_app import build_server_app
 
@@ -121,12 +119,8 @@ def run_federated(
     model_dir = Path(model_dir)
     resources = resources or SimulationResources()
     start = time.perf_counter()
-    run_simulation(
-        server_app=build_server_app(cfg, model_dir),
-        client_app=build_client_app(clients_dir),
-        num_supernodes=manifest.num_clients,
-        backend_config=resources.backend_config(),
-    )
+    run_inprocess(build_server_app(cfg, model_dir), build_client_app(clients_dir), manifest.num_clients,
+                  resources.workers)
     wall_s = time.perf_counter() - start
     if not (model_dir / METRICS_FILE).is_file():
         raise RuntimeError(f"the federated run ended without writing {model_dir / METRICS_FILE} (see the log above)")
