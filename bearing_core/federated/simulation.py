@@ -115,7 +115,8 @@ def run_federated(
 
     clients_dir = resolve_clients_dir(source, scheme)
     manifest = load_manifest(clients_dir)
-    cfg = cfg.model_copy(update={"num_clients": manifest.num_clients})
+    # the server checks each client's claimed row counts against the partition manifest (poisoning defence)
+    cfg = cfg.model_copy(update={"num_clients": manifest.num_clients, "manifest": str(clients_dir / MANIFEST_FILE)})
     model_dir = Path(model_dir)
     resources = resources or SimulationResources()
     start = time.perf_counter()
