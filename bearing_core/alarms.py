@@ -125,3 +125,38 @@ def _inhibit_warmup(anomalous: np.ndarray, window: _Windows, cfg: AlarmConfig) -
         latched = now_latched
         alarm = window.alarms(anomalous & ~(in_warmup & ~latched)) | (latched & riding & anomalous)
     return alarm
+
+
+def window_statistic(df: pd.DataFrame, errors: np.ndarray, cfg: AlarmConfig) -> np.ndarray:
+    """What the alarm rule compares with the threshold, per row: the level that at least ``cfg.fraction`` of the
+    site's snapshots in the persistence window ending at the row exceed (the ``1 - fraction`` quantile of the
+    window's errors, lower interpolation). NaN where the window does not hold the evidence an alarm needs (fewer
+    snapshots than the site's usual interval puts in it) or where the row is in a warm-up after a stop.
+
+    A threshold calibrated as a quantile of this statistic on healthy rows is one the rule would cross on healthy
+    data that rarely: a burst shorter than the persistence, or a restart transient inside the warm-up, cannot set it.
+    ``df`` needs ``site`` and ``timestamp``; ``errors`` is aligned with its rows.
+    """
+    out = np.full(len(df), np.nan)
+    if len(df) == 0:
+        return out
+    frame = pd.DataFrame({"site": df["site"].astype(str).to_numpy(), "error": np.asarray(errors, dtype=np.float64),
+                          "timestamp": pd.to_datetime(df["timestamp"]).to_numpy(), "row": np.arange(len(df))})
+    window = f"{int(round(cfg.persistence_h * 3600))}s"
+    for _, part in frame.sort_values(["site", "timestamp"], kind="stable").groupby("site", sort=False):
+        series = part.set_index("timestamp")["error"]
+        rolling = series.rolling(window)
+        stat = rolling.quantile(1 - cfg.fraction, interpolation="lower").to_numpy()
+        count = rolling.count().to_numpy()
+        gaps = np.diff(part["timestamp"].to_numpy()).astype("timedelta64[s]").astype(np.float64)
+        usual = float(np.median(gaps)) if len(gaps) else np.nan
+        needed = max(1.0, round(cfg.persistence_h * 3600 / usual)) if usual > 0 else 1.0
+        valid = count >= np.ceil(cfg.fraction * needed - 1e-9)
+        if cfg.warmup_h > 0 and len(gaps):
+            restart = np.r_[False, gaps >= cfg.warmup_h * 3600]
+            seconds = (part["timestamp"].to_numpy() - part["timestamp"].to_numpy()[0]).astype("timedelta64[s]")
+            seconds = seconds.astype(np.float64)
+            segment_start = np.maximum.accumulate(np.where(restart, seconds, -np.inf))
+            valid &= ~(np.isfinite(segment_start) & (seconds - segment_start < cfg.warmup_h * 3600))
+        out[part["row"].to_numpy()] = np.where(valid, stat, np.nan)
+    return out

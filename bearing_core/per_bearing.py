@@ -228,7 +228,7 @@ def write_per_bearing_dataset(
                 f"{site}/{b}": [_channel(b, c.removeprefix(RELATIVE_PREFIX)) for c in channels]
                 for site in source_sites for b in bearings
             },
-            "transform": {"log": cfg.log, "relative": cfg.relative, "healthy": input_cfg.model_dump(mode="json"), "standardisation": standardisation},
+            "transform": {"log": cfg.log, "relative": cfg.relative, "min_std": cfg.min_std, "healthy": input_cfg.model_dump(mode="json"), "standardisation": standardisation},
             "source": {
                 "dataset": str(source_dir.resolve()),
                 "sha256": sha256_files(source_dir / name for name in (FEATURES_FILE, QUARANTINE_FILE, DATASET_FILE)),

@@ -42,6 +42,8 @@ PERSISTENCE_H = (1.0, 2.0, 3.0)
 FRACTIONS = (0.8, 1.0)
 WARMUP_H = (0.0, 2.0, 4.0)
 RELATIVE = ("off", "add", "only")
+MIN_LEVEL_STD = (0.02, 0.05, 0.1)
+QUANTILES = (0.99, 1.0)
 ANCHOR_B4_FILE, ANCHOR_B3_FILE = 1748, 2119
 TRAIN_UNTIL_1ST = "2003-11-01T10:31:44"  # the first 20 % of the 1st test's files (432 of 2,156)
 
@@ -91,8 +93,8 @@ def pipeline_run(project: Path, raw: Path, *extra: str) -> Run:
     )
 
 
-def holdout_errors(run: Run) -> np.ndarray:
-    """The champion's reconstruction errors on every client's holdout rows (what its calibration sketches)."""
+def holdout_errors(run: Run) -> pd.DataFrame:
+    """The champion's reconstruction errors on every client's holdout rows (site, timestamp, error)."""
     from bearing_core.model_io import load_model
     from bearing_core.partition.writer import SPLIT_HOLDOUT, load_manifest, read_client
     from bearing_core.threshold import snapshot_errors
@@ -100,15 +102,18 @@ def holdout_errors(run: Run) -> np.ndarray:
     loaded = load_model(run.model)
     clients = run.per_bearing / "clients" / "natural"
     manifest = load_manifest(clients)
-    rows = [read_client(clients, c.client_id, split=SPLIT_HOLDOUT) for c in manifest.clients]
-    X = pd.concat(rows)[loaded.input_columns].to_numpy(np.float64)
-    return snapshot_errors(loaded, X)[0]
+    rows = pd.concat([read_client(clients, c.client_id, split=SPLIT_HOLDOUT) for c in manifest.clients])
+    rows["error"] = snapshot_errors(loaded, rows[loaded.input_columns].to_numpy(np.float64))[0]
+    return rows[["site", "timestamp", "error"]].reset_index(drop=True)
 
 
-def threshold_at(errors: np.ndarray, q: float) -> float:
+def threshold_at(holdout: pd.DataFrame, q: float, rule: AlarmConfig) -> float:
+    """The threshold the pipeline's calibration gives: the q-quantile of the alarm rule's statistic on the holdout."""
+    from bearing_core.alarms import window_statistic
     from bearing_core.threshold import ErrorSketch
 
-    return ErrorSketch.from_errors(errors).quantile(q)
+    stat = window_statistic(holdout, holdout["error"].to_numpy(), rule)
+    return ErrorSketch.from_errors(stat[np.isfinite(stat)]).quantile(min(q, 1 - 1e-12))
 
 
 def alarm_events(alarm: np.ndarray) -> np.ndarray:
@@ -158,23 +163,23 @@ def tune(args: argparse.Namespace) -> None:
         if not (raw / "ground_truth.json").is_file():
             raw.parent.mkdir(parents=True, exist_ok=True)
             bearing_cli(work, "demo-data", "--out", str(raw), "--seed", str(seed))
-        for relative in args.relative:  # one scratch project each: its own registry and champion
+        for relative in args.min_level_std:  # one scratch project each: its own registry and champion
             project = work / f"seed{seed}-{relative}"
             project.mkdir(parents=True, exist_ok=True)
-            runs[seed, relative] = run = pipeline_run(project, raw, "--relative", relative, "--seed", str(seed))
-            print(f"seed {seed} relative {relative}: run {run.wall_s:.0f} s, federated MSE {run.federated_mse:.4g} "
+            runs[seed, relative] = run = pipeline_run(project, raw, "--min-level-std", str(relative), "--seed", str(seed))
+            print(f"seed {seed} min-level-std {relative}: run {run.wall_s:.0f} s, federated MSE {run.federated_mse:.4g} "
                   f"vs centralized {run.centralized_mse:.4g} ({run.federated_mse / run.centralized_mse:.2f}x)",
                   flush=True)
     rows = []
-    for relative in args.relative:
+    for relative in args.min_level_std:
         per_seed = {seed: (read_scores(runs[seed, relative].per_bearing / "scores.parquet"),
                            holdout_errors(runs[seed, relative])) for seed in args.seeds}
         for q, p, f, w in itertools.product(QUANTILES, PERSISTENCE_H, FRACTIONS, WARMUP_H):
             rule = AlarmConfig(persistence_h=p, fraction=f, warmup_h=w)
             results = [evaluate_demo(scores, work / "raw" / f"demo{seed}" / "ground_truth.json",
-                                     threshold_at(errors, q), rule)
+                                     threshold_at(errors, q, rule), rule)
                        for seed, (scores, errors) in per_seed.items()]
-            rows.append({"relative": relative, "q": q, "persistence_h": p, "fraction": f, "warmup_h": w,
+            rows.append({"min_level_std": relative, "q": q, "persistence_h": p, "fraction": f, "warmup_h": w,
                          "false_events": sum(r["false_events"] for r in results),
                          "missed": sum(r["missed"] for r in results),
                          "defects": sum(r["defects"] for r in results),
@@ -186,9 +191,8 @@ def tune(args: argparse.Namespace) -> None:
     if ok.empty:
         print(table.sort_values(["false_events", "missed", "mean_delay_h"]).head(20).to_string(index=False))
         return
-    ok["inputs"] = ok["relative"].map({"off": 1, "only": 1, "add": 2})
-    ok = ok.sort_values(["mean_delay_h", "persistence_h", "warmup_h", "q", "inputs"],
-                        ascending=[True, False, False, False, True])
+    ok = ok.sort_values(["mean_delay_h", "persistence_h", "warmup_h", "q", "min_level_std"],
+                        ascending=[True, False, False, False, False])
     print(ok.head(15).to_string(index=False))
     print(f"\nselected: {ok.iloc[0].to_dict()}")
     fed = [(s, r, runs[s, r].federated_mse / runs[s, r].centralized_mse) for (s, r) in runs]
@@ -256,7 +260,7 @@ def main() -> None:
     sub = parser.add_subparsers(required=True)
     t = sub.add_parser("tune")
     t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    t.add_argument("--relative", nargs="+", default=list(RELATIVE), choices=RELATIVE)
+    t.add_argument("--min-level-std", nargs="+", type=float, default=list(MIN_LEVEL_STD))
     t.add_argument("--work", default="/tmp/bearing-tune")
     t.set_defaults(func=tune)
     r = sub.add_parser("replay")

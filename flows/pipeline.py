@@ -53,6 +53,7 @@ def pipeline_flow(
     out_dir: str | None = None,
     layout: Literal["per_bearing", "snapshot"] = "per_bearing",
     relative: Literal["off", "add", "only"] = "off",
+    min_level_std: float = 0.05,
     partition: Literal["natural", "iid", "quantity", "dirichlet"] = "natural",
     clients: int = 4,
     rounds: int = 20,
@@ -90,6 +91,9 @@ def pipeline_flow(
             snapshot with every channel of the rig.
         relative: per_bearing only: add ('add') or use only ('only') each bearing's level relative to the median of
             the rig's other bearings (needs 3 or more bearings a site).
+        min_level_std: per_bearing only: floor of a bearing's healthy std of ln level, so deviations are measured in
+            units of at least this relative change (a few hours of healthy data understate how much a healthy
+            bearing moves over weeks).
         partition: how the healthy period is split into clients; 'natural' = one client per site (clients ignored).
         clients: number of clients for iid / quantity / dirichlet.
         rounds: federated rounds.
@@ -134,7 +138,8 @@ def pipeline_flow(
                                          relative(dataset_out), lock.name),
     ):
         return _run_pipeline(
-            raw_dir=raw_dir, out_dir=out_dir, layout=layout, relative_inputs=relative, partition=partition,
+            raw_dir=raw_dir, out_dir=out_dir, layout=layout, relative_inputs=relative, min_level_std=min_level_std,
+            partition=partition,
             clients=clients, rounds=rounds, strategy=strategy, local_epochs=local_epochs, lr=lr,
             batch_size=batch_size, hidden=tuple(hidden) if hidden else DEFAULT_HIDDEN[layout], activation=activation,
             mu=mu, alpha=alpha, input_cfg=input_cfg, threshold_method=threshold_method,
@@ -149,6 +154,7 @@ def _run_pipeline(
     out_dir: str | None,
     layout: str,
     relative_inputs: str,
+    min_level_std: float,
     partition: str,
     clients: int,
     rounds: int,
@@ -183,7 +189,8 @@ def _run_pipeline(
     if layout == PER_BEARING:
         derived = per_bearing_task(
             dataset_dir, str(Path(dataset_dir) / PER_BEARING_DIR), input_cfg.model_dump(mode="json"),
-            PerBearingConfig(features=(input_cfg.feature,), log=True, relative=relative_inputs).model_dump(mode="json"),
+            PerBearingConfig(features=(input_cfg.feature,), log=True, relative=relative_inputs,
+                             min_std=min_level_std).model_dump(mode="json"),
         )
         model_dataset = derived["out_dir"]
     trained = train_flow.fn(
@@ -207,6 +214,7 @@ def _run_pipeline(
         train_fraction=input_cfg.train_fraction,
         train_until=input_cfg.train_until,
         holdout=input_cfg.holdout_mode,
+        alarms=alarms,
     )
     published = publish_task(trained["model_dir"], trained["manifest"], trained["manifest_sha256"])
     decision = promote_task(published["path"], trained["manifest"])

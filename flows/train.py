@@ -14,6 +14,7 @@ import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from bearing_core.alarms import AlarmConfig
 from bearing_core.config import DataPaths
 from bearing_core.federated.config import FaultInjection, FederatedConfig, SimulationResources
 from bearing_core.federated.simulation import CENTRALIZED, GLOBAL, model_version, partition_params
@@ -56,10 +57,12 @@ def train_flow(
     round_timeout_s: float = 600.0,
     model_dir: str | None = None,
     fail_client: int | None = None,
+    alarms: AlarmConfig | None = None,
 ) -> dict[str, Any]:
     """Train a federated autoencoder on ``dataset_dir`` and its centralized baseline.
 
-    ``model_dir`` defaults to ``data/models/<dataset>/<UTC timestamp>-<hash>`` (in the dataset's registry,
+    With ``alarms``, the threshold is calibrated on the alarm rule's statistic (see
+    :func:`bearing_core.alarms.window_statistic`) instead of single snapshots. ``model_dir`` defaults to ``data/models/<dataset>/<UTC timestamp>-<hash>`` (in the dataset's registry,
     unpublished until :func:`tasks.registry.publish_task` publishes it in place). ``fail_client`` makes that
     client raise in round 1 (to exercise fault tolerance). Returns paths, hashes and final metrics.
     """
@@ -80,6 +83,8 @@ def train_flow(
         threshold_method=threshold_method,
         threshold_quantile=threshold_quantile,
         threshold_k=threshold_k,
+        **({} if alarms is None else {"calibrate_persistence_h": alarms.persistence_h,
+                                      "calibrate_fraction": alarms.fraction, "calibrate_warmup_h": alarms.warmup_h}),
     )
     input_cfg = InputConfig(
         feature=feature, train_until=train_until, train_fraction=None if train_until is not None else train_fraction,

@@ -41,6 +41,7 @@ def _is_current(out_dir: Path, source_sha: str, input_cfg: dict[str, Any], cfg: 
             and transform["healthy"] == input_cfg
             and transform["log"] == cfg["log"]
             and transform.get("relative", "off") == cfg["relative"]
+            and transform.get("min_std") == cfg["min_std"]
             and meta["features"] == list(cfg["features"])
             and (out_dir / FEATURES_FILE).is_file()
         )

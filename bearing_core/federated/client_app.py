@@ -24,11 +24,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from bearing_core.alarms import AlarmConfig, window_statistic
 from bearing_core.autoencoder import build_model, get_weights, set_weights
 from bearing_core.federated.config import (
     SCALE_ATTACK_FACTOR,
@@ -136,6 +138,13 @@ def _scaled(weights: list[np.ndarray]) -> list[np.ndarray]:
     return [w * np.asarray(SCALE_ATTACK_FACTOR, dtype=w.dtype) for w in weights]
 
 
+def _holdout_times(clients_dir: str | os.PathLike[str], partition_id: int) -> pd.DataFrame:
+    """``site`` and ``timestamp`` of this client's holdout rows, in file order (the order of ``load_partition``)."""
+    table = pq.read_table(partition_file(clients_dir, partition_id), columns=["timestamp", "site", "split"])
+    frame = table.to_pandas()
+    return frame[frame["split"] == SPLIT_HOLDOUT].reset_index(drop=True)
+
+
 def build_client_app(clients_dir: str | os.PathLike[str] | None = None) -> ClientApp:
     """A ClientApp reading partitions from ``clients_dir`` (``None``: from each node's ``clients-dir`` config)."""
     baked = Path(clients_dir) if clients_dir is not None else None
@@ -207,6 +216,13 @@ def build_client_app(clients_dir: str | os.PathLike[str] | None = None) -> Clien
         model = build_model(model_cfg, train_cfg.seed)
         set_weights(model, msg.content[ARRAYS_KEY].to_numpy_ndarrays())
         errors = reconstruction_errors(model, scaler.transform(X_holdout))[0] if len(X_holdout) else np.zeros(0)
+        persistence_h = float(config.get("calibrate-persistence-h", 0.0))
+        if persistence_h > 0 and len(errors):  # the alarm rule's statistic: bursts and warm-ups cannot set it
+            rule = AlarmConfig(persistence_h=persistence_h, fraction=float(config["calibrate-fraction"]),
+                               warmup_h=float(config["calibrate-warmup-h"]))
+            holdout = _holdout_times(where, pid)
+            stat = window_statistic(holdout, errors, rule)
+            errors = stat[np.isfinite(stat)]
         if _poisons_sketch(dict(config), pid):
             errors = np.full(errors.shape, SKETCH_ATTACK_ERROR)
         sketch = ErrorSketch.from_errors(errors, bins_per_decade=int(config["bins-per-decade"]))

@@ -158,6 +158,12 @@ class FederatedConfig(BaseModel):
     )
     threshold_quantile: float = Field(0.995, gt=0, lt=1, description="Quantile q for threshold_method 'quantile'")
     threshold_k: float = Field(3.0, gt=0, description="k for threshold_method 'mean_kstd' (mean + k·std)")
+    calibrate_persistence_h: float = Field(
+        0.0, ge=0, description="Calibrate on the alarm rule's statistic over this persistence (hours): the level at "
+        "least calibrate_fraction of a site's holdout snapshots in the window exceed; 0 = on single snapshots"
+    )
+    calibrate_fraction: float = Field(1.0, gt=0, le=1, description="Fraction of the alarm rule (with persistence)")
+    calibrate_warmup_h: float = Field(0.0, ge=0, description="Warm-up of the alarm rule: its rows do not calibrate")
     outlier_factor: float = Field(
         10.0,
         ge=0,

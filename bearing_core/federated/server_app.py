@@ -147,7 +147,9 @@ def federated_threshold(
     cfg = ledger.cfg
     threshold_cfg = cfg.threshold_config()
     config = ConfigRecord(
-        {**dict(config), "bins-per-decade": threshold_cfg.bins_per_decade, **cfg.fault_config()}
+        {**dict(config), "bins-per-decade": threshold_cfg.bins_per_decade, **cfg.fault_config(),
+         "calibrate-persistence-h": cfg.calibrate_persistence_h, "calibrate-fraction": cfg.calibrate_fraction,
+         "calibrate-warmup-h": cfg.calibrate_warmup_h}
     )
     content = RecordDict({ARRAYS_KEY: ArrayRecord(get_weights(model)), CONFIG_KEY: config})
     messages = [
