@@ -133,7 +133,8 @@ def window_statistic(df: pd.DataFrame, errors: np.ndarray, cfg: AlarmConfig) -> 
     window's errors, lower interpolation). NaN where the window does not hold the evidence an alarm needs (fewer
     snapshots than the site's usual interval puts in it) or where the row is in a warm-up after a stop.
 
-    A threshold calibrated as a quantile of this statistic on healthy rows is one the rule would cross on healthy
+    A site whose rows span less than one window (a short calibration holdout) gives one value: the same quantile over
+    all its settled rows. A threshold calibrated as a quantile of this statistic on healthy rows is one the rule would cross on healthy
     data that rarely: a burst shorter than the persistence, or a restart transient inside the warm-up, cannot set it.
     ``df`` needs ``site`` and ``timestamp``; ``errors`` is aligned with its rows.
     """
@@ -158,5 +159,12 @@ def window_statistic(df: pd.DataFrame, errors: np.ndarray, cfg: AlarmConfig) -> 
             seconds = seconds.astype(np.float64)
             segment_start = np.maximum.accumulate(np.where(restart, seconds, -np.inf))
             valid &= ~(np.isfinite(segment_start) & (seconds - segment_start < cfg.warmup_h * 3600))
+        settled = np.ones(len(part), dtype=bool)
+        if cfg.warmup_h > 0 and len(gaps):
+            settled = ~(np.isfinite(segment_start) & (seconds - segment_start < cfg.warmup_h * 3600))
+        if not valid.any() and settled.any():  # the site's rows span less than one window: they are the window
+            last = np.flatnonzero(settled)[-1]
+            valid[last] = True
+            stat[last] = np.quantile(part["error"].to_numpy()[settled], 1 - cfg.fraction, method="lower")
         out[part["row"].to_numpy()] = np.where(valid, stat, np.nan)
     return out
