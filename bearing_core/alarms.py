@@ -147,7 +147,7 @@ def window_statistic(df: pd.DataFrame, errors: np.ndarray, cfg: AlarmConfig) -> 
     for _, part in frame.sort_values(["site", "timestamp"], kind="stable").groupby("site", sort=False):
         series = part.set_index("timestamp")["error"]
         rolling = series.rolling(window)
-        stat = rolling.quantile(1 - cfg.fraction, interpolation="lower").to_numpy()
+        stat = rolling.quantile(1 - cfg.fraction, interpolation="lower").to_numpy().copy()
         count = rolling.count().to_numpy()
         gaps = np.diff(part["timestamp"].to_numpy()).astype("timedelta64[s]").astype(np.float64)
         usual = float(np.median(gaps)) if len(gaps) else np.nan
