@@ -178,6 +178,9 @@ def test_four_channel_files(tmp_path: Path) -> None:
     assert truth.sites["site_1"].channels == [truth.sites["site_1"].bearing]
     first = sorted((tmp_path / "site_1").iterdir())[0]
     assert np.loadtxt(first).shape == (1024, 4)
+    snapshot = read_ims_file(first, expected_samples=1024)  # the reader names the columns as the ground truth
+    assert list(snapshot.channels) == truth.channels == ["B1", "B2", "B3", "B4"]
+    assert all(c in truth.channels for t in truth.sites.values() for e in t.nuisances for c in e.channels)
 
 
 def test_invalid_configuration_is_rejected() -> None:
@@ -392,6 +395,7 @@ def test_cli_refuses_non_empty_dir_unless_forced(tmp_path: Path, capsys: pytest.
     assert run_cli("--out", str(out), "--sites", "2", "--files", "3", "--workers", "1") == 0
     printed = capsys.readouterr().out
     assert "wrote 2 sites x 3 files" in printed and str(out / GROUND_TRUTH_FILE) in printed
+    assert "site_1: 3 files over 0.0 days, every 5 then 10 min, 0 stops, 0 bursts; bpfi defect on B" in printed
     assert len(list(out.glob("site_*/*"))) == 6
 
     assert run_cli("--out", str(out), "--sites", "3", "--files", "2", "--workers", "1") == 2
