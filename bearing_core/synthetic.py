@@ -62,12 +62,14 @@ _BATCH_FILES = 16  # snapshots generated together (bounds memory at ~16 x channe
 _DEFECT_GROWTH_RATE = 3.0  # exponential growth of impulse amplitude over onset -> failure (running hours)
 _DEFECT_PEAK_PER_NOISE = (20.0, 28.0)  # impulse amplitude at failure / the site's noise_g
 _DEFECT_INITIAL_FRACTION = (0.06, 0.12)  # impulse amplitude at onset relative to failure ...
-_SUBTLE_INITIAL_FRACTION = (0.025, 0.04)  # ... or, on every third faulty site from site_2 on, a subtle onset
+_SUBTLE_INITIAL_FRACTION = (0.025, 0.04)  # ... or, on one faulty site in three (at least one), a subtle onset
 _FLOOR_RISE = 1.5  # broadband noise multiplier at failure is 1 + _FLOOR_RISE (faulty bearing's channels)
 _FLOOR_RISE_POWER = 4.0  # the floor rises only near the end: 1 + _FLOOR_RISE * progress**power
 _SAME_BEARING_SECOND_SENSOR = 0.8  # the 2nd (perpendicular) accelerometer sees the defect a bit less
 _NEIGHBOUR_COUPLING = (1.0, 0.12, 0.05, 0.03)  # defect seen at bearing distance 0, 1, 2, 3
 _SHAFT_HARMONIC_G = (0.035, 0.018, 0.008)  # 1x, 2x, 3x shaft amplitudes at load factor 1
+_GAIN = (0.7, 1.5)  # sensor sensitivity; the sites take one equal part of the range each, in random order
+_NOISE_G = (0.06, 0.11)  # broadband noise before gain; idem
 _DC_PER_STD = (0.3, 1.0)  # accelerometer DC offset (negative, as in the IMS files) / the channel's vibration std
 
 # Timeline. Acquisition intervals as multiples of DemoConfig.interval_minutes: (first hours, then).
@@ -293,14 +295,21 @@ def plan_ground_truth(config: DemoConfig) -> GroundTruth:
     """Decide each site's profile, timeline, nuisances and fault (without generating any signal).
 
     The last ``max(1, sites // 4)`` sites stay healthy; the others get a defect, alternating inner race
-    (BPFI) and outer race (BPFO), on a bearing drawn at random, from an onset near ``onset_fraction``.
+    (BPFI) and outer race (BPFO), on a bearing drawn at random, from an onset near ``onset_fraction``; one
+    faulty site in three (at least one), drawn at random, has a subtle onset. Gains and noise levels are spread:
+    each site draws them in its own part of their ranges (parts assigned in random order).
     """
     names = channel_names(config.channels)
     n_healthy = max(1, config.sites // 4)
+    n_faulty = config.sites - n_healthy
+    layout = np.random.default_rng([config.seed, 3])  # what is spread over the sites
+    gain_part, noise_part = layout.permutation(config.sites), layout.permutation(config.sites)
+    subtle = set(layout.choice(n_faulty, size=max(1, n_faulty // 3), replace=False).tolist()) if n_faulty else set()
     sites: dict[str, SiteTruth] = {}
     for k in range(config.sites):
         rng = np.random.default_rng([config.seed, 0, k])
-        profile = _plan_profile(config, k, rng)
+        parts = (int(gain_part[k]), int(noise_part[k]), config.sites)
+        profile = _plan_profile(config, k, rng, parts, subtle=k in subtle)
         first = config.start + timedelta(seconds=profile.start_offset_s)
         bearing_index = int(rng.integers(0, 4))
         onset_jitter = float(rng.uniform(-0.05, 0.05))
@@ -339,14 +348,17 @@ def plan_ground_truth(config: DemoConfig) -> GroundTruth:
     )
 
 
-def _plan_profile(config: DemoConfig, k: int, rng: np.random.Generator) -> SiteProfile:
-    """Site ``k``'s rig: gain, load, noise, resonance, defect size, DC offsets (relative to its vibration)."""
-    gain = float(rng.uniform(0.7, 1.5))
+def _plan_profile(
+    config: DemoConfig, k: int, rng: np.random.Generator, parts: tuple[int, int, int], subtle: bool
+) -> SiteProfile:
+    """Site ``k``'s rig: gain and noise in the parts ``parts = (gain part, noise part, number of parts)`` of
+    their ranges, load, resonance, defect size (small at onset when ``subtle``), DC offsets."""
+    gain_part, noise_part, n_parts = parts
+    gain = _GAIN[0] + (_GAIN[1] - _GAIN[0]) * (gain_part + float(rng.uniform())) / n_parts
     load = float(rng.uniform(0.7, 1.3))
-    noise_g = float(rng.uniform(0.06, 0.11))
+    noise_g = _NOISE_G[0] + (_NOISE_G[1] - _NOISE_G[0]) * (noise_part + float(rng.uniform())) / n_parts
     channel_gains = rng.uniform(0.9, 1.1, size=config.channels)
     std = gain * channel_gains * math.sqrt(noise_g**2 + float(np.sum((load * np.asarray(_SHAFT_HARMONIC_G)) ** 2)) / 2)
-    subtle = k % 3 == 1
     return SiteProfile(
         gain=round(gain, 4),
         load=round(load, 4),

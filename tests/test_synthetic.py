@@ -178,6 +178,9 @@ def test_four_channel_files(tmp_path: Path) -> None:
     assert truth.sites["site_1"].channels == [truth.sites["site_1"].bearing]
     first = sorted((tmp_path / "site_1").iterdir())[0]
     assert np.loadtxt(first).shape == (1024, 4)
+    snapshot = read_ims_file(first, expected_samples=1024)  # the reader names the columns as the ground truth
+    assert list(snapshot.channels) == truth.channels == ["B1", "B2", "B3", "B4"]
+    assert all(c in truth.channels for t in truth.sites.values() for e in t.nuisances for c in e.channels)
 
 
 def test_invalid_configuration_is_rejected() -> None:
@@ -338,12 +341,13 @@ def test_bursts_hit_one_healthy_bearing_or_channel_at_a_time(real: tuple[GroundT
 def test_sites_differ_in_gain_and_noise(real: tuple[GroundTruth, dict[str, Measured]]) -> None:
     truth, measured = real
     levels = {site: np.median(m.mean_abs / m.planned, axis=0).mean() for site, m in measured.items()}
-    assert max(levels.values()) / min(levels.values()) > 1.3
-    profiles = [plan_ground_truth(DemoConfig(seed=seed)).sites[s].profile for seed in range(5) for s in truth.sites]
-    gains = [p.gain for p in profiles]
-    assert min(gains) >= 0.7 and max(gains) <= 1.5 and max(gains) / min(gains) > 1.6
-    noises = [p.noise_g for p in profiles]
-    assert max(noises) / min(noises) > 1.4
+    assert max(levels.values()) / min(levels.values()) > 1.25  # what the sites' sensors read differs
+    for seed in range(5):  # every demo spreads gains over 0.7-1.5 and noise over 0.06-0.11 g, one part a site
+        sites = plan_ground_truth(DemoConfig(seed=seed)).sites.values()
+        gains = sorted(t.profile.gain for t in sites)
+        noises = sorted(t.profile.noise_g for t in sites)
+        assert all(0.7 + 0.2 * k <= g <= 0.7 + 0.2 * (k + 1) for k, g in enumerate(gains)), gains
+        assert all(0.06 + 0.0125 * k <= v <= 0.06 + 0.0125 * (k + 1) for k, v in enumerate(noises)), noises
 
 
 def test_defect_grows_slowly_then_fast_to_several_fold(real: tuple[GroundTruth, dict[str, Measured]]) -> None:
@@ -362,7 +366,7 @@ def test_defect_grows_slowly_then_fast_to_several_fold(real: tuple[GroundTruth, 
         assert level[-1] >= 2.5  # several-fold at failure
         assert 0 <= first_half < 0.3 * second_half  # slowly at first, then faster
     subtle = [s for s, t in faulty.items() if t.profile.defect_initial_fraction < 0.05]
-    assert subtle  # some defects are barely visible at onset: mean|x| within a few per cent
+    assert len(subtle) == 1  # one in three defects is barely visible at onset: mean|x| within a few per cent
     for site in subtle:
         onset = faulty[site].onset_index
         column = truth.channels.index(faulty[site].channels[0])
@@ -391,6 +395,7 @@ def test_cli_refuses_non_empty_dir_unless_forced(tmp_path: Path, capsys: pytest.
     assert run_cli("--out", str(out), "--sites", "2", "--files", "3", "--workers", "1") == 0
     printed = capsys.readouterr().out
     assert "wrote 2 sites x 3 files" in printed and str(out / GROUND_TRUTH_FILE) in printed
+    assert "site_1: 3 files over 0.0 days, every 5 then 10 min, 0 stops, 0 bursts; bpfi defect on B" in printed
     assert len(list(out.glob("site_*/*"))) == 6
 
     assert run_cli("--out", str(out), "--sites", "3", "--files", "2", "--workers", "1") == 2
