@@ -164,9 +164,10 @@ def tune(args: argparse.Namespace) -> None:
             raw.parent.mkdir(parents=True, exist_ok=True)
             bearing_cli(work, "demo-data", "--out", str(raw), "--seed", str(seed))
         for relative in args.min_level_std:  # one scratch project each: its own registry and champion
-            project = work / f"seed{seed}-{relative}"
+            project = work / f"seed{seed}-{relative}" if args.relative == "off" else work / f"seed{seed}-{relative}-{args.relative}"
             project.mkdir(parents=True, exist_ok=True)
-            runs[seed, relative] = run = pipeline_run(project, raw, "--min-level-std", str(relative), "--seed", str(seed))
+            runs[seed, relative] = run = pipeline_run(project, raw, "--min-level-std", str(relative), "--seed", str(seed),
+                                                      "--relative", args.relative)
             print(f"seed {seed} min-level-std {relative}: run {run.wall_s:.0f} s, federated MSE {run.federated_mse:.4g} "
                   f"vs centralized {run.centralized_mse:.4g} ({run.federated_mse / run.centralized_mse:.2f}x)",
                   flush=True)
@@ -179,13 +180,13 @@ def tune(args: argparse.Namespace) -> None:
             results = [evaluate_demo(scores, work / "raw" / f"demo{seed}" / "ground_truth.json",
                                      threshold_at(errors, q, rule), rule)
                        for seed, (scores, errors) in per_seed.items()]
-            rows.append({"min_level_std": relative, "q": q, "persistence_h": p, "fraction": f, "warmup_h": w,
+            rows.append({"relative": args.relative, "min_level_std": relative, "q": q, "persistence_h": p, "fraction": f, "warmup_h": w,
                          "false_events": sum(r["false_events"] for r in results),
                          "missed": sum(r["missed"] for r in results),
                          "defects": sum(r["defects"] for r in results),
                          "mean_delay_h": float(np.nanmean([r["mean_delay_h"] for r in results]))})
     table = pd.DataFrame(rows)
-    table.to_csv(work / "tune.csv", index=False)
+    table.to_csv(work / f"tune-{args.relative}.csv", index=False)
     ok = table[(table["false_events"] == 0) & (table["missed"] == 0)].copy()
     print(f"\n{len(ok)} of {len(table)} settings: no false alarm event and every defect alarmed after onset")
     if ok.empty:
@@ -261,6 +262,7 @@ def main() -> None:
     t = sub.add_parser("tune")
     t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     t.add_argument("--min-level-std", nargs="+", type=float, default=list(MIN_LEVEL_STD))
+    t.add_argument("--relative", default="off", choices=RELATIVE)
     t.add_argument("--work", default="/tmp/bearing-tune")
     t.set_defaults(func=tune)
     r = sub.add_parser("replay")
