@@ -31,11 +31,11 @@ class AlarmConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     persistence_h: float = Field(
-        2.0, gt=0, le=24 * 7, allow_inf_nan=False, title="Persistence (hours)",
+        3.0, gt=0, le=24 * 7, allow_inf_nan=False, title="Persistence (hours)",
         description="An alarm needs the score over the threshold for this long (a duration, whatever the interval)",
     )
     fraction: float = Field(
-        0.8, gt=0, le=1, allow_inf_nan=False, title="Fraction over threshold",
+        1.0, gt=0, le=1, allow_inf_nan=False, title="Fraction over threshold",
         description="Share of the snapshots in the persistence window that must be over the threshold",
     )
     warmup_h: float = Field(

@@ -54,10 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", choices=("per_bearing", "snapshot"), default="per_bearing",
                    help="model rows: one per snapshot and bearing, each bearing standardised by its own healthy rows "
                    "(default), or one per snapshot with every channel")
-    p.add_argument("--relative", choices=("off", "add", "only"), default="off",
+    p.add_argument("--relative", choices=("off", "add", "only"), default="only",
                    help="per_bearing: add / use only each bearing's level relative to the rig's other bearings "
                    "(default: %(default)s)")
-    p.add_argument("--min-level-std", type=float, default=0.05,
+    p.add_argument("--min-level-std", type=float, default=0.1,
                    help="per_bearing: floor of a bearing's healthy std of ln level (default: %(default)s)")
     p.add_argument("--partition", choices=("natural", "iid", "quantity", "dirichlet"), default="natural",
                    help="client partition scheme (default: %(default)s = one client per site)")
@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--train-until", type=datetime.fromisoformat, default=None, help="end of the healthy period")
     add_holdout_argument(p)
     p.add_argument("--threshold-method", choices=("quantile", "mean_kstd"), default="quantile")
-    p.add_argument("--threshold-quantile", type=float, default=0.995)
+    p.add_argument("--threshold-quantile", type=float, default=0.99)
     p.add_argument("--threshold-k", type=float, default=3.0)
     add_alarm_arguments(p)
     p.add_argument("--seed", type=int, default=0)
