@@ -50,8 +50,9 @@ class ThresholdConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: Literal["quantile", "mean_kstd"] = Field(
-        "quantile", description="'quantile': q-quantile of healthy errors; 'mean_kstd': mean + k·std"
+    method: Literal["quantile", "mean_kstd", "max"] = Field(
+        "quantile", description="'quantile': q-quantile of healthy errors; 'mean_kstd': mean + k·std; 'max': the "
+        "largest (with the alarm rule's statistic: the most the healthy period ever sustained)"
     )
     quantile: float = Field(0.995, gt=0, lt=1, description="Quantile q for method 'quantile'")
     k: float = Field(3.0, gt=0, description="Number of standard deviations above the mean for method 'mean_kstd'")
@@ -67,6 +68,8 @@ class ThresholdConfig(BaseModel):
 
     def describe(self) -> str:
         """Short human form, e.g. ``quantile q=0.995`` or ``mean+3σ``."""
+        if self.method == "max":
+            return "max of the healthy period"
         return f"quantile q={self.quantile:g}" if self.method == "quantile" else f"mean+{self.k:g}σ"
 
 
@@ -302,6 +305,8 @@ def threshold_from_sketch(sketch: ErrorSketch, cfg: ThresholdConfig) -> float:
     """The threshold ``cfg`` defines, from a (merged) sketch."""
     if sketch.count == 0:
         raise ValueError("no calibration errors: every client's holdout is empty")
+    if cfg.method == "max":
+        return sketch.max
     return sketch.quantile(cfg.quantile) if cfg.method == "quantile" else sketch.mean_kstd(cfg.k)
 
 

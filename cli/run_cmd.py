@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", choices=("per_bearing", "snapshot"), default="per_bearing",
                    help="model rows: one per snapshot and bearing, each bearing standardised by its own healthy rows "
                    "(default), or one per snapshot with every channel")
-    p.add_argument("--relative", choices=("off", "add", "only"), default="only",
+    p.add_argument("--relative", choices=("off", "add", "only"), default="off",
                    help="per_bearing: add / use only each bearing's level relative to the rig's other bearings "
                    "(default: %(default)s)")
     p.add_argument("--min-level-std", type=float, default=0.1,
@@ -81,7 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="healthy fraction of each site's earliest data (default: %(default)s)")
     group.add_argument("--train-until", type=datetime.fromisoformat, default=None, help="end of the healthy period")
     add_holdout_argument(p)
-    p.add_argument("--threshold-method", choices=("quantile", "mean_kstd"), default="quantile")
+    p.add_argument("--threshold-method", choices=("max", "quantile", "mean_kstd"), default="max",
+                   help="threshold over the healthy period's alarm statistic (default: %(default)s)")
     p.add_argument("--threshold-quantile", type=float, default=0.99)
     p.add_argument("--threshold-k", type=float, default=3.0)
     add_alarm_arguments(p)

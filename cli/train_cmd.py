@@ -56,7 +56,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--activation", choices=("elu", "relu", "tanh"), default="elu", help="hidden activation (default: elu)"
     )
     parser.add_argument(
-        "--threshold-method", choices=("quantile", "mean_kstd"), default="quantile",
+        "--threshold-method", choices=("quantile", "mean_kstd", "max"), default="quantile",
         help="alarm threshold from healthy holdout errors (default: quantile)",
     )
     parser.add_argument("--threshold-quantile", type=float, default=0.995, help="quantile q (default: 0.995)")

@@ -52,7 +52,7 @@ def pipeline_flow(
     raw_dir: str = "data/raw/demo",
     out_dir: str | None = None,
     layout: Literal["per_bearing", "snapshot"] = "per_bearing",
-    relative: Literal["off", "add", "only"] = "only",
+    relative: Literal["off", "add", "only"] = "off",
     min_level_std: float = 0.1,
     partition: Literal["natural", "iid", "quantity", "dirichlet"] = "natural",
     clients: int = 4,
@@ -68,7 +68,7 @@ def pipeline_flow(
     feature: str = "mean_abs",
     train_fraction: float | None = 0.2,
     train_until: datetime | None = None,
-    threshold_method: Literal["quantile", "mean_kstd"] = "quantile",
+    threshold_method: Literal["max", "quantile", "mean_kstd"] = "max",
     threshold_quantile: float = 0.99,
     threshold_k: float = 3.0,
     persistence_h: float = _ALARMS.persistence_h,
@@ -109,7 +109,8 @@ def pipeline_flow(
         feature: per-channel feature used as model input.
         train_fraction: fraction of each site's earliest data treated as healthy training data.
         train_until: alternatively, the end of the healthy period (overrides train_fraction).
-        threshold_method: 'quantile' or 'mean_kstd' of the healthy holdout errors (federated sketches).
+        threshold_method: 'max' (default): the largest value of the alarm statistic over the healthy period, so the
+            pipeline never alarms on the data it calls healthy; or 'quantile' / 'mean_kstd' of it (federated sketches).
         threshold_quantile: quantile for 'quantile'.
         threshold_k: k for 'mean_kstd' (mean + k std).
         persistence_h: an alarm needs the score over the threshold for this many hours.

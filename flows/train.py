@@ -43,7 +43,7 @@ def train_flow(
     batch_size: int = 32,
     hidden: tuple[int, ...] = (4, 2, 4),
     activation: Literal["elu", "relu", "tanh"] = "elu",
-    threshold_method: Literal["quantile", "mean_kstd"] = "quantile",
+    threshold_method: Literal["quantile", "mean_kstd", "max"] = "quantile",
     threshold_quantile: float = 0.995,
     threshold_k: float = 3.0,
     mu: float = 0.01,

@@ -138,11 +138,11 @@ def _scaled(weights: list[np.ndarray]) -> list[np.ndarray]:
     return [w * np.asarray(SCALE_ATTACK_FACTOR, dtype=w.dtype) for w in weights]
 
 
-def _holdout_times(clients_dir: str | os.PathLike[str], partition_id: int) -> pd.DataFrame:
-    """``site`` and ``timestamp`` of this client's holdout rows, in file order (the order of ``load_partition``)."""
-    table = pq.read_table(partition_file(clients_dir, partition_id), columns=["timestamp", "site", "split"])
-    frame = table.to_pandas()
-    return frame[frame["split"] == SPLIT_HOLDOUT].reset_index(drop=True)
+def _row_times(clients_dir: str | os.PathLike[str], partition_id: int) -> pd.DataFrame:
+    """``site`` and ``timestamp`` of this client's train rows then holdout rows, each in file order (the order of
+    ``load_partition``'s two arrays)."""
+    frame = pq.read_table(partition_file(clients_dir, partition_id), columns=["timestamp", "site", "split"]).to_pandas()
+    return pd.concat([frame[frame["split"] == SPLIT_TRAIN], frame[frame["split"] == SPLIT_HOLDOUT]], ignore_index=True)
 
 
 def build_client_app(clients_dir: str | os.PathLike[str] | None = None) -> ClientApp:
@@ -212,17 +212,19 @@ def build_client_app(clients_dir: str | os.PathLike[str] | None = None) -> Clien
         where, pid = _node_partition(context, baked)
         config = msg.content[CONFIG_KEY]
         model_cfg, scaler, train_cfg = parse_round_config(config)
-        _, _, X_holdout = load_partition(where, pid)
+        _, X_train, X_holdout = load_partition(where, pid)
         model = build_model(model_cfg, train_cfg.seed)
         set_weights(model, msg.content[ARRAYS_KEY].to_numpy_ndarrays())
-        errors = reconstruction_errors(model, scaler.transform(X_holdout))[0] if len(X_holdout) else np.zeros(0)
         persistence_h = float(config.get("calibrate-persistence-h", 0.0))
-        if persistence_h > 0 and len(errors):  # the alarm rule's statistic: bursts and warm-ups cannot set it
+        if persistence_h > 0:  # the alarm rule's statistic over every healthy row: bursts and warm-ups cannot set it
             rule = AlarmConfig(persistence_h=persistence_h, fraction=float(config["calibrate-fraction"]),
                                warmup_h=float(config["calibrate-warmup-h"]))
-            holdout = _holdout_times(where, pid)
-            stat = window_statistic(holdout, errors, rule)
+            X_all = np.vstack([X_train, X_holdout])
+            errors = reconstruction_errors(model, scaler.transform(X_all))[0] if len(X_all) else np.zeros(0)
+            stat = window_statistic(_row_times(where, pid), errors, rule)
             errors = stat[np.isfinite(stat)]
+        else:
+            errors = reconstruction_errors(model, scaler.transform(X_holdout))[0] if len(X_holdout) else np.zeros(0)
         if _poisons_sketch(dict(config), pid):
             errors = np.full(errors.shape, SKETCH_ATTACK_ERROR)
         sketch = ErrorSketch.from_errors(errors, bins_per_decade=int(config["bins-per-decade"]))

@@ -153,14 +153,15 @@ class FederatedConfig(BaseModel):
         "failed or late replies are logged and left out of the aggregate",
     )
     round_timeout_s: float = Field(600.0, gt=0, description="Seconds the server waits for replies in each step")
-    threshold_method: Literal["quantile", "mean_kstd"] = Field(
+    threshold_method: Literal["quantile", "mean_kstd", "max"] = Field(
         "quantile", description="Federated threshold calibration: 'quantile' or 'mean_kstd' of healthy holdout errors"
     )
     threshold_quantile: float = Field(0.995, gt=0, lt=1, description="Quantile q for threshold_method 'quantile'")
     threshold_k: float = Field(3.0, gt=0, description="k for threshold_method 'mean_kstd' (mean + k·std)")
     calibrate_persistence_h: float = Field(
-        0.0, ge=0, description="Calibrate on the alarm rule's statistic over this persistence (hours): the level at "
-        "least calibrate_fraction of a site's holdout snapshots in the window exceed; 0 = on single snapshots"
+        0.0, ge=0, description="Calibrate on the alarm rule's statistic over this persistence (hours), on every healthy "
+        "row (train and holdout): the level at least calibrate_fraction of a site's snapshots in the window exceed; "
+        "0 = on single holdout snapshots"
     )
     calibrate_fraction: float = Field(1.0, gt=0, le=1, description="Fraction of the alarm rule (with persistence)")
     calibrate_warmup_h: float = Field(0.0, ge=0, description="Warm-up of the alarm rule: its rows do not calibrate")

@@ -160,7 +160,11 @@ def federated_threshold(
     ok = [msg for msg in replies if not msg.has_error()]
     sketches = [parse_sketch_reply(msg)[1] for msg in ok]
     pids = [ledger.partition_of(msg) for msg in ok]
-    caps = [ledger.holdout_caps.get(pid) for pid in pids]
+    if cfg.calibrate_persistence_h > 0:  # the alarm statistic over every healthy row (train + holdout)
+        caps = [None if ledger.holdout_caps.get(pid) is None else ledger.holdout_caps[pid] + ledger.row_caps.get(pid, 0)
+                for pid in pids]
+    else:
+        caps = [ledger.holdout_caps.get(pid) for pid in pids]
     notes = screen_sketches(sketches, cfg.outlier_factor, threshold_cfg.quantile, caps)
     rejected: dict[str, str] = {}
     for msg, pid, note in zip(ok, pids, notes):
