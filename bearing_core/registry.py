@@ -130,7 +130,7 @@ def _now() -> datetime:
 
 
 def _check_version_name(version: str) -> str:
-    if not _VERSION_RE.match(version) or version == LATEST:
+    if not _VERSION_RE.fullmatch(version) or version == LATEST:
         raise ValueError(f"invalid version name {version!r}: letters, digits, '_', '-', '.'; not '{LATEST}'")
     return version
 
@@ -669,7 +669,7 @@ def resolve_model(
         if not is_complete(registry / champion):
             raise FileNotFoundError(f"{registry / LATEST} names {champion!r}, which is not a published version")
         return (registry / champion).resolve()
-    if _VERSION_RE.match(ref_str):
+    if _VERSION_RE.fullmatch(ref_str):
         names = ([dataset] if dataset is not None else []) + datasets(models_root)
         for name in names:
             if is_complete(registry_dir(models_root, name) / ref_str):

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bearing_core.config import DataPaths
     from bearing_core.locking import LockTimeout
-    from bearing_core.registry import dataset_name, resolve_model
+    from bearing_core.registry import dataset_name, is_complete, resolve_model
     from bearing_core.scoring import TooFewValidSnapshots, alarm_summary, update_scores
     from bearing_core.threshold import ThresholdConfig, calibrate_from_clients
 
@@ -112,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         model_dir = resolve_model(DataPaths().models_root, args.model, dataset=dataset_name(args.dataset_dir))
+        if args.calibrate is not None and is_complete(model_dir):
+            raise ValueError(f"--calibrate would rewrite the published version {model_dir.resolve().name} in place "
+                             "(its hashes and model card would go stale): calibrate a training output "
+                             "(`bearing train --out DIR`) and publish that instead")
         with dataset_lock(args.dataset_dir, args.lock_timeout_s, "bearing score"):
             if args.calibrate is not None:
                 cfg = ThresholdConfig(method=args.method, quantile=args.quantile, k=args.kstd, per_site=args.per_site)

@@ -597,3 +597,31 @@ def test_bearing_score_latest_is_the_champion_of_the_dataset_scored(
     assert len(pd.read_parquet(out)) == 400
     assert main(["score", str(plant_b), "--model", "b1", "--out", str(tmp_path / "b.parquet")]) == 0
     assert f"model {(models / 'plant_b' / 'b1').resolve()}: scored 400 new snapshots" in capsys.readouterr().out
+
+
+def test_score_calibrate_refuses_to_rewrite_a_published_version(
+    tmp_path: Path, manifest: Path, trained: dict[str, Path], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`bearing score --calibrate` used to rewrite a published champion's threshold.json in place (stale hashes in its
+    fingerprint and model card, no registry lock): a published version is refused, untouched (issue 14)."""
+    from cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    models = Path("data/models")
+    publish_model(trained["good"], manifest, models_root=models, version="a1")
+    promote(models, "plant_a", "a1")
+    threshold = models / "plant_a" / "a1" / "threshold.json"
+    before = threshold.read_bytes()
+    plant_a = manifest.parent.parent.parent
+    assert main(["score", str(plant_a), "--calibrate", str(manifest.parent), "--out", str(tmp_path / "s.parquet")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "would rewrite the published version a1 in place" in err[0]
+    assert threshold.read_bytes() == before and not (tmp_path / "s.parquet").exists()
+
+
+def test_version_names_match_whole(tmp_path: Path, manifest: Path, trained: dict[str, Path]) -> None:
+    """A name with a trailing newline is not a version name (``$`` matches before a final newline)."""
+    with pytest.raises(ValueError, match="version"):
+        publish_model(trained["good"], manifest, models_root=tmp_path / "models", version="a1\n")
+    assert not (tmp_path / "models" / "plant_a").exists() or not any((tmp_path / "models" / "plant_a").iterdir())
