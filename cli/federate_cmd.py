@@ -43,7 +43,7 @@ def ip_address(text: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected an IP address to bind (e.g. 127.0.0.1, 0.0.0.0, ::), got {text!r}"
+            f"expected an IP address to bind (e.g. 127.0.0.1, 192.0.2.10, ::1), got {text!r}"
         ) from None
 
 

@@ -13,17 +13,25 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import hashlib
 import json
-import pickle
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 from bearing_core.autoencoder import Autoencoder, ModelConfig
-from bearing_core.federated.deployment import DEFAULT_HOST, superlink_command, supernode_command
+from bearing_core.federated import launch
+from bearing_core.federated.deployment import (
+    DEFAULT_CONTROL_PORT,
+    DEFAULT_HOST,
+    superlink_command,
+    supernode_command,
+)
 from bearing_core.model_io import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
 from bearing_core.scaling import Scaler
 from cli.main import main
@@ -70,25 +78,52 @@ def _parser(module: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _launch_args(command: list[str], monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
+    """The options :mod:`bearing_core.federated.launch` parses from ``command`` (nothing is started)."""
+    assert command[1:3] == ["-m", "bearing_core.federated.launch"]
+    seen: list[argparse.Namespace] = []
+    monkeypatch.setattr(launch, "run_superlink", seen.append)
+    monkeypatch.setattr(launch, "run_supernode", seen.append)
+    launch.main(command[3:])
+    return seen[0]
+
+
 def test_federate_superlink_binds_loopback_by_default_and_needs_explicit_security(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     parser = _parser("federate_cmd")
     args = parser.parse_args(["federate", "--clients", "2", "--out", str(tmp_path / "m"), "--insecure"])
     assert args.host == LOOPBACK == DEFAULT_HOST
     command = superlink_command(args.host, args.port)
-    assert command[command.index("--host") + 1] == LOOPBACK
+    launched = _launch_args(command, monkeypatch)
+    assert launched.fleet_host == LOOPBACK and launched.insecure  # plain HTTP only because asked for
+    assert launched.control_port == DEFAULT_CONTROL_PORT  # the Control API: always 127.0.0.1 (launch.LOOPBACK)
     with pytest.raises(SystemExit) as excinfo:  # neither TLS nor an explicit --insecure: refused
         parser.parse_args(["federate", "--clients", "2", "--out", str(tmp_path / "m")])
     assert excinfo.value.code == 2
     assert "one of the arguments --ssl-ca-certfile --insecure is required" in capsys.readouterr().err
     told = parser.parse_args(["federate", "--clients", "2", "--out", "m", "--insecure", "--host", "10.1.2.3"])
-    assert superlink_command(told.host, told.port)[2] == "10.1.2.3"
+    assert _launch_args(superlink_command(told.host, told.port), monkeypatch).fleet_host == "10.1.2.3"
+    with pytest.raises(SystemExit):  # the launcher itself refuses a SuperLink with neither TLS nor --insecure
+        _launch_args([a for a in command if a != "--insecure"], monkeypatch)
 
 
-def test_site_supernode_listens_on_loopback_and_needs_explicit_security(capsys: pytest.CaptureFixture[str]) -> None:
+def test_site_supernode_listens_on_loopback_and_needs_explicit_security(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     command = supernode_command("coordinator:9093", "/data/clients", 0)
-    assert command[command.index("--host") + 1] == LOOPBACK
+    assert "--insecure" in command  # plain HTTP is spelled out, never implied
+    assert "--insecure" not in supernode_command("coordinator:9093", "/data/clients", 0, root_certificates=Path("ca"))
+    # what the launcher hands flower-supernode: its Runtime API on 127.0.0.1, whatever the SuperLink's address
+    flwr_argv: list[str] = []
+    with monkeypatch.context() as patch:  # launch.importlib is the importlib module: undo before going on
+        patch.setattr(launch, "_guarded_superexec", lambda *a, **k: contextlib.nullcontext())
+        patch.setattr(launch.importlib, "import_module",
+                      lambda name: types.SimpleNamespace(flower_supernode=lambda: flwr_argv.extend(sys.argv)))
+        patch.setattr(sys, "argv", list(sys.argv))
+        launch.main(command[3:])
+    assert flwr_argv[flwr_argv.index("--host") + 1] == LOOPBACK and flwr_argv.count("--host") == 1
+    assert "--insecure" in flwr_argv
     parser = _parser("site_cmd")
     with pytest.raises(SystemExit) as excinfo:
         parser.parse_args(["site", "--superlink", "coordinator:9093", "--data", "/data"])
@@ -129,7 +164,7 @@ def test_pickle_bomb_weights_are_refused_and_never_run(model_dir: Path, tmp_path
     config["weights_sha256"] = hashlib.sha256((model_dir / WEIGHTS_FILE).read_bytes()).hexdigest()
     (model_dir / CONFIG_FILE).write_text(json.dumps(config))  # checksum matches: torch.load itself must refuse
 
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(ValueError, match=r"weights\.pt: not a plain state_dict, refused to load \(Weights only load failed"):
         load_model(model_dir)
     assert not marker.exists()
     torch.load(model_dir / WEIGHTS_FILE, weights_only=False)  # the bomb is real: a full unpickle runs it
