@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.model_dir is not None:  # before partitioning: a directory the model may not replace stops the run
-            check_output_dir(args.model_dir, MODEL_KIND)
+            check_output_dir(check_training_output(args.model_dir), MODEL_KIND)  # registry first: its hint is exact
         cfg = federated_config(args)
         period = {"train_until": args.train_until} if args.train_until is not None else {}
         if args.train_fraction is not None:  # 0 is refused by InputConfig, not replaced by the default
