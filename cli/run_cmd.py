@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", choices=("per_bearing", "snapshot"), default="per_bearing",
                    help="model rows: one per snapshot and bearing, each bearing standardised by its own healthy rows "
                    "(default), or one per snapshot with every channel")
-    p.add_argument("--relative", choices=("off", "add", "only"), default="off",
+    p.add_argument("--relative", dest="relative_inputs", choices=("off", "add", "only"), default="off",
                    help="per_bearing: add / use only each bearing's level relative to the rig's other bearings "
                    "(default: %(default)s)")
     p.add_argument("--min-level-std", type=float, default=0.1,
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     state = pipeline_flow(
         raw_dir=str(args.raw_dir), out_dir=None if args.out_dir is None else str(args.out_dir),
-        layout=args.layout, relative=args.relative, min_level_std=args.min_level_std, activation=args.activation,
+        layout=args.layout, relative_inputs=args.relative_inputs, min_level_std=args.min_level_std, activation=args.activation,
         partition=args.partition, clients=args.clients, rounds=args.rounds, strategy=args.strategy,
         local_epochs=args.local_epochs, lr=args.lr, batch_size=args.batch_size, hidden=args.hidden, mu=args.mu,
         alpha=args.alpha, feature=args.feature, train_fraction=None if args.train_until else args.train_fraction,

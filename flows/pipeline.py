@@ -52,7 +52,7 @@ def pipeline_flow(
     raw_dir: str = "data/raw/demo",
     out_dir: str | None = None,
     layout: Literal["per_bearing", "snapshot"] = "per_bearing",
-    relative: Literal["off", "add", "only"] = "off",
+    relative_inputs: Literal["off", "add", "only"] = "off",
     min_level_std: float = 0.1,
     partition: Literal["natural", "iid", "quantity", "dirichlet"] = "natural",
     clients: int = 4,
@@ -89,7 +89,7 @@ def pipeline_flow(
         layout: 'per_bearing' (default): one model row per snapshot and bearing, each bearing's inputs standardised
             by its own healthy rows at its own site (ln levels); alarms name the bearing. 'snapshot': one row per
             snapshot with every channel of the rig.
-        relative: per_bearing only: add ('add') or use only ('only') each bearing's level relative to the median of
+        relative_inputs: per_bearing only: add ('add') or use only ('only') each bearing's level relative to the median of
             the rig's other bearings (needs 3 or more bearings a site).
         min_level_std: per_bearing only: floor of a bearing's healthy std of ln level, so deviations are measured in
             units of at least this relative change (a few hours of healthy data understate how much a healthy
@@ -139,7 +139,7 @@ def pipeline_flow(
                                          relative(dataset_out), lock.name),
     ):
         return _run_pipeline(
-            raw_dir=raw_dir, out_dir=out_dir, layout=layout, relative_inputs=relative, min_level_std=min_level_std,
+            raw_dir=raw_dir, out_dir=out_dir, layout=layout, relative_inputs=relative_inputs, min_level_std=min_level_std,
             partition=partition,
             clients=clients, rounds=rounds, strategy=strategy, local_epochs=local_epochs, lr=lr,
             batch_size=batch_size, hidden=tuple(hidden) if hidden else DEFAULT_HIDDEN[layout], activation=activation,

@@ -28,7 +28,8 @@ def _scores(anomalous: list[int], site: str = "s1", start: datetime = START, ste
         "score": np.where(flags, 2.0, 0.5), "threshold": 1.0, "is_anomaly": flags,
         "top_channel": np.where(flags, "B3_a", "B1_a"),
     })
-    return df.assign(alarm=debounce_alarms(df, AlarmConfig(persistence_h=0.5, fraction=1.0, warmup_h=0)))
+    three_in_a_row = AlarmConfig(persistence_h=3 * step.total_seconds() / 3600, fraction=1.0, warmup_h=0)
+    return df.assign(alarm=debounce_alarms(df, three_in_a_row))
 
 
 # 49 hourly rows (2 days): a false 3-run at hours 5-7 (alarm at 7), a spike at 20, then a run from hour 40 on

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_scoring import DemoModel, build_demo_model
+from test_scoring import THREE_IN_A_ROW, DemoModel, build_demo_model
 
 from bearing_core.alarms import AlarmConfig
 
@@ -33,7 +33,7 @@ def test_score_flow_publishes_alarms_and_caches_on_content(demo_model: DemoModel
 
     from flows.score import score_flow
 
-    first = score_flow(str(demo_model.dataset), model=str(demo_model.model))
+    first = score_flow(str(demo_model.dataset), model=str(demo_model.model), alarms=THREE_IN_A_ROW)
     assert first["n_scored"] == 47 and first["rows"] == 47
     scores = pd.read_parquet(first["path"])
     assert Path(first["path"]) == demo_model.dataset / "scores.parquet"
@@ -45,11 +45,11 @@ def test_score_flow_publishes_alarms_and_caches_on_content(demo_model: DemoModel
     assert artifact is not None and artifact.type == "table"
     assert "site_1" in str(artifact.data) and "alarm snapshots" in (artifact.description or "")
 
-    cached = score_flow(str(demo_model.dataset), model=str(demo_model.model))
+    cached = score_flow(str(demo_model.dataset), model=str(demo_model.model), alarms=THREE_IN_A_ROW)
     assert cached == first  # same content: served from the cache (the task did not run again)
 
     (demo_model.dataset / "scores.parquet").unlink()
-    rebuilt = score_flow(str(demo_model.dataset), model=str(demo_model.model))
+    rebuilt = score_flow(str(demo_model.dataset), model=str(demo_model.model), alarms=THREE_IN_A_ROW)
     assert rebuilt["n_scored"] == 47 and (demo_model.dataset / "scores.parquet").is_file()
 
     other = score_flow(str(demo_model.dataset), model=str(demo_model.model),

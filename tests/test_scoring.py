@@ -35,8 +35,9 @@ from bearing_core.threshold import ThresholdConfig, calibrate_from_clients
 from bearing_core.training import TrainConfig, train_centralized
 
 N_SAMPLES = 8192
-THREE_IN_A_ROW = AlarmConfig(persistence_h=0.5, fraction=1.0, warmup_h=0)
-"""3 of 3 on this demo's 10-minute snapshots (the tests' data are too short for the default rule)."""
+THREE_IN_A_ROW = AlarmConfig(persistence_h=0.6, fraction=1.0, warmup_h=0)
+"""36 minutes over threshold: 4 snapshots in a row at the faulty site's 10-minute interval, 2 at the healthy site's
+30-minute one (the tests' data are too short for the default rule)."""
 
 
 def test_channel_of_inputs_maps_feature_columns_to_channels() -> None:
@@ -122,11 +123,11 @@ def test_update_scores_scores_only_new_snapshots(demo_model: DemoModel, tmp_path
     assert bool(new_row["alarm"])  # the failure snapshot, alarmed thanks to the two previous rows as context
     reference = score_dataset(demo_model.dataset, demo_model.model, THREE_IN_A_ROW)
     pd.testing.assert_frame_equal(third.scores, reference, check_exact=False, rtol=1e-6)  # float32 batches
-    stored = read_scores(tmp_path / "scores.parquet", THREE_IN_A_ROW)
+    stored = read_scores(tmp_path / "scores.parquet")
     assert len(stored) == 48 and set(stored["model_version"]) == {"v1"}
 
     csv = update_scores(demo_model.dataset, demo_model.model, tmp_path / "scores.csv", THREE_IN_A_ROW)
-    assert csv.n_scored == 48 and len(read_scores(tmp_path / "scores.csv", THREE_IN_A_ROW)) == 48
+    assert csv.n_scored == 48 and len(read_scores(tmp_path / "scores.csv")) == 48
 
     summary = alarm_summary(third.scores).set_index("site")
     assert summary.loc["site_2", "alarm_snapshots"] == 0 and summary.loc["site_2", "top_channel"] == ""

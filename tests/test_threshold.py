@@ -100,7 +100,7 @@ def test_sketch_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="every client's holdout is empty"):
         threshold_from_sketch(ErrorSketch.empty(), ThresholdConfig())
     with pytest.raises(ValueError):
-        ThresholdConfig(method="max")
+        ThresholdConfig(method="bogus")
 
 
 def _clients(tmp_path: Path, columns: list[str]) -> Path:
