@@ -119,6 +119,12 @@ def test_both_deployments_exist_with_their_schedules_and_the_pipeline_parameters
         return {name: await client.read_deployment_by_name(f"pipeline/{name}")
                 for name in ("nightly-retrain", "manual-pipeline")}
 
+    import inspect
+
+    from flows.pipeline import pipeline_flow
+
+    # the flow's signature is the one source of truth for the defaults; prefect.yaml lists only overrides
+    flow_defaults = {name: p.default for name, p in inspect.signature(pipeline_flow.fn).parameters.items()}
     found = served.query(deployments)
     nightly, manual = found["nightly-retrain"], found["manual-pipeline"]
     for deployment in (nightly, manual):
@@ -131,11 +137,18 @@ def test_both_deployments_exist_with_their_schedules_and_the_pipeline_parameters
         assert deployment.job_variables["env"]["BEARING_PROJECT_DIR"] == str(ROOT)
         schema = deployment.parameter_openapi_schema
         props = schema["properties"]
-        assert {"raw_dir", "rounds", "strategy", "partition", "train_until", "seed"} <= set(props)
-        assert props["rounds"]["type"] == "integer" and props["rounds"]["default"] == 20
+        assert set(props) == set(flow_defaults)  # the UI form offers every parameter of the flow
+        assert {"raw_dir", "rounds", "strategy", "partition", "train_until", "seed", "relative_inputs"} <= set(props)
+        assert props["rounds"]["type"] == "integer" and props["rounds"]["default"] == flow_defaults["rounds"] == 20
         assert props["raw_dir"]["default"] == "data/raw/demo"
         assert "fedprox" in json.dumps(props["strategy"]) and not schema.get("required")
-        assert deployment.parameters["raw_dir"] == "data/raw/demo" and deployment.parameters["strategy"] == "fedavg"
+        for name, default in flow_defaults.items():  # the form's defaults are the flow's
+            if isinstance(default, (str, int, float, bool)):
+                assert props[name]["default"] == default, name
+        # prefect.yaml's parameters only name flow parameters; merged with the flow's defaults they give the defaults
+        assert deployment.parameters and set(deployment.parameters) <= set(flow_defaults)
+        assert {**flow_defaults, **deployment.parameters} == flow_defaults
+        assert deployment.parameters["raw_dir"] == "data/raw/demo"
 
     assert manual.schedules == []
     assert len(nightly.schedules) == 1
