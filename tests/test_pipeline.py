@@ -33,6 +33,7 @@ from bearing_core.synthetic import generate_demo, load_ground_truth
 REPO = Path(__file__).resolve().parents[1]
 PARAMS: dict[str, Any] = {
     "raw_dir": "raw/demo",
+    "layout": "snapshot",  # these tests are about orchestration; the per-bearing default: the alternating-runs test
     "rounds": 2,
     "local_epochs": 2,
     "train_fraction": 0.3,
@@ -333,11 +334,11 @@ def test_each_dataset_has_its_own_champion_across_alternating_runs(project: Path
     generate_demo(tmp_path / "raw" / "ims4", sites=2, files_per_site=30, seed=2, channels=4, workers=1)
     outputs = []
     for raw in ("raw/demo", "raw/ims4", "raw/demo"):
-        state, _, _ = run_pipeline(raw_dir=raw)
+        state, _, _ = run_pipeline(raw_dir=raw, layout="per_bearing")
         assert state.is_completed(), (raw, state)
         outputs.append(state.result())
     champions = {}
-    for dataset, channels in (("demo", 8), ("ims4", 4)):
+    for dataset, channels in (("demo", 2), ("ims4", 1)):  # per bearing: axes a, b / one accelerometer x
         latest = Path("data/models") / dataset / "latest"
         assert latest.is_symlink() and (latest.resolve() / "COMPLETE").is_file(), dataset
         champions[dataset] = latest.resolve()
@@ -345,8 +346,8 @@ def test_each_dataset_has_its_own_champion_across_alternating_runs(project: Path
         assert fingerprint["dataset"] == dataset
         inputs = json.loads((latest.resolve() / "config.json").read_text())["input_columns"]
         assert len(inputs) == channels
-        scores = pd.read_parquet(f"data/processed/{dataset}/scores.parquet")
-        assert set(scores["model_version"]) == {latest.resolve().name} and len(scores) == 60
+        scores = pd.read_parquet(f"data/processed/{dataset}/per_bearing/scores.parquet")
+        assert set(scores["model_version"]) == {latest.resolve().name} and len(scores) == 60 * 4  # x 4 bearings
     assert champions["demo"] != champions["ims4"]
     assert not Path("data/models/latest").exists()  # no registry-wide champion any more
     assert [o["champion (latest)"] for o in outputs] == [
