@@ -56,6 +56,8 @@ ROUNDS = 2
 LOCAL_EPOCHS = 1
 TRAIN_FRACTION = 0.5
 ALARMS = AlarmConfig(persistence_h=0.5, fraction=1.0, warmup_h=0.0)
+THRESHOLD_METHOD = "max"
+THRESHOLD_QUANTILE = 0.99
 OUTPUT_DIRS = ("data", "reports")
 STAGES = ("ingest", "validate", "partition", "train", "publish", "promote", "score")
 PIPELINE_STAGE = "pipeline"
@@ -65,6 +67,7 @@ BEARING_RUN_ARGS = (
     "--train-fraction", str(TRAIN_FRACTION), "--seed", str(SEED), "--layout", "snapshot", "--activation", "elu",
     "--persistence-hours", str(ALARMS.persistence_h), "--alarm-fraction", str(ALARMS.fraction),
     "--warmup-hours", str(ALARMS.warmup_h), "--workers", "1",
+    "--threshold-method", THRESHOLD_METHOD, "--threshold-quantile", str(THRESHOLD_QUANTILE),
 )
 """``bearing`` arguments of the Prefect pipeline run that :func:`run_chain` mirrors step for step."""
 
@@ -166,7 +169,11 @@ def run_chain(
         inputs = InputConfig(feature="mean_abs", train_fraction=TRAIN_FRACTION)
         partition_dataset(dataset, "natural", clients, SEED, inputs, partition_params("natural", clients))
     manifest_sha = sha256_file(manifest)
-    fed_cfg = FederatedConfig(rounds=ROUNDS, local_epochs=LOCAL_EPOCHS, seed=SEED, num_clients=clients)
+    # as flows/train.py builds it: the threshold is calibrated on the alarm rule's statistic
+    fed_cfg = FederatedConfig(rounds=ROUNDS, local_epochs=LOCAL_EPOCHS, seed=SEED, num_clients=clients,
+                              threshold_method=THRESHOLD_METHOD, threshold_quantile=THRESHOLD_QUANTILE,
+                              calibrate_persistence_h=ALARMS.persistence_h, calibrate_fraction=ALARMS.fraction,
+                              calibrate_warmup_h=ALARMS.warmup_h)
     begin("train")
     if model_dir is None or not _trained(model_dir):
         model_dir = registry / model_version(manifest_sha, fed_cfg)
