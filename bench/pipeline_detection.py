@@ -2,9 +2,9 @@
 
 Two parts, following the rule in BENCHMARKS.md ("Pipeline detection defaults"):
 
-``tune``  for each demo seed and each ``--relative`` choice, one real ``bearing run`` (defaults otherwise) in a scratch
-          project; then, on its per-bearing scores, every threshold quantile and alarm rule of the grid (the model's
-          own holdout errors give the thresholds, exactly as its calibration does; no retraining). Prints one row per
+``tune``  for each demo seed and each ``--min-level-std`` (with one ``--relative`` choice), one real ``bearing run``
+          (defaults otherwise) in a scratch project; then, on its per-bearing scores, every threshold quantile and alarm
+          rule of the grid (thresholds from the alarm statistic on the model's holdout errors; no retraining). Prints one row per
           setting and the setting the rule selects.
 ``replay`` the 1st test replayed into raw files (``../shared/ims/replay_ims.py``), one ``bearing run`` with the
           defaults and ``--train-until`` at 20 % of the files; first alarm per bearing against the anchor (3σ on the
@@ -37,7 +37,6 @@ from bearing_core.synthetic import load_ground_truth
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_IMS = ROOT.parent / "shared" / "ims"
-QUANTILES = (0.99, 0.995, 0.999)
 PERSISTENCE_H = (1.0, 2.0, 3.0)
 FRACTIONS = (0.8, 1.0)
 WARMUP_H = (0.0, 2.0, 4.0)
@@ -141,7 +140,6 @@ def evaluate_demo(scores: pd.DataFrame, truth_path: Path, threshold: float, rule
             false_events += len(starts)
             continue
         defects += 1
-        onset = np.datetime64(pd.Timestamp(site_truth.onset))
         mine = part[(part["bearing"] == site_truth.bearing) & part["alarm"] & (part["timestamp"] >= pd.Timestamp(site_truth.onset))]
         if mine.empty:
             missed += 1
@@ -150,7 +148,6 @@ def evaluate_demo(scores: pd.DataFrame, truth_path: Path, threshold: float, rule
         first = mine["timestamp"].min()
         delays.append((first - pd.Timestamp(site_truth.onset)).total_seconds() / 3600)
         false_events += sum(1 for t, _ in starts if t < np.datetime64(first))
-        del onset
     return {"false_events": false_events, "missed": missed, "defects": defects,
             "mean_delay_h": float(np.mean(delays)) if delays else float("nan")}
 
