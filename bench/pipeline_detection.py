@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from bearing_core.alarms import AlarmConfig, debounce_alarms
-from bearing_core.per_bearing import PER_BEARING_DIR
+from bearing_core.inputs import PER_BEARING_DIR
 from bearing_core.scoring import read_scores
 from bearing_core.synthetic import load_ground_truth
 

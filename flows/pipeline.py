@@ -24,9 +24,9 @@ from bearing_core.alarms import AlarmConfig
 from bearing_core.config import DataPaths, IngestConfig
 from bearing_core.fingerprint import sha256_file
 from bearing_core.locking import PIPELINE_LOCK_FILE, exclusive_lock
-from bearing_core.inputs import InputConfig
+from bearing_core.inputs import PER_BEARING_DIR, InputConfig
 from bearing_core.model_io import WEIGHTS_FILE
-from bearing_core.per_bearing import LAYOUT_NAME as PER_BEARING, PER_BEARING_DIR, PerBearingConfig
+from bearing_core.per_bearing import LAYOUT_NAME as PER_BEARING, PerBearingConfig
 from bearing_core.run_report import relative
 from flows.ingest import ingest_flow
 from flows.score import score_flow

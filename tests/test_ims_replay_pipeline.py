@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bearing_core.per_bearing import PER_BEARING_DIR
+from bearing_core.inputs import PER_BEARING_DIR
 from bearing_core.scoring import read_scores
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
