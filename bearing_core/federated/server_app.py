@@ -222,7 +222,7 @@ def run_server(grid: Grid, cfg: FederatedConfig, out_dir: str | os.PathLike[str]
             "final_train_loss": float(final["train_loss"]),
             "failures": ledger.failures,
             "screening": ledger.adjustments,
-            "privacy": privacy_summary(cfg),
+            "privacy": privacy_summary(cfg, train_rows),
         },
     )
     write_parquet_atomic(out_dir / METRICS_FILE, frame)
