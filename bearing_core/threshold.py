@@ -55,6 +55,11 @@ class ThresholdConfig(BaseModel):
         "largest (with the alarm rule's statistic: the most the healthy period ever sustained)"
     )
     quantile: float = Field(0.995, gt=0, lt=1, description="Quantile q for method 'quantile'")
+    margin: float = Field(
+        0.0, ge=0, le=100, description="Margin added to the threshold in units of the inputs' healthy standard "
+        "deviation: threshold = (sqrt(t) + margin)^2, t the method's value (errors are mean squared standardised "
+        "deviations)"
+    )
     k: float = Field(3.0, gt=0, description="Number of standard deviations above the mean for method 'mean_kstd'")
     per_site: bool = Field(
         False, description="Also derive one threshold per site (on top of the global model) where data allow"
@@ -69,8 +74,15 @@ class ThresholdConfig(BaseModel):
     def describe(self) -> str:
         """Short human form, e.g. ``quantile q=0.995`` or ``mean+3σ``."""
         if self.method == "max":
-            return "max of the healthy period"
-        return f"quantile q={self.quantile:g}" if self.method == "quantile" else f"mean+{self.k:g}σ"
+            base = "max of the healthy period"
+        else:
+            base = f"quantile q={self.quantile:g}" if self.method == "quantile" else f"mean+{self.k:g}σ"
+        return f"{base}, margin {self.margin:g} std" if self.margin else base
+
+
+PIPELINE_MARGIN = 0.0
+"""The pipeline's default threshold margin (``bearing run --threshold-margin``), chosen by the rule in BENCHMARKS.md
+("Pipeline detection defaults", amendment 3); the library's own default is no margin."""
 
 
 @dataclass(frozen=True)
@@ -301,13 +313,20 @@ def screen_sketches(
     return notes
 
 
+def with_margin(threshold: float, margin: float) -> float:
+    """``(sqrt(threshold) + margin)^2``: ``threshold`` widened by ``margin`` standard deviations of the inputs."""
+    return float((np.sqrt(max(threshold, 0.0)) + margin) ** 2)
+
+
 def threshold_from_sketch(sketch: ErrorSketch, cfg: ThresholdConfig) -> float:
-    """The threshold ``cfg`` defines, from a (merged) sketch."""
+    """The threshold ``cfg`` defines, from a (merged) sketch (its margin included)."""
     if sketch.count == 0:
         raise ValueError("no calibration errors: every client's holdout is empty")
     if cfg.method == "max":
-        return sketch.max
-    return sketch.quantile(cfg.quantile) if cfg.method == "quantile" else sketch.mean_kstd(cfg.k)
+        value = sketch.max
+    else:
+        value = sketch.quantile(cfg.quantile) if cfg.method == "quantile" else sketch.mean_kstd(cfg.k)
+    return with_margin(value, cfg.margin)
 
 
 def threshold_from_errors(errors: np.ndarray, cfg: ThresholdConfig) -> float:
@@ -315,9 +334,13 @@ def threshold_from_errors(errors: np.ndarray, cfg: ThresholdConfig) -> float:
     errors = np.asarray(errors, dtype=np.float64).ravel()
     if errors.size == 0:
         raise ValueError("no calibration errors")
-    if cfg.method == "quantile":
-        return float(np.quantile(errors, cfg.quantile))
-    return float(errors.mean() + cfg.k * errors.std())
+    if cfg.method == "max":
+        value = float(errors.max())
+    elif cfg.method == "quantile":
+        value = float(np.quantile(errors, cfg.quantile))
+    else:
+        value = float(errors.mean() + cfg.k * errors.std())
+    return with_margin(value, cfg.margin)
 
 
 def snapshot_errors(loaded: LoadedModel, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -47,7 +47,8 @@ def parse_case(case: str) -> tuple[str, bool, float, bool]:
 
 
 def run_case(
-    dataset: Path, case: str, hidden: tuple[int, ...], out: Path, rounds: int, clipping_norm: float
+    dataset: Path, case: str, hidden: tuple[int, ...], out: Path, rounds: int, clipping_norm: float,
+    activation: str = "tanh",
 ) -> dict[str, object]:
     """One simulation of ``case`` on the natural partition of ``dataset``; final metrics and threshold."""
     from bearing_core.federated.config import FederatedConfig
@@ -59,7 +60,7 @@ def run_case(
     strategy, screen, noise, attack = parse_case(case)
     clients_dir = scheme_dir(dataset, "natural")
     cfg = FederatedConfig(
-        strategy=strategy, rounds=rounds, hidden=hidden, seed=0,
+        strategy=strategy, rounds=rounds, hidden=hidden, activation=activation, seed=0,
         outlier_factor=10.0 if screen else 0.0,
         manifest=str(clients_dir / MANIFEST_FILE) if screen else "",
         faults=f"1@{rounds}:scale,2@1:sketch" if attack else "",
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument("--hidden", default="", help="per dataset, ';'-separated widths, e.g. '4,2,4;4,1,4'")
     parser.add_argument("--rounds", type=int, default=20, help="federated rounds (default: 20)")
+    parser.add_argument("--activation", default="tanh", choices=("tanh", "elu", "relu"),
+                        help="hidden activation (default: tanh, the pipeline's)")
     parser.add_argument("--clipping-norm", type=float, default=1.0, help="clipping norm of +dp cases (default: 1)")
     args = parser.parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -109,13 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     from bearing_core.inputs import InputConfig
     from bearing_core.io import write_json_atomic
     from bearing_core.partition.build import partition_dataset
+    from bearing_core.partition.natural import natural_clients
 
     rows = []
     for k, dataset in enumerate(args.datasets):
-        partition_dataset(dataset, "natural", 4, 0, InputConfig(train_fraction=0.2))
+        clients, params = natural_clients(dataset)  # one client per site (per-bearing layout: per parent site)
+        partition_dataset(dataset, "natural", clients, 0, InputConfig(train_fraction=0.2), params)
         for case in cases:
             hidden = widths[k] if widths else (4, 2, 4)
-            rows.append(run_case(dataset, case, hidden, args.out, args.rounds, args.clipping_norm))
+            rows.append(run_case(dataset, case, hidden, args.out, args.rounds, args.clipping_norm, args.activation))
             write_json_atomic(args.out / "results.json", rows)
     print("\n| dataset | case | final holdout MSE | threshold | excluded | adjusted |\n|---|---|---|---|---|---|")
     for r in rows:

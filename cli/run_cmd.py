@@ -12,6 +12,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from bearing_core.threshold import PIPELINE_MARGIN
 from cli.score_cmd import add_alarm_arguments, alarm_config
 from cli.train_cmd import add_holdout_argument
 
@@ -85,6 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="threshold over the healthy period's alarm statistic (default: %(default)s)")
     p.add_argument("--threshold-quantile", type=float, default=0.99)
     p.add_argument("--threshold-k", type=float, default=3.0)
+    p.add_argument("--threshold-margin", type=float, default=PIPELINE_MARGIN,
+                   help="margin in healthy std of the inputs on top of the threshold: (sqrt(t) + margin)^2 "
+                   "(default: %(default)s)")
     add_alarm_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="ingest worker processes (default: all cores)")
@@ -110,7 +114,7 @@ def _config_problems(args: argparse.Namespace) -> list[str]:
             strategy=args.strategy, rounds=args.rounds, local_epochs=args.local_epochs, lr=args.lr,
             batch_size=args.batch_size, proximal_mu=args.mu, seed=args.seed, num_clients=args.clients,
             hidden=args.hidden or (4, 1, 4), activation=args.activation, threshold_method=args.threshold_method,
-            threshold_quantile=args.threshold_quantile, threshold_k=args.threshold_k,
+            threshold_quantile=args.threshold_quantile, threshold_k=args.threshold_k, threshold_margin=args.threshold_margin,
         ).threshold_config(),
         lambda: InputConfig(feature=args.feature, train_until=args.train_until,
                             train_fraction=None if args.train_until else args.train_fraction,
@@ -155,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         local_epochs=args.local_epochs, lr=args.lr, batch_size=args.batch_size, hidden=args.hidden, mu=args.mu,
         alpha=args.alpha, feature=args.feature, train_fraction=None if args.train_until else args.train_fraction,
         train_until=args.train_until, threshold_method=args.threshold_method,
-        threshold_quantile=args.threshold_quantile, threshold_k=args.threshold_k,
+        threshold_quantile=args.threshold_quantile, threshold_k=args.threshold_k, threshold_margin=args.threshold_margin,
         persistence_h=args.persistence_h, alarm_fraction=args.alarm_fraction, warmup_h=args.warmup_h, holdout=args.holdout, seed=args.seed, workers=args.workers,
         follow_symlinks=args.follow_symlinks, lock_timeout_s=args.lock_timeout_s,
         return_state=True,

@@ -61,6 +61,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threshold-quantile", type=float, default=0.995, help="quantile q (default: 0.995)")
     parser.add_argument("--threshold-k", type=float, default=3.0, help="k of mean + k*std (default: 3)")
+    parser.add_argument("--threshold-margin", type=float, default=0.0,
+                        help="margin in healthy std of the inputs: threshold (sqrt(t) + margin)^2 (default: 0)")
     parser.add_argument("--min-fit-fraction", type=float, default=0.5, help="successful replies needed per round")
     parser.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait for replies per step")
     parser.add_argument(
@@ -105,6 +107,7 @@ def federated_config(args: argparse.Namespace) -> FederatedConfig:
         threshold_method=args.threshold_method,
         threshold_quantile=args.threshold_quantile,
         threshold_k=args.threshold_k,
+        threshold_margin=args.threshold_margin,
         outlier_factor=args.outlier_factor,
         norm_action=args.norm_action,
         clipping_norm=args.clipping_norm,

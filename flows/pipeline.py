@@ -28,6 +28,7 @@ from bearing_core.inputs import PER_BEARING_DIR, InputConfig
 from bearing_core.model_io import WEIGHTS_FILE
 from bearing_core.per_bearing import LAYOUT_NAME as PER_BEARING, PerBearingConfig
 from bearing_core.run_report import relative
+from bearing_core.threshold import PIPELINE_MARGIN
 from flows.ingest import ingest_flow
 from flows.score import score_flow
 from flows.train import train_flow
@@ -71,6 +72,7 @@ def pipeline_flow(
     threshold_method: Literal["max", "quantile", "mean_kstd"] = "max",
     threshold_quantile: float = 0.99,
     threshold_k: float = 3.0,
+    threshold_margin: float = PIPELINE_MARGIN,
     persistence_h: float = _ALARMS.persistence_h,
     alarm_fraction: float = _ALARMS.fraction,
     warmup_h: float = _ALARMS.warmup_h,
@@ -113,6 +115,8 @@ def pipeline_flow(
             pipeline never alarms on the data it calls healthy; or 'quantile' / 'mean_kstd' of it (federated sketches).
         threshold_quantile: quantile for 'quantile'.
         threshold_k: k for 'mean_kstd' (mean + k std).
+        threshold_margin: margin on top of the threshold, in healthy standard deviations of the inputs (a bearing's
+            level must go this much beyond what its healthy period sustained): threshold = (sqrt(t) + margin)^2.
         persistence_h: an alarm needs the score over the threshold for this many hours.
         alarm_fraction: share of the snapshots in the persistence window that must be over the threshold.
         warmup_h: hours after a stop (a gap of at least as long) during which snapshots do not count towards an
@@ -144,7 +148,8 @@ def pipeline_flow(
             clients=clients, rounds=rounds, strategy=strategy, local_epochs=local_epochs, lr=lr,
             batch_size=batch_size, hidden=tuple(hidden) if hidden else DEFAULT_HIDDEN[layout], activation=activation,
             mu=mu, alpha=alpha, input_cfg=input_cfg, threshold_method=threshold_method,
-            threshold_quantile=threshold_quantile, threshold_k=threshold_k, alarms=alarms, seed=seed, workers=workers,
+            threshold_quantile=threshold_quantile, threshold_k=threshold_k,
+            threshold_margin=threshold_margin, alarms=alarms, seed=seed, workers=workers,
             follow_symlinks=follow_symlinks,
         )
 
@@ -171,6 +176,7 @@ def _run_pipeline(
     threshold_method: str,
     threshold_quantile: float,
     threshold_k: float,
+    threshold_margin: float,
     alarms: AlarmConfig,
     seed: int,
     workers: int | None,
@@ -208,6 +214,7 @@ def _run_pipeline(
         threshold_method=threshold_method,
         threshold_quantile=threshold_quantile,
         threshold_k=threshold_k,
+        threshold_margin=threshold_margin,
         mu=mu,
         alpha=alpha,
         seed=seed,

@@ -46,6 +46,7 @@ def train_flow(
     threshold_method: Literal["quantile", "mean_kstd", "max"] = "quantile",
     threshold_quantile: float = 0.995,
     threshold_k: float = 3.0,
+    threshold_margin: float = 0.0,
     mu: float = 0.01,
     alpha: float = 0.5,
     seed: int = 0,
@@ -83,6 +84,7 @@ def train_flow(
         threshold_method=threshold_method,
         threshold_quantile=threshold_quantile,
         threshold_k=threshold_k,
+        threshold_margin=threshold_margin,
         **({} if alarms is None else {"calibrate_persistence_h": alarms.persistence_h,
                                       "calibrate_fraction": alarms.fraction, "calibrate_warmup_h": alarms.warmup_h}),
     )

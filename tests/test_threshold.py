@@ -165,3 +165,19 @@ def test_load_threshold_refuses_missing_or_foreign_records(tmp_path: Path) -> No
     (model_dir / "weights.pt").write_bytes((tmp_path / "m" / "weights.pt").read_bytes() + b"x")
     with pytest.raises(ValueError, match="other weights"):
         load_threshold(model_dir)
+
+
+def test_margin_widens_the_threshold_in_std_units_for_sketch_and_exact_paths() -> None:
+    from bearing_core.threshold import with_margin
+
+    errors = np.array([0.01, 0.04, 0.09, 0.25])  # sqrt: 0.1 .. 0.5 std
+    plain = ThresholdConfig(method="max")
+    wide = ThresholdConfig(method="max", margin=1.0)
+    assert threshold_from_errors(errors, plain) == pytest.approx(0.25)
+    assert threshold_from_errors(errors, wide) == pytest.approx(1.5**2)  # (0.5 + 1)^2
+    sketch = ErrorSketch.from_errors(errors)
+    assert threshold_from_sketch(sketch, wide) == pytest.approx(2.25)
+    assert with_margin(0.0, 2.0) == 4.0 and with_margin(0.3, 0.0) == pytest.approx(0.3)
+    assert "margin 1 std" in wide.describe()
+    with pytest.raises(ValueError):
+        ThresholdConfig(margin=-0.5)

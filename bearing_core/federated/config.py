@@ -158,6 +158,9 @@ class FederatedConfig(BaseModel):
     )
     threshold_quantile: float = Field(0.995, gt=0, lt=1, description="Quantile q for threshold_method 'quantile'")
     threshold_k: float = Field(3.0, gt=0, description="k for threshold_method 'mean_kstd' (mean + k·std)")
+    threshold_margin: float = Field(
+        0.0, ge=0, le=100, description="Threshold margin in units of the inputs' healthy std: (sqrt(t) + margin)^2"
+    )
     calibrate_persistence_h: float = Field(
         0.0, ge=0, description="Calibrate on the alarm rule's statistic over this persistence (hours), on every healthy "
         "row (train and holdout): the level at least calibrate_fraction of a site's snapshots in the window exceed; "
@@ -252,7 +255,8 @@ class FederatedConfig(BaseModel):
         """The :class:`~bearing_core.threshold.ThresholdConfig` of the federated calibration step."""
         from bearing_core.threshold import ThresholdConfig
 
-        return ThresholdConfig(method=self.threshold_method, quantile=self.threshold_quantile, k=self.threshold_k)
+        return ThresholdConfig(method=self.threshold_method, quantile=self.threshold_quantile, k=self.threshold_k,
+                               margin=self.threshold_margin)
 
     @property
     def min_available_clients(self) -> int:
