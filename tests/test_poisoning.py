@@ -125,6 +125,11 @@ def test_a_poisoned_sketch_is_rejected_and_the_threshold_stays_honest() -> None:
 
     tiny = ErrorSketch.from_errors(np.full(87, 1e-9))  # pulls the threshold down: alarms on healthy data
     assert "x the sites' median" in str(screen_sketches([*honest, tiny], factor=10, q=Q)[4])
+    # an honest site with bursts: the same bulk, a tail 30x the others' (the demo's seed 1): kept; 1000x: rejected
+    bursty = ErrorSketch.from_errors(np.r_[1e-3 * rng.lognormal(size=80), np.full(7, 0.5)])
+    assert screen_sketches([*honest, bursty], factor=10, q=Q)[4] is None
+    wild = ErrorSketch.from_errors(np.r_[1e-3 * rng.lognormal(size=80), np.full(7, 50.0)])
+    assert "quantile" in str(screen_sketches([*honest, wild], factor=10, q=Q)[4])
     capped = screen_sketches(honest, 10, Q, caps=[87, 87, 87, 50])
     assert capped[:3] == [None] * 3 and "of 87 errors, more than its 50 holdout rows" in str(capped[3])
     assert screen_sketches([honest[0], poisoned], factor=10, q=Q) == [None, None]  # two sites: undecidable
