@@ -57,21 +57,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-#: AlarmConfig field -> (flag, argparse dest); help texts and defaults come from the model
-_ALARM_FLAGS = {"persistence_h": ("--persistence-hours", "persistence_h"),
-                "fraction": ("--alarm-fraction", "alarm_fraction"),
-                "warmup_h": ("--warmup-hours", "warmup_h")}
+ALARM_PREFIX = "alarm_"
+"""The alarm rule's flags are ``--alarm-<field of AlarmConfig>`` (``bearing score``, ``bearing run``)."""
+ALARM_ALIASES = {"alarm_persistence_h": ("--persistence-hours",), "alarm_warmup_h": ("--warmup-hours",)}
+"""Older spellings, still accepted (hidden from --help)."""
 
 
-def add_alarm_arguments(parser: argparse.ArgumentParser) -> None:
-    """The alarm rule's flags (``bearing score``, ``bearing run``), generated from
-    :class:`bearing_core.alarms.AlarmConfig` so names, defaults and help have one source."""
+def add_alarm_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The alarm rule's flags, generated from :class:`bearing_core.alarms.AlarmConfig` (names, defaults, help)."""
     from bearing_core.alarms import AlarmConfig
+    from cli.model_flags import add_model_arguments
 
-    for name, field in AlarmConfig.model_fields.items():
-        flag, dest = _ALARM_FLAGS[name]
-        parser.add_argument(flag, dest=dest, type=float, default=field.default,
-                            help=f"{field.description} (default: {field.default:g})")
+    add_model_arguments(parser, AlarmConfig.model_fields, ALARM_PREFIX, ALARM_ALIASES)
 
 
 def alarm_config(args: argparse.Namespace) -> object:
@@ -80,13 +77,13 @@ def alarm_config(args: argparse.Namespace) -> object:
     from pydantic import ValidationError
 
     from bearing_core.alarms import AlarmConfig
+    from bearing_core.params import error_line
+    from cli.model_flags import flag, given
 
     try:
-        return AlarmConfig(**{name: getattr(args, dest) for name, (_, dest) in _ALARM_FLAGS.items()})
+        return AlarmConfig(**given(args, AlarmConfig.model_fields, ALARM_PREFIX))
     except ValidationError as exc:
-        error = exc.errors()[0]
-        flag, dest = _ALARM_FLAGS[str(error["loc"][0])]
-        raise ValueError(f"{flag}: {error['msg']}, got {getattr(args, dest)}") from None
+        raise ValueError(error_line(exc, flag, key=lambda loc: ALARM_PREFIX + str(loc[0]))) from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -135,7 +135,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help=HELP, description=DESCRIPTION)
     parser.add_argument("dataset_dir", metavar="DATASET_DIR", type=Path, help="processed dataset (bearing ingest)")
     parser.add_argument("--partition", choices=PARTITIONS, default="iid", help="how rows are split among clients")
-    parser.add_argument("--clients", type=int, default=4, help="number of simulated clients (default: 4)")
+    parser.add_argument("--clients", type=int, default=4,
+                        help="number of simulated clients (default: 4; natural: one per site, from the data)")
     add_training_arguments(parser)
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (default: 0.5)")
     parser.add_argument("--feature", default="mean_abs", help="feature used per channel (default: mean_abs)")
@@ -165,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.io import check_output_dir
     from bearing_core.model_io import MODEL_KIND
     from bearing_core.partition.build import partition_dataset
+    from bearing_core.partition.natural import natural_clients
     from bearing_core.partition.writer import MANIFEST_FILE, scheme_dir
     from cli.console import printable
     from bearing_core.registry import check_training_output, dataset_name
@@ -177,10 +179,12 @@ def run(args: argparse.Namespace) -> int:
         if args.train_fraction is not None:  # 0 is refused by InputConfig, not replaced by the default
             period["train_fraction"] = args.train_fraction
         input_cfg = InputConfig(feature=args.feature, holdout_mode=args.holdout, **period)
-        manifest = partition_dataset(
-            args.dataset_dir, args.partition, args.clients, args.seed, input_cfg,
-            partition_params(args.partition, args.clients, args.alpha),
-        )
+        clients, params = args.clients, partition_params(args.partition, args.clients, args.alpha)
+        if args.partition == "natural":  # one client per site: the count comes from the data (as in flows/train.py)
+            clients, natural = natural_clients(args.dataset_dir)
+            params.update(natural)
+            cfg = cfg.model_copy(update={"num_clients": clients})
+        manifest = partition_dataset(args.dataset_dir, args.partition, clients, args.seed, input_cfg, params)
         clients_dir = scheme_dir(args.dataset_dir, args.partition)
         model_dir = check_training_output(args.model_dir or (  # default: in the dataset's registry, unpublished
             DataPaths().models_root / dataset_name(args.dataset_dir)
