@@ -49,9 +49,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--calibrate", metavar="CLIENTS_DIR", type=Path, default=None,
         help="(re)calibrate the threshold on this partition's holdout rows first (writes threshold.json)",
     )
-    parser.add_argument("--method", choices=("quantile", "mean_kstd"), default="quantile", help="with --calibrate")
-    parser.add_argument("--quantile", type=float, default=0.995, help="with --calibrate --method quantile")
-    parser.add_argument("--kstd", type=float, default=3.0, help="with --calibrate --method mean_kstd: mean + KSTD·σ")
+    threshold = {  # the names of `bearing run`'s threshold flags; the older spellings stay accepted (hidden)
+        ("--threshold-method", "--method"): {"dest": "method", "choices": ("quantile", "mean_kstd"),
+                                             "default": "quantile", "help": "with --calibrate"},
+        ("--threshold-quantile", "--quantile"): {"dest": "quantile", "type": float, "default": 0.995, "metavar": "Q",
+                                                 "help": "with --calibrate --threshold-method quantile"},
+        ("--threshold-k", "--kstd"): {"dest": "kstd", "type": float, "default": 3.0, "metavar": "K",
+                                      "help": "with --calibrate --threshold-method mean_kstd: mean + k·σ"},
+    }
+    for (name, alias), kwargs in threshold.items():
+        parser.add_argument(name, **kwargs)
+        parser.add_argument(alias, **{**kwargs, "help": argparse.SUPPRESS})
     parser.add_argument("--per-site", action="store_true", help="with --calibrate: also per-site thresholds")
     add_lock_timeout_argument(parser)
     parser.set_defaults(func=run)

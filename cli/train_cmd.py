@@ -28,12 +28,15 @@ PARTITIONS = ("iid", "quantity", "dirichlet", "natural")
 
 
 def add_holdout_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--holdout last|interleaved`` (``InputConfig.holdout_mode``), shared by train, run and per-bearing."""
+    """``--holdout-mode last|interleaved`` (``InputConfig.holdout_mode``; the pipeline's flag has the same name),
+    shared by train, per-bearing and import-features; ``--holdout`` is its older spelling (hidden)."""
+    kwargs = {"dest": "holdout", "choices": ("last", "interleaved"), "default": "last"}
     parser.add_argument(
-        "--holdout", choices=("last", "interleaved"), default="last",
+        "--holdout-mode", **kwargs,
         help="healthy rows held back for calibration: 'last' = the latest 20 %% of each client's; 'interleaved' = "
         "every 5th, spread over the healthy period (default: last)",
     )
+    parser.add_argument("--holdout", **kwargs, help=argparse.SUPPRESS)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +50,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-epochs", type=int, default=10, help="client epochs per round (default: 10)")
     parser.add_argument("--lr", type=float, default=1e-2, help="client learning rate (default: 1e-2)")
     parser.add_argument("--batch-size", type=int, default=32, help="client mini-batch size (default: 32)")
-    parser.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight (default: 0.01)")
+    parser.add_argument("--proximal-mu", dest="mu", type=float, default=0.01,
+                        help="FedProx proximal weight (default: 0.01)")
+    parser.add_argument("--mu", type=float, default=0.01, help=argparse.SUPPRESS)  # older spelling
     parser.add_argument("--seed", type=int, default=0, help="seed of partitioning, init and shuffling (default: 0)")
     parser.add_argument(
         "--hidden", type=_widths, default=(4, 2, 4), help="autoencoder hidden widths, e.g. 16,4,16 (default: 4,2,4)"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prefect.utilities.callables import parameter_schema
 
 from bearing_core.alarms import AlarmConfig
 from bearing_core.features import FEATURES
@@ -23,8 +24,6 @@ FEATURE_LIST = ", ".join(FEATURES)
 @pytest.fixture(scope="module")
 def schema() -> dict[str, Any]:
     """The parameter schema Prefect builds for pipeline_flow (what the deployment stores and the form renders)."""
-    from prefect.utilities.callables import parameter_schema
-
     from flows.pipeline import pipeline_flow
 
     return parameter_schema(pipeline_flow.fn).model_dump_for_openapi()
@@ -162,11 +161,13 @@ def test_an_unknown_setting_is_named() -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A tiny demo (1 site x 4 files) in a project directory (the cwd), under a Prefect test harness."""
+    from prefect.logging.configuration import setup_logging
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
     from bearing_core.synthetic import generate_demo
 
+    setup_logging(incremental=False)  # Prefect's console handler on this stderr, not a closed one of an earlier test
     root = tmp_path_factory.mktemp("project")
     generate_demo(root / "raw" / "demo", sites=1, files_per_site=4, seed=1, workers=1)
     previous = os.getcwd()
