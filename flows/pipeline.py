@@ -23,8 +23,8 @@ from prefect.states import Failed, State
 from bearing_core.alarms import AlarmConfig
 from bearing_core.config import DataPaths, IngestConfig
 from bearing_core.fingerprint import sha256_file
-from bearing_core.locking import PIPELINE_LOCK_FILE, exclusive_lock
 from bearing_core.inputs import PER_BEARING_DIR
+from bearing_core.locking import PIPELINE_LOCK_FILE, exclusive_lock
 from bearing_core.model_io import WEIGHTS_FILE
 from bearing_core.params import (
     DataParams,
@@ -45,6 +45,8 @@ from tasks.registry import promote_task, publish_task
 from tasks.report import report_task
 
 GROUND_TRUTH_FILE = "ground_truth.json"
+DEFAULTS = PipelineParams()
+"""The flow's parameter defaults: those of :class:`bearing_core.params.PipelineParams` (frozen models)."""
 
 
 def _key(text: str) -> str:
@@ -54,11 +56,11 @@ def _key(text: str) -> str:
 
 @flow(name="pipeline", log_prints=True, validate_parameters=False)  # checked below: one line, before any step
 def pipeline_flow(
-    data: DataParams = DataParams(),
-    federated: FederatedParams = FederatedParams(),
-    threshold: ThresholdParams = ThresholdParams(),
-    alarms: AlarmConfig = AlarmConfig(),
-    lock_timeout_s: float = PipelineParams.model_fields["lock_timeout_s"].default,
+    data: DataParams = DEFAULTS.data,
+    federated: FederatedParams = DEFAULTS.federated,
+    threshold: ThresholdParams = DEFAULTS.threshold,
+    alarms: AlarmConfig = DEFAULTS.alarms,
+    lock_timeout_s: float = DEFAULTS.lock_timeout_s,
 ) -> dict[str, Any] | State:
     """Raw IMS files -> validated dataset -> federated model + threshold -> champion -> scores, alarms, report.
 
