@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class AlarmConfig(BaseModel):
     """How anomalous snapshots become an alarm (one definition for the CLI, the flows and the UI form)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Alarm rule")
 
     persistence_h: float = Field(
         3.0, gt=0, le=24 * 7, allow_inf_nan=False, title="Persistence (hours)",

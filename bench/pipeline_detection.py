@@ -164,7 +164,7 @@ def tune(args: argparse.Namespace) -> None:
             project = work / f"seed{seed}-{relative}" if args.relative == "off" else work / f"seed{seed}-{relative}-{args.relative}"
             project.mkdir(parents=True, exist_ok=True)
             runs[seed, relative] = run = pipeline_run(project, raw, "--min-level-std", str(relative), "--seed", str(seed),
-                                                      "--relative", args.relative)
+                                                      "--relative-inputs", args.relative)
             print(f"seed {seed} min-level-std {relative}: run {run.wall_s:.0f} s, federated MSE {run.federated_mse:.4g} "
                   f"vs centralized {run.centralized_mse:.4g} ({run.federated_mse / run.centralized_mse:.2f}x)",
                   flush=True)

@@ -25,7 +25,7 @@ e.g. ../shared/ims/features/1st_test_mean_abs.csv) and write DIR/features.parque
 
 With --per-bearing, DIR holds the per-bearing layout instead (bearing_core.per_bearing): one row per (snapshot,
 bearing), site <site>/<bearing>, inputs <axis>_<feature> (a_mean_abs, b_mean_abs on the IMS 1st test), each bearing
-standardised by the moments of its own healthy training rows (--train-fraction, --holdout: use the same values when
+standardised by the moments of its own healthy training rows (--train-fraction, --holdout-mode: use the same values when
 training), optionally after a natural log (--log). Train it with --partition natural (one client per bearing); an
 alarm's site then names the bearing.
 

@@ -17,7 +17,7 @@ HELP = "Write the per-bearing layout of a processed dataset (one row and one sit
 DESCRIPTION = """\
 Read the processed dataset DATASET_DIR (bearing ingest, or bearing import-features) and write DIR: one row per
 (snapshot, bearing), site <site>/<bearing>, inputs <axis>_<feature> (a_mean_abs, b_mean_abs on 8-channel IMS data),
-each bearing standardised by the moments of its own healthy training rows (--train-fraction, --holdout: use the same
+each bearing standardised by the moments of its own healthy training rows (--train-fraction, --holdout-mode: use the same
 values when training), optionally after a natural log (--log). Train DIR with --partition natural (one client per
 bearing) and a bottleneck narrower than the inputs (--hidden 4,1,4); an alarm's site then names the bearing.
 DIR must be new, empty or an earlier per-bearing layout (anything else, the input included, is refused: exit 2);

@@ -49,29 +49,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--calibrate", metavar="CLIENTS_DIR", type=Path, default=None,
         help="(re)calibrate the threshold on this partition's holdout rows first (writes threshold.json)",
     )
-    parser.add_argument("--method", choices=("quantile", "mean_kstd"), default="quantile", help="with --calibrate")
-    parser.add_argument("--quantile", type=float, default=0.995, help="with --calibrate --method quantile")
-    parser.add_argument("--kstd", type=float, default=3.0, help="with --calibrate --method mean_kstd: mean + KSTD·σ")
+    threshold = {  # the names of `bearing run`'s threshold flags; the older spellings stay accepted (hidden)
+        ("--threshold-method", "--method"): {"dest": "method", "choices": ("quantile", "mean_kstd"),
+                                             "default": "quantile", "help": "with --calibrate"},
+        ("--threshold-quantile", "--quantile"): {"dest": "quantile", "type": float, "default": 0.995, "metavar": "Q",
+                                                 "help": "with --calibrate --threshold-method quantile"},
+        ("--threshold-k", "--kstd"): {"dest": "kstd", "type": float, "default": 3.0, "metavar": "K",
+                                      "help": "with --calibrate --threshold-method mean_kstd: mean + k·σ"},
+    }
+    for (name, alias), kwargs in threshold.items():
+        parser.add_argument(name, **kwargs)
+        parser.add_argument(alias, **{**kwargs, "help": argparse.SUPPRESS})
     parser.add_argument("--per-site", action="store_true", help="with --calibrate: also per-site thresholds")
     add_lock_timeout_argument(parser)
     parser.set_defaults(func=run)
 
 
-#: AlarmConfig field -> (flag, argparse dest); help texts and defaults come from the model
-_ALARM_FLAGS = {"persistence_h": ("--persistence-hours", "persistence_h"),
-                "fraction": ("--alarm-fraction", "alarm_fraction"),
-                "warmup_h": ("--warmup-hours", "warmup_h")}
+ALARM_PREFIX = "alarm_"
+"""The alarm rule's flags are ``--alarm-<field of AlarmConfig>`` (``bearing score``, ``bearing run``)."""
+ALARM_ALIASES = {"alarm_persistence_h": ("--persistence-hours",), "alarm_warmup_h": ("--warmup-hours",)}
+"""Older spellings, still accepted (hidden from --help)."""
 
 
-def add_alarm_arguments(parser: argparse.ArgumentParser) -> None:
-    """The alarm rule's flags (``bearing score``, ``bearing run``), generated from
-    :class:`bearing_core.alarms.AlarmConfig` so names, defaults and help have one source."""
+def add_alarm_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The alarm rule's flags, generated from :class:`bearing_core.alarms.AlarmConfig` (names, defaults, help)."""
     from bearing_core.alarms import AlarmConfig
+    from cli.model_flags import add_model_arguments
 
-    for name, field in AlarmConfig.model_fields.items():
-        flag, dest = _ALARM_FLAGS[name]
-        parser.add_argument(flag, dest=dest, type=float, default=field.default,
-                            help=f"{field.description} (default: {field.default:g})")
+    add_model_arguments(parser, AlarmConfig.model_fields, ALARM_PREFIX, ALARM_ALIASES)
 
 
 def alarm_config(args: argparse.Namespace) -> object:
@@ -80,13 +85,13 @@ def alarm_config(args: argparse.Namespace) -> object:
     from pydantic import ValidationError
 
     from bearing_core.alarms import AlarmConfig
+    from bearing_core.params import error_line
+    from cli.model_flags import flag, given
 
     try:
-        return AlarmConfig(**{name: getattr(args, dest) for name, (_, dest) in _ALARM_FLAGS.items()})
+        return AlarmConfig(**given(args, AlarmConfig.model_fields, ALARM_PREFIX))
     except ValidationError as exc:
-        error = exc.errors()[0]
-        flag, dest = _ALARM_FLAGS[str(error["loc"][0])]
-        raise ValueError(f"{flag}: {error['msg']}, got {getattr(args, dest)}") from None
+        raise ValueError(error_line(exc, flag, key=lambda loc: ALARM_PREFIX + str(loc[0]))) from None
 
 
 def run(args: argparse.Namespace) -> int:

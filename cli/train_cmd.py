@@ -28,12 +28,15 @@ PARTITIONS = ("iid", "quantity", "dirichlet", "natural")
 
 
 def add_holdout_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--holdout last|interleaved`` (``InputConfig.holdout_mode``), shared by train, run and per-bearing."""
+    """``--holdout-mode last|interleaved`` (``InputConfig.holdout_mode``; the pipeline's flag has the same name),
+    shared by train, per-bearing and import-features; ``--holdout`` is its older spelling (hidden)."""
+    kwargs = {"dest": "holdout", "choices": ("last", "interleaved"), "default": "last"}
     parser.add_argument(
-        "--holdout", choices=("last", "interleaved"), default="last",
+        "--holdout-mode", **kwargs,
         help="healthy rows held back for calibration: 'last' = the latest 20 %% of each client's; 'interleaved' = "
         "every 5th, spread over the healthy period (default: last)",
     )
+    parser.add_argument("--holdout", **kwargs, help=argparse.SUPPRESS)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +50,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-epochs", type=int, default=10, help="client epochs per round (default: 10)")
     parser.add_argument("--lr", type=float, default=1e-2, help="client learning rate (default: 1e-2)")
     parser.add_argument("--batch-size", type=int, default=32, help="client mini-batch size (default: 32)")
-    parser.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight (default: 0.01)")
+    parser.add_argument("--proximal-mu", dest="mu", type=float, default=0.01,
+                        help="FedProx proximal weight (default: 0.01)")
+    parser.add_argument("--mu", type=float, default=0.01, help=argparse.SUPPRESS)  # older spelling
     parser.add_argument("--seed", type=int, default=0, help="seed of partitioning, init and shuffling (default: 0)")
     parser.add_argument(
         "--hidden", type=_widths, default=(4, 2, 4), help="autoencoder hidden widths, e.g. 16,4,16 (default: 4,2,4)"
@@ -138,7 +143,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help=HELP, description=DESCRIPTION)
     parser.add_argument("dataset_dir", metavar="DATASET_DIR", type=Path, help="processed dataset (bearing ingest)")
     parser.add_argument("--partition", choices=PARTITIONS, default="iid", help="how rows are split among clients")
-    parser.add_argument("--clients", type=int, default=4, help="number of simulated clients (default: 4)")
+    parser.add_argument("--clients", type=int, default=4,
+                        help="number of simulated clients (default: 4; natural: one per site, from the data)")
     add_training_arguments(parser)
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (default: 0.5)")
     parser.add_argument("--feature", default="mean_abs", help="feature used per channel (default: mean_abs)")
@@ -168,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.io import check_output_dir
     from bearing_core.model_io import MODEL_KIND
     from bearing_core.partition.build import partition_dataset
+    from bearing_core.partition.natural import natural_clients
     from bearing_core.partition.writer import MANIFEST_FILE, scheme_dir
     from cli.console import printable
     from bearing_core.registry import check_training_output, dataset_name
@@ -180,10 +187,12 @@ def run(args: argparse.Namespace) -> int:
         if args.train_fraction is not None:  # 0 is refused by InputConfig, not replaced by the default
             period["train_fraction"] = args.train_fraction
         input_cfg = InputConfig(feature=args.feature, holdout_mode=args.holdout, **period)
-        manifest = partition_dataset(
-            args.dataset_dir, args.partition, args.clients, args.seed, input_cfg,
-            partition_params(args.partition, args.clients, args.alpha),
-        )
+        clients, params = args.clients, partition_params(args.partition, args.clients, args.alpha)
+        if args.partition == "natural":  # one client per site: the count comes from the data (as in flows/train.py)
+            clients, natural = natural_clients(args.dataset_dir)
+            params.update(natural)
+            cfg = cfg.model_copy(update={"num_clients": clients})
+        manifest = partition_dataset(args.dataset_dir, args.partition, clients, args.seed, input_cfg, params)
         clients_dir = scheme_dir(args.dataset_dir, args.partition)
         model_dir = check_training_output(args.model_dir or (  # default: in the dataset's registry, unpublished
             DataPaths().models_root / dataset_name(args.dataset_dir)

@@ -13,22 +13,29 @@ registry has its own lock (tasks.registry), since several datasets share it.
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Failed, State
 
 from bearing_core.alarms import AlarmConfig
 from bearing_core.config import DataPaths, IngestConfig
 from bearing_core.fingerprint import sha256_file
+from bearing_core.inputs import PER_BEARING_DIR
 from bearing_core.locking import PIPELINE_LOCK_FILE, exclusive_lock
-from bearing_core.inputs import PER_BEARING_DIR, InputConfig
 from bearing_core.model_io import WEIGHTS_FILE
-from bearing_core.per_bearing import LAYOUT_NAME as PER_BEARING, PerBearingConfig
+from bearing_core.params import (
+    DataParams,
+    FederatedParams,
+    ParameterError,
+    PipelineParams,
+    ThresholdParams,
+    check_params,
+)
+from bearing_core.per_bearing import LAYOUT_NAME as PER_BEARING
 from bearing_core.run_report import relative
-from bearing_core.threshold import PIPELINE_MARGIN
 from flows.ingest import ingest_flow
 from flows.score import score_flow
 from flows.train import train_flow
@@ -38,9 +45,8 @@ from tasks.registry import promote_task, publish_task
 from tasks.report import report_task
 
 GROUND_TRUTH_FILE = "ground_truth.json"
-_ALARMS = AlarmConfig()  # the alarm defaults live in AlarmConfig
-DEFAULT_HIDDEN = {"per_bearing": (4, 1, 4), "snapshot": (4, 2, 4)}
-"""Autoencoder widths when ``hidden`` is not given: 1-4 inputs a bearing, or every channel of a snapshot."""
+DEFAULTS = PipelineParams()
+"""The flow's parameter defaults: those of :class:`bearing_core.params.PipelineParams` (frozen models)."""
 
 
 def _key(text: str) -> str:
@@ -48,147 +54,59 @@ def _key(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "dataset"
 
 
-@flow(name="pipeline", log_prints=True)
+@flow(name="pipeline", log_prints=True, validate_parameters=False)  # checked below: one line, before any step
 def pipeline_flow(
-    raw_dir: str = "data/raw/demo",
-    out_dir: str | None = None,
-    layout: Literal["per_bearing", "snapshot"] = "per_bearing",
-    relative_inputs: Literal["off", "add", "only"] = "off",
-    min_level_std: float = 0.1,
-    partition: Literal["natural", "iid", "quantity", "dirichlet"] = "natural",
-    clients: int = 4,
-    rounds: int = 20,
-    strategy: Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"] = "fedavg",
-    local_epochs: int = 10,
-    lr: float = 1e-2,
-    batch_size: int = 32,
-    hidden: tuple[int, ...] | None = None,
-    activation: Literal["tanh", "elu", "relu"] = "tanh",
-    mu: float = 0.01,
-    alpha: float = 0.5,
-    feature: str = "mean_abs",
-    train_fraction: float | None = 0.2,
-    train_until: datetime | None = None,
-    threshold_method: Literal["max", "quantile", "mean_kstd"] = "max",
-    threshold_quantile: float = 0.99,
-    threshold_k: float = 3.0,
-    threshold_margin: float = PIPELINE_MARGIN,
-    persistence_h: float = _ALARMS.persistence_h,
-    alarm_fraction: float = _ALARMS.fraction,
-    warmup_h: float = _ALARMS.warmup_h,
-    holdout: Literal["last", "interleaved"] = "last",
-    seed: int = 0,
-    workers: int | None = None,
-    follow_symlinks: bool = False,
-    lock_timeout_s: float = 3600.0,
-) -> dict[str, Any]:
+    data: DataParams = DEFAULTS.data,
+    federated: FederatedParams = DEFAULTS.federated,
+    threshold: ThresholdParams = DEFAULTS.threshold,
+    alarms: AlarmConfig = DEFAULTS.alarms,
+    lock_timeout_s: float = DEFAULTS.lock_timeout_s,
+) -> dict[str, Any] | State:
     """Raw IMS files -> validated dataset -> federated model + threshold -> champion -> scores, alarms, report.
 
+    The parameters are the sections of :class:`bearing_core.params.PipelineParams` (one group each in the Prefect
+    form, where every setting has its description, bounds and choices). A section may be given in part (a mapping,
+    e.g. ``{"raw_dir": "data/raw/x"}`` in prefect.yaml): the other settings keep their defaults. Every setting and
+    the raw directory are checked before the first step: a bad one fails the run with one line naming it.
+
     Args:
-        raw_dir: raw IMS directory (one sub-folder per site, or files at its top). A ground_truth.json in it (the
-            demo data's) turns on detection evaluation.
-        out_dir: processed dataset directory; default data/processed/(name of raw_dir).
-        layout: 'per_bearing' (default): one model row per snapshot and bearing, each bearing's inputs standardised
-            by its own healthy rows at its own site (ln levels); alarms name the bearing. 'snapshot': one row per
-            snapshot with every channel of the rig.
-        relative_inputs: per_bearing only: add ('add') or use only ('only') each bearing's level relative to the median of
-            the rig's other bearings (needs 3 or more bearings a site).
-        min_level_std: per_bearing only: floor of a bearing's healthy std of ln level, so deviations are measured in
-            units of at least this relative change (a few hours of healthy data understate how much a healthy
-            bearing moves over weeks).
-        partition: how the healthy period is split into clients; 'natural' = one client per site (clients ignored).
-        clients: number of clients for iid / quantity / dirichlet.
-        rounds: federated rounds.
-        strategy: Flower aggregation strategy.
-        local_epochs: epochs per client per round.
-        lr: Adam learning rate of the clients.
-        batch_size: mini-batch size.
-        hidden: autoencoder hidden layer widths (default 4,1,4 per bearing; 4,2,4 per snapshot).
-        activation: hidden activation; tanh (default) bounds the code, so the model cannot reconstruct levels far
-            outside the healthy range.
-        mu: FedProx proximal term (fedprox only).
-        alpha: Dirichlet concentration (dirichlet only; smaller = more skewed).
-        feature: per-channel feature used as model input.
-        train_fraction: fraction of each site's earliest data treated as healthy training data.
-        train_until: alternatively, the end of the healthy period (overrides train_fraction).
-        threshold_method: 'max' (default): the largest value of the alarm statistic over the healthy period, so the
-            pipeline never alarms on the data it calls healthy; or 'quantile' / 'mean_kstd' of it (federated sketches).
-        threshold_quantile: quantile for 'quantile'.
-        threshold_k: k for 'mean_kstd' (mean + k std).
-        threshold_margin: margin on top of the threshold, in healthy standard deviations of the inputs (a bearing's
-            level must go this much beyond what its healthy period sustained): threshold = (sqrt(t) + margin)^2.
-        persistence_h: an alarm needs the score over the threshold for this many hours.
-        alarm_fraction: share of the snapshots in the persistence window that must be over the threshold.
-        warmup_h: hours after a stop (a gap of at least as long) during which snapshots do not count towards an
-            alarm, unless the site was already in alarm; 0 = off.
-        holdout: which healthy rows of each client are held back for calibration: 'last' (the latest in time) or
-            'interleaved' (spread evenly over the healthy period).
-        seed: seed for partitioning and training.
-        workers: ingest worker processes (default: all cores).
-        follow_symlinks: follow symbolic links in raw_dir (e.g. a DVC-managed folder); each link is resolved once and
-            its target recorded in the manifest. Off: links are quarantined.
-        lock_timeout_s: how long to wait for another run on the same dataset to finish before failing.
+        data: Raw and processed data, model input feature, healthy period and model rows.
+        federated: Partition into clients and federated training.
+        threshold: Calibration of the alarm threshold on the healthy period.
+        alarms: The alarm rule: persistence, fraction over the threshold, warm-up after stops.
+        lock_timeout_s: How long to wait for another run on the same dataset to finish before failing.
     """
-    dataset_out = IngestConfig(raw_dir=raw_dir, out_dir=out_dir).resolved_out_dir(DataPaths())
-    alarms = AlarmConfig(persistence_h=persistence_h, fraction=alarm_fraction, warmup_h=warmup_h)
-    input_cfg = InputConfig(
-        feature=feature, train_until=train_until, train_fraction=None if train_until is not None else train_fraction,
-        holdout_mode=holdout,
-    )
     logger = get_run_logger()
+    try:
+        params = check_params({"data": data, "federated": federated, "threshold": threshold, "alarms": alarms,
+                               "lock_timeout_s": lock_timeout_s})
+    except ParameterError as exc:  # the run's state message: one line, no traceback, nothing started
+        logger.error("%s", exc)
+        return Failed(message=str(exc))
+    dataset_out = IngestConfig(raw_dir=params.data.raw_dir, out_dir=params.data.out_dir or None).resolved_out_dir(
+        DataPaths()
+    )
     with exclusive_lock(
         Path(dataset_out) / PIPELINE_LOCK_FILE,
-        timeout_s=lock_timeout_s,
+        timeout_s=params.lock_timeout_s,
         on_wait=lambda lock: logger.info("another pipeline run is writing %s: waiting for it (%s)",
                                          relative(dataset_out), lock.name),
     ):
-        return _run_pipeline(
-            raw_dir=raw_dir, out_dir=out_dir, layout=layout, relative_inputs=relative_inputs, min_level_std=min_level_std,
-            partition=partition,
-            clients=clients, rounds=rounds, strategy=strategy, local_epochs=local_epochs, lr=lr,
-            batch_size=batch_size, hidden=tuple(hidden) if hidden else DEFAULT_HIDDEN[layout], activation=activation,
-            mu=mu, alpha=alpha, input_cfg=input_cfg, threshold_method=threshold_method,
-            threshold_quantile=threshold_quantile, threshold_k=threshold_k,
-            threshold_margin=threshold_margin, alarms=alarms, seed=seed, workers=workers,
-            follow_symlinks=follow_symlinks,
-        )
+        return _run_pipeline(params)
 
 
-def _run_pipeline(
-    *,
-    raw_dir: str,
-    out_dir: str | None,
-    layout: str,
-    relative_inputs: str,
-    min_level_std: float,
-    partition: str,
-    clients: int,
-    rounds: int,
-    strategy: str,
-    local_epochs: int,
-    lr: float,
-    batch_size: int,
-    hidden: tuple[int, ...],
-    activation: str,
-    mu: float,
-    alpha: float,
-    input_cfg: InputConfig,
-    threshold_method: str,
-    threshold_quantile: float,
-    threshold_k: float,
-    threshold_margin: float,
-    alarms: AlarmConfig,
-    seed: int,
-    workers: int | None,
-    follow_symlinks: bool,
-) -> dict[str, Any]:
+def _run_pipeline(params: PipelineParams) -> dict[str, Any]:
     """The pipeline's steps (see :func:`pipeline_flow`), run while the dataset lock is held.
 
     The step flows run through ``.fn``: their tasks and artifacts belong to this flow run instead of four sub-flow
     runs. A sub-flow run costs about 1 s even when all its tasks are cached (flow-run bookkeeping and the heartbeat
     thread's shutdown), which was most of a cached pipeline run; the standalone flows are unchanged.
     """
-    ingested = ingest_flow.fn(raw_dir=raw_dir, out_dir=out_dir, workers=workers, follow_symlinks=follow_symlinks)
+    data, fed, thr, alarms = params.data, params.federated, params.threshold, params.alarms
+    input_cfg = data.input_config()
+    raw_dir, layout = data.raw_dir, data.layout
+    ingested = ingest_flow.fn(raw_dir=raw_dir, out_dir=data.out_dir or None, workers=data.workers or None,
+                              follow_symlinks=data.follow_symlinks)
     dataset_dir = ingested["out_dir"]
     report = validate_flow.fn(dataset_dir=dataset_dir)
     headline = portable(report).headline()  # no absolute machine paths in reports and artifacts
@@ -196,32 +114,33 @@ def _run_pipeline(
     if layout == PER_BEARING:
         derived = per_bearing_task(
             dataset_dir, str(Path(dataset_dir) / PER_BEARING_DIR), input_cfg.model_dump(mode="json"),
-            PerBearingConfig(features=(input_cfg.feature,), log=True, relative=relative_inputs,
-                             min_std=min_level_std).model_dump(mode="json"),
+            data.per_bearing_config().model_dump(mode="json"),
         )
         model_dataset = derived["out_dir"]
     trained = train_flow.fn(
         dataset_dir=model_dataset,
-        partition=partition,
-        clients=clients,
-        rounds=rounds,
-        strategy=strategy,
-        local_epochs=local_epochs,
-        lr=lr,
-        batch_size=batch_size,
-        hidden=hidden,
-        activation=activation,
-        threshold_method=threshold_method,
-        threshold_quantile=threshold_quantile,
-        threshold_k=threshold_k,
-        threshold_margin=threshold_margin,
-        mu=mu,
-        alpha=alpha,
-        seed=seed,
+        partition=fed.partition,
+        clients=fed.clients,
+        rounds=fed.rounds,
+        strategy=fed.strategy,
+        local_epochs=fed.local_epochs,
+        lr=fed.lr,
+        batch_size=fed.batch_size,
+        hidden=fed.widths(layout),
+        activation=fed.activation,
+        threshold_method=thr.method,
+        threshold_quantile=thr.quantile,
+        threshold_k=thr.k,
+        threshold_margin=thr.margin,
+        mu=fed.proximal_mu,
+        alpha=fed.alpha,
+        seed=fed.seed,
         feature=input_cfg.feature,
         train_fraction=input_cfg.train_fraction,
         train_until=input_cfg.train_until,
         holdout=input_cfg.holdout_mode,
+        min_fit_fraction=fed.min_fit_fraction,
+        round_timeout_s=fed.round_timeout_s,
         alarms=alarms,
     )
     published = publish_task(trained["model_dir"], trained["manifest"], trained["manifest_sha256"])
@@ -244,8 +163,9 @@ def _run_pipeline(
         ingest_summary=ingested["summary"],
         validation_headline=headline,
         validation_warnings=[f"{w.check}: {w.detail()}" for w in report.warnings],
-        training={"strategy": strategy, "partition": partition, "clients": trained["clients"], "rounds": rounds,
-                  "local_epochs": local_epochs, "layout": layout, "federated_eval_mse": trained["federated_eval_mse"],
+        training={"strategy": fed.strategy, "partition": fed.partition, "clients": trained["clients"],
+                  "rounds": fed.rounds, "local_epochs": fed.local_epochs, "layout": layout,
+                  "federated_eval_mse": trained["federated_eval_mse"],
                   "centralized_eval_mse": trained["centralized_eval_mse"], "failures": trained["failures"]},
         promotion=decision,
         alarm_rule=alarms.describe(),

@@ -220,3 +220,17 @@ def test_printable_escapes_only_what_cannot_be_shown() -> None:
     assert printable("site_1/2003.10.22.12.06.24 Düsseldorf") == "site_1/2003.10.22.12.06.24 Düsseldorf"
     assert printable("a\nb\r\x1b[2K\u2028c\td") == "a\\nb\\r\\x1b[2K\\u2028c\\td"
     assert printable(Path("x\ny")) == "x\\ny"
+
+
+def test_train_natural_takes_the_client_count_from_the_sites(dataset: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 15: `--partition natural` failed unless --clients equalled the number of sites ("gives 1 clients ...
+    but num_clients=4"); natural is one client per site, as in the pipeline."""
+    from cli.main import main
+
+    code = main(["train", str(dataset), "--partition", "natural", "--rounds", "1", "--local-epochs", "1",
+                 "--train-fraction", "1", "--out", str(tmp_path / "model")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "partition natural: 1 clients" in out
+    assert (tmp_path / "model" / "weights.pt").is_file()

@@ -119,12 +119,10 @@ def test_both_deployments_exist_with_their_schedules_and_the_pipeline_parameters
         return {name: await client.read_deployment_by_name(f"pipeline/{name}")
                 for name in ("nightly-retrain", "manual-pipeline")}
 
-    import inspect
+    from bearing_core.params import PipelineParams
 
-    from flows.pipeline import pipeline_flow
-
-    # the flow's signature is the one source of truth for the defaults; prefect.yaml lists only overrides
-    flow_defaults = {name: p.default for name, p in inspect.signature(pipeline_flow.fn).parameters.items()}
+    # bearing_core/params.py is the one source of truth for the defaults; prefect.yaml lists only overrides
+    flow_defaults = PipelineParams().model_dump(mode="json")
     found = served.query(deployments)
     nightly, manual = found["nightly-retrain"], found["manual-pipeline"]
     for deployment in (nightly, manual):
@@ -137,18 +135,20 @@ def test_both_deployments_exist_with_their_schedules_and_the_pipeline_parameters
         assert deployment.job_variables["env"]["BEARING_PROJECT_DIR"] == str(ROOT)
         schema = deployment.parameter_openapi_schema
         props = schema["properties"]
-        assert set(props) == set(flow_defaults)  # the UI form offers every parameter of the flow
-        assert {"raw_dir", "rounds", "strategy", "partition", "train_until", "seed", "relative_inputs"} <= set(props)
-        assert props["rounds"]["type"] == "integer" and props["rounds"]["default"] == flow_defaults["rounds"] == 20
-        assert props["raw_dir"]["default"] == "data/raw/demo"
-        assert "fedprox" in json.dumps(props["strategy"]) and not schema.get("required")
-        for name, default in flow_defaults.items():  # the form's defaults are the flow's
-            if isinstance(default, (str, int, float, bool)):
-                assert props[name]["default"] == default, name
-        # prefect.yaml's parameters only name flow parameters; merged with the flow's defaults they give the defaults
+        assert set(props) == set(flow_defaults)  # the UI form offers every section of the parameters
+        groups = {name: schema["definitions"][props[name]["$ref"].rsplit("/", 1)[1]]["properties"]
+                  for name in ("data", "federated", "threshold", "alarms")}
+        assert {"raw_dir", "train_until", "relative_inputs"} <= set(groups["data"])
+        assert {"rounds", "strategy", "partition", "seed"} <= set(groups["federated"])
+        assert groups["federated"]["rounds"]["type"] == "integer" and groups["federated"]["rounds"]["default"] == 20
+        assert groups["data"]["raw_dir"]["default"] == "data/raw/demo"
+        assert "fedprox" in json.dumps(groups["federated"]["strategy"]) and not schema.get("required")
+        for name, default in flow_defaults.items():  # the form's defaults are the model's
+            assert props[name]["default"] == default, name
+        # prefect.yaml's parameters only name flow parameters and override defaults by the defaults' own values
         assert deployment.parameters and set(deployment.parameters) <= set(flow_defaults)
-        assert {**flow_defaults, **deployment.parameters} == flow_defaults
-        assert deployment.parameters["raw_dir"] == "data/raw/demo"
+        assert PipelineParams.model_validate(deployment.parameters) == PipelineParams()
+        assert deployment.parameters["data"]["raw_dir"] == "data/raw/demo"
 
     assert manual.schedules == []
     assert len(nightly.schedules) == 1

@@ -65,11 +65,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def run_pipeline(**overrides: Any) -> tuple[Any, dict[str, list[str]], float]:
-    """Run the pipeline flow; return its final state, the task-run states of the run, and its wall time."""
+    """Run the pipeline flow with these settings (flat names, as the flags: ``rounds=3``); return its final state,
+    the task-run states of the run, and its wall time."""
     from flows.pipeline import pipeline_flow
 
+    from bearing_core.params import nested
+
     start = time.perf_counter()
-    state = pipeline_flow(**{**PARAMS, **overrides}, return_state=True)
+    state = pipeline_flow(**nested({**PARAMS, **overrides}), return_state=True)
     wall = time.perf_counter() - start
     return state, task_run_states(state.state_details.flow_run_id), wall
 
@@ -315,13 +318,15 @@ def test_deployment_parameters_equal_the_flow_defaults() -> None:
 
     import yaml
 
+    from bearing_core.params import PipelineParams
     from flows.pipeline import pipeline_flow
 
     spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
     defaults = {name: p.default for name, p in inspect.signature(pipeline_flow.fn).parameters.items()}
+    assert PipelineParams.model_validate(defaults) == PipelineParams()  # the flow's defaults are the model's
     for deployment in spec["deployments"]:
-        for name, value in deployment["parameters"].items():
-            assert defaults[name] == value, (deployment["name"], name, value, defaults[name])
+        assert set(deployment["parameters"]) <= set(defaults), deployment["name"]
+        assert PipelineParams.model_validate(deployment["parameters"]) == PipelineParams(), deployment["name"]
 
 
 def test_each_dataset_has_its_own_champion_across_alternating_runs(project: Path, tmp_path: Path,

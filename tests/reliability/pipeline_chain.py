@@ -65,8 +65,8 @@ PIPELINE_STAGE = "pipeline"
 BEARING_RUN_ARGS = (
     "run", "--raw-dir", str(RAW_DIR), "--rounds", str(ROUNDS), "--local-epochs", str(LOCAL_EPOCHS),
     "--train-fraction", str(TRAIN_FRACTION), "--seed", str(SEED), "--layout", "snapshot", "--activation", "elu",
-    "--persistence-hours", str(ALARMS.persistence_h), "--alarm-fraction", str(ALARMS.fraction),
-    "--warmup-hours", str(ALARMS.warmup_h), "--workers", "1",
+    "--alarm-persistence-h", str(ALARMS.persistence_h), "--alarm-fraction", str(ALARMS.fraction),
+    "--alarm-warmup-h", str(ALARMS.warmup_h), "--workers", "1",
     "--threshold-method", THRESHOLD_METHOD, "--threshold-quantile", str(THRESHOLD_QUANTILE),
 )
 """``bearing`` arguments of the Prefect pipeline run that :func:`run_chain` mirrors step for step."""
