@@ -25,7 +25,8 @@ def ingest_flow(
 
     Args:
         raw_dir: directory of raw IMS files (one sub-folder per site, or files at its top).
-        out_dir: processed dataset directory; default data/processed/<name of raw_dir>.
+        out_dir: processed dataset directory; default data/processed/ followed by the name of raw_dir
+            (data/raw/demo -> data/processed/demo).
         workers: parallel worker processes (default: all cores).
         batch_size: files per worker task.
         channels: 4 or 8; default inferred from the first valid file.

@@ -245,7 +245,7 @@ def _run_pipeline(
         per_bearing_dir=model_dataset if layout == PER_BEARING else None,
     )
     key = _key(Path(dataset_dir).name)
-    create_markdown_artifact(key=f"report-{key}", markdown=reported["markdown"], description="Pipeline run report")
+    create_markdown_artifact(key=f"report-{key}", markdown=reported["artifact"], description="Pipeline run report")
     if reported["detection"]:
         create_table_artifact(key=f"detection-{key}", table=reported["detection"],
                               description="Detection against the ground truth, per site")

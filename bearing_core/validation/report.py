@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bearing_core import markdown as md
 from bearing_core.validation.suites import Severity
 
 Status = Literal["PASS", "WARN", "FAIL"]
@@ -159,16 +160,16 @@ class ValidationReport(_Model):
         return "\n".join(out)
 
     def to_markdown(self) -> str:
-        """Markdown report (Prefect artifact, report.md): headline, checks table, quarantine list."""
-        out = [f"# {self.headline()}", "", "| status | check | severity | details |", "|---|---|---|---|"]
+        """Markdown report (Prefect artifact, report.md): headline, checks table, quarantine list (text escaped)."""
+        out = [f"# {md.text(self.headline())}", "", "| status | check | severity | details |", "|---|---|---|---|"]
         for status, label, severity, group in self._grouped():
             detail = group[0].detail() if status != "PASS" else group[0].description
-            out.append(f"| {status} | `{label}` | {severity} | {_md_cell(detail)} |")
+            out.append(f"| {status} | {md.code(label)} | {md.cell(severity)} | {md.cell(detail)} |")
         if self.quarantined:
             out += ["", f"## Quarantined snapshots ({len(self.quarantined)})", ""]
-            out += [f"- `{q.file}`: {_md_cell(q.reason)}" for q in self.quarantined]
+            out += [f"- {md.code(q.file)}: {md.cell(q.reason)}" for q in self.quarantined]
         if self.docs_index:
-            out += ["", f"Data Docs: [{self.docs_index}]({self.docs_index.as_uri()})"]
+            out += ["", f"Data Docs: [{md.text(self.docs_index)}]({self.docs_index.as_uri()})"]
         return "\n".join(out) + "\n"
 
     def table_rows(self) -> list[dict[str, object]]:
@@ -191,10 +192,6 @@ class ValidationReport(_Model):
         """Raise :class:`ValidationFailed` when a blocking (error, non-quarantining) check failed."""
         if self.errors:
             raise ValidationFailed(self)
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 class ValidationFailed(Exception):
