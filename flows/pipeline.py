@@ -23,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from bearing_core.alarms import AlarmConfig
 from bearing_core.config import DataPaths, IngestConfig
 from bearing_core.fingerprint import sha256_file
-from bearing_core.locking import PIPELINE_LOCK_FILE, exclusive_lock
+from bearing_core.locking import PIPELINE_LOCK_FILE, exclusive_lock, lock_holder
 from bearing_core.inputs import PER_BEARING_DIR, InputConfig
 from bearing_core.model_io import WEIGHTS_FILE
 from bearing_core.per_bearing import LAYOUT_NAME as PER_BEARING, PerBearingConfig
@@ -135,8 +135,9 @@ def pipeline_flow(
     with exclusive_lock(
         Path(dataset_out) / PIPELINE_LOCK_FILE,
         timeout_s=lock_timeout_s,
-        on_wait=lambda lock: logger.info("another pipeline run is writing %s: waiting for it (%s)",
-                                         relative(dataset_out), lock.name),
+        on_wait=lambda lock: logger.info("dataset %s is locked by another run (%s): waiting for it",
+                                         relative(dataset_out), lock_holder(lock)),
+        label=f"dataset {relative(dataset_out)}",
     ):
         return _run_pipeline(
             raw_dir=raw_dir, out_dir=out_dir, layout=layout, relative_inputs=relative_inputs, min_level_std=min_level_std,

@@ -34,6 +34,7 @@ from tasks.retry import transient_io_error
 
 @task(
     name="report",
+    task_run_name="report",  # the same name on every run (no -xyz suffix)
     **persisted(INPUTS + TASK_SOURCE),
     retries=1,
     retry_delay_seconds=2,

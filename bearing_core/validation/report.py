@@ -141,10 +141,13 @@ class ValidationReport(_Model):
         order = {"FAIL": 0, "WARN": 1, "PASS": 2}
         return sorted(lines, key=lambda line: order[line[0]])
 
-    def summary_text(self) -> str:
-        """Console summary: headline, one line per check (passed ones grouped), details of failures."""
+    def summary_text(self, passed: bool = True) -> str:
+        """Console summary: headline, one line per check (passed ones grouped, left out when ``passed`` is False),
+        details of failures."""
         out = [self.headline()]
         for status, label, severity, group in self._grouped():
+            if status == "PASS" and not passed:
+                continue
             out.append(f"  {status:4}  {label}  [{severity}]")
             if status != "PASS":
                 out.append(f"        {group[0].detail()}")
