@@ -58,10 +58,11 @@ start() {
         mkdir -p "$PGDATA"
         chmod 700 "$PGDATA"
         (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$PWFILE")
-        local pwcopy="$PGDATA/.pwfile"
+        local pwcopy
+        pwcopy="$(mktemp)" # initdb reads the password from a file its user can read; removed right after
         cp "$PWFILE" "$pwcopy"
         if [[ "$(id -u)" == 0 ]]; then
-            chown -R postgres: "$PGDATA"
+            chown postgres: "$PGDATA" "$pwcopy"
             touch "$PGLOG" && chown postgres: "$PGLOG"
         fi
         as_owner "$BIN/initdb" -D "$PGDATA" -U "$USER_NAME" --pwfile="$pwcopy" --auth=scram-sha-256 \
