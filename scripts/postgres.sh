@@ -53,6 +53,11 @@ BIN="$(bindir)"
 
 start() {
     mkdir -p "$PREFECT_HOME/logs"
+    if [[ "$(id -u)" == 0 ]] && ! runuser -u postgres -- test -x "$PREFECT_HOME"; then
+        say "error: the postgres user cannot enter $PREFECT_HOME (a parent directory is private): serve from a" \
+            "directory other users can enter, or set PREFECT_HOME to one"
+        exit 1
+    fi
     if [[ ! -f "$PGDATA/PG_VERSION" ]]; then
         say "initdb: new cluster in $PGDATA (owner $([[ "$(id -u)" == 0 ]] && echo postgres || id -un))"
         mkdir -p "$PGDATA"

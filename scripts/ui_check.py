@@ -223,10 +223,13 @@ def check_ui(api: str, out: Path, binary: str | None = None, report_key: str | N
         found.screenshots["deployments"] = page.screenshot(out / "deployments.png")
         found.facts["deployments list shows the description"] = bool(
             deployment.description and deployment.description[:40] in (page.evaluate(_TEXT_JS) or ""))
-        ok = page.goto(f"{ui}/deployments/deployment/{deployment.id}",
-                       "document.body && document.body.innerText.includes('manual-pipeline')")
-        found.screenshots["deployment"] = page.screenshot(out / "deployment.png")
-        if deployment.description and deployment.description[:40] not in (page.evaluate(_TEXT_JS) or ""):
+        # the deployment's description (prefect.yaml): Prefect 3.7's UI shows it on the deployment's Description
+        # tab, not on the deployments list
+        description = " ".join((deployment.description or "").split())[:60]
+        ok = page.goto(f"{ui}/deployments/deployment/{deployment.id}?tab=Description",
+                       f"document.body && document.body.innerText.includes({json.dumps(description)})")
+        found.screenshots["deployment description"] = page.screenshot(out / "deployment-description.png")
+        if not description or not ok:
             found.problems.append("deployment page: the description of prefect.yaml is not shown")
         # the latest failed run: one readable line, no traceback, as its state message
         if failed:
