@@ -63,8 +63,9 @@ def validate_flow(dataset_dir: str, config: ValidationConfig | None = None) -> V
     create_markdown_artifact(markdown=artifact_markdown(report), key=key, description=portable(report).headline())
     create_table_artifact(table=report.table_rows(), key=f"{key}-checks", description="One row per expectation")
     # the headline and what failed (every check is in the artifacts); relative paths: the server stores logs
+    headline, *failures = portable(report).summary_text(passed=False).split("\n")
     cached = " (cached: the dataset is unchanged since it was validated)" if state.name == "Cached" else ""
-    docs = f"\nData Docs: {relative(report.docs_index)}" if report.docs_index else ""
-    print(portable(report).summary_text(passed=False) + cached + docs)
+    docs = [f"Data Docs: {relative(report.docs_index)}"] if report.docs_index else []
+    print("\n".join([headline + cached, *failures, *docs]))
     report.raise_for_errors()
     return report

@@ -174,6 +174,10 @@ def check_ui(api: str, out: Path, binary: str | None = None, report_key: str | N
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=report_key or "report-")),
             sort=ArtifactSort.CREATED_DESC, limit=1,
         )
+        validation = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="validation-")),
+            sort=ArtifactSort.CREATED_DESC, limit=2,
+        )
         deployment = client.read_deployment_by_name("pipeline/manual-pipeline")
         failed = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.FAILED]))),
@@ -209,6 +213,15 @@ def check_ui(api: str, out: Path, binary: str | None = None, report_key: str | N
             for wanted in ("Detection against the ground truth", "lead time (h)", "false alarms", "Outputs"):
                 if wanted not in text:
                     found.problems.append(f"report artifact: {wanted!r} not shown")
+        # the validation artifacts (markdown and table): check names such as features.<channel>_rms.range read as
+        # written (in markdown, unescaped, they are HTML tags the UI drops)
+        for artifact in validation:
+            kind = "table" if artifact.type == "table" else "markdown"
+            page.goto(f"{ui}/artifacts/artifact/{artifact.id}",
+                      "document.body && document.body.innerText.includes('features.')")
+            found.screenshots[f"validation {kind}"] = page.screenshot(out / f"validation-{kind}.png")
+            if "features.<channel>_" not in (page.evaluate(_TEXT_JS) or ""):
+                found.problems.append(f"validation {kind} artifact: 'features.<channel>_...' is not shown as written")
         # the Custom run form of the manual deployment
         ok = page.goto(f"{ui}/deployments/deployment/{deployment.id}/run",
                        "document.body && document.body.innerText.includes('raw_dir') "

@@ -25,6 +25,7 @@ from bearing_core.run_report import (
     write_run_report,
 )
 from bearing_core.per_bearing import source_site_scores
+from bearing_core.registry import MODEL_CARD_FILE
 from bearing_core.scoring import alarm_summary, read_scores
 from bearing_core.synthetic import load_ground_truth
 from bearing_core.threshold import load_threshold
@@ -86,7 +87,7 @@ def report_task(
     plot_round_metrics(metrics, out / METRICS_PNG, f"Federated ({training.get('strategy')}) vs centralized")
     links = {"dataset": relative(dataset_dir), "model": relative(model_dir), "scores": relative(scores_path),
              "validation report (Data Docs)": relative(Path(dataset_dir) / "validation" / "index.html"),
-             "this report": relative(out / "report.md")}
+             "model card": relative(Path(model_dir) / MODEL_CARD_FILE), "this report": relative(out / "report.md")}
     if detection is not None:
         links["detection table"] = relative(out / "detection.csv")
     report_args: dict[str, Any] = dict(
