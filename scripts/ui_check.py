@@ -139,6 +139,17 @@ _IMAGES_JS = (
     "Array.from(document.images).map(i => ({src: i.src.slice(0, 40), complete: i.complete, width: i.naturalWidth}))"
 )
 _TEXT_JS = "document.body ? document.body.innerText : ''"
+_CLIPPED_JS = """(() => {
+  const out = [];
+  for (const table of document.querySelectorAll('table')) {
+    let box = table.parentElement;
+    while (box && getComputedStyle(box).overflowX === 'visible') box = box.parentElement;
+    const right = box ? box.getBoundingClientRect().right : window.innerWidth;
+    for (const th of table.querySelectorAll('th'))
+      if (th.getBoundingClientRect().right > right + 1) out.push(th.innerText.trim());
+  }
+  return out;
+})()"""
 
 
 @contextmanager
@@ -213,15 +224,23 @@ def check_ui(api: str, out: Path, binary: str | None = None, report_key: str | N
             for wanted in ("Detection against the ground truth", "lead time (h)", "false alarms", "Outputs"):
                 if wanted not in text:
                     found.problems.append(f"report artifact: {wanted!r} not shown")
-        # the validation artifacts (markdown and table): check names such as features.<channel>_rms.range read as
-        # written (in markdown, unescaped, they are HTML tags the UI drops)
+            clipped = page.evaluate(_CLIPPED_JS)
+            if clipped:
+                found.problems.append(f"report artifact: table columns cut off at the page's edge: {clipped}")
+        # the validation artifacts: in markdown, check names such as features.<channel>_rms.range read as written
+        # (unescaped, they are HTML tags the UI drops); the checks table fits the page (its last column visible)
         for artifact in validation:
             kind = "table" if artifact.type == "table" else "markdown"
             page.goto(f"{ui}/artifacts/artifact/{artifact.id}",
                       "document.body && document.body.innerText.includes('features.')")
             found.screenshots[f"validation {kind}"] = page.screenshot(out / f"validation-{kind}.png")
-            if "features.<channel>_" not in (page.evaluate(_TEXT_JS) or ""):
-                found.problems.append(f"validation {kind} artifact: 'features.<channel>_...' is not shown as written")
+            if kind == "markdown" and "features.<channel>_" not in (page.evaluate(_TEXT_JS) or ""):
+                found.problems.append("validation artifact: 'features.<channel>_...' is not shown as written")
+            if kind == "table":
+                clipped = page.evaluate(_CLIPPED_JS)
+                found.facts["validation table clipped columns"] = clipped
+                if clipped:
+                    found.problems.append(f"validation checks table: columns cut off at the page's edge: {clipped}")
         # the Custom run form of the manual deployment
         ok = page.goto(f"{ui}/deployments/deployment/{deployment.id}/run",
                        "document.body && document.body.innerText.includes('raw_dir') "

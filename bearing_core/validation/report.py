@@ -176,16 +176,14 @@ class ValidationReport(_Model):
         return "\n".join(out) + "\n"
 
     def table_rows(self) -> list[dict[str, object]]:
-        """One dict per check (Prefect table artifact, DataFrame)."""
+        """One dict per check (Prefect table artifact, DataFrame): five columns, so the details fit the UI's width
+        (the column is part of the check's name; every field is in report.json)."""
         return [
             {
                 "check": o.check,
                 "status": o.status,
-                "severity": o.severity,
-                "quarantine": o.quarantine,
-                "column": o.column,
-                "unexpected": o.unexpected_count,
-                "checked": o.element_count,
+                "severity": o.severity + (", quarantines" if o.quarantine else ""),
+                "failing rows": "" if o.element_count is None else f"{o.unexpected_count} of {o.element_count}",
                 "details": o.detail(),
             }
             for o in self.outcomes
