@@ -140,15 +140,16 @@ _IMAGES_JS = (
 )
 _TEXT_JS = "document.body ? document.body.innerText : ''"
 _CLIPPED_JS = """(() => {
-  const out = [];
+  const out = new Set();
   for (const table of document.querySelectorAll('table')) {
     let box = table.parentElement;
     while (box && getComputedStyle(box).overflowX === 'visible') box = box.parentElement;
     const right = box ? box.getBoundingClientRect().right : window.innerWidth;
-    for (const th of table.querySelectorAll('th'))
-      if (th.getBoundingClientRect().right > right + 1) out.push(th.innerText.trim());
+    const heads = Array.from(table.querySelectorAll('th')).map(th => th.innerText.trim());
+    for (const cell of table.querySelectorAll('th, td'))
+      if (cell.getBoundingClientRect().right > right + 1) out.add(heads[cell.cellIndex] || String(cell.cellIndex));
   }
-  return out;
+  return Array.from(out);
 })()"""
 
 
@@ -236,11 +237,10 @@ def check_ui(api: str, out: Path, binary: str | None = None, report_key: str | N
             found.screenshots[f"validation {kind}"] = page.screenshot(out / f"validation-{kind}.png")
             if kind == "markdown" and "features.<channel>_" not in (page.evaluate(_TEXT_JS) or ""):
                 found.problems.append("validation artifact: 'features.<channel>_...' is not shown as written")
-            if kind == "table":
-                clipped = page.evaluate(_CLIPPED_JS)
-                found.facts["validation table clipped columns"] = clipped
-                if clipped:
-                    found.problems.append(f"validation checks table: columns cut off at the page's edge: {clipped}")
+            clipped = page.evaluate(_CLIPPED_JS)
+            found.facts[f"validation {kind}: clipped columns"] = clipped
+            if clipped:
+                found.problems.append(f"validation {kind} artifact: columns cut off at the page's edge: {clipped}")
         # the Custom run form of the manual deployment
         ok = page.goto(f"{ui}/deployments/deployment/{deployment.id}/run",
                        "document.body && document.body.innerText.includes('raw_dir') "

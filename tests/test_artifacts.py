@@ -89,7 +89,7 @@ def test_validation_markdown_escapes_and_the_log_leaves_passed_checks_out(tmp_pa
     ])
     markdown = report.to_markdown()
     assert "one &lt;channel&gt;\\_&lt;feature&gt; column per channel" in markdown
-    assert "`features.<channel>_<feature>.not_null`" in markdown  # code span: verbatim
+    assert "- **PASS** `features.<channel>_<feature>.not_null` (warning): one &lt;channel&gt;" in markdown
     log = report.summary_text(passed=False)
     assert "  PASS  " not in log and "WARN  timeline.gaps" in log and log.splitlines()[0] == report.headline()
     assert "  PASS  features" in report.summary_text()

@@ -163,11 +163,13 @@ class ValidationReport(_Model):
         return "\n".join(out)
 
     def to_markdown(self) -> str:
-        """Markdown report (Prefect artifact, report.md): headline, checks table, quarantine list (text escaped)."""
-        out = [f"# {md.text(self.headline())}", "", "| status | check | severity | details |", "|---|---|---|---|"]
+        """Markdown report (Prefect artifact, report.md): headline, one line per check (passed ones grouped),
+        quarantine list (text escaped)."""
+        # a list, not a table: the details are long sentences, which a table cuts off at the UI's width
+        out = [f"# {md.text(self.headline())}", ""]
         for status, label, severity, group in self._grouped():
             detail = group[0].detail() if status != "PASS" else group[0].description
-            out.append(f"| {status} | {md.code(label)} | {md.cell(severity)} | {md.cell(detail)} |")
+            out.append(f"- **{status}** {md.code(label)} ({md.text(severity)}): {md.cell(detail)}")
         if self.quarantined:
             out += ["", f"## Quarantined snapshots ({len(self.quarantined)})", ""]
             out += [f"- {md.code(q.file)}: {md.cell(q.reason)}" for q in self.quarantined]
