@@ -18,6 +18,7 @@ from bearing_core import markdown as md
 from bearing_core.validation.suites import Severity
 
 Status = Literal["PASS", "WARN", "FAIL"]
+_TABLE_DETAIL = 40  # characters of a check's details in the table artifact (the markdown artifact has them all)
 _LISTED = 20  # flagged rows of a warning printed in the console summary (all are in report.json)
 
 
@@ -178,15 +179,16 @@ class ValidationReport(_Model):
         return "\n".join(out) + "\n"
 
     def table_rows(self) -> list[dict[str, object]]:
-        """One dict per check (Prefect table artifact, DataFrame): five columns, so the details fit the UI's width
-        (the column is part of the check's name; every field is in report.json)."""
+        """One dict per check (Prefect table artifact, DataFrame): five columns and details cut to a few words, so
+        the table fits the UI's width (the column is part of the check's name; the full details are in the
+        markdown artifact and report.json)."""
         return [
             {
                 "check": o.check,
                 "status": o.status,
                 "severity": o.severity + (", quarantines" if o.quarantine else ""),
                 "failing rows": "" if o.element_count is None else f"{o.unexpected_count} of {o.element_count}",
-                "details": o.detail(),
+                "details": _clip(o.detail(), _TABLE_DETAIL),
             }
             for o in self.outcomes
         ]
@@ -195,6 +197,10 @@ class ValidationReport(_Model):
         """Raise :class:`ValidationFailed` when a blocking (error, non-quarantining) check failed."""
         if self.errors:
             raise ValidationFailed(self)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 class ValidationFailed(Exception):
