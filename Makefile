@@ -33,6 +33,7 @@ help:
 	@echo "make test   # test suite"
 	@echo "make bench  # benchmarks -> BENCHMARKS.md"
 	@echo "make serve  # local Prefect server + deployments + worker on 127.0.0.1:4200"
+	@echo "make serve DB=postgres  # the same on a project-local PostgreSQL (127.0.0.1:54329)"
 	@echo "make stop   # stop the worker, then the server"
 
 $(STAMP): pyproject.toml requirements.lock
@@ -61,8 +62,9 @@ bench: install
 	$(BIN)/python -m bench.federated
 	$(BIN)/python -m bench.detection
 
+DB ?= sqlite
 serve: install
-	scripts/serve.sh
+	BEARING_DB=$(DB) scripts/serve.sh
 
 stop:
 	scripts/stop.sh

@@ -30,6 +30,7 @@ from bearing_core.experiments import (
     summary_table,
     write_results,
 )
+from bearing_core import markdown as md
 from bearing_core.io import write_text_atomic
 from bearing_core.plotting import pyplot, save_png
 
@@ -458,11 +459,8 @@ def render_markdown(blocks: Sequence[Block]) -> str:
             out += [f"- {item}" for item in content] + [""]
         elif kind == "table":
             frame: pd.DataFrame = content
-            out.append("| " + " | ".join(map(str, frame.columns)) + " |")
-            out.append("|" + "|".join("---" for _ in frame.columns) + "|")
-            out += ["| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |"
-                    for row in frame.itertuples(index=False)]
-            out.append("")
+            out += [md.table([md.cell(c) for c in frame.columns],
+                             ([md.cell(_cell(v)) for v in row] for row in frame.itertuples(index=False))), ""]
         elif kind == "img":
             name, alt = content
             out += [f"![{alt}]({name})", ""]

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bearing_core import markdown as md
 from bearing_core.io import write_text_atomic
 
 REPORT_FILE = "report.md"
@@ -65,20 +66,35 @@ def _client_order(name: str) -> tuple[int, str]:
 
 
 def _md_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    """A GitHub markdown table (no tabulate dependency)."""
+    """A GitHub markdown table (no tabulate dependency); every cell escaped (:func:`bearing_core.markdown.cell`)."""
     def cell(value: Any) -> str:
         if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT:
             return "–"
+        if isinstance(value, bool | np.bool_):
+            return "yes" if value else "no"
         if isinstance(value, float | np.floating):
             return format(float(value), floatfmt)
         if isinstance(value, pd.Timestamp):
             return value.strftime("%Y-%m-%d %H:%M")
-        return str(value).replace("|", "\\|")
+        return md.cell(value)
 
-    head = "| " + " | ".join(map(str, frame.columns)) + " |"
-    sep = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, sep, *rows])
+    return md.table([md.cell(c) for c in frame.columns], ([cell(v) for v in row] for row in frame.itertuples(index=False)))
+
+
+ALARM_COLUMNS = {"site": "site", "snapshots": "snapshots", "anomalies": "anomalies", "alarm_snapshots": "alarms",
+                 "first_alarm": "first alarm", "top_channel": "top channel"}
+"""Alarm table: the columns shown (short labels, so the table fits the Prefect UI), the rest is in scores.parquet."""
+TRUTH_COLUMNS = {"site": "site", "faulty": "faulty", "bearing": "bearing", "defect": "defect", "onset": "onset",
+                 "failure": "failure"}
+DETECTION_COLUMNS = {"site": "site", "first_alarm": "first alarm", "first_alarm_channel": "channel",
+                     "delay_after_onset_hours": "delay after onset (h)", "lead_time_hours": "lead time (h)",
+                     "false_alarm_events": "false alarms"}
+"""The ground-truth comparison as two narrow tables (one wide table is cut off in the UI): what was injected, and
+what the alarms did; detection.csv beside the report has every column."""
+
+
+def _narrow(frame: pd.DataFrame, columns: Mapping[str, str]) -> pd.DataFrame:
+    return frame[[c for c in columns if c in frame.columns]].rename(columns=dict(columns))
 
 
 def render_run_report(
@@ -93,17 +109,29 @@ def render_run_report(
     alarms: pd.DataFrame,
     detection: pd.DataFrame | None,
     promotion: Mapping[str, Any] | None,
-    plots: Mapping[str, str],
+    plots: Mapping[str, str | os.PathLike[str]],
     links: Mapping[str, str],
     alarm_rule: str = "",
+    embed_plots: bool = False,
 ) -> str:
-    """The run report as markdown (every number comes from the arguments: nothing canned)."""
-    sites = dataset.get("sites", [])
-    out = [f"# bearing-fl run report: {dataset.get('name', '')}", ""]
-    out += ["## Data", "", f"- {ingest_summary}", f"- channels: {', '.join(dataset.get('channels', []))}",
-            f"- sites: {len(sites)} ({', '.join(sites)})", ""]
-    out += ["## Validation", "", f"- {validation_headline}"]
-    out += [f"- warning: {w}" for w in validation_warnings] + [""]
+    """The run report as markdown (every number comes from the arguments: nothing canned).
+
+    ``plots`` maps "metrics" / "scores" to PNG files. ``embed_plots`` False (report.md on disk): they are linked by
+    ``plots``' paths as given (relative to the report); True (the Prefect artifact, which cannot load a file beside
+    the report): they are embedded as data URIs. Free text is escaped, so ``<channel>`` or ``a_b`` read as written.
+    """
+    def plot(alt: str, key: str) -> list[str]:
+        if key not in plots:
+            return []
+        return [md.image(alt, plots[key]) if embed_plots else f"![{md.text(alt)}]({Path(plots[key]).as_posix()})", ""]
+
+    t = md.text
+    sites = [str(s) for s in dataset.get("sites", [])]
+    out = [f"# bearing-fl run report: {t(dataset.get('name', ''))}", ""]
+    out += ["## Data", "", f"- {t(ingest_summary)}", f"- channels: {t(', '.join(dataset.get('channels', [])))}",
+            f"- sites: {len(sites)} ({t(', '.join(sites))})", ""]
+    out += ["## Validation", "", f"- {t(validation_headline)}"]
+    out += [f"- warning: {t(w)}" for w in validation_warnings] + [""]
     glob = metrics[metrics["client"].astype(str) == "global"].sort_values("round")
     central = metrics[metrics["client"].astype(str) == "centralized"].sort_values("round")
     per_round = glob[["round", "train_loss", "eval_mse", "eval_rmse"]].rename(
@@ -113,38 +141,36 @@ def render_run_report(
         per_round = per_round.merge(
             central[["round", "eval_mse"]].rename(columns={"eval_mse": "centralized holdout MSE"}), on="round", how="left"
         )
-    out += ["## Training", "", f"- strategy: {training.get('strategy')}, partition: {training.get('partition')} "
+    out += ["## Training", "", f"- strategy: {t(training.get('strategy'))}, partition: {t(training.get('partition'))} "
             f"({training.get('clients')} clients), {training.get('rounds')} rounds x {training.get('local_epochs')} "
-            f"local epochs, layout: {training.get('layout', 'snapshot')}",
+            f"local epochs, layout: {t(training.get('layout', 'snapshot'))}",
             f"- final holdout MSE: federated {training.get('federated_eval_mse', float('nan')):.4g}, "
             f"centralized {training.get('centralized_eval_mse', float('nan')):.4g}",
             f"- failed client replies: {training.get('failures', 0)}", "", _md_table(per_round), ""]
-    if "metrics" in plots:
-        out += [f"![metrics per round]({plots['metrics']})", ""]
-    out += ["## Threshold", "", f"- {threshold.get('threshold', float('nan')):.6g} ({threshold.get('method')}) "
+    out += plot("metrics per round", "metrics")
+    out += ["## Threshold", "", f"- {threshold.get('threshold', float('nan')):.6g} ({t(threshold.get('method'))}) "
             f"from {threshold.get('calibration_size')} healthy holdout snapshots, merged from the clients' error "
             "sketches", ""]
     if promotion:
         verdict = "promoted to latest" if promotion.get("promoted") else "not promoted (champion kept)"
-        out += ["## Model", "", f"- version `{promotion.get('version', '')}`: {verdict}: {promotion.get('reason', '')}", ""]
-    out += ["## Alarms", ""] + ([f"Rule: {alarm_rule}.", ""] if alarm_rule else [])
+        out += ["## Model", "", f"- version {md.code(promotion.get('version', ''))}: {verdict}: "
+                f"{t(promotion.get('reason', ''))}", ""]
+    out += ["## Alarms", ""] + ([f"Rule: {t(alarm_rule)}.", ""] if alarm_rule else [])
     if alarms.empty or int(alarms["alarm_snapshots"].sum()) == 0:
         out += ["No alarm.", ""]
-    out += [_md_table(alarms), ""]
+    out += [_md_table(_narrow(alarms, ALARM_COLUMNS)), ""]
     if detection is not None and not detection.empty:
-        cols = [c for c in ("site", "faulty", "bearing", "defect", "onset", "failure", "first_alarm",
-                            "first_alarm_channel", "delay_after_onset_hours", "lead_time_hours",
-                            "false_alarm_events") if c in detection.columns]
         faulty = detection[detection["faulty"]]
         caught = int(faulty["detected_after_onset"].sum()) if len(faulty) else 0
         false_events = int(detection["false_alarm_events"].sum())
         out += ["## Detection against the ground truth", "",
                 f"- {caught} of {len(faulty)} injected defects alarmed after their onset; "
                 f"{false_events} false alarm events (before an onset or on a healthy site)", "",
-                _md_table(detection[cols]), ""]
-    if "scores" in plots:
-        out += [f"![anomaly score per site]({plots['scores']})", ""]
-    out += ["## Outputs", ""] + [f"- {k}: `{v}`" for k, v in links.items()] + [""]
+                "Injected:", "", _md_table(_narrow(detection, TRUTH_COLUMNS)), "",
+                "Alarms against it:", "", _md_table(_narrow(detection, DETECTION_COLUMNS)), ""]
+    out += plot("anomaly score per site", "scores")
+    out += ["## Outputs", "", "Paths relative to the project directory:", ""]
+    out += [f"- {t(k)}: {md.code(v)}" for k, v in links.items()] + [""]
     return "\n".join(out)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from bearing_core import markdown as md
 from bearing_core.config import DataPaths
 from bearing_core.experiments import (
     ExperimentResult,
@@ -27,6 +28,7 @@ from bearing_core.experiments import (
 )
 from bearing_core.fingerprint import sha256_file
 from bearing_core.report import summary_markdown, write_report
+from bearing_core.run_report import relative
 from tasks.experiments import experiment_task, load_experiment_result, write_split
 
 DEFAULT_SEED_RAW_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "ims" / "raw" / "1st_test"
@@ -53,7 +55,7 @@ def experiments_flow(
         raw_dir: seed: directory holding the two notebook files (default ../shared/ims/raw/1st_test); demo: a raw
             demo directory (default: generate one into out/data/raw/demo).
         out: report directory (also holds models/, clients/ and, for the demo, data/); default
-            reports/experiments/<preset>.
+            reports/experiments/ followed by the preset name.
         rounds: federated rounds (default 20); the centralized baseline trains the same number of epochs.
         experiments: run only these experiments of the grid (names as in summary.csv); default all.
         clients: clients of the demo's iid / quantity / dirichlet partitions (the seed preset uses the notebook's 10).
@@ -82,9 +84,9 @@ def experiments_flow(
         results.append(result)
     paths = write_report(out_dir, results, split, grid)
     markdown = (
-        f"# Experiments: {preset} preset\n\n{split.description}.\n\n{summary_markdown(paths.summary)}\n\n"
+        f"# Experiments: {preset} preset\n\n{md.text(split.description)}.\n\n{summary_markdown(paths.summary)}\n\n"
         + "\n".join(f"- {line}" for line in paths.findings)
-        + f"\n\nReport: `{paths.html}` (self-contained) and `{paths.markdown}`.\n"
+        + f"\n\nReport: {md.code(relative(paths.html))} (self-contained) and {md.code(relative(paths.markdown))}.\n"
     )
     create_markdown_artifact(key=f"experiments-{preset}", markdown=markdown,
                              description=f"Experiments grid summary ({preset} preset)")

@@ -9,6 +9,7 @@ from prefect import flow
 
 from bearing_core.config import DataPaths, IngestConfig
 from bearing_core.fingerprint import tree_fingerprint
+from bearing_core.run_report import relative
 from tasks.ingest import ingest_task
 
 
@@ -25,7 +26,8 @@ def ingest_flow(
 
     Args:
         raw_dir: directory of raw IMS files (one sub-folder per site, or files at its top).
-        out_dir: processed dataset directory; default data/processed/<name of raw_dir>.
+        out_dir: processed dataset directory; default data/processed/ followed by the name of raw_dir
+            (data/raw/demo -> data/processed/demo).
         workers: parallel worker processes (default: all cores).
         batch_size: files per worker task.
         channels: 4 or 8; default inferred from the first valid file.
@@ -36,7 +38,7 @@ def ingest_flow(
         raw_dir=raw_dir, out_dir=out_dir, batch_size=batch_size, channels=channels, follow_symlinks=follow_symlinks
     )
     out = str(cfg.resolved_out_dir(DataPaths()))
-    result = ingest_task(  # cached on the raw tree; re-runs when the outputs no longer match (IngestOutputsPolicy)
+    state = ingest_task(  # cached on the raw tree; re-runs when the outputs no longer match (IngestOutputsPolicy)
         raw_dir=str(Path(raw_dir)),
         out_dir=out,
         raw_fingerprint=tree_fingerprint(raw_dir),
@@ -44,6 +46,10 @@ def ingest_flow(
         batch_size=batch_size,
         channels=channels,
         follow_symlinks=follow_symlinks,
+        return_state=True,
     )
-    print(result["summary"])
+    result = state.result()
+    if state.name == "Cached":  # the task logs its summary when it runs; a cache hit did no work: say so
+        print(f"ingest cached: the raw files are unchanged since {relative(result['out_dir'])} was ingested "
+              f"({result['summary']})")
     return result

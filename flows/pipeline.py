@@ -24,7 +24,7 @@ from bearing_core.alarms import AlarmConfig
 from bearing_core.config import DataPaths, IngestConfig
 from bearing_core.fingerprint import sha256_file
 from bearing_core.inputs import PER_BEARING_DIR
-from bearing_core.locking import PIPELINE_LOCK_FILE, exclusive_lock
+from bearing_core.locking import PIPELINE_LOCK_FILE, exclusive_lock, lock_holder
 from bearing_core.model_io import WEIGHTS_FILE
 from bearing_core.params import (
     DataParams,
@@ -89,8 +89,9 @@ def pipeline_flow(
     with exclusive_lock(
         Path(dataset_out) / PIPELINE_LOCK_FILE,
         timeout_s=params.lock_timeout_s,
-        on_wait=lambda lock: logger.info("another pipeline run is writing %s: waiting for it (%s)",
-                                         relative(dataset_out), lock.name),
+        on_wait=lambda lock: logger.info("dataset %s is locked by another run (%s): waiting for it",
+                                         relative(dataset_out), lock_holder(lock)),
+        label=f"dataset {relative(dataset_out)}",
     ):
         return _run_pipeline(params)
 
@@ -172,7 +173,7 @@ def _run_pipeline(params: PipelineParams) -> dict[str, Any]:
         per_bearing_dir=model_dataset if layout == PER_BEARING else None,
     )
     key = _key(Path(dataset_dir).name)
-    create_markdown_artifact(key=f"report-{key}", markdown=reported["markdown"], description="Pipeline run report")
+    create_markdown_artifact(key=f"report-{key}", markdown=reported["artifact"], description="Pipeline run report")
     if reported["detection"]:
         create_table_artifact(key=f"detection-{key}", table=reported["detection"],
                               description="Detection against the ground truth, per site")

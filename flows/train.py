@@ -14,6 +14,7 @@ import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from bearing_core import markdown as md
 from bearing_core.alarms import AlarmConfig
 from bearing_core.config import DataPaths
 from bearing_core.federated.config import FaultInjection, FederatedConfig, SimulationResources
@@ -113,20 +114,18 @@ def train_flow(
         table=metrics.round(6).to_dict(orient="records"),
         description=f"Per-round metrics: clients, '{GLOBAL}' (weighted) and '{CENTRALIZED}' baseline",
     )
-    summary = (
-        f"# Federated training: {Path(dataset_dir).name}\n\n"
-        f"| | value |\n|---|---|\n"
-        f"| partition | {partition} ({clients} clients) |\n"
-        f"| strategy | {cfg.strategy} |\n"
-        f"| rounds x local epochs | {rounds} x {local_epochs} |\n"
-        f"| final federated eval MSE | {federated['final_eval_mse']:.6f} |\n"
-        f"| final centralized eval MSE | {baseline['final_eval_mse']:.6f} |\n"
-        f"| alarm threshold | {federated['threshold']:.6g} ({federated['threshold_method']}, "
-        f"{federated['calibration_size']} healthy holdout rows, federated sketches) |\n"
-        f"| failed client replies | {federated['failures']} |\n"
-        f"| model | `{relative(federated['model_dir'])}` |\n"
-        f"| metrics | `{relative(baseline['metrics_path'])}` |\n"
-    )
+    summary = f"# Federated training: {md.text(Path(dataset_dir).name)}\n\n" + md.table(["", "value"], [
+        ["partition", md.cell(f"{partition} ({clients} clients)")],
+        ["strategy", md.cell(cfg.strategy)],
+        ["rounds x local epochs", f"{rounds} x {local_epochs}"],
+        ["final federated eval MSE", f"{federated['final_eval_mse']:.6f}"],
+        ["final centralized eval MSE", f"{baseline['final_eval_mse']:.6f}"],
+        ["alarm threshold", md.cell(f"{federated['threshold']:.6g} ({federated['threshold_method']}, "
+                                    f"{federated['calibration_size']} healthy holdout rows, federated sketches)")],
+        ["failed client replies", str(federated["failures"])],
+        ["model", md.code(relative(federated["model_dir"]))],
+        ["metrics", md.code(relative(baseline["metrics_path"]))],
+    ]) + "\n"
     create_markdown_artifact(key=f"{key}-summary", markdown=summary, description="Federated vs centralized")
     return {
         "manifest": parts["path"],

@@ -52,15 +52,20 @@ def validate_flow(dataset_dir: str, config: ValidationConfig | None = None) -> V
     if not dataset.is_dir():
         raise FileNotFoundError(f"dataset directory not found: {dataset}")
     docs_missing = not (dataset / "validation" / "report.json").is_file()
-    report = ValidationReport.model_validate(validate_task.with_options(refresh_cache=docs_missing or None)(
+    state = validate_task.with_options(refresh_cache=docs_missing or None)(
         dataset_dir=str(dataset),
         settings=cfg.model_dump(mode="json"),
         inputs_fingerprint=validation_inputs_fingerprint(dataset),
-    ))
+        return_state=True,
+    )
+    report = ValidationReport.model_validate(state.result())
     key = artifact_key(dataset)
     create_markdown_artifact(markdown=artifact_markdown(report), key=key, description=portable(report).headline())
     create_table_artifact(table=report.table_rows(), key=f"{key}-checks", description="One row per expectation")
-    docs = f"\nData Docs: {relative(report.docs_index)}" if report.docs_index else ""
-    print(portable(report).summary_text() + docs)  # relative paths: logs are stored by the Prefect server
+    # the headline and what failed (every check is in the artifacts); relative paths: the server stores logs
+    headline, *failures = portable(report).summary_text(passed=False).split("\n")
+    cached = " (cached: the dataset is unchanged since it was validated)" if state.name == "Cached" else ""
+    docs = [f"Data Docs: {relative(report.docs_index)}"] if report.docs_index else []
+    print("\n".join([headline + cached, *failures, *docs]))
     report.raise_for_errors()
     return report

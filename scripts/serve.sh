@@ -11,6 +11,9 @@
 #   BEARING_TZ             time zone of the nightly-retrain schedule (default UTC)
 #   BEARING_PROJECT_DIR    project directory the flow runs work in (default: this repository)
 #   BEARING_SERVE_TIMEOUT  seconds to wait for the server to answer (default 180)
+#   BEARING_DB             the server's database: sqlite (default, $PREFECT_HOME/prefect.db) or postgres (make serve
+#                          DB=postgres: a PostgreSQL cluster in $PREFECT_HOME/postgres on 127.0.0.1, started here and
+#                          stopped by stop.sh; scripts/postgres.sh)
 # Logs: $PREFECT_HOME/logs/{server,worker,deploy}.log; pid files: $PREFECT_HOME/run/{server,worker}.pid.
 set -euo pipefail
 
@@ -64,14 +67,33 @@ start_background() {
     echo $! >"$pid_file"
 }
 
+# ---------------------------------------------------------------------------------------------------- database
+DB="${BEARING_DB:-sqlite}"
+case "$DB" in
+sqlite) ;;
+postgres)
+    # the URL holds the cluster's password: only the server process gets it (not written to any log)
+    PREFECT_API_DATABASE_CONNECTION_URL="$("$ROOT/scripts/postgres.sh" start)"
+    export PREFECT_API_DATABASE_CONNECTION_URL
+    ;;
+*)
+    say "error: BEARING_DB (make serve DB=...) must be sqlite or postgres, got '$DB'" >&2
+    exit 2
+    ;;
+esac
+
 # ---------------------------------------------------------------------------------------------------- server
 if running "$RUN_DIR/server.pid"; then
+    if [[ -f "$RUN_DIR/db" && "$(cat "$RUN_DIR/db")" != "$DB" ]]; then
+        say "warning: the running server uses $(cat "$RUN_DIR/db"), not $DB: make stop first to switch" >&2
+    fi
     say "server already running (pid $(cat "$RUN_DIR/server.pid"))"
 elif healthy; then
     say "error: something else already answers on $PREFECT_API_URL (not started by this script); stop it or set BEARING_PREFECT_PORT" >&2
     exit 1
 else
-    say "starting Prefect server on $HOST:$PORT (log: $LOG_DIR/server.log)"
+    say "starting Prefect server on $HOST:$PORT, database $DB (log: $LOG_DIR/server.log)"
+    echo "$DB" >"$RUN_DIR/db"
     start_background "$RUN_DIR/server.pid" "$LOG_DIR/server.log" \
         "$PREFECT" server start --host "$HOST" --port "$PORT" --analytics-off
 fi

@@ -2,7 +2,8 @@
 # Stop what scripts/serve.sh started, worker first (so no flow run is picked up by a worker whose server is
 # gone), then the server. Uses the pid files under $PREFECT_HOME/run; already-stopped processes and stale pid
 # files are fine. Each process runs in its own session, so its whole process group is signalled (TERM, then KILL
-# after BEARING_STOP_TIMEOUT seconds, default 20), which also ends a flow run the worker had started.
+# after BEARING_STOP_TIMEOUT seconds, default 20), which also ends a flow run the worker had started. Last, the
+# PostgreSQL cluster of `make serve DB=postgres` (scripts/postgres.sh), when there is one.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,3 +44,8 @@ stop() {
 
 stop worker
 stop server
+# the PostgreSQL cluster of `make serve DB=postgres`, after the server that used it
+if [[ -f "$PREFECT_HOME/postgres/PG_VERSION" ]]; then
+    PREFECT_HOME="$PREFECT_HOME" "$ROOT/scripts/postgres.sh" stop
+fi
+rm -f "$RUN_DIR/db"

@@ -30,6 +30,7 @@ from bearing_core.experiments import (
     GridConfig,
     run_experiment,
 )
+from bearing_core.federated.logs import flower_log_to
 from bearing_core.fingerprint import sha256_file, sha256_files
 from bearing_core.inputs import FEATURES_FILE, QUARANTINE_FILE
 from bearing_core.io import write_json_atomic, write_parquet_atomic
@@ -145,9 +146,11 @@ def experiment_task(name: str, manifest_path: str, manifest_sha256: str, cfg: di
     grid = GridConfig.model_validate(cfg["grid"])
     if [e.name for e in grid.experiments] != [name]:
         raise ValueError(f"cfg['grid'] must hold exactly experiment {name!r}, got {[e.name for e in grid.experiments]}")
-    result = run_experiment(grid.experiments[0], grid, read_split(manifest_path, manifest_sha256), cfg["work_dir"])
+    logger = get_run_logger()
+    with flower_log_to(logger.log):  # Flower's log once, one line a round (bearing_core.federated.logs)
+        result = run_experiment(grid.experiments[0], grid, read_split(manifest_path, manifest_sha256), cfg["work_dir"])
     record = save_experiment_result(result)
-    get_run_logger().info("%s: final eval MSE %.6g, threshold %.6g, %.1f s", name, result.final_eval_mse,
-                          result.threshold, result.wall_s)
+    logger.info("%s: final eval MSE %.6g, threshold %.6g, %.1f s", name, result.final_eval_mse, result.threshold,
+                result.wall_s)
     return {"name": name, "model_dir": str(result.model_dir), "record": str(record),
             "record_sha256": sha256_file(record)}

@@ -80,11 +80,11 @@ def retry_ingest(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> 
 
 @task(
     name="ingest",
+    task_run_name="ingest",  # the same name on every run (no -xyz suffix)
     **persisted(IngestOutputsPolicy()),
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_condition_fn=retry_ingest,
-    task_run_name="ingest {raw_dir}",
 )
 def ingest_task(
     raw_dir: str,
@@ -120,7 +120,7 @@ def ingest_task(
 
     report = ingest_directory(cfg, progress=on_progress)
     update_progress_artifact(artifact_id=artifact_id, progress=100.0)
-    logger.info("%s -> %s", report.summary_line(), report.out_dir)
+    logger.info("%s -> %s", report.summary_line(), relative(report.out_dir))
     features = Path(report.out_dir) / "features.parquet"
     return {
         "out_dir": str(report.out_dir),

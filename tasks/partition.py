@@ -78,6 +78,7 @@ class PartitionContentPolicy(CachePolicy):
 
 @task(
     name="partition",
+    task_run_name="partition",  # the same name on every run (no -xyz suffix)
     **persisted(PartitionContentPolicy()),
     retries=1,
     retry_delay_seconds=2,

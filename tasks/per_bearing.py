@@ -73,6 +73,7 @@ class PerBearingContentPolicy(CachePolicy):
 @task(
     **persisted(PerBearingContentPolicy()),
     name="per-bearing",
+    task_run_name="per-bearing",  # the same name on every run (no -xyz suffix)
     retries=1,
     retry_delay_seconds=2,
     retry_condition_fn=transient_io_error,

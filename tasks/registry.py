@@ -116,6 +116,7 @@ class PromotionPolicy(CachePolicy):
 
 @task(
     name="publish-model",
+    task_run_name="publish-model",  # the same name on every run (no -xyz suffix)
     **persisted(PublishedVersionPolicy()),
     retries=2,
     retry_delay_seconds=[2, 10],
@@ -138,6 +139,7 @@ def publish_task(
 
 @task(
     name="promote-if-better",
+    task_run_name="promote-if-better",  # the same name on every run (no -xyz suffix)
     **persisted(PromotionPolicy()),
     retries=2,
     retry_delay_seconds=[2, 10],

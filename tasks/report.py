@@ -25,6 +25,7 @@ from bearing_core.run_report import (
     write_run_report,
 )
 from bearing_core.per_bearing import source_site_scores
+from bearing_core.registry import MODEL_CARD_FILE
 from bearing_core.scoring import alarm_summary, read_scores
 from bearing_core.synthetic import load_ground_truth
 from bearing_core.threshold import load_threshold
@@ -34,6 +35,7 @@ from tasks.retry import transient_io_error
 
 @task(
     name="report",
+    task_run_name="report",  # the same name on every run (no -xyz suffix)
     **persisted(INPUTS + TASK_SOURCE),
     retries=1,
     retry_delay_seconds=2,
@@ -56,7 +58,8 @@ def report_task(
     alarm_rule: str = "",
     per_bearing_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``report_dir/report.md`` (+ PNGs, detection.csv); return the markdown and the tables.
+    """Write ``report_dir/report.md`` (+ PNGs, detection.csv); return the markdown (``markdown`` as written, ``artifact``
+    with the plots embedded for the Prefect UI) and the tables.
 
     With ``per_bearing_dir`` the scores are per bearing (the per-bearing layout): the alarm table names each bearing,
     and detection is evaluated on the scores folded back to one row per snapshot of the source sites."""
@@ -82,7 +85,12 @@ def report_task(
     plot_scores(scores, None, out / SCORES_PNG, onset=onset, failure=failure,
                 title=f"Anomaly score per site: {dataset.get('name', '')} (model {Path(model_dir).name})")
     plot_round_metrics(metrics, out / METRICS_PNG, f"Federated ({training.get('strategy')}) vs centralized")
-    markdown = render_run_report(
+    links = {"dataset": relative(dataset_dir), "model": relative(model_dir), "scores": relative(scores_path),
+             "validation report (Data Docs)": relative(Path(dataset_dir) / "validation" / "index.html"),
+             "model card": relative(Path(model_dir) / MODEL_CARD_FILE), "this report": relative(out / "report.md")}
+    if detection is not None:
+        links["detection table"] = relative(out / "detection.csv")
+    report_args: dict[str, Any] = dict(
         dataset=dataset,
         ingest_summary=ingest_summary,
         validation_headline=validation_headline,
@@ -94,12 +102,13 @@ def report_task(
         alarms=alarms,
         detection=detection,
         promotion=promotion,
-        plots={"metrics": METRICS_PNG, "scores": SCORES_PNG},
-        links={"dataset": relative(dataset_dir), "model": relative(model_dir), "scores": relative(scores_path),
-               "validation report": relative(Path(dataset_dir) / "validation" / "index.html"),
-               "this report": relative(out / "report.md")},
+        links=links,
         alarm_rule=alarm_rule,
     )
+    # report.md links the PNGs beside it; the artifact embeds them (the UI cannot load a file beside the report)
+    markdown = render_run_report(plots={"metrics": METRICS_PNG, "scores": SCORES_PNG}, **report_args)
+    artifact = render_run_report(plots={"metrics": out / METRICS_PNG, "scores": out / SCORES_PNG}, embed_plots=True,
+                                 **report_args)
     summary = {
         "threshold": record.threshold,
         "alarm_snapshots": int(scores["alarm"].sum()),
@@ -112,6 +121,7 @@ def report_task(
     return {
         "report": str(path),
         "markdown": markdown,
+        "artifact": artifact,
         "summary": summary,
         "alarms": json.loads(alarms.to_json(orient="records", date_format="iso")),
         "detection": None if detection is None else json.loads(detection.to_json(orient="records", date_format="iso")),

@@ -75,6 +75,7 @@ class ScoresContentPolicy(CachePolicy):
 
 @task(
     name="score",
+    task_run_name="score",  # the same name on every run (no -xyz suffix)
     **persisted(ScoresContentPolicy()),
     retries=1,
     retry_delay_seconds=2,

@@ -26,6 +26,7 @@ from prefect.states import State
 from prefect.utilities.hashing import hash_objects
 
 from bearing_core.federated.config import FederatedConfig, SimulationResources
+from bearing_core.federated.logs import flower_log_to
 from bearing_core.fingerprint import sha256_file
 from bearing_core.model_io import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
 from bearing_core.threshold import THRESHOLD_FILE, load_threshold
@@ -103,6 +104,7 @@ class TrainedModelPolicy(CachePolicy):
 
 @task(
     name="train-federated",
+    task_run_name="train-federated",  # the same name on every run (no -xyz suffix)
     **persisted(TrainedModelPolicy()),
     retries=2,
     retry_delay_seconds=[5, 30],
@@ -132,9 +134,11 @@ def train_federated_task(
         models_root.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
         raise NotADirectoryError(f"cannot write the model: {models_root} is not a directory ({exc})") from exc
-    result = run_federated(
-        clients_dir, config, model_dir, resources=SimulationResources.model_validate(resources or {}), baseline=False
-    )
+    with flower_log_to(logger.log):  # once, no colour codes, one line a round (bearing_core.federated.logs)
+        result = run_federated(
+            clients_dir, config, model_dir, resources=SimulationResources.model_validate(resources or {}),
+            baseline=False,
+        )
     final = result.final()
     threshold = load_threshold(result.model_dir)
     logger.info(
@@ -166,6 +170,7 @@ def train_federated_task(
 
 @task(
     name="train-centralized",
+    task_run_name="train-centralized",  # the same name on every run (no -xyz suffix)
     **persisted(TrainedModelPolicy(centralized=True)),
     retries=1,
     retry_delay_seconds=5,

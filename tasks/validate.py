@@ -13,11 +13,10 @@ from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from bearing_core.fingerprint import sha256_file, tree_fingerprint
-from bearing_core.run_report import relative
 from bearing_core.validation import ValidationConfig, validate_dataset
 from tasks.results import persisted
 
@@ -42,17 +41,10 @@ def validation_inputs_fingerprint(dataset_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def _run_name() -> str:
-    """``validate <dataset>`` with the dataset relative to the project: no machine paths in the UI."""
-    from prefect.runtime import task_run
-
-    return f"validate {relative(task_run.parameters['dataset_dir'])}"
-
-
 @task(
     name="validate",
+    task_run_name="validate",  # the same name on every run (no -xyz suffix)
     **persisted(INPUTS + TASK_SOURCE),
-    task_run_name=_run_name,
 )
 def validate_task(dataset_dir: str, settings: dict[str, Any], inputs_fingerprint: str) -> dict[str, Any]:
     """Run the expectation suites on ``dataset_dir`` with ``settings`` (a ValidationConfig as a dict).
@@ -60,9 +52,8 @@ def validate_task(dataset_dir: str, settings: dict[str, Any], inputs_fingerprint
     Returns the report (counts, per-check outcomes, quarantined paths, Data Docs path) as JSON
     (``ValidationReport.model_dump(mode="json")``; read it back with ``ValidationReport.model_validate``), never
     DataFrames.
-    Does not raise on failed expectations: the flow publishes the report first, then fails the run.
+    Does not raise on failed expectations: the flow publishes the report first, then fails the run. Logs nothing:
+    the flow logs the headline and the failures, on a cache hit too.
     ``inputs_fingerprint`` is only part of the cache key (computed by the caller).
     """
-    report = validate_dataset(dataset_dir, ValidationConfig(**settings))
-    get_run_logger().info(report.model_copy(update={"target": Path(relative(report.target))}).headline())
-    return report.model_dump(mode="json")
+    return validate_dataset(dataset_dir, ValidationConfig(**settings)).model_dump(mode="json")

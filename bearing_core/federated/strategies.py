@@ -36,7 +36,7 @@ import math
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from logging import WARNING
+from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
@@ -245,18 +245,20 @@ class RoundLedger:
         clients = self._current.pop(server_round, {})
         rows = [clients[k] for k in sorted(clients, key=int)]
         self.rows.extend(rows)
-        self.rows.append(
-            {
-                "round": server_round,
-                "client": "global",
-                "train_loss": float(train["train_loss"]) if train else float("nan"),
-                "eval_mse": float(evaluation["eval_mse"]) if evaluation else float("nan"),
-                "eval_rmse": float(evaluation["eval_rmse"]) if evaluation else float("nan"),
-                "num_train_examples": sum(int(r.get("num_train_examples", 0)) for r in rows),
-                "num_eval_examples": sum(int(r.get("num_eval_examples", 0)) for r in rows),
-                "wall_s": time.perf_counter() - self._round_start.get(server_round, time.perf_counter()),
-            }
-        )
+        glob = {
+            "round": server_round,
+            "client": "global",
+            "train_loss": float(train["train_loss"]) if train else float("nan"),
+            "eval_mse": float(evaluation["eval_mse"]) if evaluation else float("nan"),
+            "eval_rmse": float(evaluation["eval_rmse"]) if evaluation else float("nan"),
+            "num_train_examples": sum(int(r.get("num_train_examples", 0)) for r in rows),
+            "num_eval_examples": sum(int(r.get("num_eval_examples", 0)) for r in rows),
+            "wall_s": time.perf_counter() - self._round_start.get(server_round, time.perf_counter()),
+        }
+        self.rows.append(glob)
+        # the one line a round in the log (Flower's own per-round lines are dropped: bearing_core.federated.logs)
+        log(INFO, "round %d/%d: train loss %.4g, holdout MSE %.4g, %d clients replied, %.1f s", server_round,
+            self.cfg.rounds, glob["train_loss"], glob["eval_mse"], len(rows), glob["wall_s"])
 
 
 def _partition_id(msg: Message) -> int:

@@ -14,9 +14,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bearing_core import markdown as md
 from bearing_core.validation.suites import Severity
 
 Status = Literal["PASS", "WARN", "FAIL"]
+_TABLE_DETAIL = 40  # characters of a check's details in the table artifact (the markdown artifact has them all)
 _LISTED = 20  # flagged rows of a warning printed in the console summary (all are in report.json)
 
 
@@ -140,10 +142,13 @@ class ValidationReport(_Model):
         order = {"FAIL": 0, "WARN": 1, "PASS": 2}
         return sorted(lines, key=lambda line: order[line[0]])
 
-    def summary_text(self) -> str:
-        """Console summary: headline, one line per check (passed ones grouped), details of failures."""
+    def summary_text(self, passed: bool = True) -> str:
+        """Console summary: headline, one line per check (passed ones grouped, left out when ``passed`` is False),
+        details of failures."""
         out = [self.headline()]
         for status, label, severity, group in self._grouped():
+            if status == "PASS" and not passed:
+                continue
             out.append(f"  {status:4}  {label}  [{severity}]")
             if status != "PASS":
                 out.append(f"        {group[0].detail()}")
@@ -159,30 +164,31 @@ class ValidationReport(_Model):
         return "\n".join(out)
 
     def to_markdown(self) -> str:
-        """Markdown report (Prefect artifact, report.md): headline, checks table, quarantine list."""
-        out = [f"# {self.headline()}", "", "| status | check | severity | details |", "|---|---|---|---|"]
+        """Markdown report (Prefect artifact, report.md): headline, one line per check (passed ones grouped),
+        quarantine list (text escaped)."""
+        # a list, not a table: the details are long sentences, which a table cuts off at the UI's width
+        out = [f"# {md.text(self.headline())}", ""]
         for status, label, severity, group in self._grouped():
             detail = group[0].detail() if status != "PASS" else group[0].description
-            out.append(f"| {status} | `{label}` | {severity} | {_md_cell(detail)} |")
+            out.append(f"- **{status}** {md.code(label)} ({md.text(severity)}): {md.cell(detail)}")
         if self.quarantined:
             out += ["", f"## Quarantined snapshots ({len(self.quarantined)})", ""]
-            out += [f"- `{q.file}`: {_md_cell(q.reason)}" for q in self.quarantined]
+            out += [f"- {md.code(q.file)}: {md.cell(q.reason)}" for q in self.quarantined]
         if self.docs_index:
-            out += ["", f"Data Docs: [{self.docs_index}]({self.docs_index.as_uri()})"]
+            out += ["", f"Data Docs: [{md.text(self.docs_index)}]({self.docs_index.as_uri()})"]
         return "\n".join(out) + "\n"
 
     def table_rows(self) -> list[dict[str, object]]:
-        """One dict per check (Prefect table artifact, DataFrame)."""
+        """One dict per check (Prefect table artifact, DataFrame): five columns and details cut to a few words, so
+        the table fits the UI's width (the column is part of the check's name; the full details are in the
+        markdown artifact and report.json)."""
         return [
             {
                 "check": o.check,
                 "status": o.status,
-                "severity": o.severity,
-                "quarantine": o.quarantine,
-                "column": o.column,
-                "unexpected": o.unexpected_count,
-                "checked": o.element_count,
-                "details": o.detail(),
+                "severity": o.severity + (", quarantines" if o.quarantine else ""),
+                "failing rows": "" if o.element_count is None else f"{o.unexpected_count} of {o.element_count}",
+                "details": _clip(o.detail(), _TABLE_DETAIL),
             }
             for o in self.outcomes
         ]
@@ -193,8 +199,8 @@ class ValidationReport(_Model):
             raise ValidationFailed(self)
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 class ValidationFailed(Exception):
