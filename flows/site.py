@@ -85,11 +85,15 @@ def site_flow(
     logger = get_run_logger()
     ingested = ingest_flow.fn(raw_dir=raw_dir, out_dir=out_dir, workers=workers)
     dataset = ingested["out_dir"]
-    report = ValidationReport.model_validate(validate_task(
-        dataset_dir=dataset, settings=ValidationConfig().model_dump(mode="json"),
-        inputs_fingerprint=validation_inputs_fingerprint(dataset),
-    ))
-    passed = not report.errors
+    try:
+        report = ValidationReport.model_validate(validate_task(
+            dataset_dir=dataset, settings=ValidationConfig().model_dump(mode="json"),
+            inputs_fingerprint=validation_inputs_fingerprint(dataset),
+        ))
+        passed, headline = not report.errors, f"{'passed' if not report.errors else 'FAILED'}: " \
+            f"{len(report.errors)} blocking errors, {report.n_valid}/{report.n_rows} snapshots valid"
+    except ValueError as exc:  # e.g. every snapshot quarantined: nothing to validate
+        passed, headline = False, f"FAILED: {exc}"
     per_bearing_dir = Path(dataset) / PER_BEARING_DIR
     manifest: str | None = None
     facts: dict[str, Any] = {}
@@ -103,8 +107,8 @@ def site_flow(
         training_file = stage_training_file(manifest, partition_id, per_bearing_dir / TRAINING_DIR)
         facts = _facts(manifest, training_file, derived["out_dir"])
     else:
-        logger.warning("validation failed: %s; not joining tonight's round", report.headline())
-    publish_site_report(_report(site, partition_id, report, passed and window_s > 0, facts))
+        logger.warning("validation %s; not joining tonight's round", headline)
+    publish_site_report(_report(site, partition_id, passed, headline, passed and window_s > 0, facts))
 
     window: dict[str, Any] = {"connected": False, "outcome": "not joined"}
     if passed and window_s > 0:
@@ -125,7 +129,8 @@ def site_flow(
         _write_local_report(Path(out_dir), site, champion, scored)
         if manifest is not None:
             holdout = holdout_mse_task(manifest, models_root, fleet)
-    publish_site_report(_report(site, partition_id, report, window["connected"], facts, champion, scored, holdout))
+    publish_site_report(_report(site, partition_id, passed, headline, window["connected"], facts, champion, scored,
+                                holdout))
     return {"site": site, "validation_passed": passed, "window": window, "champion": champion,
             "scores": scored["path"] if scored else None, "holdout_mse": holdout}
 
@@ -142,13 +147,12 @@ def _facts(manifest: str, training_file: Path, per_bearing_dir: str) -> dict[str
     }
 
 
-def _report(site: str, partition_id: int, validation: ValidationReport, joined: bool, facts: dict[str, Any],
+def _report(site: str, partition_id: int, passed: bool, headline: str, joined: bool, facts: dict[str, Any],
             champion: str | None = None, scored: dict[str, Any] | None = None,
             holdout: dict[str, float] | None = None) -> SiteReport:
     return SiteReport(
-        site=site, partition_id=partition_id, created=datetime.now(timezone.utc),
-        validation_passed=not validation.errors,
-        validation=validation.headline().split(":")[0] + f": {len(validation.errors)} blocking errors",
+        site=site, partition_id=partition_id, created=datetime.now(timezone.utc), validation_passed=passed,
+        validation=headline,
         joined=joined, scored_with=champion if scored else None, scored_rows=scored["rows"] if scored else 0,
         alarm_snapshots=scored["alarm_snapshots"] if scored else 0, holdout_mse=holdout or {}, **facts,
     )

@@ -76,7 +76,7 @@ def test_one_night_across_three_sites(tmp_path: Path) -> None:
     for site in SITES:  # the public key goes to the coordinator, the private key stays at the site
         shutil.copy(tmp_path / "pki" / f"{site}.pub", keys / f"{site}.pub")
     demo = tmp_path / "demo"
-    generate_demo(demo, sites=3, files_per_site=30, n_samples=2048, seed=3)
+    generate_demo(demo, sites=3, files_per_site=24, seed=3)
     for k, site in enumerate(SITES):
         (sites_root / site / "raw").mkdir(parents=True)
         shutil.move(str(demo / f"site_{k + 1}"), sites_root / site / "raw" / f"site_{k + 1}")
