@@ -92,6 +92,7 @@ def test_one_night_across_three_sites(tmp_path: Path) -> None:
         "PREFECT_API_URL": f"http://127.0.0.1:{api_port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1", "PREFECT_CLI_PROMPT": "false", "PREFECT_RESULTS_DEFAULT_SERIALIZER": "json",
         "BEARING_PROJECT_DIR": str(ROOT), "BEARING_TZ": "UTC", "OMP_NUM_THREADS": "1",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",  # pick a scheduled run up within 2 s (default 10)
         "BEARING_AUDIT_ROOTS": os.pathsep.join(str(sites_root / s) + os.sep for s in SITES),
         "BEARING_AUDIT_LOG": str(audit / "opens"),
     })
@@ -163,7 +164,7 @@ def test_one_night_across_three_sites(tmp_path: Path) -> None:
             "sites": SITES, "fleet": "fleet", "models_root": str(models), "state_dir": str(state_dir),
             "public_keys_dir": str(keys), "ssl_ca_certfile": str(pki["ca"]), "ssl_certfile": str(pki["cert"]),
             "ssl_keyfile": str(pki["key"]), "port": fleet_port, "control_port": control_port, "quorum": 0.6,
-            "wait_for_sites_s": 150.0, "round_timeout_s": 25.0, "min_fit_fraction": 0.5, "run_timeout_s": 240.0,
+            "wait_for_sites_s": 400.0, "round_timeout_s": 25.0, "min_fit_fraction": 0.5, "run_timeout_s": 240.0,
             "rounds": ROUNDS, "local_epochs": 2, "batch_size": 16, "night": "test-night",
         })
         link_state = state_dir / "superlink.json"
@@ -189,7 +190,7 @@ def test_one_night_across_three_sites(tmp_path: Path) -> None:
             first = text.find("Sending: train message")
             return first >= 0 and text.find("Receiving: train message", first) >= 0
 
-        _wait(in_round_two, 200, "site c in round 2")
+        _wait(in_round_two, 500, "site c in round 2")
         timings["until site c killed"] = time.monotonic() - t0
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
         for pid in pids:
