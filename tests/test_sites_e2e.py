@@ -171,6 +171,21 @@ def test_one_night_across_three_sites(tmp_path: Path) -> None:
         _wait(lambda: link_state.is_file() and len(json.loads(link_state.read_text())["nodes"]) == 3, 150,
               "the SuperLink with the three sites admitted")
         superlink_pid = int(json.loads(link_state.read_text())["pid"])
+        # the sites' address serves the Fleet API only (TLS): the Control API (flwr run/ls) is not there
+        import ssl
+        import urllib.error
+
+        tls_context = ssl.create_default_context(cafile=str(pki["ca"]))
+
+        def fleet_address_status(route: str) -> int:
+            request = urllib.request.Request(f"https://127.0.0.1:{fleet_port}{route}", data=b"", method="POST")
+            try:
+                return urllib.request.urlopen(request, context=tls_context, timeout=30).status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert fleet_address_status("/v1/control/list-runs") == 404
+        assert fleet_address_status("/v1/fleet/get-run") not in (200, 404)  # there, refusing an empty body
 
         def site_parameters(k: int, site: str, window_s: float) -> dict:
             return {"site": site, "partition_id": k, "raw_dir": str(sites_root / site / "raw"),
