@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from bearing_core.config import DataPaths
 from bearing_core.federated.config import FederatedConfig
 from bearing_core.federated.simulation import GLOBAL, model_version
 from bearing_core.fleet import decide_champion, fleet_fingerprint
@@ -89,7 +88,6 @@ def coordinator_flow(
         tolerance: relative tolerance of champion/challenger.
         night: key of this night's run record (default: today's UTC date); a re-run with the same key resumes.
     """
-    logger = get_run_logger()
     started = time.monotonic()
     timings: dict[str, float] = {}
     state = Path(state_dir).resolve()
@@ -114,7 +112,7 @@ def coordinator_flow(
         min_available_fraction=needed / len(sites), min_fit_fraction=min_fit_fraction,
         round_timeout_s=round_timeout_s,
     )
-    night = night or datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    night = night or datetime.now(UTC).strftime("%Y-%m-%d")
     version = model_version(night + ",".join(sites), cfg)
     registry = registry_dir(models_root, fleet)
     run = federated_round_task(str(state / "runs" / f"{night}.json"), str(registry / version),
@@ -191,8 +189,8 @@ def _message_bytes(model: Any) -> dict[str, int]:
 def _markdown(fleet: str, record: dict, version: str, champion: str | None, decisions: list[dict],
               metrics: pd.DataFrame, sizes: dict[str, int], timings: dict[str, float]) -> str:
     lines = [f"# Fleet {fleet}: night {record['night']}", "",
-             f"Flower run {record['run_id']} ({record['status']}{', resumed' if record['resumed'] else ''}); "
-             f"published `{version}`; champion `{champion}`.", "",
+             (f"Flower run {record['run_id']} ({record['status']}{', resumed' if record['resumed'] else ''}); "
+              f"published `{version}`; champion `{champion}`."), "",
              "| site | online at start | took part | validation |", "|---|---|---|---|"]
     for site, info in record["sites"].items():
         valid = {True: "passed", False: "FAILED", None: "no report"}[info["validation_passed"]]
@@ -206,7 +204,7 @@ def _markdown(fleet: str, record: dict, version: str, champion: str | None, deci
     if len(final):
         lines += ["", f"Final federated holdout MSE: {float(final['eval_mse'].iloc[0]):.5g}"]
     lines += ["", "Champion/challenger:", *[f"- {d['challenger']}: {d['reason']}" for d in decisions]]
-    lines += ["", f"A site sends per round: model update {sizes['parameters']} bytes ({sizes['n_parameters']} "
-              f"float32 parameters) + metrics; once a run: scaler moments {sizes['scaler_moments']} bytes and an "
-              "error sketch.", "", "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())]
+    lines += ["", (f"A site sends per round: model update {sizes['parameters']} bytes ({sizes['n_parameters']} "
+                   f"float32 parameters) + metrics; once a run: scaler moments {sizes['scaler_moments']} bytes and "
+                   "an error sketch."), "", "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())]
     return "\n".join(lines) + "\n"

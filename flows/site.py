@@ -17,7 +17,7 @@ coordinator's registry directory itself, in a real fleet a read-only copy the co
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +90,9 @@ def site_flow(
             dataset_dir=dataset, settings=ValidationConfig().model_dump(mode="json"),
             inputs_fingerprint=validation_inputs_fingerprint(dataset),
         ))
-        passed, headline = not report.errors, f"{'passed' if not report.errors else 'FAILED'}: " \
-            f"{len(report.errors)} blocking errors, {report.n_valid}/{report.n_rows} snapshots valid"
+        passed = not report.errors
+        headline = (f"{'passed' if passed else 'FAILED'}: {len(report.errors)} blocking errors, "
+                    f"{report.n_valid}/{report.n_rows} snapshots valid")
     except ValueError as exc:  # e.g. every snapshot quarantined: nothing to validate
         passed, headline = False, f"FAILED: {exc}"
     per_bearing_dir = Path(dataset) / PER_BEARING_DIR
@@ -151,7 +152,7 @@ def _report(site: str, partition_id: int, passed: bool, headline: str, joined: b
             champion: str | None = None, scored: dict[str, Any] | None = None,
             holdout: dict[str, float] | None = None) -> SiteReport:
     return SiteReport(
-        site=site, partition_id=partition_id, created=datetime.now(timezone.utc), validation_passed=passed,
+        site=site, partition_id=partition_id, created=datetime.now(UTC), validation_passed=passed,
         validation=headline,
         joined=joined, scored_with=champion if scored else None, scored_rows=scored["rows"] if scored else 0,
         alarm_snapshots=scored["alarm_snapshots"] if scored else 0, holdout_mse=holdout or {}, **facts,
@@ -160,8 +161,8 @@ def _report(site: str, partition_id: int, passed: bool, headline: str, joined: b
 
 def _write_local_report(out_dir: Path, site: str, champion: str, scored: dict[str, Any]) -> Path:
     """The site's alarms as markdown next to its data (local only)."""
-    lines = [f"# Site {site}: alarms", "", f"Scored with fleet champion `{champion}`: {scored['rows']} rows, "
-             f"{scored['alarm_snapshots']} alarm snapshots. Scores: `{scored['path']}`.", "",
+    lines = [f"# Site {site}: alarms", "", (f"Scored with fleet champion `{champion}`: {scored['rows']} rows, "
+                                            f"{scored['alarm_snapshots']} alarm snapshots. Scores: `{scored['path']}`."), "",
              "| bearing | snapshots | alarm snapshots | first alarm |", "|---|---|---|---|"]
     lines += [f"| {a['site']} | {a['snapshots']} | {a['alarm_snapshots']} | {a['first_alarm'] or '-'} |"
               for a in scored["alarms"]]

@@ -31,13 +31,18 @@ from bearing_core.federated.deployment import (
     superlink_command,
     supernode_command,
     supernode_status,
-    wait_for_log,
     write_connection,
 )
 from bearing_core.fleet import SiteReport, report_key
 from bearing_core.io import write_json_atomic
 from bearing_core.model_io import METRICS_FILE, load_model
-from bearing_core.registry import _version_dirs, current_champion, holdout_data, original_units_mse, registry_dir
+from bearing_core.registry import (
+    _version_dirs,
+    current_champion,
+    holdout_data,
+    original_units_mse,
+    registry_dir,
+)
 from bearing_core.threshold import THRESHOLD_FILE
 
 SUPERLINK_STATE = "superlink.json"

@@ -4,24 +4,35 @@ and champion/challenger on the sites' reported holdout MSE."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from bearing_core.fleet import SiteReport, decide_champion, fleet_fingerprint, report_key, stage_training_file
+from bearing_core.fleet import (
+    SiteReport,
+    decide_champion,
+    fleet_fingerprint,
+    report_key,
+    stage_training_file,
+)
 from bearing_core.inputs import InputConfig
 from bearing_core.partition.build import partition_dataset
 from bearing_core.partition.writer import scheme_dir
-from bearing_core.registry import current_champion, is_complete, publish_model, registry_dir
+from bearing_core.registry import (
+    current_champion,
+    is_complete,
+    publish_model,
+    registry_dir,
+)
 from tests.test_federated import write_feature_dataset
 from tests.test_registry import _train
 
 
 def _report(site: str, pid: int, holdout_rows: int = 10, **mse: float) -> SiteReport:
-    return SiteReport(site=site, partition_id=pid, created=datetime.now(timezone.utc), validation_passed=True,
+    return SiteReport(site=site, partition_id=pid, created=datetime.now(UTC), validation_passed=True,
                       dataset_sha256=f"{pid:064d}", train_rows=40, holdout_rows=holdout_rows,
                       holdout_mse={k.replace("_", "-"): v for k, v in mse.items()})
 

@@ -52,7 +52,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait(predicate, timeout_s: float, what: str, poll_s: float = 0.5):  # noqa: ANN001, ANN202
+def _wait(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
@@ -137,7 +137,7 @@ def test_one_night_across_three_sites(tmp_path: Path) -> None:
                            capture_output=True, cwd=ROOT)
         deploy = subprocess.run([*prefect, "--no-prompt", "deploy", "--prefect-file", str(ROOT / "prefect.yaml"),
                                  "-n", "fleet-coordinator", *(x for s in SITES for x in ("-n", s))],
-                                env=cli_env, capture_output=True, text=True, cwd=ROOT)
+                                env=cli_env, capture_output=True, text=True, cwd=ROOT, check=False)
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
         spawn("worker-coordinator", [*prefect, "worker", "start", "--pool", "bearing-coordinator"],
               env_for("coordinator"))
@@ -219,10 +219,10 @@ def test_one_night_across_three_sites(tmp_path: Path) -> None:
         from prefect import get_client
         from prefect.client.schemas.objects import StateType
 
-        def final_state(run_id: str):  # noqa: ANN202
+        def final_state(run_id: str):
             import asyncio
 
-            async def read():  # noqa: ANN202
+            async def read():
                 async with get_client() as client:
                     return (await client.read_flow_run(run_id)).state
 
