@@ -13,7 +13,8 @@ This module is plain library code (no Prefect):
   file its SuperNode reads (the ServerApp keys rows, caps and metrics by that index, so it must be unique per site);
 * :func:`fleet_fingerprint`: the registry fingerprint of a model trained across sites, made of the sites' reports
   (the coordinator has no data to hash);
-* :func:`decide_champion`: champion/challenger on the sites' reported holdout MSE of both models.
+* :func:`decide_champion`: champion/challenger on the sites' reported holdout MSE of both models;
+* :func:`resume_action`: what a re-run of the coordinator does with the Flower run an earlier attempt left.
 """
 
 from __future__ import annotations
@@ -144,3 +145,20 @@ def decide_champion(
             "eval_rows": rows, "sites": sites, "reason": (
                 f"challenger holdout MSE {challenger_mse:.6g} is {verdict} champion {champion}'s {champion_mse:.6g} "
                 f"(tolerance {tolerance:.3g}) on {rows} holdout rows of {len(sites)} sites, original units")}
+
+
+def resume_action(previous_status: str | None, model_complete: bool) -> str:
+    """What a coordinator (re-)run does with the night's Flower run an earlier attempt submitted.
+
+    A Flower run lives on the SuperLink whatever happens to the process that submitted it, so a re-run can find it
+    (``flwr ls``): ``"reuse"`` its model when it finished with a complete model, ``"attach"`` (wait for it, the
+    sites are not asked again) while it is still pending or running, ``"submit"`` a new run otherwise (none yet,
+    failed, stopped, unknown to this SuperLink: Flower has no round checkpoints, a failed run cannot continue).
+    """
+    if previous_status is None:
+        return "submit"
+    if previous_status == "finished:completed":
+        return "reuse" if model_complete else "submit"
+    if previous_status.startswith("finished") or previous_status == "unknown":
+        return "submit"
+    return "attach"

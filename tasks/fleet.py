@@ -33,7 +33,7 @@ from bearing_core.federated.deployment import (
     supernode_status,
     write_connection,
 )
-from bearing_core.fleet import SiteReport, report_key
+from bearing_core.fleet import SiteReport, report_key, resume_action
 from bearing_core.io import write_json_atomic
 from bearing_core.model_io import METRICS_FILE, load_model
 from bearing_core.registry import (
@@ -199,17 +199,16 @@ def federated_round_task(record_path: str, model_dir: str, run_config: dict[str,
     target = Path(model_dir)
     previous = json.loads(record.read_text()) if record.is_file() else None
     run_id = None
-    if previous is not None:
-        status = run_status(int(previous["run_id"]))
-        target = Path(previous["model_dir"])
-        if status == "finished:completed" and model_complete(target):
-            logger.info("run %s of this night already finished: reusing %s", previous["run_id"], target)
-            return {**previous, "status": status, "resumed": True}
-        if not status.startswith("finished") and status != "unknown":
-            run_id = int(previous["run_id"])
-            logger.info("re-attaching to run %s (%s) left by an earlier attempt", run_id, status)
-        else:
-            target = Path(model_dir)
+    status = None if previous is None else run_status(int(previous["run_id"]))
+    action = resume_action(status, previous is not None and model_complete(Path(previous["model_dir"])))
+    if previous is not None and action == "reuse":
+        logger.info("run %s of this night already finished: reusing %s", previous["run_id"], previous["model_dir"])
+        return {**previous, "status": status, "resumed": True}
+    if previous is not None and action == "attach":
+        run_id, target = int(previous["run_id"]), Path(previous["model_dir"])
+        logger.info("re-attaching to run %s (%s) left by an earlier attempt", run_id, status)
+    elif previous is not None:
+        logger.info("run %s of an earlier attempt ended %s: submitting a new run", previous["run_id"], status)
     started = time.monotonic()
     if run_id is None:
         run_id = submit_run({**run_config, "out-dir": str(target.resolve())})

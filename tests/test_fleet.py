@@ -16,6 +16,7 @@ from bearing_core.fleet import (
     decide_champion,
     fleet_fingerprint,
     report_key,
+    resume_action,
     stage_training_file,
 )
 from bearing_core.inputs import InputConfig
@@ -90,3 +91,13 @@ def test_a_model_trained_across_sites_is_published_with_the_fleet_fingerprint(tm
     with pytest.raises(ValueError, match="no site took part"):
         fleet_fingerprint("fleet", [], record)
     assert pd.read_parquet(version_dir / "metrics.parquet").shape[0] > 0
+
+
+def test_a_coordinator_rerun_reuses_or_reattaches_to_the_nights_flower_run_and_never_continues_a_failed_one() -> None:
+    assert resume_action(None, False) == "submit"
+    assert resume_action("finished:completed", True) == "reuse"
+    assert resume_action("finished:completed", False) == "submit"  # its model was lost: train again
+    for running in ("pending", "starting", "running"):
+        assert resume_action(running, False) == "attach"
+    for ended in ("finished:failed", "finished:stopped", "unknown"):
+        assert resume_action(ended, True) == "submit"
