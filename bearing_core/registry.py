@@ -332,7 +332,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def publish_model(
     trained_dir: str | os.PathLike[str],
-    partition_manifest: str | os.PathLike[str],
+    partition_manifest: str | os.PathLike[str] | DataFingerprint,
     *,
     partition_manifest_sha256: str | None = None,
     models_root: str | os.PathLike[str] | None = None,
@@ -349,7 +349,9 @@ def publish_model(
 
     ``partition_manifest_sha256``, when given (the hash the training task was keyed on), must match the manifest
     on disk: a manifest rewritten since training would fingerprint the wrong data; a ``threshold.json``
-    calibrated for other weights is refused too. Publishing the same weights again is a no-op that returns the
+    calibrated for other weights is refused too. A model trained across sites (:mod:`bearing_core.fleet`) has no
+    partitioning on the publishing host: its :class:`DataFingerprint` is passed instead of a manifest. Publishing
+    the same weights again is a no-op that returns the
     existing version. Work directories and temp files that killed writers left in ``models_root`` more than
     :data:`STALE_AFTER_S` ago are removed first (never read; younger ones may belong to a run in progress).
     """
@@ -361,7 +363,8 @@ def publish_model(
     for name in (CONFIG_FILE, METRICS_FILE):
         if not (trained_dir / name).is_file():
             raise FileNotFoundError(f"cannot publish {trained_dir}: {name} is missing (not a training output)")
-    fingerprint = data_fingerprint(partition_manifest)
+    fingerprint = (partition_manifest if isinstance(partition_manifest, DataFingerprint)
+                   else data_fingerprint(partition_manifest))
     registry = registry_dir(models_root, fingerprint.dataset)
     target = registry / version
     if is_complete(target):

@@ -123,7 +123,10 @@ else
 fi
 
 say "deploying prefect.yaml (log: $LOG_DIR/deploy.log)"
-if ! "$PREFECT" --no-prompt deploy --all --prefect-file "$ROOT/prefect.yaml" >>"$LOG_DIR/deploy.log" 2>&1; then
+# the pipeline's deployments only: the fleet's (fleet-coordinator, site-*) go to their own machines' pools
+# (README "Running across sites"); deploying them here would fail on their missing work pools
+if ! "$PREFECT" --no-prompt deploy -n nightly-retrain -n manual-pipeline --prefect-file "$ROOT/prefect.yaml" \
+    >>"$LOG_DIR/deploy.log" 2>&1; then
     say "error: prefect deploy failed; last lines of $LOG_DIR/deploy.log:" >&2
     tail -n 30 "$LOG_DIR/deploy.log" >&2
     exit 1

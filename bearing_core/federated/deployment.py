@@ -295,3 +295,60 @@ def wait_for_run(
             return status
         time.sleep(poll_s)
     raise TimeoutError(f"run {run_id} not finished within {timeout_s:g}s")
+
+
+def _flwr_json(args: Sequence[str], env: Mapping[str, str] | None) -> dict[str, Any]:
+    """Run ``flwr ARGS --format json`` and return its JSON reply (``RuntimeError`` unless it reports success)."""
+    out = subprocess.run(["flwr", *args, "--format", "json"], capture_output=True, text=True,
+                         env=dict(env or flower_env()), timeout=60, check=False)
+    try:
+        reply = json.loads(out.stdout)
+    except json.JSONDecodeError:
+        reply = {}
+    if out.returncode != 0 or not reply.get("success"):
+        raise RuntimeError(f"flwr {args[0]} {args[1] if len(args) > 1 else ''} failed ({out.returncode}): "
+                           f"{out.stdout.strip()} {out.stderr.strip()}")
+    return reply
+
+
+def register_supernode(public_key: Path, name: str, connection: str = CONNECTION,
+                       env: Mapping[str, str] | None = None) -> int:
+    """Admit a site's SuperNode (``--enable-supernode-auth``): ``flwr supernode register KEY.pub`` through the
+    Control API (this host only); returns the node id the SuperLink gave it."""
+    reply = _flwr_json(["supernode", "register", str(public_key), connection, "--name", name], env)
+    return int(reply["node-id"])
+
+
+def supernode_status(connection: str = CONNECTION, env: Mapping[str, str] | None = None) -> dict[int, str]:
+    """Node id -> status (``registered``, ``online``, ``offline``, ...) of the SuperNodes the SuperLink knows."""
+    reply = _flwr_json(["supernode", "ls", connection], env)
+    return {int(node["node-id"]): str(node["status"]) for node in reply.get("nodes", [])}
+
+
+def start_detached(name: str, cmd: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> int:
+    """Start ``cmd`` in its own session, not tied to the caller (it outlives the flow run that started it, e.g.
+    the coordinator's SuperLink, reused by the next night's run); returns its pid (= its process group id)."""
+    return start(name, cmd, log_path, env).process.pid
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether the process group ``pgid`` (a :func:`start_detached` process) still has a live leader."""
+    try:
+        os.kill(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by a parent that is still there) is not alive
+        return Path(f"/proc/{pgid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def stop_group(pgid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM the process group ``pgid``, SIGKILL it after ``grace_s`` if its leader is still alive."""
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _signal_group(pgid, signal.SIGKILL)
