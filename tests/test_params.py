@@ -121,7 +121,9 @@ def test_defaults_are_the_pipelines_previous_ones() -> None:
 
 def test_deployments_list_only_overrides_and_they_validate() -> None:
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    for deployment in spec["deployments"]:
+    pipelines = [d for d in spec["deployments"] if d["entrypoint"] == "flows/pipeline.py:pipeline_flow"]
+    assert {d["name"] for d in pipelines} == {"nightly-retrain", "manual-pipeline"}
+    for deployment in pipelines:
         parameters = deployment["parameters"]
         assert set(parameters) <= set(PipelineParams.model_fields)
         # overrides of the defaults by the defaults' own values: the nightly run trains what `bearing run` does
