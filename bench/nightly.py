@@ -1,0 +1,203 @@
+"""Nightly-run benchmark: does ``bearing run`` on one more day of data cost the same on a short and a long history?
+
+Run: ``.venv/bin/python -m bench.nightly`` (about 5-10 minutes on 2 cores; needs /work/shared/ims or ``--table``).
+
+Data: the real 1st-test trajectory replayed as raw IMS files (``replay_ims.py TABLE OUT``: 2,156 8-channel files of
+~1.3 MB, one site), written once under ``--scratch`` (``/tmp`` by default; ``--keep`` keeps it, else it is deleted
+at the end). Two cases, each in its own raw directory (hard links to the replayed files) and dataset:
+
+* **short**: history = the first ``--short`` (200) files, then +1 day = the next 144 files;
+* **long**: history = the first 2,156 - 144 files, then +1 day = the last 144 files.
+
+For each case the history is run first (``bearing run``, not measured beyond its total), then the day is added and
+``bearing run`` runs again: that run is the measurement. Each run is a fresh process (its own ephemeral Prefect
+API) whose working directory is a scratch project (models and reports land there, not in the repository). The
+figures: the flow run's own time (Prefect's ``total_run_time``) and the wall time of each task run of it, summed
+by task name. The ratio long / short of the +1 day flow time is the history-dependence of a nightly run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.ingest import replace_section
+from bearing_core.io import write_text_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+IMS = Path("/work/shared/ims")
+DAY = 144  # files a site per day at one snapshot every 10 minutes
+TARGETS = {"ratio": 1.2, "flow_s": 30.0}
+
+# Runs in a child process (cwd = the scratch project): one pipeline flow run, then its task runs from the API.
+_CHILD = """
+import json, sys, time
+from bearing_core.env import configure_environment
+configure_environment()
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from flows.pipeline import pipeline_flow
+
+raw, out, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+start = time.perf_counter()
+state = pipeline_flow(raw_dir=raw, out_dir=out, rounds=rounds, return_state=True)
+wall = time.perf_counter() - start
+run_id = state.state_details.flow_run_id
+with get_client(sync_client=True) as client:
+    flow_run = client.read_flow_run(run_id)
+    tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+rows = [{"name": t.name.split(" ")[0],
+         "state": t.state_name,
+         "seconds": (t.end_time - t.start_time).total_seconds() if t.start_time and t.end_time else 0.0}
+        for t in tasks]
+print(json.dumps({"ok": state.is_completed(), "state": state.name, "wall_s": wall,
+                  "flow_s": flow_run.total_run_time.total_seconds(), "tasks": rows}))
+"""
+
+
+def replay(table: Path, out: Path) -> list[Path]:
+    """The replayed raw files (written once; reused when complete)."""
+    marker = out / ".complete"
+    if not marker.is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        subprocess.run([sys.executable, str(IMS / "replay_ims.py"), str(table), str(out)], check=True)
+        marker.write_text("done\n")
+    return sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def link(files: list[Path], raw: Path) -> None:
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        target = raw / f.name
+        if not target.exists():
+            os.link(f, target)
+
+
+def run_pipeline(project: Path, raw: Path, out: Path, rounds: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BEARING_PROJECT_DIR": str(project)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(raw), str(out), str(rounds)],
+        cwd=project, env=env, capture_output=True, text=True,
+    )
+    lines = [line for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"pipeline run on {raw} failed (exit {proc.returncode})")
+    result = json.loads(lines[-1])
+    if not result["ok"]:
+        raise SystemExit(f"pipeline run on {raw} ended {result['state']}")
+    return result
+
+
+def per_task(result: dict) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for t in result["tasks"]:
+        totals[t["name"]] = totals.get(t["name"], 0.0) + t["seconds"]
+    return totals
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.nightly", description=__doc__.split("\n")[0])
+    parser.add_argument("--table", type=Path, default=IMS / "features" / "1st_test_mean_abs.csv",
+                        help="per-file mean|x| table replayed as raw files (default: %(default)s)")
+    parser.add_argument("--scratch", type=Path, default=Path("/tmp/bearing-nightly-bench"),
+                        help="replayed files, raw directories, datasets, scratch project (default: %(default)s)")
+    parser.add_argument("--replay", type=Path, default=None,
+                        help="an existing directory of replayed raw files to use (never deleted) instead of replaying")
+    parser.add_argument("--short", type=int, default=200, help="files of the short history (default: 200)")
+    parser.add_argument("--rounds", type=int, default=20, help="federated rounds of every run (default: 20)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory (else deleted at the end)")
+    parser.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file to update")
+    args = parser.parse_args(argv)
+
+    scratch = args.scratch.resolve()
+    if scratch.exists() and not (scratch / ".bench-nightly").is_file():
+        raise SystemExit(f"bench.nightly: error: {scratch} exists and was not created by this bench")
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / ".bench-nightly").touch()
+    project = scratch / "project"
+    project.mkdir(exist_ok=True)
+    started = time.perf_counter()
+    if args.replay is not None:
+        files = sorted(p for p in args.replay.iterdir() if p.is_file() and not p.name.startswith("."))
+    else:
+        files = replay(args.table, scratch / "replay")
+    print(f"{len(files)} replayed files ({time.perf_counter() - started:.0f} s)", flush=True)
+    cases = {"short": args.short, "long": len(files) - DAY}
+    results: dict[str, dict[str, dict]] = {}
+    try:
+        for case, n_history in cases.items():
+            raw = scratch / "raw" / f"ims1_{case}"
+            out = scratch / "processed" / f"ims1_{case}"
+            shutil.rmtree(raw, ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)
+            link(files[:n_history], raw)
+            history = run_pipeline(project, raw, out, args.rounds)
+            print(f"{case}: history of {n_history} files: flow {history['flow_s']:.1f} s", flush=True)
+            link(files[n_history : n_history + DAY], raw)
+            day = run_pipeline(project, raw, out, args.rounds)
+            print(f"{case}: +1 day ({DAY} files): flow {day['flow_s']:.1f} s, wall {day['wall_s']:.1f} s; "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in per_task(day).items()), flush=True)
+            results[case] = {"history": history, "day": day, "n_history": n_history}
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    short, long = results["short"]["day"], results["long"]["day"]
+    ratio = long["flow_s"] / short["flow_s"]
+    checks = {
+        f"long / short <= {TARGETS['ratio']}": ratio <= TARGETS["ratio"],
+        f"+1 day on the long history <= {TARGETS['flow_s']:.0f} s of flow time": long["flow_s"] <= TARGETS["flow_s"],
+    }
+    print(f"ratio long/short = {ratio:.2f}; " + "; ".join(f"{'PASS' if ok else 'MISS'} {c}" for c, ok in checks.items()))
+    names = list(dict.fromkeys([*per_task(short), *per_task(long)]))
+    short_tasks, long_tasks = per_task(short), per_task(long)
+    rows = "\n".join(
+        f"| {n} | {short_tasks.get(n, 0.0):.2f} | {long_tasks.get(n, 0.0):.2f} | "
+        f"{long_tasks.get(n, 0.0) - short_tasks.get(n, 0.0):+.2f} |"
+        for n in names
+    )
+    training = {"train_federated", "train_centralized", "train"}
+    untrained = {case: r["day"]["flow_s"] - sum(v for k, v in per_task(r["day"]).items() if k in training)
+                 for case, r in results.items()}
+    section = f"""## Nightly run (+1 day)
+
+Command: `.venv/bin/python -m bench.nightly --rounds {args.rounds}` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)
+
+Machine: {os.cpu_count()} CPU cores, Python {platform.python_version()}, shared with other jobs. Data: the 1st-test
+replay ({len(files)} raw files, one site). `bearing run` on a history, then on the same history + {DAY} files (one
+day); the second run is measured. Short history: {cases['short']} files; long: {cases['long']} files.
+
+| | short history | long history | long / short |
+|---|---:|---:|---:|
+| +1 day: flow time (s) | {short['flow_s']:.1f} | {long['flow_s']:.1f} | **{ratio:.2f}** |
+| +1 day: process wall time (s) | {short['wall_s']:.1f} | {long['wall_s']:.1f} | {long['wall_s'] / short['wall_s']:.2f} |
+| +1 day: flow time without training tasks (s) | {untrained['short']:.1f} | {untrained['long']:.1f} | {untrained['long'] / untrained['short']:.2f} |
+| history run: flow time (s) | {results['short']['history']['flow_s']:.1f} | {results['long']['history']['flow_s']:.1f} | |
+
+Where the seconds of the +1 day run go (wall time of each task run, summed by task; the rest of the flow time is
+the flow's own work: artifacts, task submission, result persistence):
+
+| task | short (s) | long (s) | long - short (s) |
+|---|---:|---:|---:|
+{rows}
+
+Targets: {"; ".join(f"{'PASS' if ok else 'MISS'} {c}" for c, ok in checks.items())}.
+
+"""
+    document = args.report.read_text() if args.report.is_file() else "# Benchmarks\n"
+    write_text_atomic(args.report, replace_section(document, "## Nightly run (+1 day)", section))
+    print(f"wrote the '## Nightly run (+1 day)' section of {args.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
