@@ -104,6 +104,97 @@ def per_task(result: dict) -> dict[str, float]:
     return totals
 
 
+def bookkeeping_at(rows: int, scratch: Path, new: int = DAY) -> dict[str, float]:
+    """CPU/wall seconds of the per-night work that reads or rewrites whole tables, for a history of ``rows``
+    snapshots (synthetic: 8 channels, full-entropy feature values, one site per 10,000 rows) and ``new`` new ones:
+    the ingest's load of the previous run, its features table and manifest rewrite, and the validation's summary
+    cache lookup (cache of ``rows`` snapshots, a stat per samples file; the samples files are empty stand-ins)."""
+    from datetime import datetime, timedelta
+
+    import numpy as np
+    import pyarrow as pa
+
+    from bearing_core import ingest as ing
+    from bearing_core.config import channel_names
+    from bearing_core.features import feature_columns
+    from bearing_core.io import write_parquet_atomic
+    from bearing_core.validation import summary_cache
+
+    rng = np.random.default_rng(0)
+    channels = channel_names(8)
+    columns = feature_columns(channels)
+    rels = [f"site_{i // 10_000:02d}/{i:08d}" for i in range(rows)]
+    t0 = np.datetime64("2004-01-01T00:00:00", "us")
+    features = pa.table({
+        "timestamp": t0 + np.arange(rows) * np.timedelta64(600, "s"),
+        "file": [r.split("/")[1] for r in rels], "site": [r.split("/")[0] for r in rels], "path": rels,
+        **{c: np.abs(rng.normal(size=rows)) for c in columns},
+    })  # fmt: skip
+    out = scratch / f"bookkeeping_{rows}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    write_parquet_atomic(out / ing.FEATURES_FILE, features)
+    sha = [f"{i:064x}" for i in range(rows)]
+    manifest = pa.table({"path": rels, "size": np.full(rows, 1_300_000), "mtime_ns": np.arange(rows), "sha256": sha,
+                         "status": ["ok"] * rows, "reason": pa.nulls(rows, pa.string()),
+                         "target": pa.nulls(rows, pa.string())})  # fmt: skip
+    write_parquet_atomic(out / ing.MANIFEST_FILE, manifest)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn):  # noqa: ANN001, ANN202
+        start = time.perf_counter()
+        value = fn()
+        timings[name] = time.perf_counter() - start
+        return value
+
+    previous = timed("ingest: load previous run (manifest, features)", lambda: ing._PreviousRun.load(out))
+    kept = [ing._Result(r, r.split("/")[0], 1_300_000, i, sha[i], "ok", parsed=False) for i, r in enumerate(rels)]
+    fresh = [ing._Result(f"site_new/{i:08d}", "site_new", 1_300_000, i, f"{i:064x}", "ok", parsed=True,
+                         timestamp=datetime(2030, 1, 1) + timedelta(minutes=10 * i),
+                         features=rng.normal(size=len(columns))) for i in range(new)]  # fmt: skip
+    table = timed("ingest: features table (previous rows + new)", lambda: ing._features_table(kept + fresh, previous,
+                                                                                              channels))
+    timed("ingest: features.parquet write (fsync)", lambda: write_parquet_atomic(out / ing.FEATURES_FILE, table))
+    timed("ingest: manifest build + write", lambda: write_parquet_atomic(out / ing.MANIFEST_FILE,
+                                                                        ing._manifest_table(kept + fresh)))
+    # validation's cache lookup: a cache holding every old snapshot, current keys from the manifest and samples stat
+    for r in rels[:: max(1, rows // 100)]:  # stand-in samples files (stat only): a few; the rest stat as missing
+        (out / "samples" / f"{r}.parquet").parent.mkdir(parents=True, exist_ok=True)
+    sites = [r.split("/")[0] for r in rels]
+    keys = summary_cache.current_keys(out, rels, sites, channels)
+    stats = {f.name: pa.array([[0.0] * 8] * rows, pa.list_(f.type.value_type))
+             for f in summary_cache.CACHE_SCHEMA if pa.types.is_list(f.type) and f.name != "channel"}
+    cache = pa.table({**{k: keys[k] for k in keys.column_names}, "n_rows": np.full(rows, 20_480),
+                      "columns": pa.array([""] * rows), "types": pa.array([""] * rows),
+                      "read_error": pa.array([""] * rows), "channel": pa.array([list(channels)] * rows), **stats})
+    write_parquet_atomic(summary_cache.cache_dir(out) / "part-00000001.parquet",
+                         cache.select(summary_cache.CACHE_SCHEMA.names).cast(summary_cache.CACHE_SCHEMA))
+    loaded = timed("validation: load summary cache", lambda: summary_cache.load_cache(out))
+    keys = timed("validation: current keys (manifest + stat of every samples file)",
+                 lambda: summary_cache.current_keys(out, rels, sites, channels))
+    timed("validation: match keys to cache", lambda: summary_cache._matching_rows(keys, loaded))
+    timed("validation: summary tables of every snapshot", lambda: summary_cache._split(loaded))
+    shutil.rmtree(out, ignore_errors=True)
+    return timings
+
+
+def _bookkeeping_section(rows: int, scratch: Path) -> str:
+    small = bookkeeping_at(2_000, scratch)
+    large = bookkeeping_at(rows, scratch)
+    lines = "\n".join(f"| {name} | {small[name]:.2f} | {large[name]:.2f} |" for name in large)
+    load = os.getloadavg()[0]
+    return f"""### Whole-table work of a night at {rows:,} snapshots
+
+`bookkeeping_at` in bench/nightly.py (synthetic history, 8 channels, +{DAY} new snapshots; wall seconds, 1-minute
+load average {load:.1f} at the end):
+
+| step | 2,000 rows | {rows:,} rows |
+|---|---:|---:|
+{lines}
+
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.nightly", description=__doc__.split("\n")[0])
     parser.add_argument("--table", type=Path, default=IMS / "features" / "1st_test_mean_abs.csv",
@@ -114,10 +205,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="an existing directory of replayed raw files to use (never deleted) instead of replaying")
     parser.add_argument("--short", type=int, default=200, help="files of the short history (default: 200)")
     parser.add_argument("--rounds", type=int, default=20, help="federated rounds of every run (default: 20)")
+    parser.add_argument("--rows", type=int, default=100_000,
+                        help="history size of the whole-table bookkeeping measurement (0: skip it)")
+    parser.add_argument("--no-runs", action="store_true",
+                        help="only the bookkeeping measurement (no replay, no pipeline runs)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (else deleted at the end)")
     parser.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file to update")
     args = parser.parse_args(argv)
 
+    if args.no_runs:
+        scratch = args.scratch.resolve()
+        scratch.mkdir(parents=True, exist_ok=True)
+        section = "## Nightly run (+1 day)\n\n" + _bookkeeping_section(args.rows, scratch)
+        print(section)
+        return 0
     scratch = args.scratch.resolve()
     if scratch.exists() and not (scratch / ".bench-nightly").is_file():
         raise SystemExit(f"bench.nightly: error: {scratch} exists and was not created by this bench")
@@ -147,9 +248,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{case}: +1 day ({DAY} files): flow {day['flow_s']:.1f} s, wall {day['wall_s']:.1f} s; "
                   + ", ".join(f"{k} {v:.1f}" for k, v in per_task(day).items()), flush=True)
             results[case] = {"history": history, "day": day, "n_history": n_history}
-    finally:
+    except BaseException:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
+        raise
 
     short, long = results["short"]["day"], results["long"]["day"]
     ratio = long["flow_s"] / short["flow_s"]
@@ -193,6 +295,10 @@ the flow's own work: artifacts, task submission, result persistence):
 Targets: {"; ".join(f"{'PASS' if ok else 'MISS'} {c}" for c, ok in checks.items())}.
 
 """
+    if args.rows:
+        section += _bookkeeping_section(args.rows, scratch)
+    if not args.keep:
+        shutil.rmtree(scratch, ignore_errors=True)
     document = args.report.read_text() if args.report.is_file() else "# Benchmarks\n"
     write_text_atomic(args.report, replace_section(document, "## Nightly run (+1 day)", section))
     print(f"wrote the '## Nightly run (+1 day)' section of {args.report}")
