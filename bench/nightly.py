@@ -39,7 +39,7 @@ TARGETS = {"ratio": 1.2, "flow_s": 30.0}
 
 # Runs in a child process (cwd = the scratch project): one pipeline flow run, then its task runs from the API.
 _CHILD = """
-import json, sys, time
+import json, re, sys, time
 from bearing_core.env import configure_environment
 configure_environment()
 from prefect.client.orchestration import get_client
@@ -54,7 +54,7 @@ run_id = state.state_details.flow_run_id
 with get_client(sync_client=True) as client:
     flow_run = client.read_flow_run(run_id)
     tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
-rows = [{"name": t.name.split(" ")[0],
+rows = [{"name": re.sub(r"-[0-9a-f]{3}$", "", t.name.split(" ")[0]),  # "train-federated-6a9" -> "train-federated"
          "state": t.state_name,
          "seconds": (t.end_time - t.start_time).total_seconds() if t.start_time and t.end_time else 0.0}
         for t in tasks]
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{long_tasks.get(n, 0.0) - short_tasks.get(n, 0.0):+.2f} |"
         for n in names
     )
-    training = {"train_federated", "train_centralized", "train"}
+    training = {"train-federated", "train-centralized"}
     untrained = {case: r["day"]["flow_s"] - sum(v for k, v in per_task(r["day"]).items() if k in training)
                  for case, r in results.items()}
     section = f"""## Nightly run (+1 day)

@@ -620,3 +620,21 @@ def test_dataset_without_manifest_is_summarised_every_run(tmp_path: Path) -> Non
     _rewrite_keeping_stat(path, set_channel(pq.read_table(path), CH4[0], np.zeros(N_SAMPLES)))
     assert [q.file for q in validate_dataset(ds, cfg).quarantined] == [paths[1]]
     assert not summary_cache.cache_dir(ds).exists()
+
+
+def test_summary_cache_compacts_into_one_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = tmp_path / "ds"
+    paths = write_dataset(ds, {"site_1": 5})
+    _write_manifest(ds, {p: f"{i:064x}" for i, p in enumerate(paths)})
+    sites = ["site_1"] * len(paths)
+    cold = summary_cache.cached_summaries(ds, paths, sites, CH4)
+    shutil.rmtree(summary_cache.cache_dir(ds))
+    monkeypatch.setattr(summary_cache, "MAX_PARTS", 2)
+    for n in range(1, len(paths) + 1):  # one new snapshot a night
+        night = summary_cache.cached_summaries(ds, paths[:n], sites[:n], CH4)
+        assert night.summarised == [paths[n - 1]]
+        assert len(_cache_parts(ds)) <= 2
+    assert night.snapshots.equals(cold.snapshots) and night.channels.equals(cold.channels)
+    assert sorted(summary_cache.load_cache(ds)["path"].to_pylist()) == sorted(paths)
+    again = summary_cache.cached_summaries(ds, paths, sites, CH4)
+    assert again.summarised == [] and again.reused == len(paths)

@@ -116,12 +116,10 @@ def current_keys(
         with contextlib.suppress(OSError, pa.ArrowException, KeyError):
             table = pq.read_table(manifest, columns=["path", "sha256"])
             sha = dict(zip(table["path"].to_pylist(), table["sha256"].to_pylist()))
-    sizes = np.full(len(rel_paths), -1, dtype=np.int64)
-    mtimes = np.full(len(rel_paths), -1, dtype=np.int64)
-    for i, rel in enumerate(rel_paths):
-        with contextlib.suppress(OSError):
-            st = os.stat(samples_file(dataset_dir, rel))
-            sizes[i], mtimes[i] = st.st_size, st.st_mtime_ns
+    stats = _samples_stats(dataset_dir)
+    missing = (-1, -1)
+    sizes = np.fromiter((stats.get(p, missing)[0] for p in rel_paths), dtype=np.int64, count=len(rel_paths))
+    mtimes = np.fromiter((stats.get(p, missing)[1] for p in rel_paths), dtype=np.int64, count=len(rel_paths))
     return pa.table(
         {
             "path": pa.array(list(rel_paths), pa.string()),
@@ -132,6 +130,27 @@ def current_keys(
             "channels": pa.array([",".join(channels)] * len(rel_paths), pa.string()),
         }
     )
+
+
+def _samples_stats(dataset_dir: Path) -> dict[str, tuple[int, int]]:
+    """``{rel: (size, mtime_ns)}`` of the samples files (``samples/<rel>.parquet``, ``rel`` being ``<file>`` or
+    ``<site>/<file>``), listed with one ``scandir`` per folder rather than a path lookup per snapshot."""
+    root = samples_file(dataset_dir, "x").parent
+    found: dict[str, tuple[int, int]] = {}
+
+    def scan(folder: Path, prefix: str) -> None:
+        with contextlib.suppress(OSError), os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    if not prefix:
+                        scan(Path(entry.path), f"{entry.name}/")
+                elif entry.name.endswith(".parquet"):
+                    with contextlib.suppress(OSError):
+                        st = entry.stat()
+                        found[prefix + entry.name[: -len(".parquet")]] = (st.st_size, st.st_mtime_ns)
+
+    scan(root, "")
+    return found
 
 
 def _matching_rows(keys: pa.Table, cache: pa.Table) -> np.ndarray:
@@ -205,7 +224,7 @@ def cached_summaries(
 
     parts = _parts(directory)
     storable = fresh_rows.filter(pc.equal(fresh_rows["read_error"], ""))  # unreadable files: retried every run
-    storable = storable.filter(pc.is_valid(storable["sha256"]))
+    storable = storable.filter(pc.and_(pc.is_valid(storable["sha256"]), pc.greater_equal(storable["samples_size"], 0)))
     if storable.num_rows:
         written = _write_part(directory, parts, storable)
         parts = [*parts, (int(_PART.match(written.name).group(1)), written)]
@@ -217,7 +236,8 @@ def cached_summaries(
 
 def _compact(directory: Path, parts: list[tuple[int, Path]], rows: pa.Table) -> None:
     """Replace every part by one holding the current, storable row of each snapshot (one per path)."""
-    keep = rows.filter(pc.and_(pc.equal(rows["read_error"], ""), pc.is_valid(rows["sha256"])))
+    keep = rows.filter(pc.and_(pc.and_(pc.equal(rows["read_error"], ""), pc.is_valid(rows["sha256"])),
+                               pc.greater_equal(rows["samples_size"], 0)))
     order = pa.array(np.arange(keep.num_rows, dtype=np.int64))
     last = keep.append_column("_row", order).group_by("path").aggregate([("_row", "max")])
     keep = keep.take(np.sort(last["_row_max"].to_numpy()))
