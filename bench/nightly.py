@@ -26,11 +26,11 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.ingest import replace_section
 from bearing_core.io import write_text_atomic
+from bench.ingest import replace_section
 
 REPO = Path(__file__).resolve().parents[1]
 IMS = Path("/work/shared/ims")
@@ -85,7 +85,7 @@ def run_pipeline(project: Path, raw: Path, out: Path, rounds: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "BEARING_PROJECT_DIR": str(project)}
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, str(raw), str(out), str(rounds)],
-        cwd=project, env=env, capture_output=True, text=True,
+        cwd=project, env=env, capture_output=True, text=True, check=False,
     )
     lines = [line for line in proc.stdout.strip().splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -141,7 +141,7 @@ def bookkeeping_at(rows: int, scratch: Path, new: int = DAY) -> dict[str, float]
     write_parquet_atomic(out / ing.MANIFEST_FILE, manifest)
     timings: dict[str, float] = {}
 
-    def timed(name: str, fn):  # noqa: ANN001, ANN202
+    def timed(name: str, fn):
         start = time.perf_counter()
         value = fn()
         timings[name] = time.perf_counter() - start
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                  for case, r in results.items()}
     section = f"""## Nightly run (+1 day)
 
-Command: `.venv/bin/python -m bench.nightly --rounds {args.rounds}` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)
+Command: `.venv/bin/python -m bench.nightly --rounds {args.rounds}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)
 
 Machine: {os.cpu_count()} CPU cores, Python {platform.python_version()}, shared with other jobs. Data: the 1st-test
 replay ({len(files)} raw files, one site). `bearing run` on a history, then on the same history + {DAY} files (one
