@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from bearing_core.validation import (
     validate_dataset,
     validate_partitions,
 )
+from bearing_core.validation import summary_cache
 from bearing_core.validation.summaries import feature_timeline, summarize_snapshot
 
 N_SAMPLES = 2_048
@@ -502,3 +505,136 @@ def test_partition_dir_without_clients_fails(tmp_path: Path) -> None:
     report = validate_partitions(tmp_path, TRAINING, ValidationConfig(build_docs=False))
     assert report.outcome("partitions.exists") in report.errors
     assert report.outcome("partitions.covers_training").unexpected_count == 12
+
+
+# ------------------------------------------------------------------------------------- per-snapshot summary cache
+
+
+def _write_manifest(ds: Path, sha: dict[str, str]) -> None:
+    """The ingest manifest's (path, sha256) columns; the sha256 stands for the raw file's."""
+    pq.write_table(pa.table({"path": list(sha), "sha256": list(sha.values())}), ds / "manifest.parquet")
+
+
+def _cache_parts(ds: Path) -> dict[str, tuple[int, list[str]]]:
+    """``{part file: (mtime_ns, paths it holds)}`` of the dataset's summary cache."""
+    return {
+        p.name: (p.stat().st_mtime_ns, pq.read_table(p, columns=["path"])["path"].to_pylist())
+        for p in sorted(summary_cache.cache_dir(ds).glob("part-*.parquet"))
+    }
+
+
+def _rewrite_keeping_stat(path: Path, table: pa.Table) -> None:
+    """Rewrite a samples file with ``table`` at the same size and mtime (plain, uncompressed float32 pages), so
+    only the manifest's sha256 can tell the change."""
+    st = path.stat()
+    pq.write_table(table, path, compression="none", use_dictionary=False)
+    assert path.stat().st_size == st.st_size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _plain(ds: Path, rel: str) -> None:
+    path = ds / "samples" / f"{rel}.parquet"
+    pq.write_table(pq.read_table(path), path, compression="none", use_dictionary=False)
+
+
+def test_second_run_reads_only_the_new_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = tmp_path / "ds"
+    paths = write_dataset(ds, {"site_1": 6, "site_2": 6})
+    new, old = paths[-1], paths[3]
+    sha = {p: f"{i:064x}" for i, p in enumerate(paths)}
+    full_features = pd.read_parquet(ds / "features.parquet")
+    # night 1: the dataset without its last snapshot
+    rewrite_features(ds, lambda df: df[df["path"] != new])
+    _write_manifest(ds, {p: s for p, s in sha.items() if p != new})
+    cfg = ValidationConfig(build_docs=False)
+    first = validate_dataset(ds, cfg)
+    assert first.n_rows == 11 and not first.quarantined
+    night1 = _cache_parts(ds)
+    assert [sorted(paths) for _, paths in night1.values()] == [sorted(p for p in paths if p != new)]
+
+    # night 2: one new snapshot. An old snapshot's samples file now holds garbage with its size and mtime: were it
+    # read, it would be quarantined as unreadable.
+    old_file = ds / "samples" / f"{old}.parquet"
+    original = old_file.read_bytes()
+    st = old_file.stat()
+    old_file.write_bytes(b"\0" * len(original))
+    os.utime(old_file, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rewrite_features(ds, lambda df: full_features)
+    _write_manifest(ds, sha)
+    read: list[str] = []
+    summarize = summary_cache.summarize_snapshot
+    monkeypatch.setattr(summary_cache, "summarize_snapshot", lambda d, rel, *a: read.append(rel) or summarize(d, rel, *a))
+    second = validate_dataset(ds, cfg)
+    monkeypatch.undo()
+    assert read == [new]
+    assert second.n_rows == 12 and not second.quarantined
+    night2 = _cache_parts(ds)
+    first_part = next(iter(night1))
+    assert night2[first_part] == night1[first_part]  # night 1's summaries are not rewritten
+    assert [v[1] for k, v in night2.items() if k != first_part] == [[new]]
+
+    # a cold run (no cache) on the same, intact data gives the same report
+    old_file.write_bytes(original)
+    os.utime(old_file, ns=(st.st_atime_ns, st.st_mtime_ns))
+    shutil.rmtree(summary_cache.cache_dir(ds))
+    cold = validate_dataset(ds, cfg)
+    assert cold.model_dump(mode="json") == second.model_dump(mode="json")
+    assert [sorted(v[1]) for v in _cache_parts(ds).values()] == [sorted(paths)]
+
+
+def test_changed_snapshot_is_summarised_again(tmp_path: Path) -> None:
+    ds = tmp_path / "ds"
+    paths = write_dataset(ds, {"site_1": 6, "site_2": 6})
+    changed_sha, same_sha, rewritten = paths[2], paths[5], paths[8]
+    for rel in (changed_sha, same_sha):
+        _plain(ds, rel)
+    sha = {p: f"{i:064x}" for i, p in enumerate(paths)}
+    _write_manifest(ds, sha)
+    cfg = ValidationConfig(build_docs=False)
+    assert not validate_dataset(ds, cfg).quarantined
+
+    def flat(table: pa.Table) -> pa.Table:
+        return set_channel(table, CH4[1], np.zeros(table.num_rows))
+
+    for rel in (changed_sha, same_sha):  # same size and mtime: only the sha256 can tell
+        path = ds / "samples" / f"{rel}.parquet"
+        _rewrite_keeping_stat(path, flat(pq.read_table(path)))
+    _write_manifest(ds, sha | {changed_sha: "f" * 64})  # a new raw file behind changed_sha
+    rewrite_samples(ds, rewritten, flat)  # samples rewritten (new mtime), raw sha256 unchanged
+    report = validate_dataset(ds, cfg)
+    # same_sha's samples are not read again: the cache trusts (sha256, samples size, mtime)
+    assert [q.file for q in report.quarantined] == sorted([changed_sha, rewritten])
+    assert all("samples.not_flat: channel B2 std=0" in q.reason for q in report.quarantined)
+    latest = list(_cache_parts(ds).values())[-1][1]
+    assert sorted(latest) == sorted([changed_sha, rewritten])
+
+
+def test_dataset_without_manifest_is_summarised_every_run(tmp_path: Path) -> None:
+    ds = tmp_path / "ds"
+    paths = write_dataset(ds, {"site_1": 4})
+    cfg = ValidationConfig(build_docs=False)
+    validate_dataset(ds, cfg)
+    path = ds / "samples" / f"{paths[1]}.parquet"
+    _plain(ds, paths[1])
+    validate_dataset(ds, cfg)
+    _rewrite_keeping_stat(path, set_channel(pq.read_table(path), CH4[0], np.zeros(N_SAMPLES)))
+    assert [q.file for q in validate_dataset(ds, cfg).quarantined] == [paths[1]]
+    assert not summary_cache.cache_dir(ds).exists()
+
+
+def test_summary_cache_compacts_into_one_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = tmp_path / "ds"
+    paths = write_dataset(ds, {"site_1": 5})
+    _write_manifest(ds, {p: f"{i:064x}" for i, p in enumerate(paths)})
+    sites = ["site_1"] * len(paths)
+    cold = summary_cache.cached_summaries(ds, paths, sites, CH4)
+    shutil.rmtree(summary_cache.cache_dir(ds))
+    monkeypatch.setattr(summary_cache, "MAX_PARTS", 2)
+    for n in range(1, len(paths) + 1):  # one new snapshot a night
+        night = summary_cache.cached_summaries(ds, paths[:n], sites[:n], CH4)
+        assert night.summarised == [paths[n - 1]]
+        assert len(_cache_parts(ds)) <= 2
+    assert night.snapshots.equals(cold.snapshots) and night.channels.equals(cold.channels)
+    assert sorted(summary_cache.load_cache(ds)["path"].to_pylist()) == sorted(paths)
+    again = summary_cache.cached_summaries(ds, paths, sites, CH4)
+    assert again.summarised == [] and again.reused == len(paths)

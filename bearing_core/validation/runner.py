@@ -7,7 +7,8 @@ checkpoint per phase with an ``UpdateDataDocsAction`` that renders a local Data 
 
 Dataset validation runs in two phases because the second depends on the first:
 
-1. **samples** checkpoint, on the per-snapshot summaries (see :mod:`~bearing_core.validation.summaries`):
+1. **samples** checkpoint, on the per-snapshot summaries (see :mod:`~bearing_core.validation.summaries`; each
+   snapshot's samples are read once, then its summary comes from :mod:`~bearing_core.validation.summary_cache`):
    failing snapshots are quarantined (``quarantine.parquet`` is rewritten atomically: ingest's rows kept,
    stage ``"validate"`` rows replaced).
 2. **features** checkpoint, on the features table *without* quarantined rows, and on its per-site timeline.
@@ -48,11 +49,8 @@ from bearing_core.validation.report import (
     QuarantineEntry,
     ValidationReport,
 )
-from bearing_core.validation.summaries import (
-    feature_timeline,
-    partition_tables,
-    summarize_samples,
-)
+from bearing_core.validation.summaries import feature_timeline, partition_tables
+from bearing_core.validation.summary_cache import cached_summaries
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +341,9 @@ def validate_dataset(dataset_dir: str | os.PathLike[str], cfg: ValidationConfig 
         work = build / "tables"
         work.mkdir()
         gx_run = _GXRun(work, build if cfg.build_docs else None, cfg.max_examples)
-        snapshot_summary, channel_summary = summarize_samples(dataset_dir, paths, sites, channels, cfg.workers)
+        summaries = cached_summaries(dataset_dir, paths, sites, channels, cfg.workers)
+        log.info("sample summaries: %d reused, %d read", summaries.reused, len(summaries.summarised))
+        snapshot_summary, channel_summary = summaries.snapshots, summaries.channels
         samples_results = gx_run.run(
             "samples",
             [
