@@ -80,7 +80,7 @@ class ThresholdConfig(BaseModel):
         return f"{base}, margin {self.margin:g} std" if self.margin else base
 
 
-PIPELINE_MARGIN = 1.0
+PIPELINE_MARGIN = 0.5
 """The pipeline's default threshold margin (``bearing run --threshold-margin``), chosen by the rule in BENCHMARKS.md
 ("Pipeline detection defaults", amendment 3); the library's own default is no margin."""
 

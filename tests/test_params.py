@@ -111,7 +111,7 @@ def test_defaults_are_the_pipelines_previous_ones() -> None:
     assert params.federated_config() == FederatedConfig(
         strategy="fedavg", rounds=20, local_epochs=10, lr=1e-2, batch_size=32, proximal_mu=0.01, seed=0,
         num_clients=4, hidden=(4, 1, 4), activation="tanh", min_fit_fraction=0.5, round_timeout_s=600.0,
-        threshold_method="max", threshold_quantile=0.99, threshold_k=3.0, threshold_margin=1.0,
+        threshold_method="max", threshold_quantile=0.99, threshold_k=3.0, threshold_margin=0.5,
     )
     assert (params.federated.partition, params.federated.alpha) == ("natural", 0.5)
     assert params.alarms == AlarmConfig() and params.lock_timeout_s == 3600.0
