@@ -23,6 +23,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from bearing_core.alarms import AlarmConfig
 from bearing_core.config import DataPaths, IngestConfig
 from bearing_core.fingerprint import sha256_file
+from bearing_core.healthy import HealthyPolicy
 from bearing_core.locking import PIPELINE_LOCK_FILE, exclusive_lock
 from bearing_core.inputs import PER_BEARING_DIR, InputConfig
 from bearing_core.model_io import WEIGHTS_FILE
@@ -32,7 +33,7 @@ from flows.ingest import ingest_flow
 from flows.score import score_flow
 from flows.train import train_flow
 from flows.validate import portable, validate_flow
-from tasks.per_bearing import per_bearing_task
+from tasks.per_bearing import healthy_task, per_bearing_task
 from tasks.registry import promote_task, publish_task
 from tasks.report import report_task
 
@@ -79,6 +80,13 @@ def pipeline_flow(
     workers: int | None = None,
     follow_symlinks: bool = False,
     lock_timeout_s: float = 3600.0,
+    healthy: Literal["first-fraction", "until", "rolling"] | None = None,
+    healthy_guard_h: float = 24.0,
+    healthy_window_days: float = 30.0,
+    patience: int = 0,
+    min_improvement: float = 0.01,
+    warm_start: bool = False,
+    centralized_baseline: bool = True,
 ) -> dict[str, Any]:
     """Raw IMS files -> validated dataset -> federated model + threshold -> champion -> scores, alarms, report.
 
@@ -124,6 +132,19 @@ def pipeline_flow(
         follow_symlinks: follow symbolic links in raw_dir (e.g. a DVC-managed folder); each link is resolved once and
             its target recorded in the manifest. Off: links are quarantined.
         lock_timeout_s: how long to wait for another run on the same dataset to finish before failing.
+        healthy: healthy-period policy (bearing_core.healthy): 'first-fraction' (train_fraction), 'until'
+            (train_until) or 'rolling': each bearing's rows the champion scored normal, in the last
+            healthy_window_days, healthy_guard_h older than its first uncleared alarm and than the data end (the
+            nightly deployment's; no champion yet: first-fraction, logged). Default: 'until' when train_until is
+            given, else 'first-fraction'.
+        healthy_guard_h: rolling: guard band (hours) before an alarm and before the latest data.
+        healthy_window_days: rolling: only rows of the last this many days of data.
+        patience: early stopping: stop when the federated holdout MSE has not improved by min_improvement for this
+            many rounds (rounds is then a maximum); 0 = always run every round.
+        min_improvement: relative improvement of the holdout MSE that resets the patience.
+        warm_start: start training from the champion's weights when its inputs and architecture match.
+        centralized_baseline: also train the centralized baseline (the cost of federation); off for the nightly
+            deployment, the report then says it was skipped.
     """
     dataset_out = IngestConfig(raw_dir=raw_dir, out_dir=out_dir).resolved_out_dir(DataPaths())
     alarms = AlarmConfig(persistence_h=persistence_h, fraction=alarm_fraction, warmup_h=warmup_h)
@@ -131,6 +152,10 @@ def pipeline_flow(
         feature=feature, train_until=train_until, train_fraction=None if train_until is not None else train_fraction,
         holdout_mode=holdout,
     )
+    healthy = healthy or ("until" if train_until is not None else "first-fraction")
+    if (healthy == "until") != (train_until is not None):
+        raise ValueError(f"healthy={healthy!r} with train_until={train_until}: 'until' needs train_until, "
+                         "the other policies take none")
     logger = get_run_logger()
     with exclusive_lock(
         Path(dataset_out) / PIPELINE_LOCK_FILE,
@@ -146,6 +171,9 @@ def pipeline_flow(
             mu=mu, alpha=alpha, input_cfg=input_cfg, threshold_method=threshold_method,
             threshold_quantile=threshold_quantile, threshold_k=threshold_k, alarms=alarms, seed=seed, workers=workers,
             follow_symlinks=follow_symlinks,
+            healthy=HealthyPolicy(policy=healthy, guard_h=healthy_guard_h, window_days=healthy_window_days),
+            patience=patience, min_improvement=min_improvement, warm_start=warm_start,
+            centralized_baseline=centralized_baseline,
         )
 
 
@@ -175,6 +203,11 @@ def _run_pipeline(
     seed: int,
     workers: int | None,
     follow_symlinks: bool,
+    healthy: HealthyPolicy = HealthyPolicy(),
+    patience: int = 0,
+    min_improvement: float = 0.01,
+    warm_start: bool = False,
+    centralized_baseline: bool = True,
 ) -> dict[str, Any]:
     """The pipeline's steps (see :func:`pipeline_flow`), run while the dataset lock is held.
 
@@ -187,11 +220,15 @@ def _run_pipeline(
     report = validate_flow.fn(dataset_dir=dataset_dir)
     headline = portable(report).headline()  # no absolute machine paths in reports and artifacts
     model_dataset = dataset_dir  # what the model's rows come from
+    scored_dir = str(Path(dataset_dir) / PER_BEARING_DIR) if layout == PER_BEARING else dataset_dir
+    selection = (healthy_task(dataset_dir, scored_dir, healthy.model_dump()) if healthy.policy == "rolling"
+                 else {"path": None, "detail": healthy.policy})
     if layout == PER_BEARING:
         derived = per_bearing_task(
             dataset_dir, str(Path(dataset_dir) / PER_BEARING_DIR), input_cfg.model_dump(mode="json"),
             PerBearingConfig(features=(input_cfg.feature,), log=True, relative=relative_inputs,
                              min_std=min_level_std).model_dump(mode="json"),
+            healthy_file=selection["path"],
         )
         model_dataset = derived["out_dir"]
     trained = train_flow.fn(
@@ -216,6 +253,11 @@ def _run_pipeline(
         train_until=input_cfg.train_until,
         holdout=input_cfg.holdout_mode,
         alarms=alarms,
+        patience=patience,
+        min_improvement=min_improvement,
+        warm_start=warm_start,
+        centralized_baseline=centralized_baseline,
+        healthy_file=selection["path"],
     )
     published = publish_task(trained["model_dir"], trained["manifest"], trained["manifest_sha256"])
     decision = promote_task(published["path"], trained["manifest"])
@@ -239,7 +281,9 @@ def _run_pipeline(
         validation_warnings=[f"{w.check}: {w.detail()}" for w in report.warnings],
         training={"strategy": strategy, "partition": partition, "clients": trained["clients"], "rounds": rounds,
                   "local_epochs": local_epochs, "layout": layout, "federated_eval_mse": trained["federated_eval_mse"],
-                  "centralized_eval_mse": trained["centralized_eval_mse"], "failures": trained["failures"]},
+                  "centralized_eval_mse": trained["centralized_eval_mse"], "failures": trained["failures"],
+                  "rounds_run": trained["rounds_run"], "stop_reason": trained["stop_reason"],
+                  "warm_start": trained["warm_start"], "healthy": selection["detail"]},
         promotion=decision,
         alarm_rule=alarms.describe(),
         per_bearing_dir=model_dataset if layout == PER_BEARING else None,
@@ -261,7 +305,10 @@ def _run_pipeline(
         "champion (latest)": relative(champion),
         "threshold": f"{reported['summary']['threshold']:.6g}",
         "federated holdout MSE": f"{trained['federated_eval_mse']:.5g}",
-        "centralized holdout MSE": f"{trained['centralized_eval_mse']:.5g}",
+        "centralized holdout MSE": (f"{trained['centralized_eval_mse']:.5g}" if trained["centralized_eval_mse"] is not None
+                                    else "skipped (centralized_baseline off)"),
+        "training": f"{trained['rounds_run']} of at most {rounds} rounds: {trained['stop_reason']}",
+        "healthy period": selection["detail"],
         "scores": relative(scored["path"]),
         "alarm rule": alarms.describe(),
         "alarms": ", ".join(f"{a['site']}: {a['alarm_snapshots']} from {a['first_alarm'] or '-'} ({a['top_channel']})"

@@ -20,10 +20,19 @@ from bearing_core.federated.config import FaultInjection, FederatedConfig, Simul
 from bearing_core.federated.simulation import CENTRALIZED, GLOBAL, model_version, partition_params
 from bearing_core.inputs import InputConfig
 from bearing_core.partition.natural import natural_clients
-from bearing_core.registry import dataset_name
+from bearing_core.registry import dataset_name, resolve_model
 from bearing_core.run_report import relative
 from tasks.partition import partition_task
 from tasks.train import train_centralized_task, train_federated_task
+
+
+def _champion(dataset_dir: str) -> str:
+    """The champion model directory of ``dataset_dir`` (warm start), or "" when there is none yet."""
+    try:
+        return str(resolve_model(DataPaths().models_root, "latest", dataset=dataset_name(dataset_dir)))
+    except FileNotFoundError as exc:
+        print(f"warm start: no champion yet, training from scratch ({exc})")
+        return ""
 
 
 def _artifact_key(text: str) -> str:
@@ -58,8 +67,20 @@ def train_flow(
     model_dir: str | None = None,
     fail_client: int | None = None,
     alarms: AlarmConfig | None = None,
+    patience: int = 0,
+    min_improvement: float = 0.01,
+    warm_start: bool = False,
+    centralized_baseline: bool = True,
+    healthy_file: str | None = None,
 ) -> dict[str, Any]:
     """Train a federated autoencoder on ``dataset_dir`` and its centralized baseline.
+
+    ``rounds`` is a maximum when ``patience`` > 0: training stops once the federated holdout MSE has not improved by
+    ``min_improvement`` (relative) for ``patience`` rounds. ``warm_start``: round 1 starts from the weights of the
+    dataset's champion (``latest``) when its inputs and architecture match this run's (fine-tuning), else from the
+    seed's. ``centralized_baseline`` off skips the centralized baseline (the nightly deployment: it measures the
+    cost of federation, not needed every night); the result then says so. ``healthy_file``: the healthy rows chosen
+    by a policy (:mod:`bearing_core.healthy`) instead of ``train_fraction`` / ``train_until``.
 
     With ``alarms``, the threshold is calibrated on the alarm rule's statistic (see
     :func:`bearing_core.alarms.window_statistic`) instead of single snapshots. ``model_dir`` defaults to ``data/models/<dataset>/<UTC timestamp>-<hash>`` (in the dataset's registry,
@@ -83,6 +104,9 @@ def train_flow(
         threshold_method=threshold_method,
         threshold_quantile=threshold_quantile,
         threshold_k=threshold_k,
+        patience=patience,
+        min_improvement=min_improvement,
+        warm_start=_champion(dataset_dir) if warm_start else "",
         **({} if alarms is None else {"calibrate_persistence_h": alarms.persistence_h,
                                       "calibrate_fraction": alarms.fraction, "calibrate_warmup_h": alarms.warmup_h}),
     )
@@ -95,16 +119,19 @@ def train_flow(
         clients, natural = natural_clients(dataset_dir)
         params.update(natural)
         cfg = cfg.model_copy(update={"num_clients": clients})
-    parts = partition_task(dataset_dir, partition, clients, seed, input_cfg.model_dump(mode="json"), params)
+    parts = partition_task(dataset_dir, partition, clients, seed, input_cfg.model_dump(mode="json"), params,
+                           healthy_file=healthy_file)
     registry = DataPaths().models_root / dataset_name(dataset_dir)
     target = model_dir or str(registry / model_version(parts["sha256"], cfg))
     cfg_dict = cfg.model_dump(mode="json")
     federated = train_federated_task(
         parts["path"], parts["sha256"], target, cfg_dict, SimulationResources().model_dump(mode="json")
     )
-    baseline = train_centralized_task(parts["path"], parts["sha256"], federated["model_dir"], cfg_dict)
+    baseline = (train_centralized_task(parts["path"], parts["sha256"], federated["model_dir"], cfg_dict)
+                if centralized_baseline else None)
+    central = f"{baseline['final_eval_mse']:.6f}" if baseline else "skipped (centralized_baseline off)"
 
-    metrics = pd.read_parquet(baseline["metrics_path"])
+    metrics = pd.read_parquet(federated["metrics_path"])
     key = _artifact_key(f"train-{Path(dataset_dir).name}-{partition}-{strategy}")
     create_table_artifact(
         key=f"{key}-metrics",
@@ -116,24 +143,31 @@ def train_flow(
         f"| | value |\n|---|---|\n"
         f"| partition | {partition} ({clients} clients) |\n"
         f"| strategy | {cfg.strategy} |\n"
-        f"| rounds x local epochs | {rounds} x {local_epochs} |\n"
+        f"| rounds x local epochs | {federated['rounds_run']} (at most {rounds}) x {local_epochs} |\n"
+        f"| why training stopped | {federated['stop_reason']} |\n"
+        f"| initial weights | {federated['warm_start'] or 'from scratch (seeded)'} |\n"
         f"| final federated eval MSE | {federated['final_eval_mse']:.6f} |\n"
-        f"| final centralized eval MSE | {baseline['final_eval_mse']:.6f} |\n"
+        f"| final centralized eval MSE | {central} |\n"
         f"| alarm threshold | {federated['threshold']:.6g} ({federated['threshold_method']}, "
         f"{federated['calibration_size']} healthy holdout rows, federated sketches) |\n"
         f"| failed client replies | {federated['failures']} |\n"
+        f"| seconds | {', '.join(f'{k} {v:.1f}' for k, v in federated['timings_s'].items())} |\n"
         f"| model | `{relative(federated['model_dir'])}` |\n"
-        f"| metrics | `{relative(baseline['metrics_path'])}` |\n"
+        f"| metrics | `{relative(federated['metrics_path'])}` |\n"
     )
     create_markdown_artifact(key=f"{key}-summary", markdown=summary, description="Federated vs centralized")
     return {
         "manifest": parts["path"],
         "manifest_sha256": parts["sha256"],
         "model_dir": federated["model_dir"],
-        "metrics_path": baseline["metrics_path"],
+        "metrics_path": federated["metrics_path"],
         "weights_sha256": federated["weights_sha256"],
         "federated_eval_mse": federated["final_eval_mse"],
-        "centralized_eval_mse": baseline["final_eval_mse"],
+        "centralized_eval_mse": baseline["final_eval_mse"] if baseline else None,
+        "rounds_run": federated["rounds_run"],
+        "stop_reason": federated["stop_reason"],
+        "warm_start": federated["warm_start"],
+        "timings_s": federated["timings_s"],
         "failures": federated["failures"],
         "threshold": federated["threshold"],
         "clients": clients,
