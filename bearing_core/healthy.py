@@ -79,17 +79,21 @@ def rolling_selection(
     missing = [c for c in ("timestamp", "site", "path", "alarm") if c not in scores.columns]
     if missing:
         raise ValueError(f"rolling healthy policy: scores lack columns {missing}")
-    end = _naive(end)
-    guard = pd.Timedelta(hours=guard_h)
+    end = np.datetime64(_naive(end), "ns")
     site = scores["site"].astype(str)
-    stamp = pd.to_datetime(scores["timestamp"])
+    stamp = pd.to_datetime(scores["timestamp"]).to_numpy("datetime64[ns]")
     alarm = scores["alarm"].to_numpy(dtype=bool)
-    cleared = site.map({str(k): _naive(v) for k, v in (clearances or {}).items()})
-    live_alarm = alarm & ~(stamp <= cleared).to_numpy()  # NaT (no clearance) compares False: the alarm stays
-    first_alarm = stamp[live_alarm].groupby(site[live_alarm]).min()
-    cutoff = site.map(first_alarm).fillna(end).clip(upper=end) - guard
-    keep = ~alarm & (stamp >= end - pd.Timedelta(days=window_days)).to_numpy() & (stamp < cutoff).to_numpy()
-    chosen = pd.DataFrame({"timestamp": stamp[keep], "site": site[keep], "path": scores["path"].astype(str)[keep]})
+    codes, sites = pd.factorize(site)
+    cleared_map = {str(k): np.datetime64(_naive(v), "ns") for k, v in (clearances or {}).items()}
+    cleared = np.array([cleared_map.get(s, np.datetime64("NaT")) for s in sites], dtype="datetime64[ns]")[codes]
+    live_alarm = alarm & ~(stamp <= cleared)  # NaT (no clearance) compares False: the alarm stays
+    first_alarm = np.full(len(sites), end)  # per site: its first live alarm, at most the data end
+    np.minimum.at(first_alarm, codes[live_alarm], stamp[live_alarm])
+    cutoff = first_alarm[codes] - np.timedelta64(int(guard_h * 3600e9), "ns")
+    since = end - np.timedelta64(int(window_days * 86400e9), "ns")
+    keep = ~alarm & (stamp >= since) & (stamp < cutoff)
+    chosen = pd.DataFrame({"timestamp": stamp[keep], "site": site.to_numpy()[keep],
+                           "path": scores["path"].astype(str).to_numpy()[keep]})
     return chosen.sort_values(["timestamp", "site"], kind="stable").reset_index(drop=True)
 
 
