@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from bearing_core.alarms import AlarmConfig
@@ -115,9 +115,13 @@ def train_flow(
         holdout_mode=holdout,
     )
     params = partition_params(partition, clients, alpha)
+    left_out: list[str] = []
     if partition == "natural":  # one client per site: the count comes from the data
-        clients, natural = natural_clients(dataset_dir)
+        clients, natural, left_out = natural_clients(dataset_dir, healthy_file)
         params.update(natural)
+        if left_out:
+            get_run_logger().warning("sites left out of this training (no healthy row: every bearing in alarm or "
+                                     "outside the healthy window): %s", ", ".join(left_out))
         cfg = cfg.model_copy(update={"num_clients": clients})
     parts = partition_task(dataset_dir, partition, clients, seed, input_cfg.model_dump(mode="json"), params,
                            healthy_file=healthy_file)
@@ -142,6 +146,7 @@ def train_flow(
         f"# Federated training: {Path(dataset_dir).name}\n\n"
         f"| | value |\n|---|---|\n"
         f"| partition | {partition} ({clients} clients) |\n"
+        f"| sites left out (no healthy row) | {', '.join(left_out) or 'none'} |\n"
         f"| strategy | {cfg.strategy} |\n"
         f"| rounds x local epochs | {federated['rounds_run']} (at most {rounds}) x {local_epochs} |\n"
         f"| why training stopped | {federated['stop_reason']} |\n"
@@ -171,4 +176,5 @@ def train_flow(
         "failures": federated["failures"],
         "threshold": federated["threshold"],
         "clients": clients,
+        "sites_left_out": left_out,
     }
