@@ -169,52 +169,60 @@ def scale_memory(args: argparse.Namespace) -> None:
               flush=True)
     load_after = os.getloadavg()
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    from bearing_core.federated.config import SimulationResources
-
-    workers = SimulationResources().workers
-    first, last = rows[0], rows[-1]
-    growth = ((last["round_s"] / first["round_s"]) / (last["clients"] / first["clients"])) if len(rows) > 1 else 1.0
-    lines = [
-        SCALE_HEADING,
-        "",
-        f"Command: `.venv/bin/python -m bench.federated --scale-memory {' '.join(map(str, args.scale_memory))} "
-        f"--scale-rounds {args.scale_rounds}` ({stamp}; {os.cpu_count()} CPUs shared with other jobs: load average "
-        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after). One subprocess per size: peak resident memory "
-        "(`ru_maxrss`) is that size's alone; \"base\" = resident memory after importing torch and flwr.",
-        f"Data: {source}, tiled {SCALE_TILES} times ({SCALE_TILES * 2156:,} snapshots), healthy first half, the "
-        "same total rows split over more clients; IID, FedAvg, 1 local epoch, no centralized baseline; in-process "
-        f"runtime, {workers} worker threads.",
-        "",
-        "| clients | train rows per client | s / round (rounds 2..) | round 1 s | scaler s | calibration s "
-        "| whole simulation s | base RSS MB | peak RSS MB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        *[
-            f"| {r['clients']:,} | {r['min_client_rows']}–{r['max_client_rows']} | {r['round_s']:.2f} | "
-            f"{r['round1_s']:.2f} | {r.get('scaler_s', float('nan')):.2f} | {r.get('calibration_s', float('nan')):.2f} "
-            f"| {r['simulation_s']:.1f} | {r['base_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |"
-            for r in rows
-        ],
-        "",
-        f"From {first['clients']:,} to {last['clients']:,} clients (x{last['clients'] // first['clients']}): "
-        f"seconds per round x{last['round_s'] / first['round_s']:.1f} ({growth:.2f} of linear growth), peak "
-        f"memory {last['peak_rss_mb'] - first['peak_rss_mb']:+.0f} MB "
-        f"(x{(last['peak_rss_mb'] - last['base_rss_mb']) / (first['peak_rss_mb'] - first['base_rss_mb']):.1f} above "
-        "the base), "
-        "with the same total rows trained in every case.",
-        "",
-    ]
+    lines = scale_section(rows, source, args.scale_memory, args.scale_rounds, stamp, load_before[0], load_after[0])
     document = args.report.read_text(encoding="utf-8")
-    write_text_atomic(args.report, replace_subsection(document, HEADING, SCALE_HEADING, "\n".join(lines)))
+    write_text_atomic(args.report, replace_subsection(document, HEADING, SCALE_HEADING, lines))
     write_json_atomic(args.work / "scale-memory.json", {"rows": rows, "source": source})
     print(f"wrote the '{SCALE_HEADING}' subsection of {args.report}")
 
 
+def scale_section(rows: list[dict[str, float]], source: str, sizes: list[int], rounds: int, stamp: str,
+                  load_before: float, load_after: float) -> str:
+    """The ``### Scaling to 1,000 clients`` subsection from part 3's rows."""
+    from bearing_core.federated.config import SimulationResources
+
+    workers = SimulationResources().workers
+    steps = [
+        f"{a['clients']:,} -> {b['clients']:,} clients (x{b['clients'] / a['clients']:g}): s/round "
+        f"x{b['round_s'] / a['round_s']:.1f}, ms per client message in a round "
+        f"{1000 * a['round_s'] / (2 * a['clients']):.0f} -> {1000 * b['round_s'] / (2 * b['clients']):.0f} ms, "
+        f"peak memory {b['peak_rss_mb'] - a['peak_rss_mb']:+.0f} MB"
+        for a, b in zip(rows, rows[1:])
+    ]
+    return "\n".join([
+        SCALE_HEADING,
+        "",
+        f"Command: `.venv/bin/python -m bench.federated --scale-memory {' '.join(map(str, sizes))} "
+        f"--scale-rounds {rounds}` ({stamp}; {os.cpu_count()} CPUs shared with other jobs: load average "
+        f"{load_before:.1f} before, {load_after:.1f} after). One subprocess per size: peak resident memory "
+        "(`ru_maxrss`) is that size's alone; \"base\" = resident memory after importing torch and flwr.",
+        f"Data: {source}, tiled {SCALE_TILES} times ({SCALE_TILES * 2156:,} snapshots), healthy first half, the "
+        "same total rows split over more clients; IID, FedAvg, 1 local epoch, no centralized baseline; in-process "
+        f"runtime, {workers} worker threads. A round = 2 messages a client (train, evaluate).",
+        "",
+        "| clients | train rows per client | s / round (rounds 2..) | round 1 s | scaler s | calibration s "
+        "| whole simulation s | failed replies | base RSS MB | peak RSS MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[
+            f"| {r['clients']:,} | {r['min_client_rows']}–{r['max_client_rows']} | {r['round_s']:.2f} | "
+            f"{r['round1_s']:.2f} | {r.get('scaler_s', float('nan')):.2f} | {r.get('calibration_s', float('nan')):.2f} "
+            f"| {r['simulation_s']:.1f} | {r['failures']} | {r['base_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |"
+            for r in rows
+        ],
+        "",
+        *[f"- {step}" for step in steps],
+        "",
+    ])
+
+
 def replace_subsection(document: str, section: str, heading: str, text: str) -> str:
-    """``document`` with the ``heading`` subsection (``### ``, up to the next ``## ``/``### ``) replaced, or appended
+    """``document`` with the ``heading`` subsection (``### ``, up to the next heading: a ``#### `` note
+    after it is kept) replaced, or appended
     at the end of the ``section`` (``## ``) section."""
     import re
 
     pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^##+ |\Z)", re.MULTILINE | re.DOTALL)
+    text = text.rstrip("\n") + "\n\n"
     if pattern.search(document):
         return pattern.sub(lambda _: text, document, count=1)
     end = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL).search(document)

@@ -36,7 +36,10 @@ VARIANTS = {
     "scratch-20": {**NIGHTLY, "patience": 0},
     "scratch-p3": NIGHTLY,
     "warm-p3": {**NIGHTLY, "warm_start": True},
+    "scratch-20-central": {**NIGHTLY, "patience": 0, "centralized_baseline": True},
 }
+"""``scratch-20-central``: the training before the nightly deployment's settings (every round, centralized
+baseline), for the time breakdown only."""
 
 
 def _env(project: Path) -> dict[str, str]:
@@ -117,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         _flow(sys.argv[2])
         return 0
     parser = argparse.ArgumentParser(prog="python -m bench.retrain", description=__doc__.split("\n")[0])
-    parser.add_argument("--work", type=Path, required=True, help="scratch directory (created; must not exist)")
+    parser.add_argument("--work", type=Path, required=True,
+                        help="scratch directory (created; or an earlier run's, whose saved history is reused)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS)[:3])
     parser.add_argument("--sites", type=int, default=2)
     parser.add_argument("--files", type=int, default=150, help="demo files per site")
     parser.add_argument("--new", type=int, default=40, help="files per site held back for the nightly run")
@@ -126,32 +131,36 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = args.work.resolve()
-    work.mkdir(parents=True)
     raw, aside, project, base = work / "raw", work / "aside", work / "project", work / "project.base"
-    project.mkdir()
-    subprocess.run([sys.executable, "-m", "cli.main", "demo-data", "--out", str(raw), "--sites", str(args.sites),
-                    "--files", str(args.files), "--seed", str(args.seed)], cwd=project, env=_env(project), check=True,
-                   capture_output=True)
-    moved: list[tuple[Path, Path]] = []
-    for site in sorted(p for p in raw.iterdir() if p.is_dir()):
-        (aside / site.name).mkdir(parents=True)
-        for path in sorted(site.iterdir())[-args.new:]:
-            moved.append((path, aside / site.name / path.name))
-    for src, dst in moved:
-        src.rename(dst)
     common = {"raw_dir": str(raw), "seed": args.seed}
     load = [os.getloadavg()[0]]
-    history = flow_run(project, {**common, **NIGHTLY})
-    print(f"history run: {history['process_s']:.0f} s; {history['outputs']['training']}", flush=True)
-    for src, dst in moved:
-        dst.rename(src)
-    shutil.copytree(project, base, symlinks=True)
+    history: dict[str, Any] = {}
+    if base.is_dir():
+        print(f"reusing the history run saved in {base}", flush=True)
+    else:
+        work.mkdir(parents=True)
+        project.mkdir()
+        subprocess.run([sys.executable, "-m", "cli.main", "demo-data", "--out", str(raw), "--sites", str(args.sites),
+                        "--files", str(args.files), "--seed", str(args.seed)], cwd=project, env=_env(project),
+                       check=True, capture_output=True)
+        moved: list[tuple[Path, Path]] = []
+        for site in sorted(p for p in raw.iterdir() if p.is_dir()):
+            (aside / site.name).mkdir(parents=True)
+            for path in sorted(site.iterdir())[-args.new:]:
+                moved.append((path, aside / site.name / path.name))
+        for src, dst in moved:
+            src.rename(dst)
+        history = flow_run(project, {**common, **NIGHTLY})
+        print(f"history run: {history['process_s']:.0f} s; {history['outputs']['training']}", flush=True)
+        for src, dst in moved:
+            dst.rename(src)
+        shutil.copytree(project, base, symlinks=True)
 
-    order = list(VARIANTS)
+    order = list(args.variants)
     sequence = [name for rep in range(args.reps) for name in (order if rep % 2 == 0 else order[::-1])]
     results: list[dict[str, Any]] = []
     for i, name in enumerate(sequence):
-        shutil.rmtree(project)
+        shutil.rmtree(project, ignore_errors=True)
         shutil.copytree(base, project, symlinks=True)
         load.append(os.getloadavg()[0])
         run = flow_run(project, {**common, **VARIANTS[name]})
@@ -162,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['defects'] - row['missed']}/{row['defects']}, false events {row['false_events']}, "
               f"delay {row['mean_delay_h']:.1f} h (load {load[-1]:.1f})", flush=True)
     load.append(os.getloadavg()[0])
-    (work / "results.json").write_text(json.dumps({"history": history, "nightly": results, "load": load},
+    (work / f"results-{'-'.join(args.variants)}.json").write_text(json.dumps({"history": history, "nightly": results, "load": load},
                                                   default=str, indent=1), encoding="utf-8")
-    print(f"wrote {work / 'results.json'}")
+    print(f"wrote the results in {work}")
     return 0
 
 
