@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy
+from pipeline_helpers import NIGHTLY_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "bearing-local"
@@ -147,7 +148,8 @@ def test_both_deployments_exist_with_their_schedules_and_the_pipeline_parameters
                 assert props[name]["default"] == default, name
         # prefect.yaml's parameters only name flow parameters; merged with the flow's defaults they give the defaults
         assert deployment.parameters and set(deployment.parameters) <= set(flow_defaults)
-        assert {**flow_defaults, **deployment.parameters} == flow_defaults
+        overrides = NIGHTLY_OVERRIDES if deployment is nightly else {}
+        assert {**flow_defaults, **deployment.parameters} == {**flow_defaults, **overrides}
         assert deployment.parameters["raw_dir"] == "data/raw/demo"
 
     assert manual.schedules == []
