@@ -117,6 +117,8 @@ threshold, calibration size, method, error statistics, per-site thresholds).
     failures = list(extra.get("failures", []))
     screening = list(extra.get("screening", []))
     privacy: dict[str, Any] | None = extra.get("privacy")
+    stop: dict[str, Any] = dict(extra.get("training_stop") or {})
+    warm: dict[str, Any] | None = extra.get("warm_start")
     final = _final_rows(metrics) if len(metrics) else metrics
 
     sections = [
@@ -177,6 +179,20 @@ threshold, calibration size, method, error statistics, per-site thresholds).
             if screening
             else ""
         ),
+        "## Training length\n\n"
+        + (
+            _table(
+                ("field", "value"),
+                [
+                    ("rounds run", f"{stop.get('rounds_run')} of at most {stop.get('max_rounds')}"),
+                    ("why it stopped", stop.get("reason", "unknown")),
+                    ("best holdout MSE", f"{_fmt(stop.get('best_eval_mse'))} (round {stop.get('best_round')})"),
+                    ("initial weights", warm["detail"] if warm else "from scratch (seeded), no warm start asked"),
+                ],
+            )
+            if stop
+            else f"{rounds} round(s); trained before early stopping was recorded."
+        ),
         "## Privacy\n\n"
         + (
             _table(("field", "value"), [(k, "not computed" if v is None else v) for k, v in privacy.items()])
@@ -194,11 +210,16 @@ threshold, calibration size, method, error statistics, per-site thresholds).
         )
         + f"\n\nMSE is in standardised units, on each client's holdout rows ({_HOLDOUT[fingerprint.holdout_mode]}).",
         "## Federated vs centralized\n\n"
-        + _table(
-            ("model", "final eval MSE"),
-            [(f"federated ({strategy})", fed_mse), ("centralized baseline (same rows, same epochs)", cen_mse)],
-        )
-        + f"\n\nCost of federation (relative MSE gap): {gap}.",
+        + (
+            _table(
+                ("model", "final eval MSE"),
+                [(f"federated ({strategy})", fed_mse), ("centralized baseline (same rows, same epochs)", cen_mse)],
+            )
+            + f"\n\nCost of federation (relative MSE gap): {gap}."
+            if (metrics["client"] == CENTRALIZED_CLIENT).any()
+            else "Skipped for this run (centralized_baseline off, e.g. the nightly deployment): no centralized "
+            "model was trained, so the cost of federation is not measured here."
+        ),
         "## Threshold\n\n"
         + (
             _table(

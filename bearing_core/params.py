@@ -24,12 +24,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from bearing_core.alarms import AlarmConfig
 from bearing_core.config import IngestConfig
 from bearing_core.features import FEATURES
+from bearing_core.healthy import HealthyPolicy, HealthyPolicyName
 from bearing_core.federated.config import STRATEGIES, FederatedConfig
 from bearing_core.inputs import InputConfig
 from bearing_core.per_bearing import PerBearingConfig
@@ -81,6 +82,14 @@ class DataParams(_Section):
                                          description="Alternatively, the end of the healthy period (UTC) for every "
                                          "site; replaces the healthy fraction")
     holdout_mode: Literal["last", "interleaved"] = _like(InputConfig, "holdout_mode", title="Calibration rows")
+    healthy: HealthyPolicyName = Field(
+        "first-fraction", title="Healthy-period policy",
+        description="'first-fraction': the earliest healthy fraction of each site (with 'Healthy until' set: up to "
+        "that time); 'until': up to 'Healthy until'; 'rolling': each bearing's rows the champion scored normal, in "
+        "the last window, a guard band before its first uncleared alarm (no champion yet: first-fraction, logged)",
+    )
+    healthy_guard_h: float = _like(HealthyPolicy, "guard_h", title="Guard band, hours (rolling)")
+    healthy_window_days: float = _like(HealthyPolicy, "window_days", title="Window, days (rolling)")
     layout: Layout = Field(
         "per_bearing", title="Model rows",
         description="'per_bearing': one row per snapshot and bearing, each bearing's inputs standardised by its own "
@@ -102,6 +111,19 @@ class DataParams(_Section):
             train_fraction=None if self.train_until is not None else self.train_fraction,
             holdout_mode=self.holdout_mode,
         )
+
+    @model_validator(mode="after")
+    def _policy_matches_the_period(self) -> DataParams:
+        if self.healthy == "until" and self.train_until is None:
+            raise ValueError("healthy 'until' needs train_until (the end of the healthy period)")
+        if self.healthy == "rolling" and self.train_until is not None:
+            raise ValueError("healthy 'rolling' takes no train_until (it chooses the rows itself)")
+        return self
+
+    def healthy_policy(self) -> HealthyPolicy:
+        """The healthy-period policy (``first-fraction`` with ``train_until`` set is ``until``)."""
+        policy = "until" if self.train_until is not None else self.healthy
+        return HealthyPolicy(policy=policy, guard_h=self.healthy_guard_h, window_days=self.healthy_window_days)
 
     def per_bearing_config(self) -> PerBearingConfig:
         return PerBearingConfig(features=(self.feature,), log=True, relative=self.relative_inputs,
@@ -139,6 +161,18 @@ class FederatedParams(_Section):
     seed: int = _like(FederatedConfig, "seed", title="Seed")
     min_fit_fraction: float = _like(FederatedConfig, "min_fit_fraction", title="Replies needed per round")
     round_timeout_s: float = _like(FederatedConfig, "round_timeout_s", title="Round timeout (seconds)")
+    patience: int = _like(FederatedConfig, "patience", title="Early-stopping patience (rounds)")
+    min_improvement: float = _like(FederatedConfig, "min_improvement", title="Early stopping: minimum improvement")
+    warm_start: bool = Field(
+        False, title="Warm start",
+        description="Start from the champion's weights when its inputs and architecture match (measured on the "
+        "demo: worse holdout MSE, not faster; off)",
+    )
+    centralized_baseline: bool = Field(
+        True, title="Centralized baseline",
+        description="Also train the centralized baseline on the pooled rows (the cost of federation, in the report); "
+        "off for the nightly deployment",
+    )
 
     @field_validator("hidden")
     @classmethod

@@ -132,11 +132,34 @@ def _training_mask(features: pd.DataFrame, input_cfg: InputConfig) -> np.ndarray
     return features["path"].isin(healthy["path"].to_numpy()[~held]).to_numpy()
 
 
+def _selected_training_mask(
+    features: pd.DataFrame, bearings: list[str], selection: pd.DataFrame, input_cfg: InputConfig
+) -> np.ndarray:
+    """(snapshots, bearings) rows the model will train on under a healthy-rows ``selection`` of per-bearing paths
+    (:mod:`bearing_core.healthy`): each bearing's selected rows minus its calibration holdout."""
+    paths = features["path"].astype(str).to_numpy()
+    per_bearing = pd.DataFrame({
+        "row": np.repeat(np.arange(len(features)), len(bearings)),
+        "bearing": np.tile(np.arange(len(bearings)), len(features)),
+        "path": np.repeat(paths, len(bearings)) + "/" + np.tile(np.asarray(bearings, dtype=object), len(features)),
+        "site": np.repeat(features["site"].astype(str).to_numpy(), len(bearings)),
+    })
+    chosen = per_bearing[per_bearing["path"].isin(selection["path"].astype(str))]  # features are time-ordered
+    held = np.zeros(len(chosen), dtype=bool)
+    for rows in chosen.groupby(["site", "bearing"], sort=False).indices.values():
+        held[rows] = holdout_mask(len(rows), input_cfg.holdout_fraction, input_cfg.holdout_mode)
+    mask = np.zeros((len(features), len(bearings)), dtype=bool)
+    kept = chosen[~held]
+    mask[kept["row"].to_numpy(), kept["bearing"].to_numpy()] = True
+    return mask
+
+
 def write_per_bearing_dataset(
     source_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     input_cfg: InputConfig,
     cfg: PerBearingConfig | None = None,
+    healthy: pd.DataFrame | None = None,
 ) -> PerBearingResult:
     """Write the per-bearing layout of the processed dataset ``source_dir`` to ``out_dir`` (see the module docstring).
 
@@ -145,6 +168,10 @@ def write_per_bearing_dataset(
     the moments come from exactly the rows the model trains on). Outputs are written atomically, ``dataset.json``
     last. ``out_dir`` must not be ``source_dir`` and must be absent, empty or an earlier per-bearing layout
     (:class:`bearing_core.io.OutputDirRefused` otherwise).
+
+    ``healthy``: a selection of per-bearing rows (paths ``<snapshot path>/<bearing>``, the rolling policy of
+    :mod:`bearing_core.healthy`) replacing ``input_cfg``'s healthy period for the moments; a bearing without any
+    selected row keeps the moments of the earlier layout in ``out_dir`` (it is in alarm: nothing new is learned).
     """
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     cfg = cfg or PerBearingConfig()
@@ -188,18 +215,26 @@ def write_per_bearing_dataset(
     if cfg.relative != "off":
         values, inputs, channels = _with_relative(values, inputs, axes, cfg.relative)
         n_inputs = len(inputs)
-    training = _training_mask(features, input_cfg)
+    if healthy is None:
+        training = np.repeat(_training_mask(features, input_cfg)[:, None], n_bearings, axis=1)
+    else:
+        training = _selected_training_mask(features, bearings, healthy, input_cfg)
     site_codes, source_sites = pd.factorize(features["site"].astype(str), sort=True)
+    earlier = _earlier_standardisation(out_dir)
     standardisation: dict[str, dict[str, object]] = {}
     for code, site in enumerate(source_sites):
-        train_rows = values[(site_codes == code) & training]
-        mean = train_rows.mean(axis=0)
-        std = np.maximum(train_rows.std(axis=0), cfg.min_std)
-        values[site_codes == code] = (values[site_codes == code] - mean) / std
+        at_site = site_codes == code
         for k, bearing in enumerate(bearings):
-            standardisation[f"{site}/{bearing}"] = {
-                "mean": mean[k].tolist(), "std": std[k].tolist(), "training_rows": len(train_rows),
-            }
+            name = f"{site}/{bearing}"
+            train_rows = values[at_site & training[:, k], k]
+            if len(train_rows):
+                mean, std = train_rows.mean(axis=0), np.maximum(train_rows.std(axis=0), cfg.min_std)
+            elif name in earlier:
+                mean, std = np.asarray(earlier[name]["mean"]), np.asarray(earlier[name]["std"])
+            else:
+                raise ValueError(f"bearing {name} has no healthy training row and no earlier moments in {out_dir}")
+            values[at_site, k] = (values[at_site, k] - mean) / std
+            standardisation[name] = {"mean": mean.tolist(), "std": std.tolist(), "training_rows": len(train_rows)}
     per_bearing = pd.DataFrame(
         {
             "timestamp": np.repeat(features["timestamp"].to_numpy(), n_bearings),
@@ -228,7 +263,8 @@ def write_per_bearing_dataset(
                 f"{site}/{b}": [_channel(b, c.removeprefix(RELATIVE_PREFIX)) for c in channels]
                 for site in source_sites for b in bearings
             },
-            "transform": {"log": cfg.log, "relative": cfg.relative, "min_std": cfg.min_std, "healthy": input_cfg.model_dump(mode="json"), "standardisation": standardisation},
+            "transform": {"log": cfg.log, "relative": cfg.relative, "min_std": cfg.min_std, "healthy": input_cfg.model_dump(mode="json"), "standardisation": standardisation,
+                          **({} if healthy is None else {"healthy_rows": selection_digest(healthy)})},
             "source": {
                 "dataset": str(source_dir.resolve()),
                 "sha256": sha256_files(source_dir / name for name in (FEATURES_FILE, QUARANTINE_FILE, DATASET_FILE)),
@@ -237,6 +273,22 @@ def write_per_bearing_dataset(
         kind=OUTPUT_KIND,
     )
     return PerBearingResult(out_dir=out_dir, rows=len(per_bearing), sites=sites, axes=channels, input_columns=inputs)
+
+
+def _earlier_standardisation(out_dir: Path) -> dict[str, dict[str, object]]:
+    """The per-bearing moments of the layout already in ``out_dir`` ({} when there is none)."""
+    try:
+        return dict(json.loads((out_dir / DATASET_FILE).read_text(encoding="utf-8"))["transform"]["standardisation"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return {}
+
+
+def selection_digest(healthy: pd.DataFrame) -> str:
+    """Content hash of a healthy-rows selection (its sorted paths), recorded with the transform."""
+    import hashlib
+
+    paths = np.sort(healthy["path"].astype(str).to_numpy())
+    return hashlib.sha256("\n".join(paths).encode()).hexdigest()
 
 
 def _with_relative(

@@ -145,7 +145,12 @@ def render_run_report(
             f"({training.get('clients')} clients), {training.get('rounds')} rounds x {training.get('local_epochs')} "
             f"local epochs, layout: {t(training.get('layout', 'snapshot'))}",
             f"- final holdout MSE: federated {training.get('federated_eval_mse', float('nan')):.4g}, "
-            f"centralized {training.get('centralized_eval_mse', float('nan')):.4g}",
+            + (f"centralized {training['centralized_eval_mse']:.4g}" if training.get("centralized_eval_mse") is not None
+               else "centralized baseline skipped (centralized_baseline off)"),
+            *([f"- rounds run: {training['rounds_run']} ({training.get('stop_reason', '')})"]
+              if "rounds_run" in training else []),
+            *([f"- initial weights: {training['warm_start']}"] if training.get("warm_start") else []),
+            *([f"- healthy period: {training['healthy']}"] if training.get("healthy") else []),
             f"- failed client replies: {training.get('failures', 0)}", "", _md_table(per_round), ""]
     out += plot("metrics per round", "metrics")
     out += ["## Threshold", "", f"- {threshold.get('threshold', float('nan')):.6g} ({t(threshold.get('method'))}) "

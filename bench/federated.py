@@ -14,13 +14,22 @@ synthetic dataset of the same shape is used instead (and the report says so).
    same rows for the same epochs.
 
 Writes the ``## Federated training`` section of ``BENCHMARKS.md``.
+
+3. **Scaling to 1,000 clients** (``--scale-memory 10 100 1000``, run on its own): one subprocess per client count,
+   so each peak resident memory (``ru_maxrss``) is that size's alone; the IMS rows tiled 10 times (21,560
+   snapshots, healthy first half = 10,780 rows: ~8 training rows a client at 1,000 clients), IID, FedAvg,
+   ``--scale-rounds`` rounds, no centralized baseline. Reported: seconds per round (rounds 2..), round 1, the
+   server's steps (``timings.json``), resident memory after the imports and at its peak. Writes the
+   ``### Scaling to 1,000 clients`` subsection of the ``## Federated training`` section.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,7 +41,11 @@ from bearing_core.io import write_json_atomic, write_parquet_atomic, write_text_
 from bench.ingest import replace_section
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CSV = REPO.parent / "shared" / "ims" / "features" / "1st_test_mean_abs.csv"
+SHARED_CSV = next(  # the shared data sit next to the main checkout (../shared), also seen from a worktree (../../shared)
+    (p for p in (root / "shared" / "ims" / "features" / "1st_test_mean_abs.csv" for root in REPO.parents[:2])
+     if p.is_file()),
+    REPO.parent / "shared" / "ims" / "features" / "1st_test_mean_abs.csv",
+)
 HEADING = "## Federated training"
 
 
@@ -66,6 +79,156 @@ def build_dataset(out: Path) -> tuple[Path, str]:
          "features": ["mean_abs"], "sites": ["1st_test"], "rig": {}},
     )
     return out, source
+
+
+SCALE_HEADING = "### Scaling to 1,000 clients"
+SCALE_TILES = 10
+
+
+def tiled_dataset(source: Path, out: Path, tiles: int) -> Path:
+    """``source``'s rows repeated ``tiles`` times, each copy shifted past the previous one in time (same site)."""
+    from bearing_core.io import write_parquet_atomic
+
+    features = pd.read_parquet(source / "features.parquet")
+    span = features["timestamp"].max() - features["timestamp"].min() + pd.Timedelta(minutes=10)
+    copies = []
+    for k in range(tiles):
+        copy = features.assign(timestamp=features["timestamp"] + k * span)
+        copy["file"] = copy["timestamp"].dt.strftime("%Y.%m.%d.%H.%M.%S")
+        copy["path"] = "1st_test/" + copy["file"]
+        copies.append(copy)
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(out / "features.parquet", pd.concat(copies, ignore_index=True))
+    meta = json.loads((source / "dataset.json").read_text(encoding="utf-8"))
+    write_json_atomic(out / "dataset.json", {**meta, "name": out.name})
+    return out
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now (MB, /proc/self/status VmRSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def scale_case(dataset: Path, clients: int, rounds: int, out: Path, lr: float) -> dict[str, float]:
+    """In this (fresh) process: partition + one simulation without the centralized baseline; time and memory."""
+    import resource
+
+    from bearing_core.federated.config import FederatedConfig
+    from bearing_core.federated.simulation import GLOBAL, partition_params, run_federated
+    from bearing_core.inputs import InputConfig
+    from bearing_core.partition.build import partition_dataset
+
+    import torch  # noqa: F401 - the imports' memory counts as the base, not as the run's
+    import flwr.serverapp  # noqa: F401
+
+    base_mb = _rss_mb()
+    manifest = partition_dataset(
+        dataset, "iid", clients, 0, InputConfig(train_fraction=0.5), partition_params("iid", clients)
+    )
+    cfg = FederatedConfig(rounds=rounds, lr=lr, batch_size=32, local_epochs=1, seed=0)
+    result = run_federated(dataset, cfg, out, scheme="iid", baseline=False)
+    glob = result.metrics[result.metrics["client"] == GLOBAL].sort_values("round")
+    return {
+        "clients": clients,
+        "min_client_rows": int(min(c.train_rows for c in manifest.clients)),
+        "max_client_rows": int(max(c.train_rows for c in manifest.clients)),
+        "simulation_s": result.wall_s,
+        "round1_s": float(glob["wall_s"].iloc[0]),
+        "round_s": float(glob["wall_s"].iloc[1:].mean()) if len(glob) > 1 else float(glob["wall_s"].iloc[0]),
+        **{k: float(v) for k, v in result.timings.items()},
+        "fl_mse": float(glob["eval_mse"].iloc[-1]),
+        "failures": len(result.failures),
+        "base_rss_mb": base_mb,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KB on Linux
+    }
+
+
+def scale_memory(args: argparse.Namespace) -> None:
+    """Part 3: one subprocess per client count; writes the subsection into the report."""
+    import subprocess
+    import sys
+
+    dataset, source = build_dataset(args.work / "ims1")
+    tiled = tiled_dataset(dataset, args.work / "ims1x10", SCALE_TILES)
+    load_before = os.getloadavg()
+    rows = []
+    for clients in args.scale_memory:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.federated", "_scale", str(tiled), str(clients), str(args.scale_rounds),
+             str(args.work / f"model-mem-{clients}"), str(args.lr)],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{clients} clients failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"{clients:>5} clients: {row['round_s']:.2f} s/round (round 1 {row['round1_s']:.2f} s), simulation "
+              f"{row['simulation_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB (base {row['base_rss_mb']:.0f})",
+              flush=True)
+    load_after = os.getloadavg()
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = scale_section(rows, source, args.scale_memory, args.scale_rounds, stamp, load_before[0], load_after[0])
+    document = args.report.read_text(encoding="utf-8")
+    write_text_atomic(args.report, replace_subsection(document, HEADING, SCALE_HEADING, lines))
+    write_json_atomic(args.work / "scale-memory.json", {"rows": rows, "source": source})
+    print(f"wrote the '{SCALE_HEADING}' subsection of {args.report}")
+
+
+def scale_section(rows: list[dict[str, float]], source: str, sizes: list[int], rounds: int, stamp: str,
+                  load_before: float, load_after: float) -> str:
+    """The ``### Scaling to 1,000 clients`` subsection from part 3's rows."""
+    from bearing_core.federated.config import SimulationResources
+
+    workers = SimulationResources().workers
+    steps = [
+        f"{a['clients']:,} -> {b['clients']:,} clients (x{b['clients'] / a['clients']:g}): s/round "
+        f"x{b['round_s'] / a['round_s']:.1f}, ms per client message in a round "
+        f"{1000 * a['round_s'] / (2 * a['clients']):.0f} -> {1000 * b['round_s'] / (2 * b['clients']):.0f} ms, "
+        f"peak memory {b['peak_rss_mb'] - a['peak_rss_mb']:+.0f} MB"
+        for a, b in zip(rows, rows[1:])
+    ]
+    return "\n".join([
+        SCALE_HEADING,
+        "",
+        f"Command: `.venv/bin/python -m bench.federated --scale-memory {' '.join(map(str, sizes))} "
+        f"--scale-rounds {rounds}` ({stamp}; {os.cpu_count()} CPUs shared with other jobs: load average "
+        f"{load_before:.1f} before, {load_after:.1f} after). One subprocess per size: peak resident memory "
+        "(`ru_maxrss`) is that size's alone; \"base\" = resident memory after importing torch and flwr.",
+        f"Data: {source}, tiled {SCALE_TILES} times ({SCALE_TILES * 2156:,} snapshots), healthy first half, the "
+        "same total rows split over more clients; IID, FedAvg, 1 local epoch, no centralized baseline; in-process "
+        f"runtime, {workers} worker threads. A round = 2 messages a client (train, evaluate).",
+        "",
+        "| clients | train rows per client | s / round (rounds 2..) | round 1 s | scaler s | calibration s "
+        "| whole simulation s | failed replies | base RSS MB | peak RSS MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[
+            f"| {r['clients']:,} | {r['min_client_rows']}–{r['max_client_rows']} | {r['round_s']:.2f} | "
+            f"{r['round1_s']:.2f} | {r.get('scaler_s', float('nan')):.2f} | {r.get('calibration_s', float('nan')):.2f} "
+            f"| {r['simulation_s']:.1f} | {r['failures']} | {r['base_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |"
+            for r in rows
+        ],
+        "",
+        *[f"- {step}" for step in steps],
+        "",
+    ])
+
+
+def replace_subsection(document: str, section: str, heading: str, text: str) -> str:
+    """``document`` with the ``heading`` subsection (``### ``, up to the next heading: a ``#### `` note
+    after it is kept) replaced, or appended
+    at the end of the ``section`` (``## ``) section."""
+    import re
+
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^##+ |\Z)", re.MULTILINE | re.DOTALL)
+    text = text.rstrip("\n") + "\n\n"
+    if pattern.search(document):
+        return pattern.sub(lambda _: text, document, count=1)
+    end = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL).search(document)
+    if end is None:
+        return document.rstrip("\n") + "\n\n" + section + "\n\n" + text
+    return document[: end.end()].rstrip("\n") + "\n\n" + text + "\n" + document[end.end():]
 
 
 def run_case(dataset: Path, scheme: str, clients: int, rounds: int, out: Path, lr: float) -> dict[str, float]:
@@ -104,7 +267,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-2, help="client learning rate")
     parser.add_argument("--work", type=Path, default=REPO / ".bench" / "federated", help="scratch directory")
     parser.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file to update")
+    parser.add_argument("--scale-memory", type=int, nargs="+", default=None, metavar="CLIENTS",
+                        help="only part 3: seconds per round and peak memory at these client counts")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_scale"]:  # part 3's subprocess: dataset clients rounds out lr
+        dataset, clients, rounds, out, lr = argv[1:6]
+        print(json.dumps(scale_case(Path(dataset), int(clients), int(rounds), Path(out), float(lr))))
+        return 0
     args = parser.parse_args(argv)
+    if args.scale_memory:
+        scale_memory(args)
+        return 0
 
     dataset, source = build_dataset(args.work / "ims1")
     load_before = os.getloadavg()

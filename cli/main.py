@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cli.evaluate_cmd",
     "cli.run_cmd",
     "cli.models_cmd",
+    "cli.alarms_cmd",
     "cli.experiments_cmd",
     "cli.import_features_cmd",
     "cli.per_bearing_cmd",

@@ -23,6 +23,7 @@ from prefect.states import Failed, State
 from bearing_core.alarms import AlarmConfig
 from bearing_core.config import DataPaths, IngestConfig
 from bearing_core.fingerprint import sha256_file
+from bearing_core.healthy import HealthyPolicy
 from bearing_core.inputs import PER_BEARING_DIR
 from bearing_core.locking import PIPELINE_LOCK_FILE, exclusive_lock, lock_holder
 from bearing_core.model_io import WEIGHTS_FILE
@@ -40,7 +41,7 @@ from flows.ingest import ingest_flow
 from flows.score import score_flow
 from flows.train import train_flow
 from flows.validate import portable, validate_flow
-from tasks.per_bearing import per_bearing_task
+from tasks.per_bearing import healthy_task, per_bearing_task
 from tasks.registry import promote_task, publish_task
 from tasks.report import report_task
 
@@ -112,10 +113,15 @@ def _run_pipeline(params: PipelineParams) -> dict[str, Any]:
     report = validate_flow.fn(dataset_dir=dataset_dir)
     headline = portable(report).headline()  # no absolute machine paths in reports and artifacts
     model_dataset = dataset_dir  # what the model's rows come from
+    healthy = data.healthy_policy()
+    scored_dir = str(Path(dataset_dir) / PER_BEARING_DIR) if layout == PER_BEARING else dataset_dir
+    selection = (healthy_task(dataset_dir, scored_dir, healthy.model_dump()) if healthy.policy == "rolling"
+                 else {"path": None, "detail": healthy.policy})
     if layout == PER_BEARING:
         derived = per_bearing_task(
             dataset_dir, str(Path(dataset_dir) / PER_BEARING_DIR), input_cfg.model_dump(mode="json"),
             data.per_bearing_config().model_dump(mode="json"),
+            healthy_file=selection["path"],
         )
         model_dataset = derived["out_dir"]
     trained = train_flow.fn(
@@ -143,6 +149,11 @@ def _run_pipeline(params: PipelineParams) -> dict[str, Any]:
         min_fit_fraction=fed.min_fit_fraction,
         round_timeout_s=fed.round_timeout_s,
         alarms=alarms,
+        patience=fed.patience,
+        min_improvement=fed.min_improvement,
+        warm_start=fed.warm_start,
+        centralized_baseline=fed.centralized_baseline,
+        healthy_file=selection["path"],
     )
     published = publish_task(trained["model_dir"], trained["manifest"], trained["manifest_sha256"])
     decision = promote_task(published["path"], trained["manifest"])
@@ -167,7 +178,10 @@ def _run_pipeline(params: PipelineParams) -> dict[str, Any]:
         training={"strategy": fed.strategy, "partition": fed.partition, "clients": trained["clients"],
                   "rounds": fed.rounds, "local_epochs": fed.local_epochs, "layout": layout,
                   "federated_eval_mse": trained["federated_eval_mse"],
-                  "centralized_eval_mse": trained["centralized_eval_mse"], "failures": trained["failures"]},
+                  "centralized_eval_mse": trained["centralized_eval_mse"], "failures": trained["failures"],
+                  "rounds_run": trained["rounds_run"], "stop_reason": trained["stop_reason"],
+                  "warm_start": trained["warm_start"], "healthy": selection["detail"],
+                  "sites_left_out": trained["sites_left_out"]},
         promotion=decision,
         alarm_rule=alarms.describe(),
         per_bearing_dir=model_dataset if layout == PER_BEARING else None,
@@ -189,7 +203,10 @@ def _run_pipeline(params: PipelineParams) -> dict[str, Any]:
         "champion (latest)": relative(champion),
         "threshold": f"{reported['summary']['threshold']:.6g}",
         "federated holdout MSE": f"{trained['federated_eval_mse']:.5g}",
-        "centralized holdout MSE": f"{trained['centralized_eval_mse']:.5g}",
+        "centralized holdout MSE": (f"{trained['centralized_eval_mse']:.5g}" if trained["centralized_eval_mse"] is not None
+                                    else "skipped (centralized_baseline off)"),
+        "training": f"{trained['rounds_run']} of at most {fed.rounds} rounds: {trained['stop_reason']}",
+        "healthy period": selection["detail"],
         "scores": relative(scored["path"]),
         "alarm rule": alarms.describe(),
         "alarms": ", ".join(f"{a['site']}: {a['alarm_snapshots']} from {a['first_alarm'] or '-'} ({a['top_channel']})"

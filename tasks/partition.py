@@ -30,7 +30,7 @@ from tasks.results import persisted
 from tasks.retry import transient_io_error
 
 
-def _request(inputs: dict[str, Any]) -> tuple[str, str, int, int, InputConfig, dict[str, Any]]:
+def _request(inputs: dict[str, Any]) -> tuple[str, str, int, int, InputConfig, dict[str, Any], str | None]:
     """The task's arguments, normalised (``input_cfg`` dict → InputConfig)."""
     return (
         str(inputs["dataset_dir"]),
@@ -39,6 +39,7 @@ def _request(inputs: dict[str, Any]) -> tuple[str, str, int, int, InputConfig, d
         int(inputs["seed"]),
         InputConfig.model_validate(inputs.get("input_cfg") or {}),
         dict(inputs.get("params") or {}),
+        inputs.get("healthy_file"),
     )
 
 
@@ -62,8 +63,8 @@ class PartitionContentPolicy(CachePolicy):
         **kwargs: Any,
     ) -> str | None:
         try:
-            dataset_dir, scheme, num_clients, seed, input_cfg, params = _request(inputs)
-            provenance = partition_provenance(dataset_dir, scheme, num_clients, seed, input_cfg, params)
+            dataset_dir, scheme, num_clients, seed, input_cfg, params, healthy_file = _request(inputs)
+            provenance = partition_provenance(dataset_dir, scheme, num_clients, seed, input_cfg, params, healthy_file)
         except (ValueError, OSError):
             return None  # invalid request or unreadable inputs: no key; the task body raises the precise error
         source_key = TaskSource().compute_key(task_ctx, inputs, flow_parameters)
@@ -91,15 +92,17 @@ def partition_task(
     seed: int,
     input_cfg: dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,
+    healthy_file: str | None = None,
 ) -> dict[str, Any]:
     """Write ``<dataset_dir>/clients/<scheme>/`` and return ``{"path": manifest path, "sha256", "sizes", ...}``.
 
     ``input_cfg`` is an :class:`~bearing_core.inputs.InputConfig` as a dict (``model_dump(mode="json")``),
-    ``params`` the partitioner's parameters (e.g. ``{"alpha": 0.3}`` for ``dirichlet``).
+    ``params`` the partitioner's parameters (e.g. ``{"alpha": 0.3}`` for ``dirichlet``), ``healthy_file`` a
+    healthy-rows selection (:mod:`bearing_core.healthy`, rolling policy) replacing the input config's healthy period.
     """
     logger = get_run_logger()
     cfg = InputConfig.model_validate(input_cfg or {})
-    manifest = partition_dataset(dataset_dir, scheme, num_clients, seed, cfg, params or {})
+    manifest = partition_dataset(dataset_dir, scheme, num_clients, seed, cfg, params or {}, healthy_file)
     manifest_path = scheme_dir(dataset_dir, scheme) / MANIFEST_FILE
     logger.info(
         "partitioned %s with %s into %d clients: train rows %s, holdout rows %s",

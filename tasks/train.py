@@ -141,12 +141,15 @@ def train_federated_task(
         )
     final = result.final()
     threshold = load_threshold(result.model_dir)
+    stop = result.training_stop
+    logger.info("training stopped after %s of at most %d rounds: %s; seconds: %s", stop.get("rounds_run"),
+                config.rounds, stop.get("reason"), ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
     logger.info(
         "federated %s, %d clients, %d rounds: final eval MSE %.5f, threshold %.5g (%s, %d calibration rows), "
         "%d failed replies, %.1fs",
         config.strategy,
         result.config.num_clients,
-        config.rounds,
+        int(stop.get("rounds_run", config.rounds)),
         final["eval_mse"],
         threshold.threshold,
         threshold.config.describe(),
@@ -165,7 +168,16 @@ def train_federated_task(
         "threshold": threshold.threshold,
         "threshold_method": threshold.config.describe(),
         "calibration_size": threshold.calibration_size,
+        "rounds_run": int(stop.get("rounds_run", config.rounds)),
+        "stop_reason": str(stop.get("reason", "")),
+        "warm_start": (load_model_extra(result.model_dir).get("warm_start") or {}).get("detail"),
+        "timings_s": result.timings,
     }
+
+
+def load_model_extra(model_dir: str | Path) -> dict[str, Any]:
+    """The ``extra`` metadata of the model in ``model_dir`` (its config.json, without loading the weights)."""
+    return dict(json.loads((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8")).get("extra") or {})
 
 
 @task(

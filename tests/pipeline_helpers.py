@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from uuid import UUID
 
+NIGHTLY_OVERRIDES = {"data": {"healthy": "rolling"}, "federated": {"centralized_baseline": False}}
+"""What prefect.yaml's nightly deployment sets differently from `bearing run` (issue 17): a healthy period a retrain
+cannot poison, and no centralized baseline every night. Every other parameter is the flow's default."""
+
 
 def task_run_states(flow_run_id: UUID) -> dict[str, list[str]]:
     """Task name (run name without Prefect's ``-xyz`` suffix) -> state names of its runs in creation order, over

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy
+from pipeline_helpers import NIGHTLY_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "bearing-local"
@@ -147,7 +148,9 @@ def test_both_deployments_exist_with_their_schedules_and_the_pipeline_parameters
             assert props[name]["default"] == default, name
         # prefect.yaml's parameters only name flow parameters and override defaults by the defaults' own values
         assert deployment.parameters and set(deployment.parameters) <= set(flow_defaults)
-        assert PipelineParams.model_validate(deployment.parameters) == PipelineParams()
+        overrides = NIGHTLY_OVERRIDES if deployment is nightly else {}
+        expected = PipelineParams.model_validate(overrides) if overrides else PipelineParams()
+        assert PipelineParams.model_validate(deployment.parameters) == expected
         assert deployment.parameters["data"]["raw_dir"] == "data/raw/demo"
 
     assert manual.schedules == []

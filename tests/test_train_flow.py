@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -58,3 +59,59 @@ def test_train_flow_trains_caches_and_publishes_artifacts(harness, tmp_path: Pat
     # same seed, same data: the same training, metric for metric (seeded clients, replies aggregated in order)
     retrained = pd.read_parquet(third["metrics_path"])
     pd.testing.assert_frame_equal(retrained.drop(columns="wall_s"), metrics.drop(columns="wall_s"))
+
+
+def _two_site_per_bearing(root: Path) -> Path:
+    """A per-bearing dataset of two sites (two bearings, two accelerometers each, 48 hourly snapshots a site)."""
+    import numpy as np
+
+    from bearing_core.features_import import write_features_only_dataset
+    from bearing_core.inputs import PER_BEARING_DIR, InputConfig
+    from bearing_core.per_bearing import PerBearingConfig, write_per_bearing_dataset
+
+    channels = ["B1_a", "B1_b", "B2_a", "B2_b"]
+    stamps = pd.date_range("2004-01-01", periods=48, freq="1h").astype("datetime64[us]")
+    rng = np.random.default_rng(0)
+    frames = []
+    for site in ("site_1", "site_2"):
+        frame = pd.DataFrame({"timestamp": stamps, "file": stamps.strftime("%Y.%m.%d.%H.%M.%S"), "site": site})
+        frame["path"] = site + "/" + frame["file"]
+        for j, channel in enumerate(channels):
+            frame[f"{channel}_mean_abs"] = 0.1 * (1 + 0.1 * j) * np.exp(0.03 * rng.normal(size=len(stamps)))
+        frames.append(frame)
+    features = pd.concat(frames).sort_values(["timestamp", "site"], kind="stable").reset_index(drop=True)
+    write_features_only_dataset(root, features, [f"{c}_mean_abs" for c in channels],
+                                {"channels": channels, "features": ["mean_abs"], "sites": ["site_1", "site_2"],
+                                 "rig": {}})
+    write_per_bearing_dataset(root, root / PER_BEARING_DIR, InputConfig(train_fraction=0.5), PerBearingConfig(log=True))
+    return root / PER_BEARING_DIR
+
+
+@pytest.mark.integration
+def test_a_site_without_healthy_rows_is_left_out_and_the_others_train(harness, tmp_path: Path) -> None:
+    """Rolling policy: every bearing of site_2 in alarm -> no healthy row there; the natural partition used to count
+    the dataset's two sites and fail with a num_clients mismatch. Now site_2 is left out, site_1 trains alone."""
+    from bearing_core.healthy import write_selection
+    from flows.train import train_flow
+
+    derived = _two_site_per_bearing(tmp_path / "demo")
+    rows = pd.read_parquet(derived / "features.parquet")
+    site_1 = rows[rows["site"].str.startswith("site_1/")]
+    selection = write_selection(derived, site_1[["timestamp", "site", "path"]])
+    out = train_flow(dataset_dir=str(derived), partition="natural", rounds=2, local_epochs=1, batch_size=8,
+                     hidden=(4, 1, 4), activation="tanh", healthy_file=str(selection), centralized_baseline=False,
+                     model_dir=str(tmp_path / "model"))
+    assert out["clients"] == 1
+    assert out["sites_left_out"] == ["site_2"]
+    assert out["centralized_eval_mse"] is None
+    metrics = pd.read_parquet(out["metrics_path"])
+    assert set(metrics["client"]) == {"0", "global"}
+    assert sorted(json.loads((tmp_path / "model" / "config.json").read_text())["extra"]["train_rows_per_client"]) \
+        == ["0"]
+
+    # no site has a healthy row: one clear error before any training
+    empty = write_selection(derived, site_1[["timestamp", "site", "path"]].iloc[:0])
+    with pytest.raises(ValueError, match="no site has a healthy row"):
+        train_flow(dataset_dir=str(derived), partition="natural", rounds=2, local_epochs=1, batch_size=8,
+                   hidden=(4, 1, 4), activation="tanh", healthy_file=str(empty), centralized_baseline=False,
+                   model_dir=str(tmp_path / "model2"))

@@ -127,7 +127,23 @@ class FederatedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     strategy: str = Field("fedavg", description=f"Aggregation strategy, one of {', '.join(STRATEGIES)}")
-    rounds: int = Field(20, ge=1, description="Federated rounds (train + evaluate on every sampled client)")
+    rounds: int = Field(
+        20, ge=1, description="Federated rounds (train + evaluate on every sampled client); with patience > 0 a maximum"
+    )
+    patience: int = Field(
+        0,
+        ge=0,
+        description="Early stopping: stop once the federated holdout MSE has not improved by min_improvement for "
+        "this many rounds in a row (the weights of the last round run are kept); 0 = run every round",
+    )
+    min_improvement: float = Field(
+        0.01, ge=0, lt=1, description="Relative decrease of the best holdout MSE so far that counts as an improvement"
+    )
+    warm_start: str = Field(
+        "",
+        description="Model directory (e.g. the champion) whose weights start round 1 when its input columns and "
+        "architecture equal this run's (fine-tuning); otherwise, or empty, training starts from the seed's weights",
+    )
     local_epochs: int = Field(10, ge=1, description="Epochs each client trains on its own rows per round")
     lr: float = Field(1e-2, gt=0, description="Client learning rate (Adam)")
     batch_size: int = Field(32, ge=1, description="Client mini-batch size")

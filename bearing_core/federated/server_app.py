@@ -9,7 +9,10 @@ Steps of :func:`run_server`:
    exactly (:func:`bearing_core.scaling.merge_stats`) into the global :class:`~bearing_core.scaling.Scaler` and
    checks that every client has the same input columns. The counts also fix each client's row caps for training
    and calibration (:class:`~bearing_core.federated.strategies.RoundLedger`);
-3. ``strategy.start``: R rounds of train + evaluate, the scaler and model shape travelling in the round config;
+3. up to R rounds of train + evaluate (:func:`~bearing_core.federated.strategies.run_rounds`: early stopping
+   once the federated holdout MSE stops improving, with ``patience`` > 0), the scaler and model shape travelling in
+   the round config; round 1 starts from the ``warm_start`` model's weights when its inputs and architecture match
+   (:func:`warm_start_weights`), else from the seed's;
 4. writes ``out_dir`` = the model (:func:`bearing_core.model_io.save_model`, with strategy, parameters and
    failures in ``extra``) + ``metrics.parquet`` (per client and global, per round);
 5. **federated calibration**: a ``query.calibrate`` message with the final weights to every client; each returns
@@ -27,12 +30,14 @@ from __future__ import annotations
 import os
 import random
 import time
+from logging import INFO
 from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
 
 from bearing_core.autoencoder import ModelConfig, build_model, get_weights, set_weights
 from bearing_core.federated.config import FederatedConfig
@@ -51,16 +56,20 @@ from bearing_core.federated.strategies import (
     build_strategy,
     metrics_frame,
     privacy_summary,
+    run_rounds,
     strategy_params,
 )
-from bearing_core.io import write_parquet_atomic
-from bearing_core.model_io import METRICS_FILE, save_model
+from bearing_core.io import write_json_atomic, write_parquet_atomic
+from bearing_core.model_io import METRICS_FILE, load_model, save_model
 from bearing_core.partition.writer import load_manifest
 from bearing_core.scaling import Scaler, cap_counts, merge_stats, screen_stats
 from bearing_core.threshold import ThresholdRecord, merge_sketches, save_threshold, screen_sketches
 from bearing_core.training import TrainConfig
 
 OUT_DIR_KEY = "out-dir"
+TIMINGS_FILE = "timings.json"
+"""Seconds of each server step of the run (``scaler_s``, ``rounds_s``, ``calibration_s``; the simulation adds
+``backend_s`` and ``centralized_s``): where a training run's time goes."""
 
 
 def wait_for_clients(grid: Grid, needed: int, timeout_s: float) -> list[int]:
@@ -156,7 +165,8 @@ def federated_threshold(
         Message(content, dst_node_id=node, message_type=f"{MessageType.QUERY}.{CALIBRATE_ACTION}") for node in nodes
     ]
     answers = list(grid.send_and_receive(messages, timeout=cfg.round_timeout_s))
-    replies = ledger.check_replies(cfg.rounds, "calibrate", len(messages), answers)
+    final_round = ledger.rounds_run or cfg.rounds
+    replies = ledger.check_replies(final_round, "calibrate", len(messages), answers)
     ok = [msg for msg in replies if not msg.has_error()]
     sketches = [parse_sketch_reply(msg)[1] for msg in ok]
     pids = [ledger.partition_of(msg) for msg in ok]
@@ -169,7 +179,7 @@ def federated_threshold(
     rejected: dict[str, str] = {}
     for msg, pid, note in zip(ok, pids, notes):
         if note is not None:
-            ledger.reject(cfg.rounds, "calibrate", msg.metadata.src_node_id, pid, note)
+            ledger.reject(final_round, "calibrate", msg.metadata.src_node_id, pid, note)
             rejected[str(pid)] = note
     kept = [sketch for sketch, note in zip(sketches, notes) if note is None]
     if not kept or (merged := merge_sketches(kept)).count == 0:
@@ -179,54 +189,80 @@ def federated_threshold(
                           rejected_sketches=rejected)
 
 
+def warm_start_weights(source: str, model_cfg: ModelConfig, columns: list[str]) -> tuple[list[np.ndarray] | None, str]:
+    """The weights of the model in ``source`` when it can start this run (same input columns, same architecture),
+    else None; and why, in one line (saved with the model, shown in the model card)."""
+    try:
+        loaded = load_model(source)
+    except (OSError, ValueError, KeyError) as exc:
+        return None, f"from scratch: {source} is not a loadable model ({exc})"
+    if loaded.input_columns != columns:
+        return None, f"from scratch: {source} has inputs {loaded.input_columns}, this run {columns}"
+    if loaded.model_cfg != model_cfg:
+        return None, f"from scratch: {source} is {loaded.model_cfg}, this run {model_cfg}"
+    return get_weights(loaded.model), f"fine-tuned from {source}"
+
+
 def run_server(grid: Grid, cfg: FederatedConfig, out_dir: str | os.PathLike[str]) -> Path:
     """The whole federated run against ``grid`` (see module doc); returns the model directory ``out_dir``."""
     random.seed(cfg.seed)  # flwr samples nodes with the `random` module
     if cfg.dp_noise_multiplier > 0:
         np.random.seed(cfg.seed)  # flwr draws the privacy noise from numpy's global generator
     ledger = RoundLedger(cfg)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
     nodes = wait_for_clients(grid, cfg.min_available_clients, cfg.round_timeout_s)
     scaler, columns, train_rows = federated_scaler(grid, nodes, ledger)
+    timings["scaler_s"] = time.perf_counter() - start
 
     model_cfg = ModelConfig(n_inputs=len(columns), hidden=cfg.hidden, activation=cfg.activation)
     model = build_model(model_cfg, cfg.seed)
+    warm = None
+    if cfg.warm_start:
+        initial, how = warm_start_weights(cfg.warm_start, model_cfg, columns)
+        if initial is not None:
+            set_weights(model, initial)
+        warm = {"source": cfg.warm_start, "used": initial is not None, "detail": how}
+        log(INFO, "warm start: %s", how)
     train_cfg = TrainConfig(lr=cfg.lr, batch_size=cfg.batch_size, local_epochs=cfg.local_epochs, seed=cfg.seed)
     fault = {} if cfg.fault is None else cfg.fault.to_config()
     strategy = build_strategy(cfg, ledger)
-    result = strategy.start(
+    start = time.perf_counter()
+    arrays, stopping = run_rounds(
+        strategy,
         grid,
         ArrayRecord(get_weights(model)),
-        num_rounds=cfg.rounds,
-        timeout=cfg.round_timeout_s,
+        cfg,
         train_config=round_config(model_cfg, scaler, train_cfg, fault),
         evaluate_config=round_config(model_cfg, scaler, train_cfg),
     )
-    set_weights(model, result.arrays.to_numpy_ndarrays())
+    timings["rounds_s"] = time.perf_counter() - start
+    ledger.rounds_run = stopping.rounds_run
+    set_weights(model, arrays.to_numpy_ndarrays())
 
     out_dir = Path(out_dir)
     frame = metrics_frame(ledger.rows)
     final = frame[frame["client"] == "global"].iloc[-1]
-    save_model(
-        out_dir,
-        model,
-        model_cfg,
-        scaler,
-        columns,
-        extra={
-            "trained_by": "federated",
-            "strategy": cfg.strategy,
-            "strategy_params": strategy_params(cfg),
-            "federated_config": cfg.model_dump(mode="json"),
-            "train_rows_per_client": {str(k): v for k, v in sorted(train_rows.items())},
-            "final_eval_mse": float(final["eval_mse"]),
-            "final_train_loss": float(final["train_loss"]),
-            "failures": ledger.failures,
-            "screening": ledger.adjustments,
-            "privacy": privacy_summary(cfg, train_rows),
-        },
-    )
+    extra: dict[str, object] = {
+        "trained_by": "federated",
+        "strategy": cfg.strategy,
+        "strategy_params": strategy_params(cfg),
+        "federated_config": cfg.model_dump(mode="json"),
+        "train_rows_per_client": {str(k): v for k, v in sorted(train_rows.items())},
+        "final_eval_mse": float(final["eval_mse"]),
+        "final_train_loss": float(final["train_loss"]),
+        "training_stop": stopping.summary(),
+        "warm_start": warm,
+        "failures": ledger.failures,
+        "screening": ledger.adjustments,
+        "privacy": privacy_summary(cfg, train_rows, rounds=stopping.summary()["rounds_run"]),
+    }
+    save_model(out_dir, model, model_cfg, scaler, columns, extra=extra)
     write_parquet_atomic(out_dir / METRICS_FILE, frame)
+    start = time.perf_counter()
     federated_threshold(grid, nodes, ledger, model, round_config(model_cfg, scaler, train_cfg), out_dir)
+    timings["calibration_s"] = time.perf_counter() - start
+    write_json_atomic(out_dir / TIMINGS_FILE, timings)
     return out_dir
 
 

@@ -42,6 +42,10 @@ class FederatedResult:
     config: FederatedConfig
     failures: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    """Where the run's seconds went (:data:`~bearing_core.federated.server_app.TIMINGS_FILE`)."""
+    training_stop: dict[str, Any] = field(default_factory=dict)
+    """Rounds run and why training stopped (:meth:`~bearing_core.federated.strategies.EarlyStopping.summary`)."""
 
     def final(self, client: str = GLOBAL) -> pd.Series:
         """The last round's metrics row of ``client`` ("global", "centralized" or a partition id)."""
@@ -126,10 +130,37 @@ def run_federated(
     if not (model_dir / METRICS_FILE).is_file():
         raise RuntimeError(f"the federated run ended without writing {model_dir / METRICS_FILE} (see the log above)")
     metrics = pd.read_parquet(model_dir / METRICS_FILE)
+    timings = record_timings(model_dir, wall_s=wall_s)
     if baseline:
+        start = time.perf_counter()
         metrics = run_centralized(clients_dir, cfg, model_dir)
-    failures = list(load_model(model_dir).extra.get("failures", []))
-    return FederatedResult(metrics, model_dir, clients_dir, cfg, failures, wall_s)
+        timings = record_timings(model_dir, centralized_s=time.perf_counter() - start)
+    extra = load_model(model_dir).extra
+    failures = list(extra.get("failures", []))
+    return FederatedResult(metrics, model_dir, clients_dir, cfg, failures, wall_s, timings,
+                           dict(extra.get("training_stop") or {}))
+
+
+def record_timings(model_dir: str | os.PathLike[str], *, wall_s: float | None = None,
+                   centralized_s: float | None = None) -> dict[str, float]:
+    """Add the simulation's own steps to the server's ``timings.json`` in ``model_dir`` and return it.
+
+    ``wall_s`` (the whole in-process federation): ``backend_s`` = what the server's steps do not account for
+    (starting and stopping the in-process runtime, the server thread, waiting for clients' last replies);
+    ``centralized_s``: the centralized baseline.
+    """
+    from bearing_core.federated.server_app import TIMINGS_FILE
+    from bearing_core.io import write_json_atomic
+
+    path = Path(model_dir) / TIMINGS_FILE
+    timings: dict[str, float] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if wall_s is not None:
+        steps = sum(timings.get(k, 0.0) for k in ("scaler_s", "rounds_s", "calibration_s"))
+        timings.update(federation_s=wall_s, backend_s=max(0.0, wall_s - steps))
+    if centralized_s is not None:
+        timings["centralized_s"] = centralized_s
+    write_json_atomic(path, timings)
+    return timings
 
 
 def _union(clients_dir: Path, manifest: PartitionManifest) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -146,7 +177,8 @@ def run_centralized(
     """Centralized baseline for the federated model in ``model_dir``; returns (and rewrites) its metrics table.
 
     Same model shape and initialisation, same scaler (the federated one, read from ``model_dir``), same
-    hyper-parameters and number of epochs; rows of every client pooled. ``wall_s`` is the mean time per round.
+    hyper-parameters and number of epochs (the rounds the federated run actually ran, when it stopped early); rows
+    of every client pooled. It always starts from the seed's weights, also when the federated run was warm-started. ``wall_s`` is the mean time per round.
     Re-running replaces earlier centralized rows.
     """
     from bearing_core.training import TrainConfig, train_centralized
@@ -160,8 +192,9 @@ def run_centralized(
     train_cfg = TrainConfig(lr=cfg.lr, batch_size=cfg.batch_size, local_epochs=cfg.local_epochs, seed=cfg.seed)
     X_eval = loaded.scaler.transform(X_holdout) if len(X_holdout) else None
     start = time.perf_counter()
-    result = train_centralized(loaded.scaler.transform(X_train), X_eval, loaded.model_cfg, train_cfg, cfg.rounds)
-    per_round = (time.perf_counter() - start) / cfg.rounds
+    rounds = int((loaded.extra.get("training_stop") or {}).get("rounds_run") or cfg.rounds)  # as many as federated
+    result = train_centralized(loaded.scaler.transform(X_train), X_eval, loaded.model_cfg, train_cfg, rounds)
+    per_round = (time.perf_counter() - start) / rounds
     rows = [
         {
             "round": int(h["round"]),

@@ -22,6 +22,10 @@ FedTrimmedAvg, Krum) with a :class:`RoundLedger` mixed in. The ledger:
 * sorts replies by partition id before aggregation, so the floating-point sum order (hence the global model) does
   not depend on which client answered first.
 
+:func:`run_rounds` drives the rounds (train, then evaluate, per round) and stops early through
+:class:`EarlyStopping` once the federated holdout MSE has stopped improving (``patience`` > 0): ``rounds`` is then
+a maximum. flwr's ``Strategy.start`` runs a fixed number of rounds, so the loop is the server's own (same calls).
+
 With ``dp_noise_multiplier`` > 0 the strategy is wrapped in Flower's central differential privacy (:class:`Private`):
 every update clipped to ``clipping_norm`` (the same absolute bound the screening applies without privacy), Gaussian
 noise added to the aggregate.
@@ -71,6 +75,7 @@ class RoundLedger:
     adjustments: list[dict[str, Any]] = field(default_factory=list)
     row_caps: dict[int, int] = field(default_factory=dict)
     holdout_caps: dict[int, int] = field(default_factory=dict)
+    rounds_run: int = 0
     _round_start: dict[int, float] = field(default_factory=dict)
     _current: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
@@ -259,6 +264,94 @@ class RoundLedger:
         # the one line a round in the log (Flower's own per-round lines are dropped: bearing_core.federated.logs)
         log(INFO, "round %d/%d: train loss %.4g, holdout MSE %.4g, %d clients replied, %.1f s", server_round,
             self.cfg.rounds, glob["train_loss"], glob["eval_mse"], len(rows), glob["wall_s"])
+
+
+@dataclass
+class EarlyStopping:
+    """When to stop the rounds: after ``patience`` rounds in a row whose federated holdout MSE is not below the
+    reference by at least ``min_improvement`` (relative). The reference is the MSE of the last round that improved
+    by that much (as Keras' ``min_delta``), so a slow drift of 0.3 % a round does not keep training going for ever.
+    Rounds without a holdout MSE (no client has holdout rows) cannot be judged and count neither way.
+    """
+
+    max_rounds: int
+    patience: int = 0
+    min_improvement: float = 0.01
+    reference: float = math.inf
+    best_mse: float = math.inf
+    best_round: int = 0
+    stale: int = 0
+    rounds_run: int = 0
+    stopped_early: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: FederatedConfig) -> EarlyStopping:
+        return cls(max_rounds=cfg.rounds, patience=cfg.patience, min_improvement=cfg.min_improvement)
+
+    def update(self, server_round: int, eval_mse: float) -> bool:
+        """Record the round's federated holdout MSE; True when training should stop after this round."""
+        self.rounds_run = server_round
+        if not math.isfinite(eval_mse):
+            return False
+        if eval_mse < self.best_mse:
+            self.best_mse, self.best_round = eval_mse, server_round
+        if eval_mse < self.reference * (1.0 - self.min_improvement):
+            self.reference, self.stale = eval_mse, 0
+        else:
+            self.stale += 1
+        self.stopped_early = 0 < self.patience <= self.stale and server_round < self.max_rounds
+        return self.stopped_early
+
+    @property
+    def reason(self) -> str:
+        """Why training stopped, in one line (model card, run report, logs)."""
+        if self.stopped_early:
+            return (f"converged: holdout MSE improved by less than {self.min_improvement:.2%} for {self.patience} "
+                    f"rounds (after round {self.rounds_run} of at most {self.max_rounds})")
+        if self.patience == 0:
+            return f"fixed rounds: early stopping off (patience 0), {self.rounds_run} rounds"
+        return f"reached the maximum of {self.max_rounds} rounds before converging (patience {self.patience})"
+
+    def summary(self) -> dict[str, Any]:
+        """The stopping record saved with the model (``extra['training_stop']``)."""
+        return {
+            "rounds_run": self.rounds_run,
+            "max_rounds": self.max_rounds,
+            "stopped_early": self.stopped_early,
+            "reason": self.reason,
+            "patience": self.patience,
+            "min_improvement": self.min_improvement,
+            "best_round": self.best_round,
+            "best_eval_mse": self.best_mse if math.isfinite(self.best_mse) else None,
+        }
+
+
+def run_rounds(
+    strategy: Any,
+    grid: Grid,
+    arrays: ArrayRecord,
+    cfg: FederatedConfig,
+    train_config: ConfigRecord,
+    evaluate_config: ConfigRecord,
+) -> tuple[ArrayRecord, EarlyStopping]:
+    """Up to ``cfg.rounds`` rounds of ``strategy`` (train, aggregate, evaluate, aggregate, as ``Strategy.start``),
+    stopping early per :class:`EarlyStopping`; returns the last round's global weights and the stopping record."""
+    stopping = EarlyStopping.from_config(cfg)
+    for server_round in range(1, cfg.rounds + 1):
+        log(INFO, "[ROUND %s/%s]", server_round, cfg.rounds)
+        messages = strategy.configure_train(server_round, arrays, train_config, grid)
+        replies = grid.send_and_receive(messages=messages, timeout=cfg.round_timeout_s)
+        aggregated, _ = strategy.aggregate_train(server_round, replies)
+        if aggregated is not None:
+            arrays = aggregated
+        messages = strategy.configure_evaluate(server_round, arrays, evaluate_config, grid)
+        replies = grid.send_and_receive(messages=messages, timeout=cfg.round_timeout_s)
+        evaluation = strategy.aggregate_evaluate(server_round, replies)
+        mse = float(evaluation["eval_mse"]) if evaluation is not None and "eval_mse" in evaluation else math.nan
+        if stopping.update(server_round, mse):
+            break
+    log(INFO, "training stopped: %s", stopping.reason)
+    return arrays, stopping
 
 
 def _partition_id(msg: Message) -> int:

@@ -37,6 +37,7 @@ def partition_provenance(
     seed: int,
     input_cfg: InputConfig,
     params: dict[str, Any] | None = None,
+    healthy_file: str | os.PathLike[str] | None = None,
 ) -> dict[str, str]:
     """Content hash of the inputs (features, quarantine, dataset.json) and a fingerprint of the whole request.
 
@@ -54,6 +55,8 @@ def partition_provenance(
         "inputs": input_cfg.model_dump(mode="json"),
         "data_sha256": data_sha,
     }
+    if healthy_file is not None:  # a healthy-rows selection (bearing_core.healthy) replaces the healthy period
+        request["healthy_sha256"] = sha256_files([Path(healthy_file)])
     fingerprint = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
     return {"data_sha256": data_sha, "fingerprint": fingerprint}
 
@@ -65,14 +68,25 @@ def partition_dataset(
     seed: int,
     input_cfg: InputConfig,
     params: dict[str, Any] | None = None,
+    healthy_file: str | os.PathLike[str] | None = None,
 ) -> PartitionManifest:
     """Partition the healthy period of ``dataset_dir`` with partitioner ``scheme`` into ``dataset_dir/clients/``.
 
-    Rows are snapshots ('features' mode) or raw time samples of the healthy snapshots ('samples' mode).
+    Rows are snapshots ('features' mode) or raw time samples of the healthy snapshots ('samples' mode). With
+    ``healthy_file`` (a selection of rows by path, :mod:`bearing_core.healthy`) the healthy rows are those it names
+    instead of ``input_cfg``'s healthy period.
     """
     partitioner = get_partitioner(scheme, **(params or {}))
     columns = input_columns(dataset_dir, input_cfg)
-    healthy = healthy_period(load_features(dataset_dir), input_cfg)
+    if healthy_file is not None:
+        from bearing_core.healthy import read_selection, selection_mask
+
+        features = load_features(dataset_dir)
+        healthy = features[selection_mask(features, read_selection(healthy_file))].reset_index(drop=True)
+        if healthy.empty:
+            raise ValueError(f"empty healthy period: {healthy_file} names no row of {dataset_dir}")
+    else:
+        healthy = healthy_period(load_features(dataset_dir), input_cfg)
     if input_cfg.mode == "samples":
         rows = load_samples_rows(dataset_dir, healthy["path"].tolist())
     else:
@@ -87,6 +101,6 @@ def partition_dataset(
         partitioner.params(),
         seed,
         input_cfg.holdout_fraction,
-        provenance=partition_provenance(dataset_dir, scheme, num_clients, seed, input_cfg, params),
+        provenance=partition_provenance(dataset_dir, scheme, num_clients, seed, input_cfg, params, healthy_file),
         holdout_mode=input_cfg.holdout_mode,
     )

@@ -53,11 +53,17 @@ class NaturalPartitioner(Partitioner):
         return [part.astype(np.int64) for part in np.split(order, cuts)]
 
 
-def natural_clients(dataset_dir: str | os.PathLike[str]) -> tuple[int, dict[str, bool]]:
-    """How many clients the natural partition of ``dataset_dir`` gives, and its partitioner parameters.
+def natural_clients(
+    dataset_dir: str | os.PathLike[str], healthy_file: str | os.PathLike[str] | None = None
+) -> tuple[int, dict[str, bool], list[str]]:
+    """How many clients the natural partition of ``dataset_dir`` gives, its partitioner parameters, and the sites
+    left out.
 
     One client per site of ``dataset.json``; in the per-bearing layout (sites ``<site>/<bearing>``) one client per
-    site that holds the bearings (``parent=True``), so a site trains on all its bearings' rows.
+    site that holds the bearings (``parent=True``), so a site trains on all its bearings' rows. With
+    ``healthy_file`` (a healthy-rows selection, :mod:`bearing_core.healthy`) only the sites with at least one
+    selected row are clients: a site whose every bearing is in alarm (or has no row in the window) has nothing to
+    train on and is left out of this training (returned, sorted, for the log); no selected row at all is an error.
     """
     from bearing_core.per_bearing import LAYOUT_NAME  # per_bearing imports the partition writer
 
@@ -66,6 +72,18 @@ def natural_clients(dataset_dir: str | os.PathLike[str]) -> tuple[int, dict[str,
         raise FileNotFoundError(f"{path} not found: is {dataset_dir} a processed dataset?")
     meta = json.loads(path.read_text(encoding="utf-8"))
     parent = meta.get("layout") == LAYOUT_NAME
-    sites = [str(s) for s in meta.get("sites", [])]
-    groups = {s.rpartition("/")[0] for s in sites} if parent else set(sites)
-    return max(1, len(groups)), ({"parent": True} if parent else {})
+    params = {"parent": True} if parent else {}
+
+    def group(site: str) -> str:
+        return site.rpartition("/")[0] if parent else site
+
+    groups = {group(str(s)) for s in meta.get("sites", [])}
+    if healthy_file is None:
+        return max(1, len(groups)), params, []
+    from bearing_core.healthy import read_selection
+
+    chosen = {group(s) for s in pd.unique(read_selection(healthy_file)["site"].astype(str))}
+    if not chosen:
+        raise ValueError(f"no site has a healthy row in {healthy_file}: every bearing of every site is in alarm or "
+                         "outside the healthy window; clear alarms (bearing alarms clear) or widen the window")
+    return len(chosen), params, sorted(groups - chosen)
