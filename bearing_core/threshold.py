@@ -318,7 +318,12 @@ def screen_sketches(
 
 
 def with_margin(threshold: float, margin: float) -> float:
-    """``(sqrt(threshold) + margin)^2``: ``threshold`` widened by ``margin`` standard deviations of the inputs."""
+    """``(sqrt(threshold) + margin)^2``: ``threshold`` widened by ``margin`` standard deviations of the inputs.
+
+    No margin returns ``threshold`` itself (sqrt then square can lose the last bit, and with method 'max' the healthy
+    row that sets the threshold would then be over it)."""
+    if margin == 0:
+        return float(threshold)
     return float((np.sqrt(max(threshold, 0.0)) + margin) ** 2)
 
 
