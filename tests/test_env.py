@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bearing_core.env import configure_environment
+from bearing_core.env import OFFLINE_DEFAULTS, configure_environment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,6 +32,7 @@ def _makefile_exports(root: Path) -> dict[str, str]:
     exports: dict[str, str] = {}
     for line in (REPO / "Makefile").read_text(encoding="utf-8").splitlines():
         match = re.fullmatch(r"export\s+(\w+)\s*:=\s*(.*?)\s*", line)
+        assert match or not line.lstrip().startswith("export"), f"Makefile export this test cannot read: {line!r}"
         if match:
             value = match.group(2).replace("$(CURDIR)", str(root))
             exports[match.group(1)] = re.sub(r"\$\((\w+)\)", lambda m: exports[m.group(1)], value)
@@ -43,10 +44,12 @@ def test_the_makefile_exports_what_configure_environment_sets(
 ) -> None:
     root = tmp_path.resolve()
     for key in list(os.environ):
-        if key.startswith(("PREFECT_", "FLWR_", "RAY_", "GX_", "DO_NOT_TRACK", "BEARING_")):
+        if key.startswith(("PREFECT_", "FLWR_", "RAY_", "GX_", "DO_NOT_TRACK", "BEARING_")) or key in OFFLINE_DEFAULTS:
             monkeypatch.delenv(key)
     set_now = configure_environment(root)
+    # both directions: every variable configure_environment sets is exported with the same value, and nothing else
     assert _makefile_exports(root) == set_now
+    assert set(OFFLINE_DEFAULTS) <= set(set_now)
     assert set_now["PREFECT_LOCAL_STORAGE_PATH"] == str(root / ".prefect" / "storage")
     assert set_now["PREFECT_RESULTS_DEFAULT_SERIALIZER"] == "json"
 
