@@ -277,6 +277,7 @@ def _federate(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
           "s.key"), "--i-know-this-is-insecure only goes with --insecure"),
     ],
 )
+@pytest.mark.integration
 def test_federate_refuses_bad_or_unsafe_addresses_in_one_line(
     tmp_path: Path, argv: tuple[str, ...], message: str
 ) -> None:
@@ -287,6 +288,7 @@ def test_federate_refuses_bad_or_unsafe_addresses_in_one_line(
     assert not (tmp_path / "logs").exists()  # nothing was started, nothing listened
 
 
+@pytest.mark.integration
 def test_federate_refuses_a_port_in_use_in_one_line(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -61,6 +61,7 @@ def test_lock_timeout_option_defaults_and_rejects_negative_values(capsys: pytest
     assert exit_info.value.code == 2 and "must be >= 0, got -1" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_validate_gives_up_cleanly_while_another_process_holds_the_lock(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -77,6 +78,7 @@ def test_validate_gives_up_cleanly_while_another_process_holds_the_lock(
     assert (tmp_path / "quarantine.parquet").read_bytes() == quarantine
 
 
+@pytest.mark.integration
 def test_validate_waits_for_the_holder_then_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_dataset(tmp_path, {"site_1": 4})
     with lock_held_by_another_process(tmp_path / PIPELINE_LOCK_FILE, hold_s=1.0) as released:
@@ -87,6 +89,7 @@ def test_validate_waits_for_the_holder_then_runs(tmp_path: Path, capsys: pytest.
     assert (tmp_path / "validation" / "report.json").stat().st_mtime_ns >= released.stat().st_mtime_ns
 
 
+@pytest.mark.integration
 def test_ingest_waits_for_the_dataset_lock_and_gives_up_cleanly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -216,6 +216,7 @@ def simulated(tmp_path_factory: pytest.TempPathFactory):
     return result, dataset
 
 
+@pytest.mark.integration
 def test_simulation_trains_and_loss_decreases(simulated) -> None:
     result, _ = simulated
     glob = result.metrics[result.metrics["client"] == "global"].sort_values("round")
@@ -228,6 +229,7 @@ def test_simulation_trains_and_loss_decreases(simulated) -> None:
     assert (per_client["num_eval_examples"] > 0).all()
 
 
+@pytest.mark.integration
 def test_failing_client_is_excluded_not_fatal(simulated) -> None:
     result, _ = simulated
     assert [(f["round"], f["step"], f["client"]) for f in result.failures] == [(1, "train", 1)]
@@ -240,6 +242,7 @@ def test_failing_client_is_excluded_not_fatal(simulated) -> None:
     assert not np.isnan(m[(m["round"] == 2) & (m["client"] == "1")]["train_loss"]).any()  # ... back in round 2
 
 
+@pytest.mark.integration
 def test_model_and_metrics_written_with_centralized_baseline(simulated) -> None:
     result, dataset = simulated
     metrics = pq.read_table(result.model_dir / "metrics.parquet").to_pandas()
@@ -262,6 +265,7 @@ def test_model_and_metrics_written_with_centralized_baseline(simulated) -> None:
     assert result.final("global")["eval_mse"] == pytest.approx(loaded.extra["final_eval_mse"])
 
 
+@pytest.mark.integration
 def test_same_seed_gives_the_same_model_bit_for_bit(simulated, tmp_path: Path) -> None:
     """The in-process runtime keeps runs reproducible: clients seed their own work, replies are aggregated in
     partition order, and concurrent ClientApps do not disturb each other (nor the server)."""
@@ -292,6 +296,7 @@ def test_simulation_workers_are_validated() -> None:
         run_inprocess(None, None, 2, 1000)  # checked before anything starts
 
 
+@pytest.mark.integration
 def test_federated_threshold_equals_pooled_calibration(simulated) -> None:
     """The threshold merged from the clients' sketches equals the pooled computation on all holdout rows."""
     from bearing_core.threshold import ThresholdConfig, load_threshold, snapshot_errors

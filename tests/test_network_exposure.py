@@ -127,6 +127,7 @@ def _env(project: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.integration
 def test_lister_sees_wildcard_and_loopback_listeners(tmp_path: Path) -> None:
     """The socket lister finds a child's TCP/UDP listeners and classifies them: the real test cannot be vacuous."""
     script = textwrap.dedent(

@@ -260,6 +260,7 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
+@pytest.mark.integration
 def test_partition_task_caches_on_content_and_rebuilds_missing_outputs(tmp_path: Path, prefect_harness) -> None:
     from prefect import flow
 
@@ -312,6 +313,7 @@ def test_partition_dataset_in_samples_mode_splits_raw_time_samples(tmp_path: Pat
     assert (client["split"] == "holdout").sum() == 25
 
 
+@pytest.mark.integration
 def test_partition_task_fails_fast_with_the_partitioners_message(tmp_path: Path, prefect_harness) -> None:
     from prefect import flow
 

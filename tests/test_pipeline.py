@@ -30,6 +30,8 @@ from pipeline_helpers import task_run_states
 from bearing_core.locking import LockTimeout, exclusive_lock
 from bearing_core.synthetic import generate_demo, load_ground_truth
 
+pytestmark = pytest.mark.e2e  # runs the pipeline flow (Prefect test server), several times per test
+
 REPO = Path(__file__).resolve().parents[1]
 PARAMS: dict[str, Any] = {
     "raw_dir": "raw/demo",

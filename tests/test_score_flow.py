@@ -12,6 +12,8 @@ from test_scoring import THREE_IN_A_ROW, DemoModel, build_demo_model
 
 from bearing_core.alarms import AlarmConfig
 
+pytestmark = pytest.mark.integration  # runs the score flow on a Prefect test server
+
 
 @pytest.fixture(scope="module")
 def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:

@@ -10,6 +10,8 @@ import pytest
 
 from test_federated import write_feature_dataset
 
+pytestmark = pytest.mark.integration  # runs the train flow (a Flower simulation) on a Prefect test server
+
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory):
@@ -22,7 +24,6 @@ def harness(tmp_path_factory: pytest.TempPathFactory):
             yield
 
 
-@pytest.mark.integration
 def test_train_flow_trains_caches_and_publishes_artifacts(harness, tmp_path: Path) -> None:
     from prefect.artifacts import Artifact
 

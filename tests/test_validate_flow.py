@@ -15,6 +15,8 @@ from bearing_core.validation import ValidationConfig, ValidationFailed
 # the synthetic processed-dataset writer of the validation tests (tests/ is on sys.path under pytest)
 from test_validation import write_dataset
 
+pytestmark = pytest.mark.integration  # runs the validate flow on a Prefect test server
+
 
 @pytest.fixture(scope="module")
 def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:

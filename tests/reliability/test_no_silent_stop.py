@@ -152,6 +152,7 @@ def prefect_harness(tmp_path: Path) -> Iterator[None]:
         yield
 
 
+@pytest.mark.integration
 def test_score_flow_fails_with_the_reason(
     dataset: Path, monitored: tuple[Path, Path], prefect_harness: None
 ) -> None:
