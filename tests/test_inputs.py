@@ -16,7 +16,6 @@ from pydantic import ValidationError
 from bearing_core.config import IMS_CHANNELS_4, IMS_CHANNELS_8, IMS_SAMPLES_PER_SNAPSHOT
 from bearing_core.inputs import InputConfig, healthy_period, input_columns, load_features, load_samples_rows
 
-IMS_DIR = Path(__file__).resolve().parents[2] / "shared" / "ims"
 FEATURES = ("mean_abs", "rms", "kurtosis")
 
 
@@ -152,11 +151,9 @@ def test_samples_mode_gives_20480_rows_per_snapshot(tmp_path: Path) -> None:
         load_samples_rows(ds, ["site_3/x"])
 
 
-def test_real_ims_1st_test_inputs(tmp_path: Path) -> None:
+def test_real_ims_1st_test_inputs(tmp_path: Path, shared_ims: Path) -> None:
     """Real data: the published mean_abs features and the first raw snapshots of the IMS 1st test."""
-    csv, raw = IMS_DIR / "features" / "1st_test_mean_abs.csv", IMS_DIR / "raw" / "1st_test"
-    if not csv.is_file() or not raw.is_dir():
-        pytest.skip(f"real IMS data not found under {IMS_DIR}")
+    csv, raw = shared_ims / "features" / "1st_test_mean_abs.csv", shared_ims / "raw" / "1st_test"
     published = pd.read_csv(csv)
     ts = pd.to_datetime(published["file"], format="%Y.%m.%d.%H.%M.%S").astype("datetime64[us]")
     features = pd.DataFrame({"timestamp": ts, "file": published["file"], "site": "1st_test", "path": published["file"]})
@@ -182,11 +179,9 @@ def test_real_ims_1st_test_inputs(tmp_path: Path) -> None:
                                rtol=1e-5)
 
 
-def test_inputs_read_what_ingest_writes(tmp_path: Path) -> None:
+def test_inputs_read_what_ingest_writes(tmp_path: Path, shared_ims: Path) -> None:
     """Contract check against the real ingest on the real IMS excerpt (4 snapshots of the 1st test)."""
-    raw = IMS_DIR / "raw" / "1st_test"
-    if not raw.is_dir():
-        pytest.skip(f"real IMS data not found at {raw}")
+    raw = shared_ims / "raw" / "1st_test"
     from bearing_core.config import IngestConfig
     from bearing_core.ingest import ingest_directory
 

@@ -32,7 +32,6 @@ from bearing_core.validation import (
 from bearing_core.validation.summaries import feature_timeline, summarize_snapshot
 
 N_SAMPLES = 2_048
-IMS_DIR = Path(__file__).resolve().parents[2] / "shared" / "ims"
 T0 = pd.Timestamp("2004-02-12 10:32:39")
 
 
@@ -431,10 +430,8 @@ def test_cli_missing_dir_and_bad_args_exit_two(tmp_path: Path, capsys: pytest.Ca
 # --------------------------------------------------------------------------------------------------- real data
 
 
-def test_real_ims_snapshots_pass(tmp_path: Path) -> None:
-    raw = IMS_DIR / "raw" / "1st_test"
-    if not raw.is_dir():
-        pytest.skip(f"real IMS data not available at {raw}")
+def test_real_ims_snapshots_pass(tmp_path: Path, shared_ims: Path) -> None:
+    raw = shared_ims / "raw" / "1st_test"
     files = sorted(raw.iterdir())
     channels = channel_names(8)
     x = np.stack([pd.read_csv(f, sep="\t", header=None, dtype=np.float32).to_numpy() for f in files])
