@@ -1,11 +1,10 @@
-"""Shared pytest fixtures: the real IMS excerpt (skipped when absent) and an IMS-format file writer."""
+"""Shared pytest fixtures: the project-local environment and the real IMS excerpt (skipped when absent)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bearing_core.env import configure_environment
@@ -35,11 +34,3 @@ def shared_ims() -> Path:
     if not (SHARED_IMS / "raw" / "1st_test").is_dir():
         pytest.skip(f"real IMS data not available at {SHARED_IMS}")
     return SHARED_IMS
-
-
-def write_ims_file(path: Path, data: np.ndarray) -> Path:
-    """Write ``data`` (n_samples, n_channels) as an IMS snapshot: tab-separated, 3 decimals, no header, ``\\n``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savetxt(path, np.asarray(data, dtype=np.float64), fmt="%.3f", delimiter="\t", newline="\n")
-    return path

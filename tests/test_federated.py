@@ -7,7 +7,6 @@ checked directly on reply messages, without a simulation.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from helpers.feature_datasets import write_feature_dataset
 
 from bearing_core.config import IMS_CHANNELS_4
 from bearing_core.federated.config import STRATEGIES, FaultInjection, FederatedConfig, check_strategy
@@ -24,29 +24,6 @@ from bearing_core.inputs import InputConfig
 from bearing_core.model_io import load_model
 from bearing_core.partition.build import partition_dataset
 from bearing_core.partition.writer import scheme_dir
-
-
-def write_feature_dataset(root: Path, rows_per_site: int = 90, sites: tuple[str, ...] = ("site_1", "site_2")) -> Path:
-    """A tiny processed dataset (features.parquet + dataset.json): correlated channels, so an AE can learn it."""
-    rng = np.random.default_rng(7)
-    frames = []
-    for offset, site in enumerate(sites):
-        stamps = pd.date_range("2004-02-12 10:32:39", periods=rows_per_site, freq="10min").astype("datetime64[us]")
-        frame = pd.DataFrame({"timestamp": stamps, "file": stamps.strftime("%Y.%m.%d.%H.%M.%S"), "site": site})
-        frame["path"] = site + "/" + frame["file"]
-        latent = rng.normal(size=rows_per_site)
-        for j, channel in enumerate(IMS_CHANNELS_4):
-            noise = 0.002 * rng.normal(size=rows_per_site)
-            frame[f"{channel}_mean_abs"] = 0.1 + 0.01 * offset + 0.01 * (j + 1) * latent + noise
-        frames.append(frame)
-    features = pd.concat(frames).sort_values(["timestamp", "site"]).reset_index(drop=True)
-    root.mkdir(parents=True, exist_ok=True)
-    features.to_parquet(root / "features.parquet", index=False)
-    meta = {"name": root.name, "channels": list(IMS_CHANNELS_4), "expected_samples": 20480, "fs_hz": 20000.0,
-            "features": ["mean_abs"], "sites": list(sites), "rig": {}}
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return root
-
 
 # --------------------------------------------------------------------------------------------- config
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_federated import write_feature_dataset
+from helpers.feature_datasets import write_feature_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 PROC = Path("/proc")

@@ -185,7 +185,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.mark.parametrize(("flat", "message"), [BAD[0], BAD[1], BAD[2]])
 @pytest.mark.integration
 def test_the_flow_run_fails_before_ingest_with_one_line(project: Path, flat: dict[str, Any], message: str) -> None:
-    from pipeline_helpers import task_run_states
+    from helpers.prefect_runs import task_run_states
 
     from flows.pipeline import pipeline_flow
 

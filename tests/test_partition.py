@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from helpers.input_datasets import write_dataset, write_samples
 
 from bearing_core.config import IMS_CHANNELS_4
 from bearing_core.inputs import InputConfig, load_features
@@ -24,7 +25,6 @@ from bearing_core.partition import (
 from bearing_core.partition.build import partition_dataset
 from bearing_core.partition.quantity import NOTEBOOK_RATIOS
 from bearing_core.partition.writer import holdout_mask, load_manifest, read_client, write_partitions
-from test_inputs import write_dataset, write_samples
 
 INPUTS = ["B1_mean_abs", "B2_mean_abs"]
 

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_ims_file
-from pipeline_helpers import task_run_states
+from helpers.ims_files import write_ims_file
+from helpers.prefect_runs import task_run_states
 
 from bearing_core.locking import LockTimeout, exclusive_lock
 from bearing_core.synthetic import generate_demo, load_ground_truth
@@ -69,9 +69,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def run_pipeline(**overrides: Any) -> tuple[Any, dict[str, list[str]], float]:
     """Run the pipeline flow with these settings (flat names, as the flags: ``rounds=3``); return its final state,
     the task-run states of the run, and its wall time."""
-    from flows.pipeline import pipeline_flow
-
     from bearing_core.params import nested
+    from flows.pipeline import pipeline_flow
 
     start = time.perf_counter()
     state = pipeline_flow(**nested({**PARAMS, **overrides}), return_state=True)

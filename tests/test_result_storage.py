@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_ims_file
+from helpers.ims_files import write_ims_file
 
 REPO = Path(__file__).resolve().parents[1]
 

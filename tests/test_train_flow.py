@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from test_federated import write_feature_dataset
+from helpers.feature_datasets import write_feature_dataset
 
 pytestmark = pytest.mark.integration  # runs the train flow (a Flower simulation) on a Prefect test server
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_ims_file
+from helpers.ims_files import write_ims_file
 
 from bearing_core.autoencoder import Autoencoder, ModelConfig
 from bearing_core.config import IngestConfig
