@@ -154,11 +154,9 @@ def kill_plan(trace: Sequence[dict[str, Any]], seed: int = PLAN_SEED) -> list[Ki
 
 
 def _env() -> dict[str, str]:
-    """The subprocess environment: this checkout importable, Prefect settings from the project (none inherited),
-    Ray's sockets under a short path (AF_UNIX paths are limited to 107 bytes)."""
+    """The subprocess environment: this checkout importable, Prefect settings from the project (none inherited)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.setdefault("RAY_TMPDIR", str(REPO / ".ray"))
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a loaded CI machine starts it slowly
     return env
 
