@@ -2,6 +2,8 @@
 # pyproject.toml or requirements.lock change).
 #   make run    demo data (if data/raw has none) -> the pipeline -> prints where the outputs are
 #   make test   the whole test suite (what CI runs)
+#   make test-fast  the unit tests only (no Prefect server, pipeline, federated simulation or subprocess)
+#   make lint   formatting, lint rules and the layer contracts (pyproject.toml [tool.ruff], [tool.importlinter])
 #   make bench  benchmarks, written to BENCHMARKS.md
 
 PYTHON ?= python3
@@ -26,11 +28,13 @@ export PREFECT_LOCAL_STORAGE_PATH := $(PREFECT_HOME)/storage
 export PREFECT_SERVER_API_HOST := 127.0.0.1
 export FLWR_HOME := $(CURDIR)/.flwr
 
-.PHONY: run test bench install serve stop clean-data help
+.PHONY: run test test-fast lint bench install serve stop clean-data help
 
 help:
 	@echo "make run    # demo data -> pipeline; prints where outputs are"
 	@echo "make test   # test suite"
+	@echo "make test-fast  # unit tests only (markers e2e/integration/slow/browser left out)"
+	@echo "make lint   # ruff format --check, ruff check, lint-imports (layer contracts)"
 	@echo "make bench  # benchmarks -> BENCHMARKS.md"
 	@echo "make serve  # local Prefect server + deployments + worker on 127.0.0.1:4200"
 	@echo "make serve DB=postgres  # the same on a project-local PostgreSQL (127.0.0.1:54329)"
@@ -56,6 +60,12 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not (e2e or integration or slow or browser)"
+
+lint: install
+	$(BIN)/ruff format --check . && $(BIN)/ruff check . && $(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python -m bench.ingest --files 1000

@@ -1,8 +1,8 @@
 """Atomic writes: every output is written to a temporary file in the same directory, then renamed.
 
 A reader therefore sees either the previous complete file or the new complete file, never a half-written one,
-whatever moment the writer is killed at. By default the data is also fsynced before the rename, so it survives
-a power loss; ``fsync=False`` skips that for callers that make many files durable at once later (see
+whatever moment the writer is killed at. By default the data is also fsynced before the rename and the directory
+after it (so the rename itself is on disk), so the new file survives a power loss; ``fsync=False`` skips that for callers that make many files durable at once later (see
 :func:`bearing_core.ingest.ingest_directory`): a killed *process* loses nothing either way, only an OS crash
 can leave such a file empty until that later sync.
 """
@@ -36,11 +36,22 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None, *, fs
             with open(tmp_path, "rb") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp_path, target)
+        if fsync:
+            fsync_dir(target.parent)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         _name_the_output(exc, target)
         raise
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """fsync ``directory`` itself: makes the renames and creations of entries in it durable (POSIX)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes_atomic(

@@ -44,7 +44,6 @@ from bearing_core.fingerprint import sha256_files
 from bearing_core.inputs import (
     DATASET_FILE,
     FEATURES_FILE,
-    PER_BEARING_DIR,
     QUARANTINE_FILE,
     InputConfig,
     healthy_period,

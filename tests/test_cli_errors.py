@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +221,7 @@ def test_printable_escapes_only_what_cannot_be_shown() -> None:
     assert printable(Path("x\ny")) == "x\\ny"
 
 
+@pytest.mark.integration
 def test_train_natural_takes_the_client_count_from_the_sites(dataset: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 15: `--partition natural` failed unless --clients equalled the number of sites ("gives 1 clients ...

@@ -20,8 +20,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_deployment import _free_port, bearing
-from test_federated import write_feature_dataset
+from helpers.feature_datasets import write_feature_dataset
+from helpers.processes import bearing, free_port
 
 from bearing_core.federated.deployment import (
     APP_DIR,
@@ -277,6 +277,7 @@ def _federate(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
           "s.key"), "--i-know-this-is-insecure only goes with --insecure"),
     ],
 )
+@pytest.mark.integration
 def test_federate_refuses_bad_or_unsafe_addresses_in_one_line(
     tmp_path: Path, argv: tuple[str, ...], message: str
 ) -> None:
@@ -287,13 +288,14 @@ def test_federate_refuses_bad_or_unsafe_addresses_in_one_line(
     assert not (tmp_path / "logs").exists()  # nothing was started, nothing listened
 
 
+@pytest.mark.integration
 def test_federate_refuses_a_port_in_use_in_one_line(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         for flag, other in (("--port", "--control-port"), ("--control-port", "--port")):
-            out = _federate(tmp_path, flag, str(port), other, str(_free_port()), "--insecure")
+            out = _federate(tmp_path, flag, str(port), other, str(free_port()), "--insecure")
             assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
             assert f"bearing federate: error: {flag} {port}: cannot bind 127.0.0.1:{port}" in out.stderr
     assert not (tmp_path / "logs").exists()
@@ -307,7 +309,7 @@ def test_control_and_runtime_apis_listen_on_loopback_whatever_host_says(tmp_path
     """``--host 127.0.0.2`` (loopback, but not 127.0.0.1): the Fleet API follows it, the rest stays on 127.0.0.1."""
     env = flower_env()
     env["FLWR_HOME"] = str(tmp_path / "flwr-home")
-    port, control_port, logs = _free_port(), _free_port(), tmp_path / "logs"
+    port, control_port, logs = free_port(), free_port(), tmp_path / "logs"
     coordinator = start("federate", bearing(
         "federate", "--clients", "1", "--out", str(tmp_path / "model"), "--host", "127.0.0.2", "--port", str(port),
         "--control-port", str(control_port), "--insecure", "--logs", str(logs), "--timeout", "300",
@@ -329,7 +331,7 @@ def test_foreign_app_submitted_to_bearing_federate_is_refused_and_runs_nowhere(t
     home = tmp_path / "flwr-home"
     env = flower_env()
     env["FLWR_HOME"] = str(home)
-    port, control_port, logs = _free_port(), _free_port(), tmp_path / "logs"
+    port, control_port, logs = free_port(), free_port(), tmp_path / "logs"
     # two sites expected, one joins: bearing's own run waits while the foreign app is submitted
     coordinator = start("federate", bearing(
         "federate", "--clients", "2", "--rounds", "1", "--out", str(tmp_path / "model"), "--port", str(port),
@@ -339,7 +341,7 @@ def test_foreign_app_submitted_to_bearing_federate_is_refused_and_runs_nowhere(t
     with running(processes):
         wait_for_log(coordinator, "waiting for 2 sites", timeout_s=120)
         site = start("site", bearing("site", "--superlink", f"127.0.0.1:{port}", "--data", str(dataset),
-                                     "--scheme", "natural", "--partition-id", "0", "--port", str(_free_port()),
+                                     "--scheme", "natural", "--partition-id", "0", "--port", str(free_port()),
                                      "--insecure"), logs / "site.log", env)
         processes.append(site)
         wait_for_log(site, "SuperNode ID", timeout_s=60)
@@ -374,14 +376,14 @@ def test_site_refuses_a_foreign_clientapp_even_from_a_superlink_that_runs_it(tmp
     home = tmp_path / "flwr-home"
     env = flower_env()
     env["FLWR_HOME"] = str(home)
-    port, logs = _free_port(), tmp_path / "logs"
+    port, logs = free_port(), tmp_path / "logs"
     stock = start("stock-superlink", ["flower-superlink", "--host", "127.0.0.1", "--port", str(port), "--insecure",
                                       "--disable-runtime-dependency-installation"], logs / "stock.log", env)
     processes: list[FlowerProcess] = [stock]
     with running(processes):
         wait_for_log(stock, "Uvicorn running on", timeout_s=60)
         site = start("site", bearing("site", "--superlink", f"127.0.0.1:{port}", "--data", str(dataset),
-                                     "--scheme", "natural", "--partition-id", "0", "--port", str(_free_port()),
+                                     "--scheme", "natural", "--partition-id", "0", "--port", str(free_port()),
                                      "--insecure"), logs / "site.log", env)
         processes.append(site)
         wait_for_log(site, "SuperNode ID", timeout_s=60)

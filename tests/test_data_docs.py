@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_validation import rewrite_features, write_dataset
+from helpers.processed_datasets import rewrite_features, write_dataset
 
 from bearing_core.validation import ValidationConfig, ValidationReport, validate_dataset
 

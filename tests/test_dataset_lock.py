@@ -5,41 +5,14 @@ process holds ``<dataset>/.pipeline.lock`` they wait, and fail with one line and
 from __future__ import annotations
 
 import argparse
-import contextlib
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_validation import write_dataset
+from helpers.processed_datasets import write_dataset
+from helpers.processes import lock_held_by_another_process
 
 from bearing_core.locking import PIPELINE_LOCK_FILE
 from cli.dataset_lock import LOCK_TIMEOUT_S, LOCKED_EXIT_CODE, add_lock_timeout_argument
-
-_HOLDER = """\
-import sys, time
-from pathlib import Path
-from bearing_core.locking import exclusive_lock
-with exclusive_lock(sys.argv[1], timeout_s=0):
-    print("held", flush=True)
-    time.sleep(float(sys.argv[2]))
-    Path(sys.argv[1] + ".released").touch()
-"""
-
-
-@contextlib.contextmanager
-def lock_held_by_another_process(lock: Path, hold_s: float = 120.0) -> Iterator[Path]:
-    """Another Python process holds ``lock`` (``exclusive_lock``) for ``hold_s`` seconds, then touches and yields
-    ``<lock>.released`` just before letting go; it is killed when the block exits."""
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(lock), str(hold_s)], stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        yield lock.with_name(lock.name + ".released")
-    finally:
-        holder.kill()
-        holder.wait(10)
 
 
 def _validate(argv: list[str]) -> int:
@@ -61,6 +34,7 @@ def test_lock_timeout_option_defaults_and_rejects_negative_values(capsys: pytest
     assert exit_info.value.code == 2 and "must be >= 0, got -1" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_validate_gives_up_cleanly_while_another_process_holds_the_lock(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -77,6 +51,7 @@ def test_validate_gives_up_cleanly_while_another_process_holds_the_lock(
     assert (tmp_path / "quarantine.parquet").read_bytes() == quarantine
 
 
+@pytest.mark.integration
 def test_validate_waits_for_the_holder_then_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_dataset(tmp_path, {"site_1": 4})
     with lock_held_by_another_process(tmp_path / PIPELINE_LOCK_FILE, hold_s=1.0) as released:
@@ -87,11 +62,12 @@ def test_validate_waits_for_the_holder_then_runs(tmp_path: Path, capsys: pytest.
     assert (tmp_path / "validation" / "report.json").stat().st_mtime_ns >= released.stat().st_mtime_ns
 
 
+@pytest.mark.integration
 def test_ingest_waits_for_the_dataset_lock_and_gives_up_cleanly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import numpy as np
-    from conftest import write_ims_file
+    from helpers.ims_files import write_ims_file
 
     from cli import ingest_cmd
 

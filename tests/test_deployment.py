@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import socket
 import sys
 import tomllib
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_federated import write_feature_dataset
+from helpers.feature_datasets import write_feature_dataset
+from helpers.processes import bearing, free_port
 
 from bearing_core.federated.config import FederatedConfig
 from bearing_core.federated.deployment import (
@@ -43,12 +43,6 @@ from bearing_core.inputs import InputConfig
 from bearing_core.model_io import load_model
 from bearing_core.partition.build import partition_dataset
 from bearing_core.partition.writer import scheme_dir
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_test_pki(out: Path, name: str) -> TlsFiles:
@@ -83,10 +77,6 @@ def write_test_pki(out: Path, name: str) -> TlsFiles:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return TlsFiles(out / "ca.pem", out / "server.pem", out / "server.key")
 
-
-def bearing(*argv: str) -> list[str]:
-    """The ``bearing`` command line (this interpreter, so the test's venv)."""
-    return [sys.executable, "-m", "cli.main", *argv]
 
 
 def test_commands_bind_loopback_and_carry_the_node_config(tmp_path: Path) -> None:
@@ -156,7 +146,7 @@ def test_superlink_and_two_supernodes_train_a_model(tmp_path: Path) -> None:
     clients_dir = scheme_dir(dataset, "natural")
     env = flower_env()
     env["FLWR_HOME"] = str(tmp_path / "flwr-home")
-    port, control_port = _free_port(), _free_port()
+    port, control_port = free_port(), free_port()
     write_connection(f"127.0.0.1:{control_port}", flwr_home=tmp_path / "flwr-home")  # flwr run: the Control API
     logs = tmp_path / "logs"
     processes = [start("superlink", superlink_command(port=port, control_port=control_port), logs / "superlink.log",
@@ -164,7 +154,7 @@ def test_superlink_and_two_supernodes_train_a_model(tmp_path: Path) -> None:
     with running(processes):
         wait_for_log(processes[0], READY, timeout_s=60)
         for k in range(2):
-            node = start(f"supernode-{k}", supernode_command(f"127.0.0.1:{port}", clients_dir, k, _free_port()),
+            node = start(f"supernode-{k}", supernode_command(f"127.0.0.1:{port}", clients_dir, k, free_port()),
                          logs / f"supernode-{k}.log", env)
             processes.append(node)
         for node in processes[1:]:
@@ -195,17 +185,17 @@ def test_tls_federation_with_bearing_federate_and_site_rejects_insecure_and_fore
     foreign_ca = write_test_pki(tmp_path / "foreign", "foreign").ca_certfile
     env = flower_env()
     env["FLWR_HOME"] = str(tmp_path / "flwr-home")
-    port, logs, model_dir = _free_port(), tmp_path / "logs", tmp_path / "model"
+    port, logs, model_dir = free_port(), tmp_path / "logs", tmp_path / "model"
     superlink = f"127.0.0.1:{port}"
 
     def site(name: str, partition_id: int, *security: str) -> FlowerProcess:
         cmd = bearing("site", "--superlink", superlink, "--data", str(dataset), "--scheme", "natural",
-                      "--partition-id", str(partition_id), "--port", str(_free_port()), *security)
+                      "--partition-id", str(partition_id), "--port", str(free_port()), *security)
         return start(name, cmd, logs / f"{name}.log", env)
 
     coordinator = start("federate", bearing(
         "federate", "--clients", "2", "--rounds", "2", "--lr", "0.01", "--batch-size", "8", "--out", str(model_dir),
-        "--port", str(port), "--control-port", str(_free_port()), "--ssl-ca-certfile", str(tls.ca_certfile), "--ssl-certfile", str(tls.certfile),
+        "--port", str(port), "--control-port", str(free_port()), "--ssl-ca-certfile", str(tls.ca_certfile), "--ssl-certfile", str(tls.certfile),
         "--ssl-keyfile", str(tls.keyfile), "--logs", str(logs), "--timeout", "300",
     ), logs / "federate.log", env)
     processes = [coordinator]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,7 +18,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy
-from pipeline_helpers import NIGHTLY_OVERRIDES
+from helpers.prefect_runs import NIGHTLY_OVERRIDES
+from helpers.processes import free_port
+from helpers.sockets import listening_sockets, process_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "bearing-local"
@@ -27,11 +28,6 @@ TZ = "Europe/Paris"  # not the default: proves the schedule's time zone comes fr
 
 pytestmark = pytest.mark.integration
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _alive(pid: int) -> bool:
@@ -47,6 +43,7 @@ class Served:
 
     def __init__(self, env: dict[str, str], port: int, output: str) -> None:
         self.env = env
+        self.port = port
         self.api_url = f"http://127.0.0.1:{port}/api"
         self.output = output
         self.run_dir = Path(env["PREFECT_HOME"]) / "run"
@@ -73,7 +70,7 @@ def _script(name: str, env: dict[str, str], timeout: float) -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path_factory.mktemp("prefect_home")), BEARING_PREFECT_PORT=str(port),
                BEARING_TZ=TZ, BEARING_STOP_TIMEOUT="10")
@@ -98,6 +95,10 @@ def test_serve_starts_server_and_worker_and_reports_the_ui(served: Served) -> No
     assert all(_alive(pid) for pid in served.pids().values())
     assert f"UI:  http://127.0.0.1:{served.api_url.split(':')[2].split('/')[0]}" in served.output
     assert "nightly-retrain next run: " in served.output
+    # the server (and anything it started) listens on loopback only, on the port it was given
+    listeners = listening_sockets(process_tree(served.pids()["server"]))
+    assert served.port in {s.port for s in listeners}, sorted(map(str, listeners))
+    assert all(s.loopback for s in listeners), sorted(map(str, listeners))
     logs = Path(served.env["PREFECT_HOME"]) / "logs"
     assert {"server.log", "worker.log", "deploy.log"} <= {p.name for p in logs.iterdir()}
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.splits import CHANNELS, samples_split
 
 from bearing_core.experiments import (
     CENTRALIZED,
     DETECTION_COLUMNS,
     SEED_FILES,
     SUMMARY_COLUMNS,
-    EvaluationSplit,
     ExperimentSpec,
     GridConfig,
     block_holdout_split,
@@ -35,28 +35,6 @@ from bearing_core.partition.writer import (
     load_manifest,
     read_client,
 )
-
-CHANNELS = ("B1_a", "B1_b", "B2_a", "B2_b", "B3_a", "B3_b", "B4_a", "B4_b")
-
-
-def samples_split(n_rows: int = 2000, blocks: int = 10, seed: int = 0) -> EvaluationSplit:
-    """A samples-mode split of synthetic raw samples (8 correlated channels in g), cut like the seed preset."""
-    rng = np.random.default_rng(seed)
-    latent = rng.normal(size=(n_rows, 2))
-    mixing = rng.normal(size=(2, len(CHANNELS)))
-    values = 0.1 * latent @ mixing + 0.01 * rng.normal(size=(n_rows, len(CHANNELS)))
-    rows = pd.DataFrame(values.astype(np.float32), columns=list(CHANNELS))
-    stamp = pd.Timestamp("2003-10-22 12:14:13").as_unit("us")
-    rows.insert(0, "timestamp", stamp)
-    rows.insert(1, "file", "2003.10.22.12.14.13")
-    rows.insert(2, "site", "1st_test")
-    rows.insert(3, "path", "1st_test/2003.10.22.12.14.13")
-    train_pos, eval_pos = block_holdout_split(n_rows, blocks, 0.2)
-    return EvaluationSplit(
-        train=rows.iloc[train_pos].reset_index(drop=True), eval=rows.iloc[eval_pos].reset_index(drop=True),
-        columns=list(CHANNELS), description="synthetic samples", train_position=train_pos, eval_position=eval_pos,
-    )
-
 
 # ------------------------------------------------------------------------------------------ evaluation set
 
@@ -253,7 +231,7 @@ DEMO_RUN = {"preset": "demo", "rounds": 2, "experiments": [CENTRALIZED, "fedavg-
 @pytest.fixture(scope="module")
 def demo_run(harness, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict[str, list[str]]]:
     """The flow run once on the tiny demo grid: output directory, returned dict, task run states."""
-    from pipeline_helpers import task_run_states
+    from helpers.prefect_runs import task_run_states
 
     from flows.experiments import experiments_flow
 
@@ -296,7 +274,7 @@ def test_demo_grid_flow_writes_report_summary_and_artifact(demo_run) -> None:
 
 @pytest.mark.integration
 def test_rerun_serves_every_experiment_from_the_cache_and_reruns_one_whose_result_was_deleted(demo_run) -> None:
-    from pipeline_helpers import task_run_states
+    from helpers.prefect_runs import task_run_states
 
     from flows.experiments import experiments_flow
 

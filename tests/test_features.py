@@ -20,8 +20,6 @@ from bearing_core.features import (
     feature_columns,
 )
 
-IMS_DIR = Path(__file__).resolve().parents[2] / "shared" / "ims"
-REAL_FILE = IMS_DIR / "raw" / "1st_test" / "2003.10.22.12.06.24"
 RIG = RigConfig()
 FS = RIG.fs_hz
 IDX = {name: i for i, name in enumerate(FEATURES)}
@@ -29,10 +27,8 @@ ENV = [IDX["env_bpfo"], IDX["env_bpfi"], IDX["env_bsf"]]
 
 
 @pytest.fixture(scope="module")
-def real_snapshot() -> np.ndarray:
-    if not REAL_FILE.is_file():
-        pytest.skip(f"real IMS data not available at {REAL_FILE}")
-    return np.loadtxt(REAL_FILE)
+def real_snapshot(shared_ims: Path) -> np.ndarray:
+    return np.loadtxt(shared_ims / "raw" / "1st_test" / "2003.10.22.12.06.24")
 
 
 def modulated_carrier(n: int, mod_hz: float, depth: float = 0.5, carrier_hz: float = 3000.0) -> np.ndarray:

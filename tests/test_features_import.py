@@ -14,7 +14,6 @@ import pytest
 from bearing_core.features_import import default_site_name, import_features
 from bearing_core.inputs import InputConfig, healthy_period, input_columns, load_features
 
-SHARED_TABLE = Path(__file__).resolve().parents[2] / "shared" / "ims" / "features" / "1st_test_mean_abs.csv"
 
 
 def _write_table(path: Path, rows: list[str]) -> Path:
@@ -73,14 +72,13 @@ def test_missing_file_column_and_missing_table(tmp_path: Path) -> None:
         import_features(tmp_path / "absent.csv", tmp_path / "out")
 
 
-def test_real_ims_1st_test_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if not SHARED_TABLE.is_file():
-        pytest.skip(f"real IMS table not available at {SHARED_TABLE}")
+def test_real_ims_1st_test_table(tmp_path: Path, capsys: pytest.CaptureFixture[str], shared_ims: Path) -> None:
+    table = shared_ims / "features" / "1st_test_mean_abs.csv"
     from cli.import_features_cmd import register, run
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    assert run(parser.parse_args(["import-features", str(SHARED_TABLE), "--out", str(tmp_path / "ims")])) == 0
+    assert run(parser.parse_args(["import-features", str(table), "--out", str(tmp_path / "ims")])) == 0
     assert "imported 2156 snapshots of site 1st_test" in capsys.readouterr().out
     df = load_features(tmp_path / "ims")
     assert len(df) == 2156 and df["timestamp"].is_monotonic_increasing

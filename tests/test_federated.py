@@ -7,7 +7,6 @@ checked directly on reply messages, without a simulation.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from helpers.feature_datasets import write_feature_dataset
 
 from bearing_core.config import IMS_CHANNELS_4
 from bearing_core.federated.config import STRATEGIES, FaultInjection, FederatedConfig, check_strategy
@@ -24,29 +24,6 @@ from bearing_core.inputs import InputConfig
 from bearing_core.model_io import load_model
 from bearing_core.partition.build import partition_dataset
 from bearing_core.partition.writer import scheme_dir
-
-
-def write_feature_dataset(root: Path, rows_per_site: int = 90, sites: tuple[str, ...] = ("site_1", "site_2")) -> Path:
-    """A tiny processed dataset (features.parquet + dataset.json): correlated channels, so an AE can learn it."""
-    rng = np.random.default_rng(7)
-    frames = []
-    for offset, site in enumerate(sites):
-        stamps = pd.date_range("2004-02-12 10:32:39", periods=rows_per_site, freq="10min").astype("datetime64[us]")
-        frame = pd.DataFrame({"timestamp": stamps, "file": stamps.strftime("%Y.%m.%d.%H.%M.%S"), "site": site})
-        frame["path"] = site + "/" + frame["file"]
-        latent = rng.normal(size=rows_per_site)
-        for j, channel in enumerate(IMS_CHANNELS_4):
-            noise = 0.002 * rng.normal(size=rows_per_site)
-            frame[f"{channel}_mean_abs"] = 0.1 + 0.01 * offset + 0.01 * (j + 1) * latent + noise
-        frames.append(frame)
-    features = pd.concat(frames).sort_values(["timestamp", "site"]).reset_index(drop=True)
-    root.mkdir(parents=True, exist_ok=True)
-    features.to_parquet(root / "features.parquet", index=False)
-    meta = {"name": root.name, "channels": list(IMS_CHANNELS_4), "expected_samples": 20480, "fs_hz": 20000.0,
-            "features": ["mean_abs"], "sites": list(sites), "rig": {}}
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return root
-
 
 # --------------------------------------------------------------------------------------------- config
 
@@ -216,6 +193,7 @@ def simulated(tmp_path_factory: pytest.TempPathFactory):
     return result, dataset
 
 
+@pytest.mark.integration
 def test_simulation_trains_and_loss_decreases(simulated) -> None:
     result, _ = simulated
     glob = result.metrics[result.metrics["client"] == "global"].sort_values("round")
@@ -228,6 +206,7 @@ def test_simulation_trains_and_loss_decreases(simulated) -> None:
     assert (per_client["num_eval_examples"] > 0).all()
 
 
+@pytest.mark.integration
 def test_failing_client_is_excluded_not_fatal(simulated) -> None:
     result, _ = simulated
     assert [(f["round"], f["step"], f["client"]) for f in result.failures] == [(1, "train", 1)]
@@ -240,6 +219,7 @@ def test_failing_client_is_excluded_not_fatal(simulated) -> None:
     assert not np.isnan(m[(m["round"] == 2) & (m["client"] == "1")]["train_loss"]).any()  # ... back in round 2
 
 
+@pytest.mark.integration
 def test_model_and_metrics_written_with_centralized_baseline(simulated) -> None:
     result, dataset = simulated
     metrics = pq.read_table(result.model_dir / "metrics.parquet").to_pandas()
@@ -262,6 +242,7 @@ def test_model_and_metrics_written_with_centralized_baseline(simulated) -> None:
     assert result.final("global")["eval_mse"] == pytest.approx(loaded.extra["final_eval_mse"])
 
 
+@pytest.mark.integration
 def test_same_seed_gives_the_same_model_bit_for_bit(simulated, tmp_path: Path) -> None:
     """The in-process runtime keeps runs reproducible: clients seed their own work, replies are aggregated in
     partition order, and concurrent ClientApps do not disturb each other (nor the server)."""
@@ -292,6 +273,7 @@ def test_simulation_workers_are_validated() -> None:
         run_inprocess(None, None, 2, 1000)  # checked before anything starts
 
 
+@pytest.mark.integration
 def test_federated_threshold_equals_pooled_calibration(simulated) -> None:
     """The threshold merged from the clients' sketches equals the pooled computation on all holdout rows."""
     from bearing_core.threshold import ThresholdConfig, load_threshold, snapshot_errors

@@ -28,8 +28,8 @@ from bearing_core.registry import (
     publish_model,
     registry_dir,
 )
-from tests.test_federated import write_feature_dataset
-from tests.test_registry import _train
+from helpers.feature_datasets import write_feature_dataset
+from helpers.models import train_model
 
 
 def _report(site: str, pid: int, holdout_rows: int = 10, **mse: float) -> SiteReport:
@@ -75,7 +75,7 @@ def test_champion_challenger_on_the_sites_holdout_mse() -> None:
 def test_a_model_trained_across_sites_is_published_with_the_fleet_fingerprint(tmp_path: Path) -> None:
     dataset = write_feature_dataset(tmp_path / "data", rows_per_site=40)
     partition_dataset(dataset, "natural", 2, 0, InputConfig(train_fraction=1.0))
-    trained = _train(tmp_path / "train" / "v1", scheme_dir(dataset, "natural") / "manifest.json", rounds=1)
+    trained = train_model(tmp_path / "train" / "v1", scheme_dir(dataset, "natural") / "manifest.json", rounds=1)
     record = tmp_path / "run.json"
     record.write_text(json.dumps({"run_id": 1}))
     reports = [_report("site-b", 1, 12), _report("site-a", 0, 8)]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_ims_file
+from helpers.ims_files import write_ims_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -23,7 +23,7 @@ import pytest
 from bearing_core.inputs import PER_BEARING_DIR
 from bearing_core.scoring import read_scores
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 EVERY = 4
 TRAIN_UNTIL = "2003-11-01T10:31:44"  # file 431: the first 20 % of the 2,156 files

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_ims_file
+from helpers.ims_files import write_ims_file
 
 from bearing_core.config import IngestConfig, RigConfig
 from bearing_core.features import FEATURES, compute_features, feature_columns
@@ -326,6 +326,7 @@ _KILLING_RUN = textwrap.dedent(
     [("2004.", 1), ("features.parquet", 0), ("quarantine.parquet", 0), ("manifest.parquet", 0)],
     ids=["mid-samples", "before-features", "before-quarantine", "before-manifest"],
 )
+@pytest.mark.integration
 def test_killed_run_is_completed_by_the_next_run(tmp_path: Path, kill_at: str, kill_after: int) -> None:
     raw, out, clean = tmp_path / "raw", tmp_path / "out", tmp_path / "clean"
     _make_sites(raw, sites=2, per_site=3)
@@ -355,6 +356,7 @@ def test_killed_run_is_completed_by_the_next_run(tmp_path: Path, kill_at: str, k
     assert _snapshot_outputs(out) == _snapshot_outputs(clean)
 
 
+@pytest.mark.integration
 def test_process_pool_gives_the_same_outputs_as_in_process(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     _make_sites(raw, sites=2, per_site=4)

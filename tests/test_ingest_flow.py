@@ -11,6 +11,8 @@ import pytest
 
 from bearing_core.synthetic import generate_demo
 
+pytestmark = pytest.mark.integration  # runs the ingest flow on a Prefect test server
+
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory):

@@ -2,68 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from helpers.input_datasets import write_dataset, write_samples
 from pydantic import ValidationError
 
 from bearing_core.config import IMS_CHANNELS_4, IMS_CHANNELS_8, IMS_SAMPLES_PER_SNAPSHOT
 from bearing_core.inputs import InputConfig, healthy_period, input_columns, load_features, load_samples_rows
-
-IMS_DIR = Path(__file__).resolve().parents[2] / "shared" / "ims"
-FEATURES = ("mean_abs", "rms", "kurtosis")
-
-
-def write_dataset(
-    root: Path,
-    sites: dict[str, int],
-    channels: tuple[str, ...] = IMS_CHANNELS_8,
-    quarantined: tuple[str, ...] = (),
-    features: pd.DataFrame | None = None,
-) -> Path:
-    """A minimal processed dataset (the ingest contract): features.parquet, quarantine.parquet, dataset.json.
-
-    Site ``s`` gets ``sites[s]`` snapshots, 10 minutes apart, sites interleaved in time; every value is distinct.
-    """
-    if features is None:
-        frames = []
-        for s, (site, n) in enumerate(sites.items()):
-            ts = pd.Timestamp("2004-02-12 10:00") + pd.to_timedelta(np.arange(n) * 10 + s, unit="min")
-            files = ts.strftime("%Y.%m.%d.%H.%M.%S")
-            frame = pd.DataFrame({"timestamp": ts.astype("datetime64[us]"), "file": files, "site": site,
-                                  "path": [f"{site}/{f}" for f in files]})
-            for c, ch in enumerate(channels):
-                for f, feat in enumerate(FEATURES):
-                    frame[f"{ch}_{feat}"] = 1000.0 * s + np.arange(n) + 0.01 * c + 0.001 * f
-            frames.append(frame)
-        features = pd.concat(frames).sort_values(["timestamp", "site"]).reset_index(drop=True)
-    root.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(features, preserve_index=False), root / "features.parquet")
-    quarantine = pd.DataFrame({"file": list(quarantined), "reason": "line 17: 7 columns, expected 8",
-                               "stage": "ingest"}, columns=["file", "reason", "stage"])
-    pq.write_table(pa.Table.from_pandas(quarantine, preserve_index=False), root / "quarantine.parquet")
-    (root / "dataset.json").write_text(json.dumps({
-        "name": root.name, "channels": list(channels), "expected_samples": IMS_SAMPLES_PER_SNAPSHOT,
-        "fs_hz": 20000.0, "features": list(FEATURES), "sites": sorted(sites), "rig": {},
-    }))
-    return root
-
-
-def write_samples(root: Path, rel: str, data: np.ndarray, channels: tuple[str, ...], ts: str) -> None:
-    """One samples/<rel>.parquet file as ingest writes it (timestamp column + float32 channels + metadata)."""
-    table = pa.table({"timestamp": pa.array(np.full(len(data), np.datetime64(ts, "us")), pa.timestamp("us")),
-                      **{ch: pa.array(data[:, i].astype(np.float32)) for i, ch in enumerate(channels)}})
-    site = rel.split("/")[0] if "/" in rel else root.name
-    table = table.replace_schema_metadata({"file": rel.split("/")[-1], "site": site, "path": rel, "timestamp": ts})
-    path = root / "samples" / f"{rel}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
 
 
 def test_default_columns_on_an_8_channel_dataset_are_the_8_mean_abs(tmp_path: Path) -> None:
@@ -152,11 +101,9 @@ def test_samples_mode_gives_20480_rows_per_snapshot(tmp_path: Path) -> None:
         load_samples_rows(ds, ["site_3/x"])
 
 
-def test_real_ims_1st_test_inputs(tmp_path: Path) -> None:
+def test_real_ims_1st_test_inputs(tmp_path: Path, shared_ims: Path) -> None:
     """Real data: the published mean_abs features and the first raw snapshots of the IMS 1st test."""
-    csv, raw = IMS_DIR / "features" / "1st_test_mean_abs.csv", IMS_DIR / "raw" / "1st_test"
-    if not csv.is_file() or not raw.is_dir():
-        pytest.skip(f"real IMS data not found under {IMS_DIR}")
+    csv, raw = shared_ims / "features" / "1st_test_mean_abs.csv", shared_ims / "raw" / "1st_test"
     published = pd.read_csv(csv)
     ts = pd.to_datetime(published["file"], format="%Y.%m.%d.%H.%M.%S").astype("datetime64[us]")
     features = pd.DataFrame({"timestamp": ts, "file": published["file"], "site": "1st_test", "path": published["file"]})
@@ -182,11 +129,9 @@ def test_real_ims_1st_test_inputs(tmp_path: Path) -> None:
                                rtol=1e-5)
 
 
-def test_inputs_read_what_ingest_writes(tmp_path: Path) -> None:
+def test_inputs_read_what_ingest_writes(tmp_path: Path, shared_ims: Path) -> None:
     """Contract check against the real ingest on the real IMS excerpt (4 snapshots of the 1st test)."""
-    raw = IMS_DIR / "raw" / "1st_test"
-    if not raw.is_dir():
-        pytest.skip(f"real IMS data not found at {raw}")
+    raw = shared_ims / "raw" / "1st_test"
     from bearing_core.config import IngestConfig
     from bearing_core.ingest import ingest_directory
 

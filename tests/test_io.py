@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,30 +24,34 @@ from bearing_core.io import (
 
 
 @pytest.fixture
-def fsync_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Records every os.fsync call (and still performs it)."""
-    calls: list[int] = []
+def fsync_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Records every os.fsync call as ("dir" or "file", inode) (and still performs it)."""
+    calls: list[tuple[str, int]] = []
     real_fsync = os.fsync
 
     def recording_fsync(fd: int) -> None:
-        calls.append(fd)
+        st = os.fstat(fd)
+        calls.append(("dir" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
     return calls
 
 
-def test_writes_are_fsynced_by_default(tmp_path: Path, fsync_calls: list[int]) -> None:
+def test_writes_are_fsynced_by_default(tmp_path: Path, fsync_calls: list[tuple[str, int]]) -> None:
     write_text_atomic(tmp_path / "a.txt", "x")
     write_json_atomic(tmp_path / "b.json", {"k": 1})
     write_parquet_atomic(tmp_path / "c.parquet", pa.table({"v": [1.5, 2.5]}))
-    assert len(fsync_calls) == 3
+    # each write: the data before the rename, then the directory after it (the rename survives a power loss)
+    directory = ("dir", tmp_path.stat().st_ino)
+    files = [("file", (tmp_path / name).stat().st_ino) for name in ("a.txt", "b.json", "c.parquet")]
+    assert fsync_calls == [files[0], directory, files[1], directory, files[2], directory]
     assert (tmp_path / "a.txt").read_text() == "x"
     assert json.loads((tmp_path / "b.json").read_text()) == {"k": 1}
     assert pq.read_table(tmp_path / "c.parquet").column("v").to_pylist() == [1.5, 2.5]
 
 
-def test_fsync_false_skips_only_the_fsync(tmp_path: Path, fsync_calls: list[int]) -> None:
+def test_fsync_false_skips_only_the_fsync(tmp_path: Path, fsync_calls: list[tuple[str, int]]) -> None:
     write_text_atomic(tmp_path / "a.txt", "old")
     fsync_calls.clear()
     write_text_atomic(tmp_path / "a.txt", "new", fsync=False)

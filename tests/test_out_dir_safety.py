@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_ims_file
+from helpers.ims_files import write_ims_file
 
 from bearing_core.config import IngestConfig
 from bearing_core.features_import import import_features

@@ -16,7 +16,7 @@ from bearing_core.alarms import AlarmConfig
 from bearing_core.features import FEATURES
 from bearing_core.federated.config import STRATEGIES, FederatedConfig
 from bearing_core.params import ParameterError, PipelineParams, check_params, nested, settings
-from pipeline_helpers import NIGHTLY_OVERRIDES
+from helpers.prefect_runs import NIGHTLY_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURE_LIST = ", ".join(FEATURES)
@@ -188,8 +188,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.mark.parametrize(("flat", "message"), [BAD[0], BAD[1], BAD[2]])
+@pytest.mark.integration
 def test_the_flow_run_fails_before_ingest_with_one_line(project: Path, flat: dict[str, Any], message: str) -> None:
-    from pipeline_helpers import task_run_states
+    from helpers.prefect_runs import task_run_states
 
     from flows.pipeline import pipeline_flow
 

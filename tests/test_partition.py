@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from helpers.input_datasets import write_dataset, write_samples
 
 from bearing_core.config import IMS_CHANNELS_4
 from bearing_core.inputs import InputConfig, load_features
@@ -24,7 +25,6 @@ from bearing_core.partition import (
 from bearing_core.partition.build import partition_dataset
 from bearing_core.partition.quantity import NOTEBOOK_RATIOS
 from bearing_core.partition.writer import holdout_mask, load_manifest, read_client, write_partitions
-from test_inputs import write_dataset, write_samples
 
 INPUTS = ["B1_mean_abs", "B2_mean_abs"]
 
@@ -260,6 +260,7 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
+@pytest.mark.integration
 def test_partition_task_caches_on_content_and_rebuilds_missing_outputs(tmp_path: Path, prefect_harness) -> None:
     from prefect import flow
 
@@ -312,6 +313,7 @@ def test_partition_dataset_in_samples_mode_splits_raw_time_samples(tmp_path: Pat
     assert (client["split"] == "holdout").sum() == 25
 
 
+@pytest.mark.integration
 def test_partition_task_fails_fast_with_the_partitioners_message(tmp_path: Path, prefect_harness) -> None:
     from prefect import flow
 

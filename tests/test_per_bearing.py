@@ -23,7 +23,6 @@ from bearing_core.per_bearing import (
     write_per_bearing_dataset,
 )
 
-SHARED_TABLE = Path(__file__).resolve().parents[2] / "shared" / "ims" / "features" / "1st_test_mean_abs.csv"
 HEALTHY = InputConfig(train_fraction=0.5)  # 10 files: 5 healthy, of which the last 1 is the calibration holdout
 
 
@@ -147,10 +146,8 @@ def test_source_site_scores_keep_the_bearing_that_matters(tmp_path: Path) -> Non
     assert folded["bearing"].tolist() == ["B3", "B4"] and folded["alarm"].tolist() == [True, True]
 
 
-def test_real_ims_1st_test(tmp_path: Path) -> None:
-    if not SHARED_TABLE.is_file():
-        pytest.skip(f"real IMS table not available at {SHARED_TABLE}")
-    import_features(SHARED_TABLE, tmp_path / "ims", site="1st_test")
+def test_real_ims_1st_test(tmp_path: Path, shared_ims: Path) -> None:
+    import_features(shared_ims / "features" / "1st_test_mean_abs.csv", tmp_path / "ims", site="1st_test")
     result = write_per_bearing_dataset(tmp_path / "ims", tmp_path / "pb", InputConfig(train_fraction=0.2))
     assert result.rows == 4 * 2156 and result.sites == ["1st_test/B1", "1st_test/B2", "1st_test/B3", "1st_test/B4"]
     df = load_features(tmp_path / "pb")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from test_federated import write_feature_dataset
+from helpers.feature_datasets import write_feature_dataset
 
 from bearing_core.federated.client_app import _maybe_fail, _poisons_sketch, _scaled
 from bearing_core.federated.config import SCALE_ATTACK_ROWS, FaultInjection, FederatedConfig

@@ -13,16 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.models import train_model
 
 import bearing_core.registry as registry
-from cli import models_cmd
-from bearing_core.autoencoder import ModelConfig, build_model
 from bearing_core.config import IMS_CHANNELS_4
 from bearing_core.fingerprint import sha256_file
 from bearing_core.inputs import InputConfig
 from bearing_core.model_io import load_model, save_model
 from bearing_core.partition.build import partition_dataset
-from bearing_core.partition.writer import SPLIT_TRAIN, load_manifest, read_client, scheme_dir
+from bearing_core.partition.writer import load_manifest, scheme_dir
 from bearing_core.registry import (
     COMPLETE_FILE,
     LATEST,
@@ -37,9 +36,8 @@ from bearing_core.registry import (
     publish_model,
     resolve_model,
 )
-from bearing_core.scaling import Scaler, local_stats
-from bearing_core.threshold import calibrate_from_clients, load_threshold
-from bearing_core.training import TrainConfig, evaluate, train_centralized
+from bearing_core.threshold import load_threshold
+from cli import models_cmd
 
 
 def _write_dataset(root: Path, rows_per_site: int = 200) -> Path:
@@ -90,45 +88,15 @@ def other_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return scheme_dir(dataset, "iid") / "manifest.json"
 
 
-def _train(out: Path, manifest_path: Path, rounds: int, calibrate: bool = False, seed: int = 0) -> Path:
-    """A training output like the federated run's: model files + metrics.parquet (+ calibrated threshold.json)."""
-    spec = load_manifest(manifest_path)
-    columns = spec.input_columns
-    train = pd.concat([read_client(manifest_path.parent, c.client_id, SPLIT_TRAIN) for c in spec.clients])
-    X_train = train[columns].to_numpy()
-    X_hold = holdout_data(manifest_path)[columns].to_numpy()
-    scaler = Scaler.from_stats(local_stats(X_train))
-    model_cfg = ModelConfig(n_inputs=len(columns))
-    if rounds:
-        result = train_centralized(scaler.transform(X_train), scaler.transform(X_hold), model_cfg,
-                                   TrainConfig(lr=0.01, batch_size=16, seed=seed), rounds)
-        model, history = result.model, result.history
-    else:  # untrained: the weights as initialised
-        model = build_model(model_cfg, seed)
-        history = [{"round": 1, "train_loss": float("nan"), **evaluate(model, scaler.transform(X_hold))}]
-    final_mse = float(history[-1]["mse"])
-    save_model(out, model, model_cfg, scaler, columns,
-               extra={"trained_by": "federated", "strategy": "fedavg", "strategy_params": {"fraction_train": 1.0},
-                      "federated_config": {"strategy": "fedavg", "rounds": len(history), "lr": 0.01},
-                      "final_eval_mse": final_mse, "failures": []})
-    rows = [{"round": int(h["round"]), "client": client, "train_loss": h["train_loss"],
-             "eval_mse": h["mse"] * factor, "eval_rmse": float(np.sqrt(h["mse"] * factor)),
-             "num_train_examples": len(X_train), "num_eval_examples": len(X_hold), "wall_s": 0.01}
-            for h in history for client, factor in (("global", 1.0), ("centralized", 0.9), ("0", 1.1))]
-    pd.DataFrame(rows).to_parquet(out / "metrics.parquet", index=False)
-    if calibrate:
-        calibrate_from_clients(out, manifest_path.parent)
-    return out
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, manifest: Path) -> dict[str, Path]:
     """Training outputs outside any registry: 'good' (10 rounds), 'better' (40), 'untrained' (no training)."""
     root = tmp_path_factory.mktemp("training")
     return {
-        "good": _train(root / "good", manifest, 10, calibrate=True),
-        "better": _train(root / "better", manifest, 40),
-        "untrained": _train(root / "untrained", manifest, 0),
+        "good": train_model(root / "good", manifest, 10, calibrate=True),
+        "better": train_model(root / "better", manifest, 40),
+        "untrained": train_model(root / "untrained", manifest, 0),
     }
 
 
@@ -244,7 +212,7 @@ def test_other_inputs_replace_the_champion_which_cannot_score_the_dataset(
     plant_a = models / "plant_a"
     publish_model(trained["good"], manifest, models_root=models, version="mean-abs")
     promote_if_better(plant_a / "mean-abs", holdout_data(manifest))
-    publish_model(_train(tmp_path / "rms", rms_manifest, 5), rms_manifest, models_root=models, version="rms")
+    publish_model(train_model(tmp_path / "rms", rms_manifest, 5), rms_manifest, models_root=models, version="rms")
     rms_data = holdout_data(rms_manifest)
     decision = promote_if_better(plant_a / "rms", rms_data)
     assert decision.promoted and decision.champion == "mean-abs" and decision.champion_mse is None
@@ -309,7 +277,7 @@ def test_failed_publish_leaves_no_version_and_latest_unchanged(
     publish_model(trained["good"], manifest, models_root=models, version="v1")
     promote_if_better(plant_a / "v1", holdout_data(manifest))
     # training wrote straight into the dataset's registry (as train_flow does): not a version until published
-    raw = _train(plant_a / "v2", manifest, 3)
+    raw = train_model(plant_a / "v2", manifest, 3)
     assert [v.version for v in list_versions(models)] == ["v1"]
 
     def crash(*args: object, **kwargs: object) -> str:
@@ -389,7 +357,7 @@ def test_names_resolve_to_published_versions_only_never_to_a_directory_with_weig
     versions only; a model directory is used only when given as a path."""
     models = tmp_path / "models"
     plant_a = models / "plant_a"
-    raw = _train(plant_a / "20260103T000000Z-cccc", manifest, 1)  # trained, not published
+    raw = train_model(plant_a / "20260103T000000Z-cccc", manifest, 1)  # trained, not published
     with pytest.raises(FileNotFoundError, match="no champion for dataset 'plant_a'"):
         resolve_model(models, LATEST, dataset="plant_a")
     with pytest.raises(FileNotFoundError, match="not a published version"):
@@ -522,7 +490,7 @@ def test_a_flat_registry_is_migrated_once_with_one_line_per_move(
     publish_model(trained["better"], manifest, models_root=models, version="a2")
     promote(models, "plant_a", "a2")
     publish_model(trained["good"], other_manifest, models_root=models, version="b1")
-    _train(models / "plant_b" / "b2", other_manifest, 1)  # a training output, never published
+    train_model(models / "plant_b" / "b2", other_manifest, 1)  # a training output, never published
     assert _flatten(models, "plant_a") == ["a1", "a2"] and _flatten(models, "plant_b") == ["b1", "b2"]
     capsys.readouterr()
     assert os.readlink(models / LATEST) == "a2" and (models / "b2" / "weights.pt").is_file()

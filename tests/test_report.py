@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_experiments import samples_split
+from helpers.splits import samples_split
 
 from bearing_core.experiments import CENTRALIZED, SUMMARY_COLUMNS, run_grid, seed_grid
 from bearing_core.report import (

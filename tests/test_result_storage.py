@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_ims_file
+from helpers.ims_files import write_ims_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,6 +99,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root": root.resolve(), "home": home, "marker": marker, **json.loads(lines[-1][len("REPORT "):])}
 
 
+@pytest.mark.integration
 def test_records_are_plain_json_in_the_projects_prefect_storage(runs: dict[str, Any]) -> None:
     storage = runs["root"] / ".prefect" / "storage"
     assert runs["files"], "the cached task wrote no record"
@@ -112,6 +113,7 @@ def test_records_are_plain_json_in_the_projects_prefect_storage(runs: dict[str, 
             assert document["out_dir"].endswith("processed") and len(document["features_sha256"]) == 64, path
 
 
+@pytest.mark.integration
 def test_a_tampered_record_is_never_unpickled_and_the_task_recomputes(runs: dict[str, Any]) -> None:
     assert runs["marker_after_record"] is False  # a record naming the pickle serializer
     assert runs["marker_after_raw"] is False  # a bare pickle in place of the record

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from test_scoring import THREE_IN_A_ROW, DemoModel, build_demo_model
+from helpers.models import THREE_IN_A_ROW, DemoModel, build_demo_model
 
 from bearing_core.alarms import AlarmConfig
+
+pytestmark = pytest.mark.integration  # runs the score flow on a Prefect test server
 
 
 @pytest.fixture(scope="module")

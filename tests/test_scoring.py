@@ -5,37 +5,25 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.models import N_SAMPLES, THREE_IN_A_ROW, DemoModel, build_demo_model
 
-from bearing_core.alarms import AlarmConfig
-from bearing_core.autoencoder import ModelConfig
 from bearing_core.config import IngestConfig
 from bearing_core.ingest import ingest_directory
-from bearing_core.inputs import InputConfig
-from bearing_core.model_io import save_model
-from bearing_core.partition.build import partition_dataset
-from bearing_core.partition.writer import SPLIT_TRAIN, read_client, scheme_dir
-from bearing_core.scaling import Scaler, local_stats, merge_stats
 from bearing_core.scoring import (
     SCORE_COLUMNS,
     alarm_summary,
     channel_of_inputs,
     read_scores,
-    score_rows,
     score_dataset,
+    score_rows,
     update_scores,
 )
-from bearing_core.synthetic import GroundTruth, generate_demo
-from bearing_core.threshold import ThresholdConfig, calibrate_from_clients
-from bearing_core.training import TrainConfig, train_centralized
 
-N_SAMPLES = 8192
-THREE_IN_A_ROW = AlarmConfig(persistence_h=0.6, fraction=1.0, warmup_h=0)
 """36 minutes over threshold: 4 snapshots in a row at the faulty site's 10-minute interval, 2 at the healthy site's
 30-minute one (the tests' data are too short for the default rule)."""
 
@@ -46,40 +34,6 @@ def test_channel_of_inputs_maps_feature_columns_to_channels() -> None:
         "B1_a", "B1_b", "B3_a", "other"
     ]
 
-
-@dataclass
-class DemoModel:
-    """A small ingested demo dataset and a model trained + calibrated on its healthy period."""
-
-    raw: Path
-    dataset: Path
-    model: Path
-    truth: GroundTruth
-    held_back: Path
-    """site_1's last raw file, moved out of ``raw`` before ingest (to test incremental scoring)."""
-
-
-def build_demo_model(root: Path) -> DemoModel:
-    """2 sites x 24 files (site_1 faulty, site_2 healthy) → ingest (without site_1's last file) → natural partition
-    (earliest half of each site, last 20 % of it held out) → ELU autoencoder on the envelope features → calibration."""
-    raw, dataset = root / "raw", root / "dataset"
-    truth = generate_demo(raw, sites=2, files_per_site=24, n_samples=N_SAMPLES)
-    last = sorted((raw / "site_1").iterdir())[-1]
-    held_back = root / "held_back" / last.name
-    held_back.parent.mkdir()
-    shutil.move(last, held_back)
-    ingest_directory(IngestConfig(raw_dir=raw, out_dir=dataset, workers=1, expected_samples=N_SAMPLES))
-    columns = [f"{ch}_{f}" for ch in truth.channels for f in ("env_bpfo", "env_bpfi", "env_bsf")]
-    manifest = partition_dataset(dataset, "natural", 2, 0, InputConfig(columns=tuple(columns), train_fraction=0.5))
-    clients = scheme_dir(dataset, "natural")
-    parts = [read_client(clients, c.client_id, split=SPLIT_TRAIN)[columns].to_numpy() for c in manifest.clients]
-    scaler = Scaler.from_stats(merge_stats([local_stats(p) for p in parts]))
-    model_cfg = ModelConfig(n_inputs=len(columns), hidden=(12, 6, 12), activation="elu")
-    result = train_centralized(scaler.transform(np.concatenate(parts)), None, model_cfg,
-                               TrainConfig(lr=1e-2, local_epochs=50, seed=0), rounds=1)
-    model = save_model(root / "models" / "v1", result.model, model_cfg, scaler, columns)
-    calibrate_from_clients(model, clients, ThresholdConfig())
-    return DemoModel(raw, dataset, model, truth, held_back)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +107,7 @@ def test_score_cli_prints_alarm_summary(demo_model: DemoModel, tmp_path: Path, c
 def test_score_cli_waits_for_the_dataset_lock_and_gives_up_cleanly(
     demo_model: DemoModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_dataset_lock import lock_held_by_another_process
+    from helpers.processes import lock_held_by_another_process
 
     from bearing_core.locking import PIPELINE_LOCK_FILE
     from cli.score_cmd import register, run

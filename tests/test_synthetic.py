@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from bearing_core.config import IMS_CHANNELS_4, IMS_CHANNELS_8, RigConfig
 from bearing_core.features import FEATURES, compute_features, compute_features_batch
-from bearing_core.ims_reader import parse_snapshot_time, read_ims_file
+from bearing_core.ims_reader import read_ims_file
 from bearing_core.synthetic import (
     GROUND_TRUTH_FILE,
     DemoConfig,

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers.feature_datasets import write_feature_dataset
 
-from test_federated import write_feature_dataset
+pytestmark = pytest.mark.integration  # runs the train flow (a Flower simulation) on a Prefect test server
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,6 @@ def harness(tmp_path_factory: pytest.TempPathFactory):
             yield
 
 
-@pytest.mark.integration
 def test_train_flow_trains_caches_and_publishes_artifacts(harness, tmp_path: Path) -> None:
     from prefect.artifacts import Artifact
 

@@ -22,7 +22,6 @@ from bearing_core.training import (
     train_local,
 )
 
-IMS_FEATURES = Path(__file__).resolve().parents[2] / "shared" / "ims" / "features" / "1st_test_mean_abs.csv"
 
 
 @pytest.fixture(autouse=True)
@@ -152,10 +151,8 @@ def test_derive_seed_is_reproducible_and_separates_keys() -> None:
     assert len({derive_seed(0, r, c) for r in range(5) for c in range(5)}) == 25
 
 
-def test_real_ims_healthy_model_flags_the_failing_end_of_the_1st_test() -> None:
-    if not IMS_FEATURES.is_file():
-        pytest.skip(f"real IMS data not found at {IMS_FEATURES}")
-    df = pd.read_csv(IMS_FEATURES)
+def test_real_ims_healthy_model_flags_the_failing_end_of_the_1st_test(shared_ims: Path) -> None:
+    df = pd.read_csv(shared_ims / "features" / "1st_test_mean_abs.csv")
     X = df.drop(columns="file").to_numpy(np.float64)
     healthy, holdout, end = X[:400], X[400:432], X[-50:]  # first ~20 % healthy; bearings 3 and 4 fail at the end
     scaler = Scaler.from_stats(local_stats(healthy))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -35,11 +35,6 @@ POSTGRES = bool(shutil.which("pg_config") or list(Path("/usr/lib/postgresql").gl
 """With PostgreSQL installed (as .ci/run does) the server runs on it (make serve DB=postgres), else on SQLite."""
 PROJECT_FILES = ("bearing_core", "tasks", "flows", "cli", "scripts", "prefect.yaml", "pyproject.toml")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _params(schema: dict[str, Any], **values: Any) -> dict[str, Any]:
@@ -90,9 +85,9 @@ def served():
     for folder in ("data/raw", "data/processed", "data/models", "reports"):
         (project / folder).mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    port = _free_port()
+    port = free_port()
     env.update(BEARING_PREFECT_PORT=str(port), PREFECT_HOME=str(project / ".prefect"), PYTHONPATH=str(project),
-               BEARING_DB="postgres" if POSTGRES else "sqlite", BEARING_PG_PORT=str(_free_port()))
+               BEARING_DB="postgres" if POSTGRES else "sqlite", BEARING_PG_PORT=str(free_port()))
     subprocess.run([sys.executable, "-m", "cli.main", "demo-data", "--out", "data/raw/demo", "--sites", "2",
                     "--files", "30"], cwd=project, env=env, check=True, capture_output=True)
     started = subprocess.run(["bash", "scripts/serve.sh"], cwd=project, env=env, capture_output=True, text=True,

@@ -10,10 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+# the synthetic processed-dataset writer of the validation tests (tests/ is on sys.path under pytest)
+from helpers.processed_datasets import write_dataset
+
 from bearing_core.validation import ValidationConfig, ValidationFailed
 
-# the synthetic processed-dataset writer of the validation tests (tests/ is on sys.path under pytest)
-from test_validation import write_dataset
+pytestmark = pytest.mark.integration  # runs the validate flow on a Prefect test server
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from bearing_core.config import HiddenWidths
 
-if TYPE_CHECKING:  # bearing_core.threshold imports torch: keep this module light for `bearing --help`
+if TYPE_CHECKING:  # bearing_core.threshold imports pandas and pyarrow: keep this module light for `bearing --help`
     from bearing_core.threshold import ThresholdConfig
 
 #: Strategy name -> class name in ``flwr.serverapp.strategy``. Order = order shown in errors and ``--help``.

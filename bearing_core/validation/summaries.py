@@ -222,6 +222,6 @@ def partition_tables(clients_dir: str | Path, training_paths: Sequence[str]) -> 
     training = pd.Index(pd.unique(pd.Series(list(training_paths), dtype=str)), name="path")
     coverage = per_path.reindex(per_path.index.union(training))
     coverage["n_clients"] = coverage["n_clients"].fillna(0).astype("int64")
-    coverage["clients"] = coverage["clients"].fillna("")
+    coverage["clients"] = coverage["clients"].astype(object).fillna("").astype(str)  # float64 when no client file
     coverage["in_training"] = coverage.index.isin(training)
     return clients, coverage.reset_index()[["path", "n_clients", "clients", "in_training"]]

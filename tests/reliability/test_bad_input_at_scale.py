@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_ims_file
+from helpers.ims_files import write_ims_file
 
 from bearing_core.config import IngestConfig
 from bearing_core.ingest import ingest_directory

@@ -40,7 +40,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from test_registry import _train
+from helpers.models import train_model as _train
 
 from bearing_core.alarms import AlarmConfig
 from bearing_core.config import IngestConfig

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from test_federated import write_feature_dataset
+from helpers.feature_datasets import write_feature_dataset
 
 from bearing_core.federated.client_app import _maybe_fail, _poisoned
 from bearing_core.federated.config import FaultInjection, FederatedConfig

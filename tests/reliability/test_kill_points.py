@@ -154,11 +154,9 @@ def kill_plan(trace: Sequence[dict[str, Any]], seed: int = PLAN_SEED) -> list[Ki
 
 
 def _env() -> dict[str, str]:
-    """The subprocess environment: this checkout importable, Prefect settings from the project (none inherited),
-    Ray's sockets under a short path (AF_UNIX paths are limited to 107 bytes)."""
+    """The subprocess environment: this checkout importable, Prefect settings from the project (none inherited)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.setdefault("RAY_TMPDIR", str(REPO / ".ray"))
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a loaded CI machine starts it slowly
     return env
 
@@ -354,6 +352,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
 # ------------------------------------------------------------------------------------------------------- tests
 
 
+@pytest.mark.e2e
 def test_kill_plan_is_reproducible_and_covers_every_step(reference: Reference) -> None:
     plan = kill_plan(reference.trace)
     assert plan == kill_plan(reference.trace)  # reproducible: the seed alone decides
@@ -371,6 +370,7 @@ def test_kill_plan_is_reproducible_and_covers_every_step(reference: Reference) -
         f"{REGISTRY.as_posix()}/<version>/promotion.json", f"{REGISTRY.as_posix()}/latest"}
 
 
+@pytest.mark.e2e
 def test_kills_before_publishing_are_each_completed_by_the_next_run(reference: Reference, tmp_path: Path) -> None:
     points = [p for p in kill_plan(reference.trace) if p.stage in BEFORE_PUBLISH]
     project = new_project(tmp_path / "project", reference.project / "raw")
@@ -386,6 +386,7 @@ def test_kills_before_publishing_are_each_completed_by_the_next_run(reference: R
     assert_only_unused_leftovers(project)
 
 
+@pytest.mark.e2e
 def test_kills_after_training_are_completed_by_a_rerun_from_the_killed_step(
     reference: Reference, tmp_path: Path
 ) -> None:
@@ -406,6 +407,7 @@ def test_kills_after_training_are_completed_by_a_rerun_from_the_killed_step(
         assert all(Path(p).name.startswith(".") for p in left), f"{point.label()}: {left}"  # no training killed
 
 
+@pytest.mark.e2e
 def test_killed_prefect_pipeline_run_is_completed_by_the_next_run(reference: Reference, tmp_path: Path) -> None:
     project = new_project(tmp_path / "project", reference.project / "raw")
     # publishing set the trained model aside and was killed before renaming the new version into place

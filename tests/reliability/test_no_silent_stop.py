@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_ims_file
+from helpers.ims_files import write_ims_file
 
 from bearing_core.autoencoder import Autoencoder, ModelConfig
 from bearing_core.config import IngestConfig
@@ -152,6 +152,7 @@ def prefect_harness(tmp_path: Path) -> Iterator[None]:
         yield
 
 
+@pytest.mark.integration
 def test_score_flow_fails_with_the_reason(
     dataset: Path, monitored: tuple[Path, Path], prefect_harness: None
 ) -> None:

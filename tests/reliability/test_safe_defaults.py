@@ -16,7 +16,6 @@ import ast
 import contextlib
 import hashlib
 import json
-import re
 import sys
 import types
 from pathlib import Path
@@ -41,14 +40,6 @@ LOOPBACK = "127.0.0.1"
 
 
 # --------------------------------------------------------------------------------------------- loopback binds
-
-
-def test_prefect_server_script_binds_loopback_only() -> None:
-    script = (PROJECT / "scripts" / "serve.sh").read_text()
-    assert re.search(r"^HOST=127\.0\.0\.1$", script, re.MULTILINE)
-    assert '"$PREFECT" server start --host "$HOST"' in script
-    assert 'PREFECT_SERVER_API_HOST="$HOST"' in script and 'PREFECT_API_URL="http://$HOST:$PORT/api"' in script
-    assert len(re.findall(r"^\s*HOST=", script, re.MULTILINE)) == 1  # no later override of the bind address
 
 
 def test_environment_defaults_keep_the_prefect_api_local(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_ims_file
+from helpers.ims_files import write_ims_file
 
 import bearing_core.ingest as ingest
 from bearing_core.config import IngestConfig, channel_names

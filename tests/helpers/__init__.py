@@ -1,0 +1,1 @@
+"""Code shared by test modules (test modules never import each other): data writers, process helpers, Prefect queries."""
