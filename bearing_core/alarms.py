@@ -31,15 +31,27 @@ class AlarmConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="Alarm rule")
 
     persistence_h: float = Field(
-        3.0, gt=0, le=24 * 7, allow_inf_nan=False, title="Persistence (hours)",
+        3.0,
+        gt=0,
+        le=24 * 7,
+        allow_inf_nan=False,
+        title="Persistence (hours)",
         description="An alarm needs the score over the threshold for this long (a duration, whatever the interval)",
     )
     fraction: float = Field(
-        1.0, gt=0, le=1, allow_inf_nan=False, title="Fraction over threshold",
+        1.0,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        title="Fraction over threshold",
         description="Share of the snapshots in the persistence window that must be over the threshold",
     )
     warmup_h: float = Field(
-        4.0, ge=0, le=24 * 7, allow_inf_nan=False, title="Warm-up after a stop (hours)",
+        4.0,
+        ge=0,
+        le=24 * 7,
+        allow_inf_nan=False,
+        title="Warm-up after a stop (hours)",
         description="After a gap of at least this long, snapshots in the next warm-up hours do not count towards "
         "an alarm, unless the site was already in alarm; 0 = off",
     )
@@ -88,7 +100,9 @@ class _Windows:
         in_window = np.arange(size) - self.start + 1
         gaps = np.where(same_site, np.diff(times_us, prepend=times_us[0]), np.nan)
         interval = pd.Series(gaps).groupby(codes).transform("median").to_numpy()  # each site's usual interval
-        usual = np.where(np.isfinite(interval) & (interval > 0), np.rint(persistence / np.where(interval > 0, interval, 1)), 1)
+        usual = np.where(
+            np.isfinite(interval) & (interval > 0), np.rint(persistence / np.where(interval > 0, interval, 1)), 1
+        )
         self.needed = np.ceil(cfg.fraction * np.maximum(in_window, np.maximum(usual, 1)) - 1e-9).astype(np.int64)
         self.same_site = same_site
 
@@ -134,15 +148,22 @@ def window_statistic(df: pd.DataFrame, errors: np.ndarray, cfg: AlarmConfig) -> 
     snapshots than the site's usual interval puts in it) or where the row is in a warm-up after a stop.
 
     A site whose rows span less than one window (a short calibration holdout) gives one value: the same quantile over
-    all its settled rows. A threshold calibrated as a quantile of this statistic on healthy rows is one the rule would cross on healthy
+    all its settled rows. A threshold calibrated as a quantile of this statistic on healthy rows is one the rule would
+    cross on healthy
     data that rarely: a burst shorter than the persistence, or a restart transient inside the warm-up, cannot set it.
     ``df`` needs ``site`` and ``timestamp``; ``errors`` is aligned with its rows.
     """
     out = np.full(len(df), np.nan)
     if len(df) == 0:
         return out
-    frame = pd.DataFrame({"site": df["site"].astype(str).to_numpy(), "error": np.asarray(errors, dtype=np.float64),
-                          "timestamp": pd.to_datetime(df["timestamp"]).to_numpy(), "row": np.arange(len(df))})
+    frame = pd.DataFrame(
+        {
+            "site": df["site"].astype(str).to_numpy(),
+            "error": np.asarray(errors, dtype=np.float64),
+            "timestamp": pd.to_datetime(df["timestamp"]).to_numpy(),
+            "row": np.arange(len(df)),
+        }
+    )
     window = f"{int(round(cfg.persistence_h * 3600))}s"
     for _, part in frame.sort_values(["site", "timestamp"], kind="stable").groupby("site", sort=False):
         series = part.set_index("timestamp")["error"]

@@ -38,7 +38,6 @@ class ModelConfig(BaseModel):
     activation: Literal["relu", "tanh", "elu"] = Field("relu", description="Non-linearity after each hidden layer")
 
 
-
 class Autoencoder(torch.nn.Module):
     """Dense autoencoder: ``Linear → act`` per hidden layer, then a linear output layer of width ``n_inputs``."""
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -94,7 +93,7 @@ class IngestConfig(_Model):
         return v
 
     @model_validator(mode="after")
-    def _raw_dir_exists(self) -> "IngestConfig":
+    def _raw_dir_exists(self) -> IngestConfig:
         if not Path(self.raw_dir).is_dir():
             raise ValueError(f"raw_dir does not exist or is not a directory: {self.raw_dir}")
         return self

@@ -57,6 +57,7 @@ class DetectionReport(BaseModel):
 
     def lines(self) -> list[str]:
         """Human-readable summary lines."""
+
         def fmt(value: object) -> str:
             return "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
 
@@ -178,9 +179,7 @@ def evaluate_against_ground_truth(scores_df: pd.DataFrame, truth: GroundTruth) -
                 "first_alarm": report.first_alarm_time,
                 "first_alarm_channel": report.first_alarm_channel or "",
                 "detected_after_onset": report.detected if site_truth.faulty else False,
-                "correct_bearing": bool(
-                    site_truth.faulty and report.first_alarm_channel in set(site_truth.channels)
-                ),
+                "correct_bearing": bool(site_truth.faulty and report.first_alarm_channel in set(site_truth.channels)),
                 "delay_after_onset_hours": report.delay_after_onset_hours,
                 "lead_time_hours": report.lead_time_hours,
                 "false_alarm_snapshots": report.false_alarm_snapshots,

@@ -69,7 +69,13 @@ SEED_FILES = ("2003.10.22.12.14.13", "2003.10.22.12.19.13")
 """The two real IMS 1st-test snapshots the reference notebook trained and evaluated on."""
 SEED_SITE = "1st_test"
 SUMMARY_COLUMNS = (
-    "experiment", "final_train_mse", "final_eval_mse", "final_eval_rmse", "rounds_to_5pct", "wall_s", "threshold",
+    "experiment",
+    "final_train_mse",
+    "final_eval_mse",
+    "final_eval_rmse",
+    "rounds_to_5pct",
+    "wall_s",
+    "threshold",
 )
 DETECTION_COLUMNS = ("lead_time_hours", "false_alarm_events", "detected")
 NOTEBOOK_RESULTS: dict[str, dict[str, str]] = {
@@ -143,10 +149,20 @@ class GridConfig(BaseModel):
         from bearing_core.federated.config import FederatedConfig
 
         return FederatedConfig(
-            strategy=spec.strategy, rounds=self.rounds, local_epochs=self.local_epochs, lr=self.lr,
-            batch_size=self.batch_size, proximal_mu=self.proximal_mu, server_lr=self.server_lr, hidden=self.hidden,
-            activation=self.activation, scale=self.scale, seed=self.seed, num_clients=num_clients,
-            threshold_method="quantile", threshold_quantile=self.threshold_quantile,
+            strategy=spec.strategy,
+            rounds=self.rounds,
+            local_epochs=self.local_epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            proximal_mu=self.proximal_mu,
+            server_lr=self.server_lr,
+            hidden=self.hidden,
+            activation=self.activation,
+            scale=self.scale,
+            seed=self.seed,
+            num_clients=num_clients,
+            threshold_method="quantile",
+            threshold_quantile=self.threshold_quantile,
         )
 
     def select(self, names: Sequence[str] | None) -> GridConfig:
@@ -156,7 +172,9 @@ class GridConfig(BaseModel):
         known = {e.name for e in self.experiments}
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise ValueError(f"unknown experiments {unknown}; this grid has: {', '.join(e.name for e in self.experiments)}")
+            raise ValueError(
+                f"unknown experiments {unknown}; this grid has: {', '.join(e.name for e in self.experiments)}"
+            )
         return self.model_copy(update={"experiments": tuple(e for e in self.experiments if e.name in set(names))})
 
 
@@ -174,12 +192,27 @@ def default_experiments(iid: str, dirichlet_by: str, natural: bool) -> tuple[Exp
         ExperimentSpec(name="fedavg-iid", label="FedAvg IID", partition=iid),
         ExperimentSpec(name="fedavg-quantity", label="FedAvg quantity skew", partition="quantity", params=quantity),
         ExperimentSpec(name="fedavg-dirichlet", label="FedAvg Dirichlet 0.3", partition="dirichlet", params=dirichlet),
-        ExperimentSpec(name="fedprox-quantity", label="FedProx quantity skew", strategy="fedprox",
-                       partition="quantity", params=quantity),
-        ExperimentSpec(name="fedprox-dirichlet", label="FedProx Dirichlet 0.3", strategy="fedprox",
-                       partition="dirichlet", params=dirichlet),
-        ExperimentSpec(name="fedadam-quantity", label="FedAdam quantity skew", strategy="fedadam",
-                       partition="quantity", params=quantity),
+        ExperimentSpec(
+            name="fedprox-quantity",
+            label="FedProx quantity skew",
+            strategy="fedprox",
+            partition="quantity",
+            params=quantity,
+        ),
+        ExperimentSpec(
+            name="fedprox-dirichlet",
+            label="FedProx Dirichlet 0.3",
+            strategy="fedprox",
+            partition="dirichlet",
+            params=dirichlet,
+        ),
+        ExperimentSpec(
+            name="fedadam-quantity",
+            label="FedAdam quantity skew",
+            strategy="fedadam",
+            partition="quantity",
+            params=quantity,
+        ),
     ]
     if natural:
         specs.append(ExperimentSpec(name="fedavg-natural", label="FedAvg natural (site = client)", partition="natural"))
@@ -189,9 +222,20 @@ def default_experiments(iid: str, dirichlet_by: str, natural: bool) -> tuple[Exp
 def seed_grid(rounds: int | None = None) -> GridConfig:
     """The reference notebook's recipe (see the module docstring) with the full default grid."""
     return GridConfig(
-        preset="seed", rounds=rounds or 20, local_epochs=1, lr=1e-3, batch_size=128, hidden=(16, 4, 16),
-        activation="relu", scale=False, num_clients=10, threshold_quantile=0.95, eval_fraction=0.2, eval_blocks=10,
-        mode="samples", experiments=default_experiments("blocks", "time_block", natural=False),
+        preset="seed",
+        rounds=rounds or 20,
+        local_epochs=1,
+        lr=1e-3,
+        batch_size=128,
+        hidden=(16, 4, 16),
+        activation="relu",
+        scale=False,
+        num_clients=10,
+        threshold_quantile=0.95,
+        eval_fraction=0.2,
+        eval_blocks=10,
+        mode="samples",
+        experiments=default_experiments("blocks", "time_block", natural=False),
     )
 
 
@@ -199,9 +243,21 @@ def demo_grid(rounds: int | None = None, num_clients: int = 10) -> GridConfig:
     """The project's training defaults on the synthetic demo (per-snapshot mean|x|, scaled, ELU, lr 1e-2,
     10 local epochs), healthy period = each site's first half, threshold = the 99.5th percentile of E's errors."""
     return GridConfig(
-        preset="demo", rounds=rounds or 20, local_epochs=10, lr=1e-2, batch_size=32, hidden=(4, 2, 4),
-        activation="elu", scale=True, num_clients=num_clients, threshold_quantile=0.995, eval_fraction=0.2,
-        eval_blocks=None, mode="features", feature="mean_abs", train_fraction=0.5,
+        preset="demo",
+        rounds=rounds or 20,
+        local_epochs=10,
+        lr=1e-2,
+        batch_size=32,
+        hidden=(4, 2, 4),
+        activation="elu",
+        scale=True,
+        num_clients=num_clients,
+        threshold_quantile=0.995,
+        eval_fraction=0.2,
+        eval_blocks=None,
+        mode="features",
+        feature="mean_abs",
+        train_fraction=0.5,
         experiments=default_experiments("iid", "site", natural=True),
     )
 
@@ -293,18 +349,27 @@ def seed_split(raw_dir: str | os.PathLike[str], grid: GridConfig) -> EvaluationS
     train_pos, eval_pos = block_holdout_split(len(rows), grid.eval_blocks or 1, grid.eval_fraction)
     description = (
         f"{len(rows):,} raw samples (rows) of the IMS 1st-test files {' and '.join(SEED_FILES)}, {len(columns)} "
-        f"channels in g, {'standardised' if grid.scale else 'unscaled'}; cut into {grid.eval_blocks} contiguous equal blocks, the last {grid.eval_fraction:.0%} of each "
+        f"channels in g, {'standardised' if grid.scale else 'unscaled'}; cut into {grid.eval_blocks} contiguous "
+        f"equal blocks, the last {grid.eval_fraction:.0%} of each "
         f"block (in time order) form E ({len(eval_pos):,} rows), the rest T ({len(train_pos):,} rows)"
     )
     return EvaluationSplit(
-        train=rows.iloc[train_pos].reset_index(drop=True), eval=rows.iloc[eval_pos].reset_index(drop=True),
-        columns=columns, description=description, train_position=train_pos, eval_position=eval_pos,
+        train=rows.iloc[train_pos].reset_index(drop=True),
+        eval=rows.iloc[eval_pos].reset_index(drop=True),
+        columns=columns,
+        description=description,
+        train_position=train_pos,
+        eval_position=eval_pos,
     )
 
 
 def prepare_demo_dataset(
-    out: str | os.PathLike[str], raw_dir: str | os.PathLike[str] | None, sites: int = 4, files: int = 60,
-    seed: int = 0, n_samples: int | None = None,
+    out: str | os.PathLike[str],
+    raw_dir: str | os.PathLike[str] | None,
+    sites: int = 4,
+    files: int = 60,
+    seed: int = 0,
+    n_samples: int | None = None,
 ) -> tuple[Path, Path | None]:
     """A processed demo dataset under ``out/data``: ``raw_dir`` (or freshly generated demo data) ingested.
 
@@ -331,8 +396,14 @@ def prepare_demo_dataset(
                     f"{(sites, files, samples, seed)}: use another output directory or delete {raw}"
                 )
         else:
-            generate_demo(raw, sites=sites, files_per_site=files, seed=seed, n_samples=samples,
-                          workers=min(2, os.cpu_count() or 1))
+            generate_demo(
+                raw,
+                sites=sites,
+                files_per_site=files,
+                seed=seed,
+                n_samples=samples,
+                workers=min(2, os.cpu_count() or 1),
+            )
     else:
         raw = Path(raw_dir)
     dataset_dir = out / "data" / "processed" / raw.name
@@ -371,9 +442,15 @@ def demo_split(dataset_dir: str | os.PathLike[str], grid: GridConfig, ground_tru
         f"({len(evaluation)} snapshots), T = the rest ({len(train)} snapshots)"
     )
     return EvaluationSplit(
-        train=train.reset_index(drop=True), eval=evaluation.reset_index(drop=True), columns=columns,
-        description=description, train_position=train.index.to_numpy(), eval_position=evaluation.index.to_numpy(),
-        dataset_dir=dataset_dir, ground_truth=ground_truth, faulty=faulty,
+        train=train.reset_index(drop=True),
+        eval=evaluation.reset_index(drop=True),
+        columns=columns,
+        description=description,
+        train_position=train.index.to_numpy(),
+        eval_position=evaluation.index.to_numpy(),
+        dataset_dir=dataset_dir,
+        ground_truth=ground_truth,
+        faulty=faulty,
     )
 
 
@@ -414,20 +491,33 @@ def write_experiment_clients(
     entries: list[ClientEntry] = []
     for k, (idx, eval_idx) in enumerate(zip(parts, eval_parts, strict=True)):
         rows = pd.concat(
-            [split.train.iloc[np.sort(idx)][columns].assign(split=SPLIT_TRAIN),
-             split.eval.iloc[np.sort(eval_idx)][columns].assign(split=SPLIT_HOLDOUT)],
+            [
+                split.train.iloc[np.sort(idx)][columns].assign(split=SPLIT_TRAIN),
+                split.eval.iloc[np.sort(eval_idx)][columns].assign(split=SPLIT_HOLDOUT),
+            ],
             ignore_index=True,
         )
         rows["timestamp"] = rows["timestamp"].astype("datetime64[us]")
         name = f"client_{k}.parquet"
         write_parquet_atomic(target / name, rows)
         entries.append(
-            ClientEntry(client_id=k, file=name, train_rows=len(idx), holdout_rows=len(eval_idx),
-                        sites=sorted(map(str, pd.unique(rows["site"].astype(str)))), sha256=sha256_file(target / name))
+            ClientEntry(
+                client_id=k,
+                file=name,
+                train_rows=len(idx),
+                holdout_rows=len(eval_idx),
+                sites=sorted(map(str, pd.unique(rows["site"].astype(str)))),
+                sha256=sha256_file(target / name),
+            )
         )
     manifest = PartitionManifest(
-        scheme=scheme, params=params, seed=seed, num_clients=len(entries), input_columns=list(split.columns),
-        holdout_fraction=len(split.eval) / (len(split.train) + len(split.eval)), clients=entries,
+        scheme=scheme,
+        params=params,
+        seed=seed,
+        num_clients=len(entries),
+        input_columns=list(split.columns),
+        holdout_fraction=len(split.eval) / (len(split.train) + len(split.eval)),
+        clients=entries,
         provenance={"holdout": "common evaluation set E dealt to the clients (bearing_core.experiments)"},
     )
     write_json_atomic(target / MANIFEST_FILE, manifest.model_dump(mode="json"))
@@ -512,12 +602,21 @@ def _client_table(owner: np.ndarray, train_errors: np.ndarray, eval_sizes: Seque
     k = len(eval_sizes)
     rows = np.bincount(owner, minlength=k)
     sse = np.bincount(owner, weights=train_errors, minlength=k)
-    return pd.DataFrame({"client": np.arange(k), "train_rows": rows, "eval_rows": np.asarray(eval_sizes),
-                         "final_mse": sse / np.maximum(rows, 1)})
+    return pd.DataFrame(
+        {
+            "client": np.arange(k),
+            "train_rows": rows,
+            "eval_rows": np.asarray(eval_sizes),
+            "final_mse": sse / np.maximum(rows, 1),
+        }
+    )
 
 
 def run_experiment(
-    spec: ExperimentSpec, grid: GridConfig, split: EvaluationSplit, work_dir: str | os.PathLike[str],
+    spec: ExperimentSpec,
+    grid: GridConfig,
+    split: EvaluationSplit,
+    work_dir: str | os.PathLike[str],
     resources: Any | None = None,
 ) -> ExperimentResult:
     """Run one experiment into ``work_dir/models/<name>`` (client files under ``work_dir/clients/<name>``)."""
@@ -533,12 +632,14 @@ def run_experiment(
         partitioner = resolve_partitioner(spec, k)
         parts = partitioner.partition(split.train, k, grid.seed)
         eval_parts = deal_eval_rows(split.eval, [len(p) for p in parts], spec.partition, spec.params)
-        clients_dir = write_experiment_clients(split, parts, eval_parts, work_dir, spec.name,
-                                               partitioner.params(), grid.seed)
+        clients_dir = write_experiment_clients(
+            split, parts, eval_parts, work_dir, spec.name, partitioner.params(), grid.seed
+        )
         from bearing_core.federated.simulation import run_federated
 
-        result = run_federated(clients_dir, grid.federated_config(spec, k), model_dir, resources=resources,
-                               baseline=False)
+        result = run_federated(
+            clients_dir, grid.federated_config(spec, k), model_dir, resources=resources, baseline=False
+        )
         metrics, wall_s, failures = result.metrics, result.wall_s, result.failures
     else:
         parts = [np.arange(len(split.train))]
@@ -562,9 +663,18 @@ def run_experiment(
         scores = score_dataset(split.dataset_dir, model_dir)
         detection = evaluate_against_ground_truth(scores, load_ground_truth(split.ground_truth))
     return ExperimentResult(
-        spec=spec, metrics=metrics, model_dir=model_dir, clients_dir=clients_dir, wall_s=wall_s,
-        threshold=threshold, train_errors=train_errors, eval_errors=eval_errors, clients=clients,
-        failures=failures, detection=detection, scores=scores,
+        spec=spec,
+        metrics=metrics,
+        model_dir=model_dir,
+        clients_dir=clients_dir,
+        wall_s=wall_s,
+        threshold=threshold,
+        train_errors=train_errors,
+        eval_errors=eval_errors,
+        clients=clients,
+        failures=failures,
+        detection=detection,
+        scores=scores,
     )
 
 
@@ -590,26 +700,43 @@ def _train_centralized(
     torch.set_num_threads(1)  # as a Flower client does: comparable wall times, no oversubscription
     try:
         start = time.perf_counter()
-        result = train_centralized(scaler.transform(X_train), scaler.transform(X_eval), model_cfg, train_cfg,
-                                   grid.rounds)
+        result = train_centralized(
+            scaler.transform(X_train), scaler.transform(X_eval), model_cfg, train_cfg, grid.rounds
+        )
         wall_s = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
-    save_model(model_dir, result.model, model_cfg, scaler, list(split.columns),
-               extra={"trained_by": CENTRALIZED, "grid": grid.model_dump(mode="json", exclude={"experiments"})})
+    save_model(
+        model_dir,
+        result.model,
+        model_cfg,
+        scaler,
+        list(split.columns),
+        extra={"trained_by": CENTRALIZED, "grid": grid.model_dump(mode="json", exclude={"experiments"})},
+    )
     calibrate_from_clients(model_dir, clients_dir, ThresholdConfig(method="quantile", quantile=grid.threshold_quantile))
     rows = [
-        {"round": int(h["round"]), "client": CENTRALIZED, "train_loss": h["train_loss"], "eval_mse": h["mse"],
-         "eval_rmse": h["rmse"], "num_train_examples": len(X_train), "num_eval_examples": len(X_eval),
-         "wall_s": wall_s / grid.rounds}
+        {
+            "round": int(h["round"]),
+            "client": CENTRALIZED,
+            "train_loss": h["train_loss"],
+            "eval_mse": h["mse"],
+            "eval_rmse": h["rmse"],
+            "num_train_examples": len(X_train),
+            "num_eval_examples": len(X_eval),
+            "wall_s": wall_s / grid.rounds,
+        }
         for h in result.history
     ]
     return metrics_frame(rows), wall_s
 
 
 def run_grid(
-    grid: GridConfig, split: EvaluationSplit, work_dir: str | os.PathLike[str],
-    progress: Callable[[ExperimentResult], None] | None = None, resources: Any | None = None,
+    grid: GridConfig,
+    split: EvaluationSplit,
+    work_dir: str | os.PathLike[str],
+    progress: Callable[[ExperimentResult], None] | None = None,
+    resources: Any | None = None,
 ) -> list[ExperimentResult]:
     """Every experiment of ``grid`` on ``split``, in order; ``progress`` is called after each one."""
     results = []
@@ -660,8 +787,11 @@ def write_results(out_dir: str | os.PathLike[str], grid: GridConfig, results: Se
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clients = pd.concat([r.clients.assign(experiment=r.spec.name) for r in results], ignore_index=True)
-    for name, frame in (("summary.csv", summary_table(results)), ("metrics.csv", metrics_table(results)),
-                        ("clients.csv", clients)):
+    for name, frame in (
+        ("summary.csv", summary_table(results)),
+        ("metrics.csv", metrics_table(results)),
+        ("clients.csv", clients),
+    ):
         with atomic_path(out_dir / name, suffix=".csv.tmp") as tmp:
             frame.to_csv(tmp, index=False)
     write_json_atomic(out_dir / "grid.json", json.loads(grid.model_dump_json()))

@@ -176,6 +176,11 @@ def import_features(
         },
     )
     return ImportResult(
-        out_dir=out_dir, rows=len(features), site=site, channels=channels, feature=feature,
-        first=table["timestamp"].iloc[0], last=table["timestamp"].iloc[-1],
+        out_dir=out_dir,
+        rows=len(features),
+        site=site,
+        channels=channels,
+        feature=feature,
+        first=table["timestamp"].iloc[0],
+        last=table["timestamp"].iloc[-1],
     )

@@ -70,7 +70,9 @@ def report_key(site: str) -> str:
     return f"fleet-site-{name}"
 
 
-def stage_training_file(manifest_path: str | os.PathLike[str], partition_id: int, out_dir: str | os.PathLike[str]) -> Path:
+def stage_training_file(
+    manifest_path: str | os.PathLike[str], partition_id: int, out_dir: str | os.PathLike[str]
+) -> Path:
     """Write the site's one-client partition (``manifest_path``: a partitioning of its own data into exactly one
     client) as ``out_dir/client_<partition_id>.parquet``; stale ``client_*.parquet`` files there are removed."""
     manifest_path = Path(manifest_path)
@@ -101,18 +103,28 @@ def fleet_fingerprint(fleet: str, reports: list[SiteReport], run_record: str | o
     ends = [r.period_end for r in ordered if r.period_end is not None]
     record = Path(run_record)
     return DataFingerprint(
-        dataset=fleet, dataset_dir=f"fleet:{fleet}", dataset_sha256=combined,
-        partition_manifest=str(record), partition_manifest_sha256=hashlib.sha256(record.read_bytes()).hexdigest(),
-        partition_scheme=SCHEME, num_clients=len(ordered), sites=[r.site for r in ordered],
-        period_start=min(starts) if starts else None, period_end=max(ends) if ends else None,
-        train_rows=sum(r.train_rows for r in ordered), holdout_rows=sum(r.holdout_rows for r in ordered),
+        dataset=fleet,
+        dataset_dir=f"fleet:{fleet}",
+        dataset_sha256=combined,
+        partition_manifest=str(record),
+        partition_manifest_sha256=hashlib.sha256(record.read_bytes()).hexdigest(),
+        partition_scheme=SCHEME,
+        num_clients=len(ordered),
+        sites=[r.site for r in ordered],
+        period_start=min(starts) if starts else None,
+        period_end=max(ends) if ends else None,
+        train_rows=sum(r.train_rows for r in ordered),
+        holdout_rows=sum(r.holdout_rows for r in ordered),
     )
 
 
 def pooled_mse(reports: list[SiteReport], version: str) -> tuple[float, int, list[str]]:
     """Holdout-row-weighted MSE of ``version`` over the sites that reported it: (mse, rows, sites)."""
-    rows = [(r.holdout_mse[version], r.holdout_rows, r.site) for r in reports
-            if version in r.holdout_mse and r.holdout_rows > 0 and np.isfinite(r.holdout_mse[version])]
+    rows = [
+        (r.holdout_mse[version], r.holdout_rows, r.site)
+        for r in reports
+        if version in r.holdout_mse and r.holdout_rows > 0 and np.isfinite(r.holdout_mse[version])
+    ]
     if not rows:
         return float("nan"), 0, []
     weights = np.array([n for _, n, _ in rows], dtype=np.float64)
@@ -134,17 +146,30 @@ def decide_champion(
         return {**base, "promoted": True, "reason": "the challenger already is the champion"}
     both = [r for r in reports if challenger in r.holdout_mse and champion in r.holdout_mse and r.holdout_rows > 0]
     if len(both) < quorum:
-        return {**base, "promoted": None, "reason": (
-            f"deferred: {len(both)} site(s) reported holdout MSE of both {challenger} and {champion}, "
-            f"{quorum} needed")}
+        return {
+            **base,
+            "promoted": None,
+            "reason": (
+                f"deferred: {len(both)} site(s) reported holdout MSE of both {challenger} and {champion}, "
+                f"{quorum} needed"
+            ),
+        }
     challenger_mse, rows, sites = pooled_mse(both, challenger)
     champion_mse, _, _ = pooled_mse(both, champion)
     promoted = challenger_mse <= champion_mse * (1.0 + tolerance)
     verdict = "not worse than" if promoted else "worse than"
-    return {**base, "promoted": promoted, "challenger_mse": challenger_mse, "champion_mse": champion_mse,
-            "eval_rows": rows, "sites": sites, "reason": (
-                f"challenger holdout MSE {challenger_mse:.6g} is {verdict} champion {champion}'s {champion_mse:.6g} "
-                f"(tolerance {tolerance:.3g}) on {rows} holdout rows of {len(sites)} sites, original units")}
+    return {
+        **base,
+        "promoted": promoted,
+        "challenger_mse": challenger_mse,
+        "champion_mse": champion_mse,
+        "eval_rows": rows,
+        "sites": sites,
+        "reason": (
+            f"challenger holdout MSE {challenger_mse:.6g} is {verdict} champion {champion}'s {champion_mse:.6g} "
+            f"(tolerance {tolerance:.3g}) on {rows} holdout rows of {len(sites)} sites, original units"
+        ),
+    }
 
 
 def resume_action(previous_status: str | None, model_complete: bool) -> str:

@@ -31,7 +31,7 @@ import getpass
 import json
 import os
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,7 +61,7 @@ class HealthyPolicy(BaseModel):
 
 def _naive(stamp: Any) -> pd.Timestamp:
     ts = pd.Timestamp(stamp)
-    return ts.tz_convert(timezone.utc).tz_localize(None) if ts.tzinfo is not None else ts
+    return ts.tz_convert(UTC).tz_localize(None) if ts.tzinfo is not None else ts
 
 
 def rolling_selection(
@@ -92,8 +92,9 @@ def rolling_selection(
     cutoff = first_alarm[codes] - np.timedelta64(int(guard_h * 3600e9), "ns")
     since = end - np.timedelta64(int(window_days * 86400e9), "ns")
     keep = ~alarm & (stamp >= since) & (stamp < cutoff)
-    chosen = pd.DataFrame({"timestamp": stamp[keep], "site": site.to_numpy()[keep],
-                           "path": scores["path"].astype(str).to_numpy()[keep]})
+    chosen = pd.DataFrame(
+        {"timestamp": stamp[keep], "site": site.to_numpy()[keep], "path": scores["path"].astype(str).to_numpy()[keep]}
+    )
     return chosen.sort_values(["timestamp", "site"], kind="stable").reset_index(drop=True)
 
 
@@ -151,7 +152,7 @@ def clear_alarm(
     entry = {
         "until": _naive(until).isoformat(),
         "by": by or getpass.getuser(),
-        "at": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        "at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
         "note": note,
     }
     clearances = load_clearances(dataset_dir)
@@ -177,14 +178,19 @@ def rolling_for_dataset(
     if scores is not None and "model_version" in scores.columns:
         scores = scores[scores["model_version"].astype(str) == champion]
     if scores is None or scores.empty:
-        return None, (f"rolling healthy policy: the champion {champion} has scored nothing in {scores_path} yet, "
-                      "falling back to first-fraction")
-    chosen = rolling_selection(scores, end, cleared_until(load_clearances(clearances_dir)), policy.guard_h,
-                               policy.window_days)
+        return None, (
+            f"rolling healthy policy: the champion {champion} has scored nothing in {scores_path} yet, "
+            "falling back to first-fraction"
+        )
+    chosen = rolling_selection(
+        scores, end, cleared_until(load_clearances(clearances_dir)), policy.guard_h, policy.window_days
+    )
     if chosen.empty:
-        raise ValueError(f"rolling healthy policy: no row of {scores_path} qualifies (every bearing in alarm or "
-                         f"older than {policy.window_days:g} days): clear alarms (bearing alarms clear) or widen "
-                         "the window")
+        raise ValueError(
+            f"rolling healthy policy: no row of {scores_path} qualifies (every bearing in alarm or "
+            f"older than {policy.window_days:g} days): clear alarms (bearing alarms clear) or widen "
+            "the window"
+        )
     sites = scores["site"].astype(str)
     in_alarm = sorted(set(sites[scores["alarm"].to_numpy(bool)]))
     silent = sorted(set(sites) - set(chosen["site"]))

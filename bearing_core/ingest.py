@@ -48,7 +48,8 @@ directory at once.
 Samples files are not fsynced one by one (an fsync costs ~1 ms of CPU and ~3 ms of latency per file); instead
 ``os.sync()`` runs in a background thread while the workers go on (one at a time, re-started as batches
 complete), and a last one after the last batch makes all of them durable before features.parquet, the first file
-that references them, is written: that last sync only has the final batches left to flush. A killed process loses nothing that was written (the page cache keeps it); after an
+that references them, is written: that last sync only has the final batches left to flush. A killed process loses
+nothing that was written (the page cache keeps it); after an
 OS crash before that sync, only this run's samples can be missing, and no committed output describes them yet: a
 re-run parses those files again, because the manifest still describes the previous state.
 
@@ -150,6 +151,7 @@ def _escapes(entry: os.DirEntry[str], root: Path) -> bool:
 def _is_inside(real: str, root: str) -> bool:
     """``real`` (a canonical path) is ``root`` or lies under it."""
     return real == root or real.startswith(root.rstrip("/") + "/")
+
 
 # glibc mallopt() parameters (malloc.h), see configure_worker_process.
 _M_TRIM_THRESHOLD = -1
@@ -266,9 +268,7 @@ def samples_path(out_dir: Path, rel: str) -> Path:
     return out_dir / SAMPLES_DIR / f"{rel}.parquet"
 
 
-def scan_raw_directory(
-    raw_dir: Path, follow_symlinks: bool = False
-) -> tuple[list[RawFile], list[tuple[str, str]]]:
+def scan_raw_directory(raw_dir: Path, follow_symlinks: bool = False) -> tuple[list[RawFile], list[tuple[str, str]]]:
     """Snapshot candidates (sorted by path) and ``(rel, reason)`` of entries quarantined by layout alone.
 
     A file reached through a symlink (its own or its site folder's) gets its ``target`` resolved here, once.
@@ -364,9 +364,7 @@ def find_duplicate_timestamps(files: Sequence[RawFile]) -> dict[str, str]:
     return duplicates
 
 
-def ingest_directory(
-    cfg: IngestConfig, progress: Callable[[IngestProgress], None] | None = None
-) -> IngestReport:
+def ingest_directory(cfg: IngestConfig, progress: Callable[[IngestProgress], None] | None = None) -> IngestReport:
     """Bring ``cfg.resolved_out_dir()`` up to date with ``cfg.raw_dir`` (see the module docstring)."""
     raw_dir = Path(cfg.raw_dir)
     out_dir = cfg.resolved_out_dir()
@@ -746,11 +744,11 @@ class _PreviousRun:
         self.feature_paths: set[str] = set(features.column("path").to_pylist()) if features is not None else set()
 
     @classmethod
-    def empty(cls, out_dir: Path) -> "_PreviousRun":
+    def empty(cls, out_dir: Path) -> _PreviousRun:
         return cls(out_dir, {}, None, None, _read_parquet_or_none(out_dir / QUARANTINE_FILE))
 
     @classmethod
-    def load(cls, out_dir: Path) -> "_PreviousRun":
+    def load(cls, out_dir: Path) -> _PreviousRun:
         manifest_table = _read_parquet_or_none(out_dir / MANIFEST_FILE)
         manifest = {row["path"]: row for row in manifest_table.to_pylist()} if manifest_table is not None else {}
         dataset = None
@@ -799,7 +797,14 @@ class _PreviousRun:
         if (row["size"], row["mtime_ns"]) != (f.size, f.mtime_ns) or not self._row_available(f.rel, row["status"]):
             return None
         return _Result(
-            f.rel, f.site, f.size, f.mtime_ns, row["sha256"], row["status"], parsed=False, reason=row["reason"],
+            f.rel,
+            f.site,
+            f.size,
+            f.mtime_ns,
+            row["sha256"],
+            row["status"],
+            parsed=False,
+            reason=row["reason"],
             target=f.target,
         )
 
@@ -849,14 +854,16 @@ def _features_table(ok: Sequence[_Result], previous: _PreviousRun, channels: Seq
     matrix = np.vstack([r.features for r in new]) if new else np.empty((0, len(columns)))
     new_table = pa.Table.from_arrays(
         [
-            _arrow_view(np.array([r.timestamp for r in new], dtype="datetime64[us]").view(np.int64),
-                        pa.timestamp("us")),
+            _arrow_view(
+                np.array([r.timestamp for r in new], dtype="datetime64[us]").view(np.int64), pa.timestamp("us")
+            ),
             _arrow_strings([Path(r.rel).name for r in new]),
             _arrow_strings([r.site for r in new]),
             _arrow_strings([r.rel for r in new]),
         ]
-        + [_arrow_view(np.ascontiguousarray(matrix[:, j], dtype=np.float64), pa.float64())
-           for j in range(len(columns))],
+        + [
+            _arrow_view(np.ascontiguousarray(matrix[:, j], dtype=np.float64), pa.float64()) for j in range(len(columns))
+        ],
         schema=schema,
     )
     reused = [r.rel for r in ok if not r.parsed]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -146,7 +146,7 @@ def load_features(dataset_dir: str | os.PathLike[str]) -> pd.DataFrame:
 
 def _naive_utc(ts: datetime) -> pd.Timestamp:
     stamp = pd.Timestamp(ts)
-    return stamp.tz_convert(timezone.utc).tz_localize(None) if stamp.tzinfo is not None else stamp
+    return stamp.tz_convert(UTC).tz_localize(None) if stamp.tzinfo is not None else stamp
 
 
 def healthy_period(df: pd.DataFrame, cfg: InputConfig) -> pd.DataFrame:

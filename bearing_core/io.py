@@ -2,7 +2,8 @@
 
 A reader therefore sees either the previous complete file or the new complete file, never a half-written one,
 whatever moment the writer is killed at. By default the data is also fsynced before the rename and the directory
-after it (so the rename itself is on disk), so the new file survives a power loss; ``fsync=False`` skips that for callers that make many files durable at once later (see
+after it (so the rename itself is on disk), so the new file survives a power loss; ``fsync=False`` skips that for
+callers that make many files durable at once later (see
 :func:`bearing_core.ingest.ingest_directory`): a killed *process* loses nothing either way, only an OS crash
 can leave such a file empty until that later sync.
 """

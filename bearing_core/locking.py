@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 PIPELINE_LOCK_FILE = ".pipeline.lock"
@@ -84,7 +84,7 @@ def exclusive_lock(
                 time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.0)))
         fh.seek(0)
         fh.truncate()
-        since = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         fh.write(f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n".encode())
         fh.flush()
         try:

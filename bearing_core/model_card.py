@@ -91,10 +91,10 @@ def render_model_card(
 ) -> str:
     """The Markdown model card of ``version``.
 
-    ``model`` is the loaded model (architecture, scaler, input columns, training metadata in ``extra``),
-    ``metrics`` its ``metrics.parquet`` (per round and client, plus the global and centralized rows),
-    ``threshold`` the parsed ``threshold.json`` when the version has one (every field is shown:
-threshold, calibration size, method, error statistics, per-site thresholds).
+        ``model`` is the loaded model (architecture, scaler, input columns, training metadata in ``extra``),
+        ``metrics`` its ``metrics.parquet`` (per round and client, plus the global and centralized rows),
+        ``threshold`` the parsed ``threshold.json`` when the version has one (every field is shown:
+    threshold, calibration size, method, error statistics, per-site thresholds).
     """
     extra = model.extra
     fed_cfg: dict[str, Any] = dict(extra.get("federated_config", {}))
@@ -139,7 +139,10 @@ threshold, calibration size, method, error statistics, per-site thresholds).
                 ("sites", ", ".join(fingerprint.sites) or "none"),
                 ("period (clients' rows)", period),
                 ("train rows", fingerprint.train_rows),
-                ("holdout rows (evaluation, calibration)", f"{fingerprint.holdout_rows} ({_HOLDOUT[fingerprint.holdout_mode]})"),
+                (
+                    "holdout rows (evaluation, calibration)",
+                    f"{fingerprint.holdout_rows} ({_HOLDOUT[fingerprint.holdout_mode]})",
+                ),
                 ("partitioning", f"{fingerprint.partition_scheme}, {fingerprint.num_clients} client(s)"),
                 ("dataset sha256", f"`{fingerprint.dataset_sha256}`"),
                 ("partition manifest sha256", f"`{fingerprint.partition_manifest_sha256}`"),
@@ -156,16 +159,22 @@ threshold, calibration size, method, error statistics, per-site thresholds).
         + _table(
             ("field", "value"),
             [
-                ("layers", " → ".join(str(w) for w in (model.model_cfg.n_inputs, *model.model_cfg.hidden,
-                                                        model.model_cfg.n_inputs))),
+                (
+                    "layers",
+                    " → ".join(
+                        str(w) for w in (model.model_cfg.n_inputs, *model.model_cfg.hidden, model.model_cfg.n_inputs)
+                    ),
+                ),
                 ("hidden activation", model.model_cfg.activation),
                 ("output layer", "linear"),
                 ("parameters", sum(int(p.numel()) for p in model.model.parameters())),
             ],
         ),
         "## Strategy and hyper-parameters\n\n"
-        + _table(("parameter", "value"), [(k, json.dumps(v) if isinstance(v, (list, dict)) else v)
-                                           for k, v in sorted(hyper.items())])
+        + _table(
+            ("parameter", "value"),
+            [(k, json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in sorted(hyper.items())],
+        )
         + (
             f"\n\n{len(failures)} client repl{'y' if len(failures) == 1 else 'ies'} failed or "
             f"{'was' if len(failures) == 1 else 'were'} rejected by the server's screening, and "
@@ -224,7 +233,10 @@ threshold, calibration size, method, error statistics, per-site thresholds).
         + (
             _table(
                 ("field", "value"),
-                [(k, json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in threshold.items()],
+                [
+                    (k, json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
+                    for k, v in threshold.items()
+                ],
             )
             if threshold
             else "Not calibrated: this version has no `threshold.json`; it cannot raise alarms until calibrated."

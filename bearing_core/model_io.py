@@ -97,8 +97,6 @@ def save_model(
     return out_dir
 
 
-
-
 def parameter_count(n_inputs: int, hidden: tuple[int, ...] | list[int]) -> int:
     """Weights + biases of the autoencoder ``n_inputs → hidden... → n_inputs`` (plain integers: no allocation)."""
     widths = [n_inputs, *hidden, n_inputs]

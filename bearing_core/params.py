@@ -30,8 +30,8 @@ from pydantic.fields import FieldInfo
 from bearing_core.alarms import AlarmConfig
 from bearing_core.config import IngestConfig
 from bearing_core.features import FEATURES
-from bearing_core.healthy import HealthyPolicy, HealthyPolicyName
 from bearing_core.federated.config import STRATEGIES, FederatedConfig
+from bearing_core.healthy import HealthyPolicy, HealthyPolicyName
 from bearing_core.inputs import InputConfig
 from bearing_core.per_bearing import PerBearingConfig
 from bearing_core.threshold import PIPELINE_MARGIN
@@ -60,7 +60,9 @@ class DataParams(_Section):
     model_config = ConfigDict(title="Data")
 
     raw_dir: str = Field(
-        "data/raw/demo", min_length=1, title="Raw data directory",
+        "data/raw/demo",
+        min_length=1,
+        title="Raw data directory",
         description="Raw IMS files, one sub-folder per site (or files at its top). A ground_truth.json in it (the "
         "demo data's) turns on detection evaluation",
     )
@@ -68,22 +70,32 @@ class DataParams(_Section):
         "", title="Processed dataset directory", description="Empty: data/processed/(name of the raw directory)"
     )
     follow_symlinks: bool = _like(
-        IngestConfig, "follow_symlinks", title="Follow symbolic links",
+        IngestConfig,
+        "follow_symlinks",
+        title="Follow symbolic links",
         description="Follow symbolic links in the raw directory (e.g. a DVC-managed folder); each link is resolved "
         "once and its target recorded in the manifest. Off: links are quarantined",
     )
     workers: int = Field(0, ge=0, title="Ingest workers", description="Ingest worker processes; 0 = all cores")
-    feature: Feature = _like(InputConfig, "feature", title="Feature",
-                             description="Per-channel feature used as model input")
-    train_fraction: float = _like(InputConfig, "train_fraction", title="Healthy fraction",
-                                  description="The earliest fraction of each site's snapshots is the healthy "
-                                  "(training) period")
-    train_until: datetime | None = _like(InputConfig, "train_until", title="Healthy until",
-                                         description="Alternatively, the end of the healthy period (UTC) for every "
-                                         "site; replaces the healthy fraction")
+    feature: Feature = _like(
+        InputConfig, "feature", title="Feature", description="Per-channel feature used as model input"
+    )
+    train_fraction: float = _like(
+        InputConfig,
+        "train_fraction",
+        title="Healthy fraction",
+        description="The earliest fraction of each site's snapshots is the healthy (training) period",
+    )
+    train_until: datetime | None = _like(
+        InputConfig,
+        "train_until",
+        title="Healthy until",
+        description="Alternatively, the end of the healthy period (UTC) for every site; replaces the healthy fraction",
+    )
     holdout_mode: Literal["last", "interleaved"] = _like(InputConfig, "holdout_mode", title="Calibration rows")
     healthy: HealthyPolicyName = Field(
-        "first-fraction", title="Healthy-period policy",
+        "first-fraction",
+        title="Healthy-period policy",
         description="'first-fraction': the earliest healthy fraction of each site (with 'Healthy until' set: up to "
         "that time); 'until': up to 'Healthy until'; 'rolling': each bearing's rows the champion scored normal, in "
         "the last window, a guard band before its first uncleared alarm (no champion yet: first-fraction, logged)",
@@ -91,15 +103,21 @@ class DataParams(_Section):
     healthy_guard_h: float = _like(HealthyPolicy, "guard_h", title="Guard band, hours (rolling)")
     healthy_window_days: float = _like(HealthyPolicy, "window_days", title="Window, days (rolling)")
     layout: Layout = Field(
-        "per_bearing", title="Model rows",
+        "per_bearing",
+        title="Model rows",
         description="'per_bearing': one row per snapshot and bearing, each bearing's inputs standardised by its own "
         "healthy rows (ln levels), alarms name the bearing; 'snapshot': one row per snapshot with every channel",
     )
     relative_inputs: Literal["off", "add", "only"] = _like(
-        PerBearingConfig, "relative", title="Inputs relative to the rig (per_bearing)",
+        PerBearingConfig,
+        "relative",
+        title="Inputs relative to the rig (per_bearing)",
     )
     min_level_std: float = _like(
-        PerBearingConfig, "min_std", default=0.1, title="Floor of a bearing's level std (per_bearing)",
+        PerBearingConfig,
+        "min_std",
+        default=0.1,
+        title="Floor of a bearing's level std (per_bearing)",
         description="Floor of a bearing's healthy std of ln level: deviations are measured in units of at least this "
         "relative change (a few hours of healthy data understate how much a healthy bearing moves over weeks)",
     )
@@ -107,7 +125,8 @@ class DataParams(_Section):
     def input_config(self) -> InputConfig:
         """The model inputs and healthy period (``train_until``, when set, replaces ``train_fraction``)."""
         return InputConfig(
-            feature=self.feature, train_until=self.train_until,
+            feature=self.feature,
+            train_until=self.train_until,
             train_fraction=None if self.train_until is not None else self.train_fraction,
             holdout_mode=self.holdout_mode,
         )
@@ -126,8 +145,9 @@ class DataParams(_Section):
         return HealthyPolicy(policy=policy, guard_h=self.healthy_guard_h, window_days=self.healthy_window_days)
 
     def per_bearing_config(self) -> PerBearingConfig:
-        return PerBearingConfig(features=(self.feature,), log=True, relative=self.relative_inputs,
-                                min_std=self.min_level_std)
+        return PerBearingConfig(
+            features=(self.feature,), log=True, relative=self.relative_inputs, min_std=self.min_level_std
+        )
 
 
 class FederatedParams(_Section):
@@ -136,24 +156,33 @@ class FederatedParams(_Section):
     model_config = ConfigDict(title="Federated training")
 
     partition: Partition = Field(
-        "natural", title="Partition",
+        "natural",
+        title="Partition",
         description="How the healthy period is split into clients: 'natural' = one client per site (the number of "
         "clients comes from the data), 'iid', 'quantity' (skewed sizes) or 'dirichlet' (skewed content)",
     )
     clients: int = Field(4, ge=1, title="Clients", description="Number of clients for iid, quantity and dirichlet")
-    alpha: float = Field(0.5, gt=0, title="Dirichlet alpha (dirichlet)",
-                         description="Dirichlet concentration: smaller = more skewed clients")
+    alpha: float = Field(
+        0.5,
+        gt=0,
+        title="Dirichlet alpha (dirichlet)",
+        description="Dirichlet concentration: smaller = more skewed clients",
+    )
     strategy: Strategy = _like(FederatedConfig, "strategy", title="Aggregation strategy")
     rounds: int = _like(FederatedConfig, "rounds", title="Rounds")
     local_epochs: int = _like(FederatedConfig, "local_epochs", title="Local epochs")
     lr: float = _like(FederatedConfig, "lr", title="Learning rate")
     batch_size: int = _like(FederatedConfig, "batch_size", title="Batch size")
     hidden: tuple[int, ...] = Field(
-        (), title="Hidden layer widths",
+        (),
+        title="Hidden layer widths",
         description="Autoencoder hidden layer widths, e.g. 4,1,4; empty: 4,1,4 per bearing, 4,2,4 per snapshot",
     )
     activation: Literal["tanh", "elu", "relu"] = _like(
-        FederatedConfig, "activation", default="tanh", title="Activation",
+        FederatedConfig,
+        "activation",
+        default="tanh",
+        title="Activation",
         description="Hidden activation; tanh bounds the code, so the model cannot reconstruct levels far outside "
         "the healthy range",
     )
@@ -164,12 +193,14 @@ class FederatedParams(_Section):
     patience: int = _like(FederatedConfig, "patience", title="Early-stopping patience (rounds)")
     min_improvement: float = _like(FederatedConfig, "min_improvement", title="Early stopping: minimum improvement")
     warm_start: bool = Field(
-        False, title="Warm start",
+        False,
+        title="Warm start",
         description="Start from the champion's weights when its inputs and architecture match (measured on the "
         "demo: worse holdout MSE, not faster; off)",
     )
     centralized_baseline: bool = Field(
-        True, title="Centralized baseline",
+        True,
+        title="Centralized baseline",
         description="Also train the centralized baseline on the pooled rows (the cost of federation, in the report); "
         "off for the nightly deployment",
     )
@@ -192,14 +223,20 @@ class ThresholdParams(_Section):
     model_config = ConfigDict(title="Alarm threshold")
 
     method: Literal["max", "quantile", "mean_kstd"] = _like(
-        FederatedConfig, "threshold_method", default="max", title="Method",
+        FederatedConfig,
+        "threshold_method",
+        default="max",
+        title="Method",
         description="'max': the largest value of the alarm statistic over the healthy period, so the pipeline never "
         "alarms on the data it calls healthy; 'quantile' or 'mean_kstd' of it",
     )
     quantile: float = _like(FederatedConfig, "threshold_quantile", default=0.99, title="Quantile (quantile)")
     k: float = _like(FederatedConfig, "threshold_k", title="k (mean_kstd)")
     margin: float = _like(
-        FederatedConfig, "threshold_margin", default=PIPELINE_MARGIN, title="Margin (std)",
+        FederatedConfig,
+        "threshold_margin",
+        default=PIPELINE_MARGIN,
+        title="Margin (std)",
         description="How far (in healthy standard deviations of the inputs) a bearing must go beyond what its "
         "healthy period sustained before it counts as over the threshold: threshold = (sqrt(t) + margin)^2",
     )
@@ -213,7 +250,10 @@ class PipelineParams(_Section):
     threshold: ThresholdParams = Field(default_factory=ThresholdParams, title="Alarm threshold")
     alarms: AlarmConfig = Field(default_factory=AlarmConfig, title="Alarm rule")
     lock_timeout_s: float = Field(
-        3600.0, ge=0, allow_inf_nan=False, title="Lock timeout (seconds)",
+        3600.0,
+        ge=0,
+        allow_inf_nan=False,
+        title="Lock timeout (seconds)",
         description="How long to wait for another run on the same dataset to finish before failing",
     )
 
@@ -221,11 +261,21 @@ class PipelineParams(_Section):
         """The training configuration (the client count of 'natural' is set from the data by the train flow)."""
         fed = self.federated
         return FederatedConfig(
-            strategy=fed.strategy, rounds=fed.rounds, local_epochs=fed.local_epochs, lr=fed.lr,
-            batch_size=fed.batch_size, proximal_mu=fed.proximal_mu, seed=fed.seed, num_clients=fed.clients,
-            hidden=fed.widths(self.data.layout), activation=fed.activation, min_fit_fraction=fed.min_fit_fraction,
-            round_timeout_s=fed.round_timeout_s, threshold_method=self.threshold.method,
-            threshold_quantile=self.threshold.quantile, threshold_k=self.threshold.k,
+            strategy=fed.strategy,
+            rounds=fed.rounds,
+            local_epochs=fed.local_epochs,
+            lr=fed.lr,
+            batch_size=fed.batch_size,
+            proximal_mu=fed.proximal_mu,
+            seed=fed.seed,
+            num_clients=fed.clients,
+            hidden=fed.widths(self.data.layout),
+            activation=fed.activation,
+            min_fit_fraction=fed.min_fit_fraction,
+            round_timeout_s=fed.round_timeout_s,
+            threshold_method=self.threshold.method,
+            threshold_quantile=self.threshold.quantile,
+            threshold_k=self.threshold.k,
             threshold_margin=self.threshold.margin,
         )
 
@@ -254,8 +304,10 @@ def settings() -> list[tuple[str, str, str, FieldInfo]]:
     out: list[tuple[str, str, str, FieldInfo]] = []
     for section, field in PipelineParams.model_fields.items():
         if section in SECTIONS:
-            out.extend((FLAG_PREFIX[section] + name, section, name, info)
-                       for name, info in section_model(section).model_fields.items())
+            out.extend(
+                (FLAG_PREFIX[section] + name, section, name, info)
+                for name, info in section_model(section).model_fields.items()
+            )
         else:
             out.append((section, "", section, field))
     return out
@@ -284,12 +336,17 @@ def choices(info: FieldInfo) -> tuple[str, ...]:
     return tuple(str(a) for a in args) if args and all(isinstance(a, str) for a in args) else ()
 
 
-_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
-           "less_than_equal": ("le", "<=")}
+_BOUNDS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
 
 
-def error_line(exc: ValidationError, name: Callable[[str], str] = str,
-               key: Callable[[tuple[Any, ...]], str] = flag_name) -> str:
+def error_line(
+    exc: ValidationError, name: Callable[[str], str] = str, key: Callable[[tuple[Any, ...]], str] = flag_name
+) -> str:
     """One sentence for the first error of ``exc``: ``feature 'rsm' is not one of: mean_abs, rms, ...``,
     ``threshold_quantile must be < 1, got 1.5``. ``key`` gives a location's flat name, ``name`` renders it (the
     CLI: as its flag)."""

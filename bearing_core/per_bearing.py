@@ -68,9 +68,13 @@ class PerBearingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     features: tuple[str, ...] = Field(
-        ("mean_abs",), min_length=1, description="Features taken for each channel of a bearing (columns <axis>_<feature>)"
+        ("mean_abs",),
+        min_length=1,
+        description="Features taken for each channel of a bearing (columns <axis>_<feature>)",
     )
-    log: bool = Field(False, description="Take the natural log of every input before standardising (inputs must be > 0)")
+    log: bool = Field(
+        False, description="Take the natural log of every input before standardising (inputs must be > 0)"
+    )
     min_std: float = Field(
         DEFAULT_MIN_STD, gt=0, description="Floor of a bearing's healthy std (a constant input scales to 0, not inf)"
     )
@@ -137,12 +141,14 @@ def _selected_training_mask(
     """(snapshots, bearings) rows the model will train on under a healthy-rows ``selection`` of per-bearing paths
     (:mod:`bearing_core.healthy`): each bearing's selected rows minus its calibration holdout."""
     paths = features["path"].astype(str).to_numpy()
-    per_bearing = pd.DataFrame({
-        "row": np.repeat(np.arange(len(features)), len(bearings)),
-        "bearing": np.tile(np.arange(len(bearings)), len(features)),
-        "path": np.repeat(paths, len(bearings)) + "/" + np.tile(np.asarray(bearings, dtype=object), len(features)),
-        "site": np.repeat(features["site"].astype(str).to_numpy(), len(bearings)),
-    })
+    per_bearing = pd.DataFrame(
+        {
+            "row": np.repeat(np.arange(len(features)), len(bearings)),
+            "bearing": np.tile(np.arange(len(bearings)), len(features)),
+            "path": np.repeat(paths, len(bearings)) + "/" + np.tile(np.asarray(bearings, dtype=object), len(features)),
+            "site": np.repeat(features["site"].astype(str).to_numpy(), len(bearings)),
+        }
+    )
     chosen = per_bearing[per_bearing["path"].isin(selection["path"].astype(str))]  # features are time-ordered
     held = np.zeros(len(chosen), dtype=bool)
     for rows in chosen.groupby(["site", "bearing"], sort=False).indices.values():
@@ -239,9 +245,11 @@ def write_per_bearing_dataset(
             "timestamp": np.repeat(features["timestamp"].to_numpy(), n_bearings),
             "file": np.repeat(features["file"].astype(str).to_numpy(), n_bearings),
             "site": np.repeat(features["site"].astype(str).to_numpy(), n_bearings)
-            + "/" + np.tile(np.asarray(bearings, dtype=object), n),
+            + "/"
+            + np.tile(np.asarray(bearings, dtype=object), n),
             "path": np.repeat(features["path"].astype(str).to_numpy(), n_bearings)
-            + "/" + np.tile(np.asarray(bearings, dtype=object), n),
+            + "/"
+            + np.tile(np.asarray(bearings, dtype=object), n),
             **dict(zip(inputs, values.reshape(n * n_bearings, n_inputs).T)),
         }
     ).sort_values(["timestamp", "site"], kind="stable")
@@ -260,10 +268,17 @@ def write_per_bearing_dataset(
             "layout": LAYOUT_NAME,
             "bearings": {
                 f"{site}/{b}": [_channel(b, c.removeprefix(RELATIVE_PREFIX)) for c in channels]
-                for site in source_sites for b in bearings
+                for site in source_sites
+                for b in bearings
             },
-            "transform": {"log": cfg.log, "relative": cfg.relative, "min_std": cfg.min_std, "healthy": input_cfg.model_dump(mode="json"), "standardisation": standardisation,
-                          **({} if healthy is None else {"healthy_rows": selection_digest(healthy)})},
+            "transform": {
+                "log": cfg.log,
+                "relative": cfg.relative,
+                "min_std": cfg.min_std,
+                "healthy": input_cfg.model_dump(mode="json"),
+                "standardisation": standardisation,
+                **({} if healthy is None else {"healthy_rows": selection_digest(healthy)}),
+            },
             "source": {
                 "dataset": str(source_dir.resolve()),
                 "sha256": sha256_files(source_dir / name for name in (FEATURES_FILE, QUARANTINE_FILE, DATASET_FILE)),
@@ -296,7 +311,9 @@ def _with_relative(
     """Append (``add``) or substitute (``only``) each input's level relative to the same input of the site's other
     bearings (their median) — ``values`` is (snapshots, bearings, inputs), in log units when the levels are."""
     n_bearings = values.shape[1]
-    others = np.stack([np.delete(values, b, axis=1) for b in range(n_bearings)], axis=1)  # (n, bearings, others, inputs)
+    others = np.stack(
+        [np.delete(values, b, axis=1) for b in range(n_bearings)], axis=1
+    )  # (n, bearings, others, inputs)
     relative = values - np.median(others, axis=2)
     rel_inputs = [RELATIVE_PREFIX + name for name in inputs]
     rel_axes = [RELATIVE_PREFIX + axis for axis in axes]

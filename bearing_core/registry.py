@@ -52,7 +52,7 @@ import re
 import secrets
 import shutil
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,7 @@ class PromotionDecision(BaseModel):
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def _check_version_name(version: str) -> str:
@@ -154,8 +154,10 @@ def dataset_name(dataset_dir: str | os.PathLike[str]) -> str:
     if name == PER_BEARING_DIR and (path.parent / DATASET_FILE).is_file():
         name = path.parent.name  # the pipeline's per-bearing layout of a dataset shares that dataset's registry
     if not name or name.startswith(".") or name == LATEST:
-        raise ValueError(f"{dataset_dir}: a dataset directory named {name!r} cannot have a model registry "
-                         f"(hidden, empty or '{LATEST}'): rename it")
+        raise ValueError(
+            f"{dataset_dir}: a dataset directory named {name!r} cannot have a model registry "
+            f"(hidden, empty or '{LATEST}'): rename it"
+        )
     return name
 
 
@@ -170,8 +172,11 @@ def _version_dirs(registry: Path) -> list[Path]:
     """The published version directories of one dataset's registry (hidden, unpublished and ``latest`` left out)."""
     if not registry.is_dir():
         return []
-    return [p for p in registry.iterdir()
-            if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and is_complete(p)]
+    return [
+        p
+        for p in registry.iterdir()
+        if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and is_complete(p)
+    ]
 
 
 def datasets(models_root: str | os.PathLike[str] | None = None) -> list[str]:
@@ -197,8 +202,10 @@ def check_training_output(out_dir: str | os.PathLike[str]) -> Path:
     if is_complete(out_dir):
         raise ValueError(f"{out_dir} is a published model version: training would replace it; choose another --out")
     if out_dir.is_dir() and (_version_dirs(out_dir) or _champion_name(out_dir / LATEST) is not None):
-        raise ValueError(f"{out_dir} is a dataset's model registry (published versions inside): training would "
-                         f"replace it; write into {out_dir / '<name>'} instead")
+        raise ValueError(
+            f"{out_dir} is a dataset's model registry (published versions inside): training would "
+            f"replace it; write into {out_dir / '<name>'} instead"
+        )
     return out_dir
 
 
@@ -227,8 +234,9 @@ def migrate_flat_registry(models_root: str | os.PathLike[str] | None = None) -> 
     root = _root(models_root)
     if not root.is_dir():
         return []
-    flat = sorted(p for p in root.iterdir()
-                  if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and is_complete(p))
+    flat = sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and is_complete(p)
+    )
     flat_latest = root / LATEST
     if not flat and not (flat_latest.is_symlink() or flat_latest.exists()):
         return []
@@ -363,8 +371,9 @@ def publish_model(
     for name in (CONFIG_FILE, METRICS_FILE):
         if not (trained_dir / name).is_file():
             raise FileNotFoundError(f"cannot publish {trained_dir}: {name} is missing (not a training output)")
-    fingerprint = (partition_manifest if isinstance(partition_manifest, DataFingerprint)
-                   else data_fingerprint(partition_manifest))
+    fingerprint = (
+        partition_manifest if isinstance(partition_manifest, DataFingerprint) else data_fingerprint(partition_manifest)
+    )
     registry = registry_dir(models_root, fingerprint.dataset)
     target = registry / version
     if is_complete(target):
@@ -444,8 +453,10 @@ def original_units_mse(model: LoadedModel, data: pd.DataFrame | np.ndarray) -> t
         missing = [c for c in model.input_columns if c not in data.columns]
         if missing:
             features = [c for c in data.columns if c not in META_COLUMNS]
-            raise ValueError(f"the model's inputs {model.input_columns} are not all among the validation rows' "
-                             f"columns {features} (missing: {missing}; model {model.path})")
+            raise ValueError(
+                f"the model's inputs {model.input_columns} are not all among the validation rows' "
+                f"columns {features} (missing: {missing}; model {model.path})"
+            )
         X = data[model.input_columns].to_numpy(dtype=np.float64)
     else:
         X = np.asarray(data, dtype=np.float64)
@@ -477,8 +488,13 @@ def _decide(
     base: dict[str, Any] = {"challenger": version, "champion": champion_version, "tolerance": tolerance}
     if champion_version is None:
         mse, rows = original_units_mse(challenger, eval_data)
-        return {**base, "promoted": True, "reason": "first model: there is no champion yet",
-                "challenger_mse": mse, "eval_rows": rows}
+        return {
+            **base,
+            "promoted": True,
+            "reason": "first model: there is no champion yet",
+            "challenger_mse": mse,
+            "eval_rows": rows,
+        }
     if champion_version == version:
         return {**base, "promoted": True, "reason": "the challenger already is the champion"}
     try:
@@ -488,8 +504,7 @@ def _decide(
     champion_layout, challenger_layout = _layout(registry / champion_version), _layout(registry / version)
     if champion.input_columns != challenger.input_columns or champion_layout != challenger_layout:
         mse, rows = original_units_mse(challenger, eval_data)
-        layouts = (f", layout {champion_layout} vs {challenger_layout}" if champion_layout != challenger_layout
-                   else "")
+        layouts = f", layout {champion_layout} vs {challenger_layout}" if champion_layout != challenger_layout else ""
         return {
             **base,
             "promoted": True,
@@ -551,8 +566,10 @@ def promote_if_better(
     registry = challenger_dir.parent
     models_root = Path(models_root) if models_root is not None else registry.parent
     if registry != registry_dir(models_root, registry.name).resolve() or not is_complete(challenger_dir):
-        raise ValueError(f"{challenger_dir} is not a published version of a dataset registry in {models_root} "
-                         "(publish_model it first)")
+        raise ValueError(
+            f"{challenger_dir} is not a published version of a dataset registry in {models_root} "
+            "(publish_model it first)"
+        )
     dataset = registry.name
     challenger = load_model(challenger_dir)
     champion_version = champion if champion is not None else current_champion(models_root, dataset)
@@ -577,13 +594,19 @@ def promote(
     if not is_complete(target):
         elsewhere = [d for d in datasets(models_root) if is_complete(registry_dir(models_root, d) / version)]
         if elsewhere:
-            raise FileNotFoundError(f"version {version!r} belongs to dataset {elsewhere[0]!r}, not {dataset!r}: "
-                                    "a model is the champion of the dataset it was trained on")
+            raise FileNotFoundError(
+                f"version {version!r} belongs to dataset {elsewhere[0]!r}, not {dataset!r}: "
+                "a model is the champion of the dataset it was trained on"
+            )
         known = ", ".join(v.version for v in list_versions(models_root, dataset)) or "none"
-        raise FileNotFoundError(f"no published version {version!r} of dataset {dataset!r} in {registry} "
-                                f"(published: {known})")
+        raise FileNotFoundError(
+            f"no published version {version!r} of dataset {dataset!r} in {registry} (published: {known})"
+        )
     decision = PromotionDecision(
-        promoted=True, reason=reason, challenger=version, champion=current_champion(models_root, dataset),
+        promoted=True,
+        reason=reason,
+        challenger=version,
+        champion=current_champion(models_root, dataset),
         decided_at=_now(),
     )
     write_json_atomic(target / PROMOTION_FILE, decision.model_dump(mode="json"))
@@ -659,8 +682,10 @@ def resolve_model(
     ref_str = os.fspath(ref)
     if ref_str == LATEST:
         if dataset is None:
-            raise ValueError(f"'{LATEST}' is the champion of a dataset: name the dataset "
-                             f"(registries: {', '.join(datasets(models_root)) or 'none'})")
+            raise ValueError(
+                f"'{LATEST}' is the champion of a dataset: name the dataset "
+                f"(registries: {', '.join(datasets(models_root)) or 'none'})"
+            )
         registry = registry_dir(models_root, dataset)
         champion = current_champion(models_root, dataset)
         if champion is None:
@@ -682,13 +707,18 @@ def resolve_model(
         if is_complete(path):
             return path.resolve()
         if path.resolve().name.startswith("."):
-            raise FileNotFoundError(f"{path} is a registry work directory (hidden, possibly half-written), "
-                                    "not a model")
+            raise FileNotFoundError(f"{path} is a registry work directory (hidden, possibly half-written), not a model")
         missing = [n for n in (CONFIG_FILE, WEIGHTS_FILE, SCALER_FILE) if not (path / n).is_file()]
         if missing:
             raise FileNotFoundError(f"{path} is not a model directory: {', '.join(missing)} missing")
         return path.resolve()
-    hint = (f"; the champion is per dataset: --model {LATEST} scores with the dataset's own "
-            f"({models_root}/<dataset>/{LATEST})" if path.name == LATEST else "")
-    raise FileNotFoundError(f"no model {ref_str!r}: not a published version in {models_root} "
-                            f"(published: {_published_summary(models_root)}), nor a directory{hint}")
+    hint = (
+        f"; the champion is per dataset: --model {LATEST} scores with the dataset's own "
+        f"({models_root}/<dataset>/{LATEST})"
+        if path.name == LATEST
+        else ""
+    )
+    raise FileNotFoundError(
+        f"no model {ref_str!r}: not a published version in {models_root} "
+        f"(published: {_published_summary(models_root)}), nor a directory{hint}"
+    )

@@ -43,7 +43,10 @@ def plot_round_metrics(metrics: pd.DataFrame, out_png: str | os.PathLike[str], t
     for client in clients:
         part = metrics[metrics["client"].astype(str) == client].sort_values("round")
         ax_eval.plot(part["round"], part["eval_mse"], lw=0.8, alpha=0.45, label=f"client {client}")
-    for name, style in (("global", dict(color="tab:blue", lw=2.0)), ("centralized", dict(color="black", lw=2.0, ls="--"))):
+    for name, style in (
+        ("global", dict(color="tab:blue", lw=2.0)),
+        ("centralized", dict(color="black", lw=2.0, ls="--")),
+    ):
         part = metrics[metrics["client"].astype(str) == name].sort_values("round")
         if part.empty:
             continue
@@ -67,6 +70,7 @@ def _client_order(name: str) -> tuple[int, str]:
 
 def _md_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
     """A GitHub markdown table (no tabulate dependency); every cell escaped (:func:`bearing_core.markdown.cell`)."""
+
     def cell(value: Any) -> str:
         if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT:
             return "–"
@@ -78,17 +82,36 @@ def _md_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
             return value.strftime("%Y-%m-%d %H:%M")
         return md.cell(value)
 
-    return md.table([md.cell(c) for c in frame.columns], ([cell(v) for v in row] for row in frame.itertuples(index=False)))
+    return md.table(
+        [md.cell(c) for c in frame.columns], ([cell(v) for v in row] for row in frame.itertuples(index=False))
+    )
 
 
-ALARM_COLUMNS = {"site": "site", "snapshots": "snapshots", "anomalies": "anomalies", "alarm_snapshots": "alarms",
-                 "first_alarm": "first alarm", "top_channel": "top channel"}
+ALARM_COLUMNS = {
+    "site": "site",
+    "snapshots": "snapshots",
+    "anomalies": "anomalies",
+    "alarm_snapshots": "alarms",
+    "first_alarm": "first alarm",
+    "top_channel": "top channel",
+}
 """Alarm table: the columns shown (short labels, so the table fits the Prefect UI), the rest is in scores.parquet."""
-TRUTH_COLUMNS = {"site": "site", "faulty": "faulty", "bearing": "bearing", "defect": "defect", "onset": "onset",
-                 "failure": "failure"}
-DETECTION_COLUMNS = {"site": "site", "first_alarm": "first alarm", "first_alarm_channel": "channel",
-                     "delay_after_onset_hours": "delay after onset (h)", "lead_time_hours": "lead time (h)",
-                     "false_alarm_events": "false alarms"}
+TRUTH_COLUMNS = {
+    "site": "site",
+    "faulty": "faulty",
+    "bearing": "bearing",
+    "defect": "defect",
+    "onset": "onset",
+    "failure": "failure",
+}
+DETECTION_COLUMNS = {
+    "site": "site",
+    "first_alarm": "first alarm",
+    "first_alarm_channel": "channel",
+    "delay_after_onset_hours": "delay after onset (h)",
+    "lead_time_hours": "lead time (h)",
+    "false_alarm_events": "false alarms",
+}
 """The ground-truth comparison as two narrow tables (one wide table is cut off in the UI): what was injected, and
 what the alarms did; detection.csv beside the report has every column."""
 
@@ -120,6 +143,7 @@ def render_run_report(
     ``plots``' paths as given (relative to the report); True (the Prefect artifact, which cannot load a file beside
     the report): they are embedded as data URIs. Free text is escaped, so ``<channel>`` or ``a_b`` read as written.
     """
+
     def plot(alt: str, key: str) -> list[str]:
         if key not in plots:
             return []
@@ -128,8 +152,14 @@ def render_run_report(
     t = md.text
     sites = [str(s) for s in dataset.get("sites", [])]
     out = [f"# bearing-fl run report: {t(dataset.get('name', ''))}", ""]
-    out += ["## Data", "", f"- {t(ingest_summary)}", f"- channels: {t(', '.join(dataset.get('channels', [])))}",
-            f"- sites: {len(sites)} ({t(', '.join(sites))})", ""]
+    out += [
+        "## Data",
+        "",
+        f"- {t(ingest_summary)}",
+        f"- channels: {t(', '.join(dataset.get('channels', [])))}",
+        f"- sites: {len(sites)} ({t(', '.join(sites))})",
+        "",
+    ]
     out += ["## Validation", "", f"- {t(validation_headline)}"]
     out += [f"- warning: {t(w)}" for w in validation_warnings] + [""]
     glob = metrics[metrics["client"].astype(str) == "global"].sort_values("round")
@@ -139,27 +169,51 @@ def render_run_report(
     )
     if not central.empty:
         per_round = per_round.merge(
-            central[["round", "eval_mse"]].rename(columns={"eval_mse": "centralized holdout MSE"}), on="round", how="left"
+            central[["round", "eval_mse"]].rename(columns={"eval_mse": "centralized holdout MSE"}),
+            on="round",
+            how="left",
         )
-    out += ["## Training", "", f"- strategy: {t(training.get('strategy'))}, partition: {t(training.get('partition'))} "
-            f"({training.get('clients')} clients), {training.get('rounds')} rounds x {training.get('local_epochs')} "
-            f"local epochs, layout: {t(training.get('layout', 'snapshot'))}",
-            f"- final holdout MSE: federated {training.get('federated_eval_mse', float('nan')):.4g}, "
-            + (f"centralized {training['centralized_eval_mse']:.4g}" if training.get("centralized_eval_mse") is not None
-               else "centralized baseline skipped (centralized_baseline off)"),
-            *([f"- rounds run: {training['rounds_run']} ({training.get('stop_reason', '')})"]
-              if "rounds_run" in training else []),
-            *([f"- initial weights: {training['warm_start']}"] if training.get("warm_start") else []),
-            *([f"- healthy period: {training['healthy']}"] if training.get("healthy") else []),
-            f"- failed client replies: {training.get('failures', 0)}", "", _md_table(per_round), ""]
+    out += [
+        "## Training",
+        "",
+        f"- strategy: {t(training.get('strategy'))}, partition: {t(training.get('partition'))} "
+        f"({training.get('clients')} clients), {training.get('rounds')} rounds x {training.get('local_epochs')} "
+        f"local epochs, layout: {t(training.get('layout', 'snapshot'))}",
+        f"- final holdout MSE: federated {training.get('federated_eval_mse', float('nan')):.4g}, "
+        + (
+            f"centralized {training['centralized_eval_mse']:.4g}"
+            if training.get("centralized_eval_mse") is not None
+            else "centralized baseline skipped (centralized_baseline off)"
+        ),
+        *(
+            [f"- rounds run: {training['rounds_run']} ({training.get('stop_reason', '')})"]
+            if "rounds_run" in training
+            else []
+        ),
+        *([f"- initial weights: {training['warm_start']}"] if training.get("warm_start") else []),
+        *([f"- healthy period: {training['healthy']}"] if training.get("healthy") else []),
+        f"- failed client replies: {training.get('failures', 0)}",
+        "",
+        _md_table(per_round),
+        "",
+    ]
     out += plot("metrics per round", "metrics")
-    out += ["## Threshold", "", f"- {threshold.get('threshold', float('nan')):.6g} ({t(threshold.get('method'))}) "
-            f"from {threshold.get('calibration_size')} healthy holdout snapshots, merged from the clients' error "
-            "sketches", ""]
+    out += [
+        "## Threshold",
+        "",
+        f"- {threshold.get('threshold', float('nan')):.6g} ({t(threshold.get('method'))}) "
+        f"from {threshold.get('calibration_size')} healthy holdout snapshots, merged from the clients' error "
+        "sketches",
+        "",
+    ]
     if promotion:
         verdict = "promoted to latest" if promotion.get("promoted") else "not promoted (champion kept)"
-        out += ["## Model", "", f"- version {md.code(promotion.get('version', ''))}: {verdict}: "
-                f"{t(promotion.get('reason', ''))}", ""]
+        out += [
+            "## Model",
+            "",
+            f"- version {md.code(promotion.get('version', ''))}: {verdict}: {t(promotion.get('reason', ''))}",
+            "",
+        ]
     out += ["## Alarms", ""] + ([f"Rule: {t(alarm_rule)}.", ""] if alarm_rule else [])
     if alarms.empty or int(alarms["alarm_snapshots"].sum()) == 0:
         out += ["No alarm.", ""]
@@ -168,11 +222,21 @@ def render_run_report(
         faulty = detection[detection["faulty"]]
         caught = int(faulty["detected_after_onset"].sum()) if len(faulty) else 0
         false_events = int(detection["false_alarm_events"].sum())
-        out += ["## Detection against the ground truth", "",
-                f"- {caught} of {len(faulty)} injected defects alarmed after their onset; "
-                f"{false_events} false alarm events (before an onset or on a healthy site)", "",
-                "Injected:", "", _md_table(_narrow(detection, TRUTH_COLUMNS)), "",
-                "Alarms against it:", "", _md_table(_narrow(detection, DETECTION_COLUMNS)), ""]
+        out += [
+            "## Detection against the ground truth",
+            "",
+            f"- {caught} of {len(faulty)} injected defects alarmed after their onset; "
+            f"{false_events} false alarm events (before an onset or on a healthy site)",
+            "",
+            "Injected:",
+            "",
+            _md_table(_narrow(detection, TRUTH_COLUMNS)),
+            "",
+            "Alarms against it:",
+            "",
+            _md_table(_narrow(detection, DETECTION_COLUMNS)),
+            "",
+        ]
     out += plot("anomaly score per site", "scores")
     out += ["## Outputs", "", "Paths relative to the project directory:", ""]
     out += [f"- {t(k)}: {md.code(v)}" for k, v in links.items()] + [""]

@@ -177,9 +177,7 @@ def robust_median(values: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.median(np.asarray(values, dtype=np.float64), axis=axis)
 
 
-def cap_counts(
-    counts: Sequence[int], factor: float, reference: Sequence[int | None] | None = None
-) -> list[int | None]:
+def cap_counts(counts: Sequence[int], factor: float, reference: Sequence[int | None] | None = None) -> list[int | None]:
     """The largest row count each client may claim, or None for no cap.
 
     ``reference`` (e.g. the partition manifest's rows per client) is authoritative where given; elsewhere, with
@@ -237,11 +235,15 @@ def screen_stats(
     for row, k in enumerate(live):
         worst_mean, worst_std = int(np.argmax(deviation[row])), int(np.argmax(std_ratio[row]))
         if deviation[row, worst_mean] > factor:
-            note = (f"mean of {names[worst_mean]} lies {deviation[row, worst_mean]:.3g} robust scales from the "
-                    f"sites' median (bound {factor:g}): scaler statistics rejected")
+            note = (
+                f"mean of {names[worst_mean]} lies {deviation[row, worst_mean]:.3g} robust scales from the "
+                f"sites' median (bound {factor:g}): scaler statistics rejected"
+            )
         elif std_ratio[row, worst_std] > factor:
-            note = (f"std of {names[worst_std]} is {std_ratio[row, worst_std]:.3g} x the sites' median "
-                    f"(bound {factor:g}): scaler statistics rejected")
+            note = (
+                f"std of {names[worst_std]} is {std_ratio[row, worst_std]:.3g} x the sites' median "
+                f"(bound {factor:g}): scaler statistics rejected"
+            )
         else:
             continue
         out[k] = (None, note)

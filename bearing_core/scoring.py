@@ -3,7 +3,8 @@
 For every valid snapshot of a processed dataset (quarantined paths excluded): ``score`` = reconstruction MSE
 over the model's inputs (scaled units), ``threshold`` = the model's calibrated threshold (its site's own one when
 calibrated per site), ``is_anomaly = score > threshold``, ``top_channel`` = the channel of the input with the
-largest squared error. ``alarm`` needs the score over the threshold for a *duration* and is held back in the warm-up after a stop:
+largest squared error. ``alarm`` needs the score over the threshold for a *duration* and is held back in the warm-up
+after a stop:
 see :mod:`bearing_core.alarms` (:class:`~bearing_core.alarms.AlarmConfig`).
 
 Incremental scoring (:func:`update_scores`): ``scores.parquet`` holds the scores of one model version, keyed by
@@ -39,7 +40,16 @@ from bearing_core.threshold import ThresholdRecord, load_threshold, snapshot_err
 
 SCORES_FILE = "scores.parquet"
 SCORE_COLUMNS = (
-    "timestamp", "file", "site", "path", "score", "threshold", "is_anomaly", "alarm", "top_channel", "top_input",
+    "timestamp",
+    "file",
+    "site",
+    "path",
+    "score",
+    "threshold",
+    "is_anomaly",
+    "alarm",
+    "top_channel",
+    "top_input",
     "model_version",
 )
 """Columns of a scores table: the contract columns, plus ``top_input`` (the input column with the largest error,
@@ -104,9 +114,7 @@ def _valid_features(dataset_dir: Path) -> pd.DataFrame:
     return features
 
 
-def score_rows(
-    rows: pd.DataFrame, loaded: LoadedModel, record: ThresholdRecord, channels: list[str]
-) -> pd.DataFrame:
+def score_rows(rows: pd.DataFrame, loaded: LoadedModel, record: ThresholdRecord, channels: list[str]) -> pd.DataFrame:
     """Scores of ``rows`` (features rows: metadata + the model's input columns), without the ``alarm`` column."""
     missing = [c for c in loaded.input_columns if c not in rows.columns]
     if missing:
@@ -142,7 +150,8 @@ def score_rows(
 
 
 def _finish(scores: pd.DataFrame, alarms: AlarmConfig) -> pd.DataFrame:
-    """Add the ``alarm`` column (:func:`~bearing_core.alarms.debounce_alarms`), order columns and rows (timestamp, site)."""
+    """Add the ``alarm`` column (:func:`~bearing_core.alarms.debounce_alarms`), order columns and rows (timestamp,
+    site)."""
     scores = scores.assign(alarm=debounce_alarms(scores, alarms))
     return scores[list(SCORE_COLUMNS)].sort_values(["timestamp", "site"], kind="stable").reset_index(drop=True)
 
@@ -167,7 +176,9 @@ def score_dataset(
         since = pd.Timestamp(since)
         since = since.tz_convert("UTC").tz_localize(None) if since.tzinfo is not None else since  # naive UTC
         later = features["timestamp"] >= since
-        context = features[~later & (features["timestamp"] >= since - pd.Timedelta(hours=alarms.persistence_h + alarms.warmup_h))]
+        context = features[
+            ~later & (features["timestamp"] >= since - pd.Timedelta(hours=alarms.persistence_h + alarms.warmup_h))
+        ]
         features = pd.concat([context, features[later]]).sort_values(["timestamp", "site"], kind="stable")
     scores = _finish(score_rows(features, loaded, record, _dataset_channels(dataset_dir)), alarms)
     if since is not None:

@@ -105,8 +105,10 @@ class DemoConfig(_Frozen):
     channels: Literal[4, 8] = Field(8, description="Channels per file: 8 (B1_a..B4_b, 1st test) or 4 (B1..B4)")
     start: datetime = Field(datetime(2004, 2, 12, 10, 32, 39), description="Time of site_1's first snapshot (UTC)")
     interval_minutes: float = Field(
-        10.0, gt=0, description="Base acquisition interval: site_1 takes a file every half of it for its first "
-        "hours, then every interval; the other sites use 0.5-3 times it"
+        10.0,
+        gt=0,
+        description="Base acquisition interval: site_1 takes a file every half of it for its first "
+        "hours, then every interval; the other sites use 0.5-3 times it",
     )
     onset_fraction: float = Field(
         0.6, gt=0, lt=1, description="Typical defect onset as a fraction of the files (+-0.05 per site)"
@@ -317,9 +319,7 @@ def plan_ground_truth(config: DemoConfig) -> GroundTruth:
         faulty = k < config.sites - n_healthy
         timeline_rng = np.random.default_rng([config.seed, 2, k])
         acquisition = _plan_acquisition(config, k, first, timeline_rng)
-        nuisances = _plan_nuisances(
-            config, acquisition, names, bearing_index if faulty else None, timeline_rng
-        )
+        nuisances = _plan_nuisances(config, acquisition, names, bearing_index if faulty else None, timeline_rng)
         common = dict(first_file=first, n_files=n, profile=profile, acquisition=acquisition, nuisances=nuisances)
         if not faulty:
             sites[f"site_{k + 1}"] = SiteTruth(faulty=False, **common)
@@ -376,9 +376,7 @@ def _plan_profile(
     )
 
 
-def _plan_acquisition(
-    config: DemoConfig, k: int, first: datetime, rng: np.random.Generator
-) -> list[AcquisitionRun]:
+def _plan_acquisition(config: DemoConfig, k: int, first: datetime, rng: np.random.Generator) -> list[AcquisitionRun]:
     """Site ``k``'s snapshot times as runs: an interval change after the first hours, and stops of hours.
 
     site_1 follows the IMS 1st test (half the base interval for its first hours, then the base interval); the

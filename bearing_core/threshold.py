@@ -25,7 +25,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -51,14 +51,18 @@ class ThresholdConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["quantile", "mean_kstd", "max"] = Field(
-        "quantile", description="'quantile': q-quantile of healthy errors; 'mean_kstd': mean + k·std; 'max': the "
-        "largest (with the alarm rule's statistic: the most the healthy period ever sustained)"
+        "quantile",
+        description="'quantile': q-quantile of healthy errors; 'mean_kstd': mean + k·std; 'max': the "
+        "largest (with the alarm rule's statistic: the most the healthy period ever sustained)",
     )
     quantile: float = Field(0.995, gt=0, lt=1, description="Quantile q for method 'quantile'")
     margin: float = Field(
-        0.0, ge=0, le=100, description="Margin added to the threshold in units of the inputs' healthy standard "
+        0.0,
+        ge=0,
+        le=100,
+        description="Margin added to the threshold in units of the inputs' healthy standard "
         "deviation: threshold = (sqrt(t) + margin)^2, t the method's value (errors are mean squared standardised "
-        "deviations)"
+        "deviations)",
     )
     k: float = Field(3.0, gt=0, description="Number of standard deviations above the mean for method 'mean_kstd'")
     per_site: bool = Field(
@@ -149,8 +153,15 @@ class ErrorSketch:
         """The sketch of no errors (neutral element of :func:`merge_sketches`)."""
         n_bins = int(round((log10_max - log10_min) * bins_per_decade))
         return cls(
-            counts=np.zeros(n_bins + 2, dtype=np.int64), count=0, mean=0.0, m2=0.0, min=math.inf, max=-math.inf,
-            log10_min=log10_min, log10_max=log10_max, bins_per_decade=bins_per_decade,
+            counts=np.zeros(n_bins + 2, dtype=np.int64),
+            count=0,
+            mean=0.0,
+            m2=0.0,
+            min=math.inf,
+            max=-math.inf,
+            log10_min=log10_min,
+            log10_max=log10_max,
+            bins_per_decade=bins_per_decade,
         )
 
     @classmethod
@@ -174,16 +185,24 @@ class ErrorSketch:
         counts = np.bincount(index, minlength=n_bins + 2).astype(np.int64)
         mean = float(errors.mean())
         return cls(
-            counts=counts, count=int(errors.size), mean=mean, m2=float(np.sum((errors - mean) ** 2)),
-            min=float(errors.min()), max=float(errors.max()),
-            log10_min=log10_min, log10_max=log10_max, bins_per_decade=bins_per_decade,
+            counts=counts,
+            count=int(errors.size),
+            mean=mean,
+            m2=float(np.sum((errors - mean) ** 2)),
+            min=float(errors.min()),
+            max=float(errors.max()),
+            log10_min=log10_min,
+            log10_max=log10_max,
+            bins_per_decade=bins_per_decade,
         )
 
     def _compatible(self, other: ErrorSketch) -> None:
         mine = (self.log10_min, self.log10_max, self.bins_per_decade)
         theirs = (other.log10_min, other.log10_max, other.bins_per_decade)
         if mine != theirs:
-            raise ValueError(f"cannot merge sketches with different bins (log10 min, max, bins/decade): {mine} vs {theirs}")
+            raise ValueError(
+                f"cannot merge sketches with different bins (log10 min, max, bins/decade): {mine} vs {theirs}"
+            )
 
     def merge(self, other: ErrorSketch) -> ErrorSketch:
         """The sketch of both sets of errors (exact for counts, moments and extremes)."""
@@ -311,8 +330,10 @@ def screen_sketches(
         for col, (what, bound) in enumerate((("median error", factor), (f"{q:g}-quantile", factor**2))):
             r = ratio[row, col]
             if r > bound or r < 1 / bound:
-                notes[k] = (f"error sketch rejected: its {what} {stats[row, col]:.3g} is {r:.3g} x the sites' "
-                            f"median (bound {bound:g}x either way)")
+                notes[k] = (
+                    f"error sketch rejected: its {what} {stats[row, col]:.3g} is {r:.3g} x the sites' "
+                    f"median (bound {bound:g}x either way)"
+                )
                 break
     return notes
 
@@ -393,12 +414,15 @@ class ThresholdRecord(BaseModel):
     rejected_sketches: dict[str, str] = Field(
         default_factory=dict, description="Clients whose calibration sketch the server rejected, with the reason"
     )
-    created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc).replace(microsecond=0))
+    created: datetime = Field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
 
     def for_sites(self, sites: Sequence[str] | np.ndarray) -> np.ndarray:
         """The threshold to apply to each row of ``sites``: its site's own threshold, else the global one."""
-        return pd.Series(np.asarray(sites, dtype=object)).map(self.site_thresholds).fillna(self.threshold).to_numpy(
-            dtype=np.float64
+        return (
+            pd.Series(np.asarray(sites, dtype=object))
+            .map(self.site_thresholds)
+            .fillna(self.threshold)
+            .to_numpy(dtype=np.float64)
         )
 
 
@@ -483,7 +507,9 @@ def calibrate_from_clients(
             for site, part in rows.groupby("site", sort=True, observed=True):
                 X_site = part[loaded.input_columns].to_numpy(np.float64)
                 local = client_error_sketch(loaded, X_site, cfg.bins_per_decade)
-                site_sketches[str(site)] = site_sketches[str(site)].merge(local) if str(site) in site_sketches else local
+                site_sketches[str(site)] = (
+                    site_sketches[str(site)].merge(local) if str(site) in site_sketches else local
+                )
     merged = merge_sketches(client_sketches)
     if merged.count == 0:
         raise ValueError(f"no holdout rows in {clients_dir}: partition with holdout_fraction > 0")

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bearing_core.alarms import AlarmConfig, debounce_alarms
 from bearing_core.autoencoder import ModelConfig
 from bearing_core.config import IngestConfig
 from bearing_core.evaluation import evaluate_against_ground_truth, plot_scores
@@ -67,7 +68,6 @@ from bearing_core.per_bearing import (
     write_per_bearing_dataset,
 )
 from bearing_core.scaling import Scaler, local_stats, merge_stats
-from bearing_core.alarms import AlarmConfig, debounce_alarms
 from bearing_core.scoring import update_scores
 from bearing_core.synthetic import generate_demo, load_ground_truth
 from bearing_core.threshold import (
@@ -95,7 +95,9 @@ class Recipe:
     seed: int = 0
 
     def describe(self) -> str:
-        return f"{self.activation}, Adam lr {self.lr:g}, {self.epochs} epochs, batch {self.batch_size}, seed {self.seed}"
+        return (
+            f"{self.activation}, Adam lr {self.lr:g}, {self.epochs} epochs, batch {self.batch_size}, seed {self.seed}"
+        )
 
 
 def hidden_layers(n_inputs: int) -> tuple[int, ...]:
@@ -227,8 +229,10 @@ def demo_benchmark(
     for name, cfg in per_bearing.items():
         for fraction in fractions:
             written = write_per_bearing_dataset(
-                dataset, work / f"demo_per_bearing_{len(cfg.features)}_{int(fraction * 100)}",
-                InputConfig(train_fraction=fraction), cfg,
+                dataset,
+                work / f"demo_per_bearing_{len(cfg.features)}_{int(fraction * 100)}",
+                InputConfig(train_fraction=fraction),
+                cfg,
             )
             variants[f"{name} @ {fraction:g}"] = (written.out_dir, written.input_columns)
     lines = [
@@ -258,12 +262,18 @@ def demo_benchmark(
             f"{int(faulty['correct_bearing'].sum())}/{len(faulty)} | {int(table['false_alarm_snapshots'].sum())} | "
             f"{delays} | {leads} | {record.threshold:.3g} |"
         )
-        print(f"{name} @ {fraction} {run_recipe.activation}: loss {loss:.4f}, threshold {record.threshold:.4g}, "
-              f"{time.perf_counter() - start:.1f} s", flush=True)
+        print(
+            f"{name} @ {fraction} {run_recipe.activation}: loss {loss:.4f}, threshold {record.threshold:.4g}, "
+            f"{time.perf_counter() - start:.1f} s",
+            flush=True,
+        )
         print(table.to_string(), flush=True)
         plot_scores(
-            scores, None, work / f"demo_{key}.png",
-            onset={s: t.onset for s, t in truth.sites.items()}, failure={s: t.failure for s, t in truth.sites.items()},
+            scores,
+            None,
+            work / f"demo_{key}.png",
+            onset={s: t.onset for s, t in truth.sites.items()},
+            failure={s: t.failure for s, t in truth.sites.items()},
             title=f"demo, inputs {name}, healthy fraction {fraction:.0%}",
         )
     return "\n".join(lines), tables
@@ -294,11 +304,15 @@ def demo_product_runs(work: Path, seeds: tuple[int, ...] = DEMO_PRODUCT_SEEDS) -
     layouts = {
         "default: 8 x mean_abs, 8-4-2-4-8, 4 site-clients": (dataset, ["--clients", "4"]),
         f"per-bearing: (a, b) ln mean_abs, 2-4-1-4-2, {n_bearing_sites} bearing-clients": (
-            per_bearing_dir, ["--clients", str(n_bearing_sites), "--hidden", "4,1,4"]),
+            per_bearing_dir,
+            ["--clients", str(n_bearing_sites), "--hidden", "4,1,4"],
+        ),
     }
     lines = [
-        ("| layout | seed | detected after onset | correct bearing | false alarm snapshots | delay after onset, h "
-         "(per faulty site) | lead time, h | threshold |"),
+        (
+            "| layout | seed | detected after onset | correct bearing | false alarm snapshots | delay after onset, h "
+            "(per faulty site) | lead time, h | threshold |"
+        ),
         "|---|---:|---:|---:|---:|---|---|---:|",
     ]
     for name, (ds, options) in layouts.items():
@@ -395,7 +409,9 @@ def level_onsets(features: pd.DataFrame, channels: list[str], n_train: int) -> d
     return onsets
 
 
-def anchor_series(features: pd.DataFrame, channels: list[str], n_baseline: int, k: int = 3, n: int = 3) -> tuple[list[AlarmSeries], dict[str, int | None]]:
+def anchor_series(
+    features: pd.DataFrame, channels: list[str], n_baseline: int, k: int = 3, n: int = 3
+) -> tuple[list[AlarmSeries], dict[str, int | None]]:
     """The published simple anchor, per bearing: the mean of its channels' mean|x| above the baseline (first
     ``n_baseline`` files) mean + 3σ, debounced ``k`` of ``n``. Returns one series per bearing and each bearing's first
     single exceedance (0-based file index, None: never)."""
@@ -428,7 +444,9 @@ FAILED = ("B3", "B4")
 
 def alarm_events(series: list[AlarmSeries]) -> list[tuple[int, str]]:
     """(first file, bearing named there) of every alarm event (a run of alarm files), in time order."""
-    return sorted((int(i), str(s.bearing[i])) for s in series for i in np.flatnonzero(s.alarm & ~np.r_[False, s.alarm[:-1]]))
+    return sorted(
+        (int(i), str(s.bearing[i])) for s in series for i in np.flatnonzero(s.alarm & ~np.r_[False, s.alarm[:-1]])
+    )
 
 
 def false_alarm_events(series: list[AlarmSeries], onsets: dict[str, int | None]) -> list[tuple[int, str]]:
@@ -447,8 +465,11 @@ def alarm_cells(series: list[AlarmSeries], timestamps: pd.Series, onsets: dict[s
         return f"{i} ({timestamps.iloc[i]:%m-%d %H:%M}{', ' + bearing if bearing else ''})"
 
     def first_naming(wanted: str | None) -> tuple[int | None, str]:
-        hits = [(i, str(s.bearing[i])) for s in series
-                if (i := _first(s.alarm & (True if wanted is None else s.bearing == wanted))) is not None]
+        hits = [
+            (i, str(s.bearing[i]))
+            for s in series
+            if (i := _first(s.alarm & (True if wanted is None else s.bearing == wanted))) is not None
+        ]
         return min(hits) if hits else (None, "")
 
     def counted(events: list[tuple[int, str]]) -> str:
@@ -472,7 +493,9 @@ def hindsight_threshold(scores: pd.DataFrame, n_train: int, rule: Rule, onsets: 
     so false alarm events; an event split in two by a higher threshold starts no earlier than the original)."""
 
     def quiet(threshold: float) -> bool:
-        return not false_alarm_events(alarm_series(scores.assign(is_anomaly=scores["score"] > threshold), n_train, rule), onsets)
+        return not false_alarm_events(
+            alarm_series(scores.assign(is_anomaly=scores["score"] > threshold), n_train, rule), onsets
+        )
 
     candidates = np.unique(scores["score"].to_numpy(dtype=np.float64))
     low, high = 0, len(candidates) - 1
@@ -517,8 +540,20 @@ def product_recipe_scores(work: Path, seed: int) -> tuple[pd.DataFrame, float]:
     dataset, model = work / "ims_1st_cli_per_bearing_log", work / "models" / f"cli_per_bearing_log_seed{seed}"
     scores_file = model / "scores.parquet"
     bearing_cli("import-features", str(SHARED_CSV), "--out", str(dataset), "--per-bearing", "--log")
-    bearing_cli("train", str(dataset), "--partition", "natural", "--clients", "4", "--hidden", "4,1,4",
-                "--seed", str(seed), "--out", str(model))
+    bearing_cli(
+        "train",
+        str(dataset),
+        "--partition",
+        "natural",
+        "--clients",
+        "4",
+        "--hidden",
+        "4,1,4",
+        "--seed",
+        str(seed),
+        "--out",
+        str(model),
+    )
     bearing_cli("score", str(dataset), "--model", str(model), "--out", str(scores_file))
     scores = pd.read_parquet(scores_file)
     return scores, float(scores["threshold"].iloc[0])
@@ -536,26 +571,34 @@ def ims_benchmark(work: Path, recipe: Recipe, threshold_cfg: ThresholdConfig) ->
     onsets = level_onsets(features, channels, n_base)
     anchor, exceedance = anchor_series(features, channels, n_base)
     header = [
-        ("| detector | training files | threshold (calibration rows) | alarm rule | first alarm after training (file, "
-        "time, bearing) | first alarm naming B4 | first alarm naming B3 | false alarm events (bearing named) | "
-        "alarm events naming B1 / B2 (did not fail) | in alarm for good from |"),
+        (
+            "| detector | training files | threshold (calibration rows) | alarm rule | first alarm after training (file, "
+            "time, bearing) | first alarm naming B4 | first alarm naming B3 | false alarm events (bearing named) | "
+            "alarm events naming B1 / B2 (did not fail) | in alarm for good from |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    rows = [*header,
+    rows = [
+        *header,
         f"| anchor: bearing mean of mean\\|x\\| > baseline mean + 3σ | 0..{n_base - 1} (baseline) | "
         f"mean+3σ, whole baseline ({n_base}) | 3 of 3 | "
-        + " | ".join(alarm_cells(anchor, features["timestamp"], onsets)) + " |",
+        + " | ".join(alarm_cells(anchor, features["timestamp"], onsets))
+        + " |",
     ]
     relative_dataset, relative = common_mode_free_dataset(dataset, work / "ims_1st_common_mode_free", channels)
     median_dataset = rolling_median_dataset(dataset, work / "ims_1st_median5", cols, window=5)
     per_bearing = {
         (fraction, log, source.name, holdout): write_per_bearing_dataset(
-            source, work / f"{source.name}_per_bearing{'_log' if log else ''}_{int(fraction * 100)}_{holdout}",
-            InputConfig(train_fraction=fraction, holdout_mode=holdout), PerBearingConfig(log=log),
+            source,
+            work / f"{source.name}_per_bearing{'_log' if log else ''}_{int(fraction * 100)}_{holdout}",
+            InputConfig(train_fraction=fraction, holdout_mode=holdout),
+            PerBearingConfig(log=log),
         ).out_dir
         for fraction, log, source, holdout in (
-            (0.2, False, dataset, HOLDOUT_LAST), (0.2, True, dataset, HOLDOUT_LAST),
-            (0.3, True, dataset, HOLDOUT_LAST), (0.2, True, median_dataset, HOLDOUT_LAST),
+            (0.2, False, dataset, HOLDOUT_LAST),
+            (0.2, True, dataset, HOLDOUT_LAST),
+            (0.3, True, dataset, HOLDOUT_LAST),
+            (0.2, True, median_dataset, HOLDOUT_LAST),
             (0.2, True, dataset, HOLDOUT_INTERLEAVED),
         )
     }
@@ -566,8 +609,14 @@ def ims_benchmark(work: Path, recipe: Recipe, threshold_cfg: ThresholdConfig) ->
     all_rules = (Rule(3, 3), Rule(5, 6), Rule(6, 6))
     pb_in = ["a_mean_abs", "b_mean_abs"]
     runs = [
-        ImsRun(f"{snapshot}, 8-4-2-4-8", dataset, cols, rules=all_rules + (Rule(12, 12), Rule(12, 12, 4.0)),
-               thresholds=both, hindsight=True),
+        ImsRun(
+            f"{snapshot}, 8-4-2-4-8",
+            dataset,
+            cols,
+            rules=all_rules + (Rule(12, 12), Rule(12, 12, 4.0)),
+            thresholds=both,
+            hindsight=True,
+        ),
         ImsRun(f"{snapshot}, 8-4-2-4-8", dataset, cols, rules=all_rules, thresholds=both, holdout=HOLDOUT_INTERLEAVED),
         ImsRun(f"{snapshot}, 8-4-3-4-8", dataset, cols, hidden=(4, 3, 4)),
         ImsRun(f"{snapshot}, 8-6-4-6-8", dataset, cols, hidden=(6, 4, 6)),
@@ -577,14 +626,33 @@ def ims_benchmark(work: Path, recipe: Recipe, threshold_cfg: ThresholdConfig) ->
         ImsRun(relative_name + " + level", relative_dataset, relative + [LEVEL_COLUMN], rules=(Rule(3, 3), Rule(5, 6))),
         ImsRun(relative_name, relative_dataset, relative, fraction=0.3),
         ImsRun(f"{pb}, 2-4-1-4-2", per_bearing[0.2, False, "ims_1st", HOLDOUT_LAST], pb_in, rules=all_rules),
-        ImsRun(f"{pb}, ln, 2-4-1-4-2", per_bearing[0.2, True, "ims_1st", HOLDOUT_LAST], pb_in,
-               rules=all_rules + (Rule(6, 6, 4.0), Rule(12, 12), Rule(12, 12, 4.0)), thresholds=both, hindsight=True),
-        ImsRun(f"{pb}, ln, 2-4-1-4-2", per_bearing[0.2, True, "ims_1st", HOLDOUT_INTERLEAVED], pb_in,
-               rules=all_rules + (Rule(12, 12, 4.0),), thresholds=both, holdout=HOLDOUT_INTERLEAVED),
-        ImsRun(f"{pb}, ln, 2-4-2-4-2 (no bottleneck)", per_bearing[0.2, True, "ims_1st", HOLDOUT_LAST], pb_in,
-               hidden=(4, 2, 4)),
-        ImsRun(f"{pb}, ln, median of 5 snapshots, 2-4-1-4-2", per_bearing[0.2, True, "ims_1st_median5", HOLDOUT_LAST],
-               pb_in),
+        ImsRun(
+            f"{pb}, ln, 2-4-1-4-2",
+            per_bearing[0.2, True, "ims_1st", HOLDOUT_LAST],
+            pb_in,
+            rules=all_rules + (Rule(6, 6, 4.0), Rule(12, 12), Rule(12, 12, 4.0)),
+            thresholds=both,
+            hindsight=True,
+        ),
+        ImsRun(
+            f"{pb}, ln, 2-4-1-4-2",
+            per_bearing[0.2, True, "ims_1st", HOLDOUT_INTERLEAVED],
+            pb_in,
+            rules=all_rules + (Rule(12, 12, 4.0),),
+            thresholds=both,
+            holdout=HOLDOUT_INTERLEAVED,
+        ),
+        ImsRun(
+            f"{pb}, ln, 2-4-2-4-2 (no bottleneck)",
+            per_bearing[0.2, True, "ims_1st", HOLDOUT_LAST],
+            pb_in,
+            hidden=(4, 2, 4),
+        ),
+        ImsRun(
+            f"{pb}, ln, median of 5 snapshots, 2-4-1-4-2",
+            per_bearing[0.2, True, "ims_1st_median5", HOLDOUT_LAST],
+            pb_in,
+        ),
         ImsRun(f"{pb}, ln, 2-4-1-4-2", per_bearing[0.3, True, "ims_1st", HOLDOUT_LAST], pb_in, fraction=0.3),
     ]
     notes = []
@@ -594,7 +662,13 @@ def ims_benchmark(work: Path, recipe: Recipe, threshold_cfg: ThresholdConfig) ->
         thresholds = run.thresholds or (threshold_cfg,)
         model_dir = work / "models" / key
         scores, record, loss = train_and_score(
-            run.dataset, run.inputs, run.fraction, recipe, thresholds[0], model_dir, hidden=run.hidden,
+            run.dataset,
+            run.inputs,
+            run.fraction,
+            recipe,
+            thresholds[0],
+            model_dir,
+            hidden=run.hidden,
             holdout=run.holdout,
         )
         n_train = int(np.ceil(run.fraction * len(features)))
@@ -606,51 +680,74 @@ def ims_benchmark(work: Path, recipe: Recipe, threshold_cfg: ThresholdConfig) ->
             calibrations.append(f"{calibration.partition(' (')[0]}: {record.threshold:.3g}")
             for rule in run.rules:
                 cells = alarm_cells(alarm_series(scores, n_train, rule), features["timestamp"], onsets)
-                rows.append(f"| {run.name} | {label}: 0..{n_train - 1} | {calibration} | {rule.describe()} | "
-                            + " | ".join(cells) + " |")
+                rows.append(
+                    f"| {run.name} | {label}: 0..{n_train - 1} | {calibration} | {rule.describe()} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
                 print(rows[-1], flush=True)
         if run.hindsight:
             best = hindsight_threshold(scores, n_train, Rule(), onsets)
             series = alarm_series(scores.assign(is_anomaly=scores["score"] > best), n_train, Rule())
-            rows.append(f"| {run.name} | {label}: 0..{n_train - 1} | *hindsight, not a detector*: lowest with no "
-                        f"false alarm ({best:.3g}) | 3 of 3 | "
-                        + " | ".join(alarm_cells(series, features["timestamp"], onsets)) + " |")
+            rows.append(
+                f"| {run.name} | {label}: 0..{n_train - 1} | *hindsight, not a detector*: lowest with no "
+                f"false alarm ({best:.3g}) | 3 of 3 | "
+                + " | ".join(alarm_cells(series, features["timestamp"], onsets))
+                + " |"
+            )
             print(rows[-1], flush=True)
-        notes.append(f"{run.name.replace(chr(92), '')}, {label}: threshold {'; '.join(calibrations)}, final train "
-                     f"loss {loss:.3g}")
-        plot_scores(scores, None, work / f"{key}.png", failure=scores["timestamp"].max().to_pydatetime(),
-                    title=f"IMS 1st test, {run.name.replace(chr(92), '')}, trained on the {label}")
+        notes.append(
+            f"{run.name.replace(chr(92), '')}, {label}: threshold {'; '.join(calibrations)}, final train "
+            f"loss {loss:.3g}"
+        )
+        plot_scores(
+            scores,
+            None,
+            work / f"{key}.png",
+            failure=scores["timestamp"].max().to_pydatetime(),
+            title=f"IMS 1st test, {run.name.replace(chr(92), '')}, trained on the {label}",
+        )
     product = [*header]
     for seed in PRODUCT_SEEDS:
         scores, threshold = product_recipe_scores(work, seed)
         for rule in PRODUCT_RULES:
             cells = alarm_cells(alarm_series(scores, n_base, rule), features["timestamp"], onsets)
-            product.append(f"| `bearing` CLI: per-bearing ln, FedAvg 4 bearing-clients, 2-4-1-4-2, seed {seed} | "
-                           f"first 20 %: 0..{n_base - 1} | q=0.995, last 20 % of healthy, federated sketches "
-                           f"({threshold:.3g}) | {rule.describe()} | " + " | ".join(cells) + " |")
+            product.append(
+                f"| `bearing` CLI: per-bearing ln, FedAvg 4 bearing-clients, 2-4-1-4-2, seed {seed} | "
+                f"first 20 %: 0..{n_base - 1} | q=0.995, last 20 % of healthy, federated sketches "
+                f"({threshold:.3g}) | {rule.describe()} | " + " | ".join(cells) + " |"
+            )
             print(product[-1], flush=True)
-    onset_text = ", ".join(f"{b} {i} ({features['timestamp'].iloc[i]:%m-%d %H:%M})" if i is not None else f"{b} never"
-                           for b, i in onsets.items())
+    onset_text = ", ".join(
+        f"{b} {i} ({features['timestamp'].iloc[i]:%m-%d %H:%M})" if i is not None else f"{b} never"
+        for b, i in onsets.items()
+    )
     return "\n".join(
         [
-            ("File numbers are 0-based indices in time order (file 0 = 2003-10-22 12:06:24, file 2155 = the last). "
-            "Anchor recomputed here: first single exceedance B4 "
-            f"{exceedance['B4']}, B3 {exceedance['B3']}; with the 3-of-3 debounce B4 from 1747, B3 from 2121 "
-            "(published: B4 1748, B3 2119). *In alarm for good from*: the file after the last non-alarm file "
-            "(per bearing for per-bearing detectors and the anchor; for the snapshot layout, whatever bearing it names)."),
+            (
+                "File numbers are 0-based indices in time order (file 0 = 2003-10-22 12:06:24, file 2155 = the last). "
+                "Anchor recomputed here: first single exceedance B4 "
+                f"{exceedance['B4']}, B3 {exceedance['B3']}; with the 3-of-3 debounce B4 from 1747, B3 from 2121 "
+                "(published: B4 1748, B3 2119). *In alarm for good from*: the file after the last non-alarm file "
+                "(per bearing for per-bearing detectors and the anchor; for the snapshot layout, whatever bearing it names)."
+            ),
             "",
-            ("*False alarm*: an alarm event (a run of alarm files) that starts before the *level onset* of the bearing "
-            "it names. Level onset = the first file from which the bearing's level (mean of ln mean|x| over its two "
-            f"channels, rolling median of {ONSET_WINDOW} snapshots = 4 h) stays above the highest value it reached in "
-            f"the training files, to the end of the test (computed from the data with hindsight, independently of "
-            f"any detector): {onset_text}. Bearings 1 and 2 did not fail; their levels still rise at the end, with "
-            "the whole rig's vibration, so alarms naming them after their onset are listed apart. *Warm-up*: no "
-            "alarm in the first h hours after a stop of at least h hours, unless the bearing was already in alarm "
-            "(`bearing score --warmup-hours`)."),
+            (
+                "*False alarm*: an alarm event (a run of alarm files) that starts before the *level onset* of the bearing "
+                "it names. Level onset = the first file from which the bearing's level (mean of ln mean|x| over its two "
+                f"channels, rolling median of {ONSET_WINDOW} snapshots = 4 h) stays above the highest value it reached in "
+                f"the training files, to the end of the test (computed from the data with hindsight, independently of "
+                f"any detector): {onset_text}. Bearings 1 and 2 did not fail; their levels still rise at the end, with "
+                "the whole rig's vibration, so alarms naming them after their onset are listed apart. *Warm-up*: no "
+                "alarm in the first h hours after a stop of at least h hours, unless the bearing was already in alarm "
+                "(`bearing score --warmup-hours`)."
+            ),
             "",
-            ("**The product recipe, run through the command line** (`bearing import-features --per-bearing --log`, "
-            "`bearing train --partition natural --clients 4 --hidden 4,1,4`, `bearing score --k K --n N "
-            "--warmup-hours H`), three seeds:"),
+            (
+                "**The product recipe, run through the command line** (`bearing import-features --per-bearing --log`, "
+                "`bearing train --partition natural --clients 4 --hidden 4,1,4`, `bearing score --k K --n N "
+                "--warmup-hours H`), three seeds:"
+            ),
             "",
             *product,
             "",
@@ -664,60 +761,76 @@ def ims_benchmark(work: Path, recipe: Recipe, threshold_cfg: ThresholdConfig) ->
 
 
 FINDINGS = (
-    ("- Demo, through the command line with the product's defaults (FedAvg, 3 of 3), three seeds: both layouts alarm "
-    "every defect after onset with no false alarm. The default layout (8 inputs, one client per site) alarms 1.0-3.2 "
-    "h after onset and names the wrong bearing on one site in two seeds of three (site_3, a B2 defect: `make run` "
-    "says B1_a); the per-bearing layout (`bearing per-bearing --log`, one client per bearing, 2-4-1-4-2) names the "
-    "right bearing at every site in every seed and alarms earlier: 0.5 / 0.3 / 1.7-2.2 h after onset, 6.3-7.0 h "
-    "before failure."),
-    ("- Demo: the untuned default recipe (ReLU 4-2-4, lr 1e-3, 10 epochs) does not learn on these few-hundred-row "
-    "datasets (loss ≈ 1: the score is the distance to the mean) and alarms 3-4 h after onset on `mean_abs`; ELU, lr "
-    "1e-2, 200 epochs fits. Envelope inputs see every demo defect within 2-3 snapshots of onset. On `mean_abs` the "
-    "snapshot layout names a neighbouring bearing on site_3 at 20 % (B3_a here, B4_b in `make run`, for a B2 defect); the per-bearing layout "
-    "names the right bearing at every site on `mean_abs` alone (B2_a on site_3), and with `env_*` it is as early "
-    "as the best snapshot-layout inputs."),
-    ("- IMS 1st test, first 20 % of files: **the product recipe beats the anchor on both failed bearings, and "
-    "nothing fires before its bearing-4 alarm.** Run through the command line (per-bearing layout, ln mean|x|, "
-    "2-4-1-4-2, Flower FedAvg over the four bearing-clients, 0.995 quantile of the federated holdout sketches) with "
-    "the alarm rule 12 of 12 (2 h over threshold) and a 4 h warm-up after stops, all three seeds: first alarm = "
-    "bearing 4 at file 1649 (11-21 05:24), 98 files and 21 h before the anchor's 1747 (11-22 02:16), 114 h before "
-    "the end of the test; bearing 3 at 1993 (seed 0) or 2013 (seeds 1, 2), 35 h / 32 h before the anchor's 2121 "
-    "(published 2119). The price is on the bearings that did not fail, in the last four days, after the bearing-4 "
-    "alarm (and after the anchor's own first alarm): 6-8 alarm events on bearings 1 and 2 from file 1788-1809 (the "
-    "whole rig's vibration rises; bearing 2's level leaves its healthy range for good at 1713), 1-2 of them on "
-    "bearing 1 counted as false alarms (its level onset is 2127). The anchor has one such event (B2, file 2150). "
-    "**Disclosure:** the two alarm settings (12 of 12, 4 h warm-up) were chosen after looking at this test's false "
-    "alarms (below); nothing here validates them on an independent run-to-failure. With the default 3 of 3 and no "
-    "warm-up the same models raise 23-30 false alarm events, the first at the Nov 3 restart (file 514)."),
-    ("- What the early false alarms are, and which setting removes which: (1) the Nov 3 restart after a 34 h stop "
-    "raises bearing 1's level by ~4 % on both channels for ~5 h (files 512-541), 1-2σ of its healthy spread: the "
-    "warm-up removes it (12 of 12 alone leaves it: first alarm on bearing 1 at file 523-524); (2) short one-channel spikes of bearing "
-    "4 from the Nov 14 restart to Nov 18 (its healthy a/b ratio already has 7-15x the spread of the other bearings'): "
-    "the 2 h persistence removes them (6 of 6 + warm-up leaves one, file 1203 on seed 1). Bearing 4's real "
-    "degradation is a ramp over days (its level leaves its healthy range for good at file 1433 by the onset "
-    "definition above), so 2 h of persistence costs little: 12 of 12 alarms 6 files after 6 of 6 (1649 vs 1643)."),
-    ("- Correction of the previous benchmark: it counted *every* alarm event before file 1747 against a detector, "
-    "including a real bearing-4 alarm during its ramp, so its hindsight bound could by construction never beat 1747 "
-    "(\"no calibration can\" was an artefact). With false alarms defined by each bearing's level onset, the lowest "
-    "threshold without a false alarm (hindsight, 3 of 3) gives B4 1682 / B3 2053 per bearing and B4 1722 / B3 2119 "
-    "in the snapshot layout: a threshold alone *could* beat the anchor, but it is ~10x the calibrated one (per "
-    "bearing 0.161 vs 0.0165): the calm last 20 % of the healthy period does not show the restarts and spikes."),
-    ("- Calibration variants (rules fixed before looking): mean + 3σ on the calm holdout is *tighter* than the 0.995 "
-    "quantile (per bearing 0.0104 vs 0.0165: 45 vs 23 false events at 3 of 3). The interleaved holdout (now "
-    "`--holdout interleaved`, every 5th healthy row) contains file 24, a one-snapshot glitch of channel B4_a (2.3x "
-    "its b channel) whose error is 25-100x any other healthy row's and sets the quantile: 0 false alarms, B4 from "
-    "1694-1746, but B3 only from 2121-2124 or never (snapshot layout: B4 never named). It trades bearing 3 for "
-    "bearing 4; the product default stays `last`."),
-    ("- Preprocessing and capacity (3 of 3): ln helps (per bearing, B4 in alarm for good 2050 → 1654, first B3 2011 → "
-    "1864); a rolling median of 5 snapshots makes things worse in both layouts (32-46 false events): it shrinks the "
-    "calm holdout's spread, so the threshold tightens more than the noise it removes. A bottleneck as wide as the "
-    "input (per-bearing 2-4-2-4-2) approaches the identity and is noisier (15 false events); in the snapshot layout a "
-    "bottleneck of 3 or 4 does not remove the restart alarm (18 false events). Common-mode-free inputs (ln mean|x| of "
-    "each channel minus the mean over the 8) do not help: the restart is not a common-mode shift (files 512-559 vs "
-    "460-511: common level +0.6 %, bearing 1 +3.9 %, others -1.4 to +0.4 %)."),
-    ("- Training on 30 % (covers the Nov 1-3 stop and restart) also works, with the default 3 of 3: snapshot layout 0 "
-    "false alarms, B4 from 1680, B3 2006 (the bearing names come from the top channel); per-bearing ln 1 false event "
-    "(a bearing-4 spike at file 1218)."),
+    (
+        "- Demo, through the command line with the product's defaults (FedAvg, 3 of 3), three seeds: both layouts alarm "
+        "every defect after onset with no false alarm. The default layout (8 inputs, one client per site) alarms 1.0-3.2 "
+        "h after onset and names the wrong bearing on one site in two seeds of three (site_3, a B2 defect: `make run` "
+        "says B1_a); the per-bearing layout (`bearing per-bearing --log`, one client per bearing, 2-4-1-4-2) names the "
+        "right bearing at every site in every seed and alarms earlier: 0.5 / 0.3 / 1.7-2.2 h after onset, 6.3-7.0 h "
+        "before failure."
+    ),
+    (
+        "- Demo: the untuned default recipe (ReLU 4-2-4, lr 1e-3, 10 epochs) does not learn on these few-hundred-row "
+        "datasets (loss ≈ 1: the score is the distance to the mean) and alarms 3-4 h after onset on `mean_abs`; ELU, lr "
+        "1e-2, 200 epochs fits. Envelope inputs see every demo defect within 2-3 snapshots of onset. On `mean_abs` the "
+        "snapshot layout names a neighbouring bearing on site_3 at 20 % (B3_a here, B4_b in `make run`, for a B2 defect); the per-bearing layout "
+        "names the right bearing at every site on `mean_abs` alone (B2_a on site_3), and with `env_*` it is as early "
+        "as the best snapshot-layout inputs."
+    ),
+    (
+        "- IMS 1st test, first 20 % of files: **the product recipe beats the anchor on both failed bearings, and "
+        "nothing fires before its bearing-4 alarm.** Run through the command line (per-bearing layout, ln mean|x|, "
+        "2-4-1-4-2, Flower FedAvg over the four bearing-clients, 0.995 quantile of the federated holdout sketches) with "
+        "the alarm rule 12 of 12 (2 h over threshold) and a 4 h warm-up after stops, all three seeds: first alarm = "
+        "bearing 4 at file 1649 (11-21 05:24), 98 files and 21 h before the anchor's 1747 (11-22 02:16), 114 h before "
+        "the end of the test; bearing 3 at 1993 (seed 0) or 2013 (seeds 1, 2), 35 h / 32 h before the anchor's 2121 "
+        "(published 2119). The price is on the bearings that did not fail, in the last four days, after the bearing-4 "
+        "alarm (and after the anchor's own first alarm): 6-8 alarm events on bearings 1 and 2 from file 1788-1809 (the "
+        "whole rig's vibration rises; bearing 2's level leaves its healthy range for good at 1713), 1-2 of them on "
+        "bearing 1 counted as false alarms (its level onset is 2127). The anchor has one such event (B2, file 2150). "
+        "**Disclosure:** the two alarm settings (12 of 12, 4 h warm-up) were chosen after looking at this test's false "
+        "alarms (below); nothing here validates them on an independent run-to-failure. With the default 3 of 3 and no "
+        "warm-up the same models raise 23-30 false alarm events, the first at the Nov 3 restart (file 514)."
+    ),
+    (
+        "- What the early false alarms are, and which setting removes which: (1) the Nov 3 restart after a 34 h stop "
+        "raises bearing 1's level by ~4 % on both channels for ~5 h (files 512-541), 1-2σ of its healthy spread: the "
+        "warm-up removes it (12 of 12 alone leaves it: first alarm on bearing 1 at file 523-524); (2) short one-channel spikes of bearing "
+        "4 from the Nov 14 restart to Nov 18 (its healthy a/b ratio already has 7-15x the spread of the other bearings'): "
+        "the 2 h persistence removes them (6 of 6 + warm-up leaves one, file 1203 on seed 1). Bearing 4's real "
+        "degradation is a ramp over days (its level leaves its healthy range for good at file 1433 by the onset "
+        "definition above), so 2 h of persistence costs little: 12 of 12 alarms 6 files after 6 of 6 (1649 vs 1643)."
+    ),
+    (
+        "- Correction of the previous benchmark: it counted *every* alarm event before file 1747 against a detector, "
+        "including a real bearing-4 alarm during its ramp, so its hindsight bound could by construction never beat 1747 "
+        '("no calibration can" was an artefact). With false alarms defined by each bearing\'s level onset, the lowest '
+        "threshold without a false alarm (hindsight, 3 of 3) gives B4 1682 / B3 2053 per bearing and B4 1722 / B3 2119 "
+        "in the snapshot layout: a threshold alone *could* beat the anchor, but it is ~10x the calibrated one (per "
+        "bearing 0.161 vs 0.0165): the calm last 20 % of the healthy period does not show the restarts and spikes."
+    ),
+    (
+        "- Calibration variants (rules fixed before looking): mean + 3σ on the calm holdout is *tighter* than the 0.995 "
+        "quantile (per bearing 0.0104 vs 0.0165: 45 vs 23 false events at 3 of 3). The interleaved holdout (now "
+        "`--holdout interleaved`, every 5th healthy row) contains file 24, a one-snapshot glitch of channel B4_a (2.3x "
+        "its b channel) whose error is 25-100x any other healthy row's and sets the quantile: 0 false alarms, B4 from "
+        "1694-1746, but B3 only from 2121-2124 or never (snapshot layout: B4 never named). It trades bearing 3 for "
+        "bearing 4; the product default stays `last`."
+    ),
+    (
+        "- Preprocessing and capacity (3 of 3): ln helps (per bearing, B4 in alarm for good 2050 → 1654, first B3 2011 → "
+        "1864); a rolling median of 5 snapshots makes things worse in both layouts (32-46 false events): it shrinks the "
+        "calm holdout's spread, so the threshold tightens more than the noise it removes. A bottleneck as wide as the "
+        "input (per-bearing 2-4-2-4-2) approaches the identity and is noisier (15 false events); in the snapshot layout a "
+        "bottleneck of 3 or 4 does not remove the restart alarm (18 false events). Common-mode-free inputs (ln mean|x| of "
+        "each channel minus the mean over the 8) do not help: the restart is not a common-mode shift (files 512-559 vs "
+        "460-511: common level +0.6 %, bearing 1 +3.9 %, others -1.4 to +0.4 %)."
+    ),
+    (
+        "- Training on 30 % (covers the Nov 1-3 stop and restart) also works, with the default 3 of 3: snapshot layout 0 "
+        "false alarms, B4 from 1680, B3 2006 (the bearing names come from the top channel); per-bearing ln 1 false event "
+        "(a bearing-4 spike at file 1218)."
+    ),
 )
 """Conclusions drawn from the tables above (figures quoted from the run recorded in BENCHMARKS.md)."""
 
@@ -738,18 +851,32 @@ def main(argv: list[str] | None = None) -> int:
     threshold_cfg = ThresholdConfig(method=args.method)
     demo_md, tables = demo_benchmark(args.work, tuple(args.demo_train_fractions), recipe, threshold_cfg)
     demo_cli_md = demo_product_runs(args.work)
-    ims_md = ims_benchmark(args.work, recipe, threshold_cfg) if SHARED_CSV.is_file() else "(shared IMS table absent: skipped)"
+    ims_md = (
+        ims_benchmark(args.work, recipe, threshold_cfg)
+        if SHARED_CSV.is_file()
+        else "(shared IMS table absent: skipped)"
+    )
     best_key = f"mean_abs + log10 env_* @ {args.demo_train_fractions[0]:g}"
     best = tables[best_key]
-    per_site = ["| site | faulty | bearing / defect | onset | first alarm (channel) | delay after onset, h | lead time, h | false alarm snapshots |",
-                "|---|---|---|---|---|---:|---:|---:|"]
+    per_site = [
+        "| site | faulty | bearing / defect | onset | first alarm (channel) | delay after onset, h | lead time, h | false alarm snapshots |",
+        "|---|---|---|---|---|---:|---:|---:|",
+    ]
     for row in best.itertuples():
+
         def fmt(v: object) -> str:
             return "-" if v is None or pd.isna(v) else f"{v:.1f}" if isinstance(v, float) else str(v)
-        alarm = f"{row.first_alarm:%m-%d %H:%M} ({row.first_alarm_channel})" if row.first_alarm is not None and not pd.isna(row.first_alarm) else "-"
+
+        alarm = (
+            f"{row.first_alarm:%m-%d %H:%M} ({row.first_alarm_channel})"
+            if row.first_alarm is not None and not pd.isna(row.first_alarm)
+            else "-"
+        )
         onset = f"{row.onset:%m-%d %H:%M}" if row.onset is not None and not pd.isna(row.onset) else "-"
-        per_site.append(f"| {row.site} | {row.faulty} | {row.bearing} {row.defect} | {onset} | {alarm} | "
-                        f"{fmt(row.delay_after_onset_hours)} | {fmt(row.lead_time_hours)} | {row.false_alarm_snapshots} |")
+        per_site.append(
+            f"| {row.site} | {row.faulty} | {row.bearing} {row.defect} | {onset} | {alarm} | "
+            f"{fmt(row.delay_after_onset_hours)} | {fmt(row.lead_time_hours)} | {row.false_alarm_snapshots} |"
+        )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = "\n".join(
         [
@@ -766,10 +893,12 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "### Demo data (4 sites x 120 files, seed 0; healthy period = each site's earliest fraction of files)",
             "",
-            ("Through the command line with the product's defaults (`bearing train --partition natural`: FedAvg, 20 "
-             "rounds x 10 local epochs, lr 1e-2, threshold = 0.995 quantile of the federated holdout sketches; "
-             "`bearing score`: 3 of 3; healthy period 20 %), the default layout next to the per-bearing layout "
-             "(`bearing per-bearing --log`, `--hidden 4,1,4`):"),
+            (
+                "Through the command line with the product's defaults (`bearing train --partition natural`: FedAvg, 20 "
+                "rounds x 10 local epochs, lr 1e-2, threshold = 0.995 quantile of the federated holdout sketches; "
+                "`bearing score`: 3 of 3; healthy period 20 %), the default layout next to the per-bearing layout "
+                "(`bearing per-bearing --log`, `--hidden 4,1,4`):"
+            ),
             "",
             demo_cli_md,
             "",

@@ -30,7 +30,7 @@ import json
 import os
 import platform
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +41,12 @@ from bearing_core.io import write_json_atomic, write_parquet_atomic, write_text_
 from bench.ingest import replace_section
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CSV = next(  # the shared data sit next to the main checkout (../shared), also seen from a worktree (../../shared)
-    (p for p in (root / "shared" / "ims" / "features" / "1st_test_mean_abs.csv" for root in REPO.parents[:2])
-     if p.is_file()),
+SHARED_CSV = next(  # the shared data next to the main checkout (../shared), or seen from a worktree (../../shared)
+    (
+        p
+        for p in (root / "shared" / "ims" / "features" / "1st_test_mean_abs.csv" for root in REPO.parents[:2])
+        if p.is_file()
+    ),
     REPO.parent / "shared" / "ims" / "features" / "1st_test_mean_abs.csv",
 )
 HEADING = "## Federated training"
@@ -75,8 +78,15 @@ def build_dataset(out: Path) -> tuple[Path, str]:
     write_parquet_atomic(out / "features.parquet", features)
     write_json_atomic(
         out / "dataset.json",
-        {"name": out.name, "channels": list(IMS_CHANNELS_8), "expected_samples": 20480, "fs_hz": 20000.0,
-         "features": ["mean_abs"], "sites": ["1st_test"], "rig": {}},
+        {
+            "name": out.name,
+            "channels": list(IMS_CHANNELS_8),
+            "expected_samples": 20480,
+            "fs_hz": 20000.0,
+            "features": ["mean_abs"],
+            "sites": ["1st_test"],
+            "rig": {},
+        },
     )
     return out, source
 
@@ -116,13 +126,13 @@ def scale_case(dataset: Path, clients: int, rounds: int, out: Path, lr: float) -
     """In this (fresh) process: partition + one simulation without the centralized baseline; time and memory."""
     import resource
 
+    import flwr.serverapp  # noqa: F401
+    import torch  # noqa: F401 - the imports' memory counts as the base, not as the run's
+
     from bearing_core.federated.config import FederatedConfig
     from bearing_core.federated.simulation import GLOBAL, partition_params, run_federated
     from bearing_core.inputs import InputConfig
     from bearing_core.partition.build import partition_dataset
-
-    import torch  # noqa: F401 - the imports' memory counts as the base, not as the run's
-    import flwr.serverapp  # noqa: F401
 
     base_mb = _rss_mb()
     manifest = partition_dataset(
@@ -157,18 +167,33 @@ def scale_memory(args: argparse.Namespace) -> None:
     rows = []
     for clients in args.scale_memory:
         proc = subprocess.run(
-            [sys.executable, "-m", "bench.federated", "_scale", str(tiled), str(clients), str(args.scale_rounds),
-             str(args.work / f"model-mem-{clients}"), str(args.lr)],
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+            [
+                sys.executable,
+                "-m",
+                "bench.federated",
+                "_scale",
+                str(tiled),
+                str(clients),
+                str(args.scale_rounds),
+                str(args.work / f"model-mem-{clients}"),
+                str(args.lr),
+            ],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"{clients} clients failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"{clients:>5} clients: {row['round_s']:.2f} s/round (round 1 {row['round1_s']:.2f} s), simulation "
-              f"{row['simulation_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB (base {row['base_rss_mb']:.0f})",
-              flush=True)
+        print(
+            f"{clients:>5} clients: {row['round_s']:.2f} s/round (round 1 {row['round1_s']:.2f} s), simulation "
+            f"{row['simulation_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB (base {row['base_rss_mb']:.0f})",
+            flush=True,
+        )
     load_after = os.getloadavg()
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = scale_section(rows, source, args.scale_memory, args.scale_rounds, stamp, load_before[0], load_after[0])
     document = args.report.read_text(encoding="utf-8")
     write_text_atomic(args.report, replace_subsection(document, HEADING, SCALE_HEADING, lines))
@@ -176,8 +201,15 @@ def scale_memory(args: argparse.Namespace) -> None:
     print(f"wrote the '{SCALE_HEADING}' subsection of {args.report}")
 
 
-def scale_section(rows: list[dict[str, float]], source: str, sizes: list[int], rounds: int, stamp: str,
-                  load_before: float, load_after: float) -> str:
+def scale_section(
+    rows: list[dict[str, float]],
+    source: str,
+    sizes: list[int],
+    rounds: int,
+    stamp: str,
+    load_before: float,
+    load_after: float,
+) -> str:
     """The ``### Scaling to 1,000 clients`` subsection from part 3's rows."""
     from bearing_core.federated.config import SimulationResources
 
@@ -189,30 +221,33 @@ def scale_section(rows: list[dict[str, float]], source: str, sizes: list[int], r
         f"peak memory {b['peak_rss_mb'] - a['peak_rss_mb']:+.0f} MB"
         for a, b in zip(rows, rows[1:])
     ]
-    return "\n".join([
-        SCALE_HEADING,
-        "",
-        f"Command: `.venv/bin/python -m bench.federated --scale-memory {' '.join(map(str, sizes))} "
-        f"--scale-rounds {rounds}` ({stamp}; {os.cpu_count()} CPUs shared with other jobs: load average "
-        f"{load_before:.1f} before, {load_after:.1f} after). One subprocess per size: peak resident memory "
-        "(`ru_maxrss`) is that size's alone; \"base\" = resident memory after importing torch and flwr.",
-        f"Data: {source}, tiled {SCALE_TILES} times ({SCALE_TILES * 2156:,} snapshots), healthy first half, the "
-        "same total rows split over more clients; IID, FedAvg, 1 local epoch, no centralized baseline; in-process "
-        f"runtime, {workers} worker threads. A round = 2 messages a client (train, evaluate).",
-        "",
-        "| clients | train rows per client | s / round (rounds 2..) | round 1 s | scaler s | calibration s "
-        "| whole simulation s | failed replies | base RSS MB | peak RSS MB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        *[
-            f"| {r['clients']:,} | {r['min_client_rows']}–{r['max_client_rows']} | {r['round_s']:.2f} | "
-            f"{r['round1_s']:.2f} | {r.get('scaler_s', float('nan')):.2f} | {r.get('calibration_s', float('nan')):.2f} "
-            f"| {r['simulation_s']:.1f} | {r['failures']} | {r['base_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |"
-            for r in rows
-        ],
-        "",
-        *[f"- {step}" for step in steps],
-        "",
-    ])
+    return "\n".join(
+        [
+            SCALE_HEADING,
+            "",
+            f"Command: `.venv/bin/python -m bench.federated --scale-memory {' '.join(map(str, sizes))} "
+            f"--scale-rounds {rounds}` ({stamp}; {os.cpu_count()} CPUs shared with other jobs: load average "
+            f"{load_before:.1f} before, {load_after:.1f} after). One subprocess per size: peak resident memory "
+            '(`ru_maxrss`) is that size\'s alone; "base" = resident memory after importing torch and flwr.',
+            f"Data: {source}, tiled {SCALE_TILES} times ({SCALE_TILES * 2156:,} snapshots), healthy first half, the "
+            "same total rows split over more clients; IID, FedAvg, 1 local epoch, no centralized baseline; in-process "
+            f"runtime, {workers} worker threads. A round = 2 messages a client (train, evaluate).",
+            "",
+            "| clients | train rows per client | s / round (rounds 2..) | round 1 s | scaler s | calibration s "
+            "| whole simulation s | failed replies | base RSS MB | peak RSS MB |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *[
+                f"| {r['clients']:,} | {r['min_client_rows']}–{r['max_client_rows']} | {r['round_s']:.2f} | "
+                f"{r['round1_s']:.2f} | {r.get('scaler_s', float('nan')):.2f} | "
+                f"{r.get('calibration_s', float('nan')):.2f} "
+                f"| {r['simulation_s']:.1f} | {r['failures']} | {r['base_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} |"
+                for r in rows
+            ],
+            "",
+            *[f"- {step}" for step in steps],
+            "",
+        ]
+    )
 
 
 def replace_subsection(document: str, section: str, heading: str, text: str) -> str:
@@ -228,7 +263,7 @@ def replace_subsection(document: str, section: str, heading: str, text: str) -> 
     end = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL).search(document)
     if end is None:
         return document.rstrip("\n") + "\n\n" + section + "\n\n" + text
-    return document[: end.end()].rstrip("\n") + "\n\n" + text + "\n" + document[end.end():]
+    return document[: end.end()].rstrip("\n") + "\n\n" + text + "\n" + document[end.end() :]
 
 
 def run_case(dataset: Path, scheme: str, clients: int, rounds: int, out: Path, lr: float) -> dict[str, float]:
@@ -267,8 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-2, help="client learning rate")
     parser.add_argument("--work", type=Path, default=REPO / ".bench" / "federated", help="scratch directory")
     parser.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file to update")
-    parser.add_argument("--scale-memory", type=int, nargs="+", default=None, metavar="CLIENTS",
-                        help="only part 3: seconds per round and peak memory at these client counts")
+    parser.add_argument(
+        "--scale-memory",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="CLIENTS",
+        help="only part 3: seconds per round and peak memory at these client counts",
+    )
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_scale"]:  # part 3's subprocess: dataset clients rounds out lr
         dataset, clients, rounds, out, lr = argv[1:6]
@@ -285,8 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     for clients in args.clients:
         row = run_case(dataset, "iid", clients, args.scale_rounds, args.work / f"model-scale-{clients}", args.lr)
         scale.append(row)
-        print(f"iid {clients:>3} clients: {row['round_s']:.2f} s/round (round 1 {row['round1_s']:.2f} s, "
-              f"simulation {row['simulation_s']:.1f} s)", flush=True)
+        print(
+            f"iid {clients:>3} clients: {row['round_s']:.2f} s/round (round 1 {row['round1_s']:.2f} s, "
+            f"simulation {row['simulation_s']:.1f} s)",
+            flush=True,
+        )
     quality = []
     for scheme in ("iid", "quantity"):
         row = run_case(dataset, scheme, 10, args.rounds, args.work / f"model-{scheme}", args.lr)
@@ -294,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{scheme}: FL MSE {row['fl_mse']:.4f} vs centralized {row['central_mse']:.4f}", flush=True)
     load_after = os.getloadavg()
 
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     from bearing_core.federated.config import FederatedConfig, SimulationResources
 
     defaults, workers = FederatedConfig(), SimulationResources().workers

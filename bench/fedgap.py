@@ -60,13 +60,23 @@ def main(argv: list[str] | None = None) -> int:
             cfg = FederatedConfig(**{**fed, **VARIANTS[name]})
             result = run_federated(clients, cfg, args.out / f"{k}-{name.split()[0]}-{len(rows)}")
             fl, central = float(result.final(GLOBAL)["eval_mse"]), float(result.final(CENTRALIZED)["eval_mse"])
-            rows.append({"project": str(project), "variant": name, "federated_mse": fl, "centralized_mse": central,
-                         "ratio": fl / central, "wall_s": result.wall_s})
+            rows.append(
+                {
+                    "project": str(project),
+                    "variant": name,
+                    "federated_mse": fl,
+                    "centralized_mse": central,
+                    "ratio": fl / central,
+                    "wall_s": result.wall_s,
+                }
+            )
             (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     print("\n| project | variant | federated MSE | centralized MSE | ratio |\n|---|---|---:|---:|---:|")
     for r in rows:
-        print(f"| {Path(r['project']).name} | {r['variant']} | {r['federated_mse']:.4g} | {r['centralized_mse']:.4g} | "
-              f"{r['ratio']:.2f}x |")
+        print(
+            f"| {Path(r['project']).name} | {r['variant']} | {r['federated_mse']:.4g} | {r['centralized_mse']:.4g} | "
+            f"{r['ratio']:.2f}x |"
+        )
     return 0
 
 

@@ -33,7 +33,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -179,7 +179,11 @@ def measure_ours(raw: Path, scratch: Path, workers: int, n_bytes: int, n_files: 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, str(raw), str(out), str(workers)],
-        env=env, cwd=REPO, capture_output=True, text=True, check=True,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     return Measurement("ours: bearing ingest", result["seconds"], result["cpu_seconds"], n_bytes, n_files), result
@@ -325,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
             for m in measured:
                 runs.setdefault(m.name, []).append(m)
             timings = ", ".join(f"{m.name.split(':')[0]} {m.seconds:.2f} s" for m in measured)
-            print(f"run {run}: {timings} (load {loads[-1][0]:.1f} -> {loads[-1][1]:.1f}; {child['summary']})", flush=True)
+            print(
+                f"run {run}: {timings} (load {loads[-1][0]:.1f} -> {loads[-1][1]:.1f}; {child['summary']})", flush=True
+            )
         sample = paths[: args.profile_files]
         stages = profile_in_fresh_process(sample, scratch, as_worker=True)
         stages_default = profile_in_fresh_process(sample, scratch, as_worker=False)
@@ -385,12 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     section = f"""## Ingest
 
 Command: `.venv/bin/python -m bench.ingest --files {args.files} --runs {args.runs}`
-({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)
+({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)
 
 Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), Python {platform.python_version()};
 1-minute load average before -> after each run ({load_text}): the cores are shared with other jobs.
 Data: {len(paths)} generated 8-channel IMS files (20,480 lines each), {n_bytes / 1e6:.0f} MB, page cache warm.
-Ours: `ingest_directory`, fresh output directory, {args.workers} worker processes, batch 32 ({children[0]['summary']}).
+Ours: `ingest_directory`, fresh output directory, {args.workers} worker processes, batch 32 ({children[0]["summary"]}).
 A run measures the four contenders one after the other; the table gives every run's wall time, the median run's
 numbers and, per run, ours' MB/s over the contender's.
 

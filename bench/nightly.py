@@ -85,7 +85,11 @@ def run_pipeline(project: Path, raw: Path, out: Path, rounds: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "BEARING_PROJECT_DIR": str(project)}
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, str(raw), str(out), str(rounds)],
-        cwd=project, env=env, capture_output=True, text=True, check=False,
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     lines = [line for line in proc.stdout.strip().splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -152,26 +156,44 @@ def bookkeeping_at(rows: int, scratch: Path, new: int = DAY) -> dict[str, float]
     fresh = [ing._Result(f"site_new/{i:08d}", "site_new", 1_300_000, i, f"{i:064x}", "ok", parsed=True,
                          timestamp=datetime(2030, 1, 1) + timedelta(minutes=10 * i),
                          features=rng.normal(size=len(columns))) for i in range(new)]  # fmt: skip
-    table = timed("ingest: features table (previous rows + new)", lambda: ing._features_table(kept + fresh, previous,
-                                                                                              channels))
+    table = timed(
+        "ingest: features table (previous rows + new)", lambda: ing._features_table(kept + fresh, previous, channels)
+    )
     timed("ingest: features.parquet write (fsync)", lambda: write_parquet_atomic(out / ing.FEATURES_FILE, table))
-    timed("ingest: manifest build + write", lambda: write_parquet_atomic(out / ing.MANIFEST_FILE,
-                                                                        ing._manifest_table(kept + fresh)))
+    timed(
+        "ingest: manifest build + write",
+        lambda: write_parquet_atomic(out / ing.MANIFEST_FILE, ing._manifest_table(kept + fresh)),
+    )
     # validation's cache lookup: a cache holding every old snapshot, current keys from the manifest and samples stat
     for r in rels[:: max(1, rows // 100)]:  # stand-in samples files (stat only): a few; the rest stat as missing
         (out / "samples" / f"{r}.parquet").parent.mkdir(parents=True, exist_ok=True)
     sites = [r.split("/")[0] for r in rels]
     keys = summary_cache.current_keys(out, rels, sites, channels)
-    stats = {f.name: pa.array([[0.0] * 8] * rows, pa.list_(f.type.value_type))
-             for f in summary_cache.CACHE_SCHEMA if pa.types.is_list(f.type) and f.name != "channel"}
-    cache = pa.table({**{k: keys[k] for k in keys.column_names}, "n_rows": np.full(rows, 20_480),
-                      "columns": pa.array([""] * rows), "types": pa.array([""] * rows),
-                      "read_error": pa.array([""] * rows), "channel": pa.array([list(channels)] * rows), **stats})
-    write_parquet_atomic(summary_cache.cache_dir(out) / "part-00000001.parquet",
-                         cache.select(summary_cache.CACHE_SCHEMA.names).cast(summary_cache.CACHE_SCHEMA))
+    stats = {
+        f.name: pa.array([[0.0] * 8] * rows, pa.list_(f.type.value_type))
+        for f in summary_cache.CACHE_SCHEMA
+        if pa.types.is_list(f.type) and f.name != "channel"
+    }
+    cache = pa.table(
+        {
+            **{k: keys[k] for k in keys.column_names},
+            "n_rows": np.full(rows, 20_480),
+            "columns": pa.array([""] * rows),
+            "types": pa.array([""] * rows),
+            "read_error": pa.array([""] * rows),
+            "channel": pa.array([list(channels)] * rows),
+            **stats,
+        }
+    )
+    write_parquet_atomic(
+        summary_cache.cache_dir(out) / "part-00000001.parquet",
+        cache.select(summary_cache.CACHE_SCHEMA.names).cast(summary_cache.CACHE_SCHEMA),
+    )
     loaded = timed("validation: load summary cache", lambda: summary_cache.load_cache(out))
-    keys = timed("validation: current keys (manifest + stat of every samples file)",
-                 lambda: summary_cache.current_keys(out, rels, sites, channels))
+    keys = timed(
+        "validation: current keys (manifest + stat of every samples file)",
+        lambda: summary_cache.current_keys(out, rels, sites, channels),
+    )
     timed("validation: match keys to cache", lambda: summary_cache._matching_rows(keys, loaded))
     timed("validation: summary tables of every snapshot", lambda: summary_cache._split(loaded))
     shutil.rmtree(out, ignore_errors=True)
@@ -197,18 +219,32 @@ load average {load:.1f} at the end):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.nightly", description=__doc__.split("\n")[0])
-    parser.add_argument("--table", type=Path, default=IMS / "features" / "1st_test_mean_abs.csv",
-                        help="per-file mean|x| table replayed as raw files (default: %(default)s)")
-    parser.add_argument("--scratch", type=Path, default=Path("/tmp/bearing-nightly-bench"),
-                        help="replayed files, raw directories, datasets, scratch project (default: %(default)s)")
-    parser.add_argument("--replay", type=Path, default=None,
-                        help="an existing directory of replayed raw files to use (never deleted) instead of replaying")
+    parser.add_argument(
+        "--table",
+        type=Path,
+        default=IMS / "features" / "1st_test_mean_abs.csv",
+        help="per-file mean|x| table replayed as raw files (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        default=Path("/tmp/bearing-nightly-bench"),
+        help="replayed files, raw directories, datasets, scratch project (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--replay",
+        type=Path,
+        default=None,
+        help="an existing directory of replayed raw files to use (never deleted) instead of replaying",
+    )
     parser.add_argument("--short", type=int, default=200, help="files of the short history (default: 200)")
     parser.add_argument("--rounds", type=int, default=20, help="federated rounds of every run (default: 20)")
-    parser.add_argument("--rows", type=int, default=100_000,
-                        help="history size of the whole-table bookkeeping measurement (0: skip it)")
-    parser.add_argument("--no-runs", action="store_true",
-                        help="only the bookkeeping measurement (no replay, no pipeline runs)")
+    parser.add_argument(
+        "--rows", type=int, default=100_000, help="history size of the whole-table bookkeeping measurement (0: skip it)"
+    )
+    parser.add_argument(
+        "--no-runs", action="store_true", help="only the bookkeeping measurement (no replay, no pipeline runs)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (else deleted at the end)")
     parser.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file to update")
     args = parser.parse_args(argv)
@@ -245,8 +281,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{case}: history of {n_history} files: flow {history['flow_s']:.1f} s", flush=True)
             link(files[n_history : n_history + DAY], raw)
             day = run_pipeline(project, raw, out, args.rounds)
-            print(f"{case}: +1 day ({DAY} files): flow {day['flow_s']:.1f} s, wall {day['wall_s']:.1f} s; "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in per_task(day).items()), flush=True)
+            print(
+                f"{case}: +1 day ({DAY} files): flow {day['flow_s']:.1f} s, wall {day['wall_s']:.1f} s; "
+                + ", ".join(f"{k} {v:.1f}" for k, v in per_task(day).items()),
+                flush=True,
+            )
             results[case] = {"history": history, "day": day, "n_history": n_history}
     except BaseException:
         if not args.keep:
@@ -259,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         f"long / short <= {TARGETS['ratio']}": ratio <= TARGETS["ratio"],
         f"+1 day on the long history <= {TARGETS['flow_s']:.0f} s of flow time": long["flow_s"] <= TARGETS["flow_s"],
     }
-    print(f"ratio long/short = {ratio:.2f}; " + "; ".join(f"{'PASS' if ok else 'MISS'} {c}" for c, ok in checks.items()))
+    print(
+        f"ratio long/short = {ratio:.2f}; " + "; ".join(f"{'PASS' if ok else 'MISS'} {c}" for c, ok in checks.items())
+    )
     names = list(dict.fromkeys([*per_task(short), *per_task(long)]))
     short_tasks, long_tasks = per_task(short), per_task(long)
     rows = "\n".join(
@@ -268,22 +309,27 @@ def main(argv: list[str] | None = None) -> int:
         for n in names
     )
     training = {"train-federated", "train-centralized"}
-    untrained = {case: r["day"]["flow_s"] - sum(v for k, v in per_task(r["day"]).items() if k in training)
-                 for case, r in results.items()}
+    untrained = {
+        case: r["day"]["flow_s"] - sum(v for k, v in per_task(r["day"]).items() if k in training)
+        for case, r in results.items()
+    }
+    wall_ratio = long["wall_s"] / short["wall_s"]
+    untrained_ratio = untrained["long"] / untrained["short"]
+    history = {case: results[case]["history"]["flow_s"] for case in ("short", "long")}
     section = f"""## Nightly run (+1 day)
 
 Command: `.venv/bin/python -m bench.nightly --rounds {args.rounds}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)
 
 Machine: {os.cpu_count()} CPU cores, Python {platform.python_version()}, shared with other jobs. Data: the 1st-test
 replay ({len(files)} raw files, one site). `bearing run` on a history, then on the same history + {DAY} files (one
-day); the second run is measured. Short history: {cases['short']} files; long: {cases['long']} files.
+day); the second run is measured. Short history: {cases["short"]} files; long: {cases["long"]} files.
 
 | | short history | long history | long / short |
 |---|---:|---:|---:|
-| +1 day: flow time (s) | {short['flow_s']:.1f} | {long['flow_s']:.1f} | **{ratio:.2f}** |
-| +1 day: process wall time (s) | {short['wall_s']:.1f} | {long['wall_s']:.1f} | {long['wall_s'] / short['wall_s']:.2f} |
-| +1 day: flow time without training tasks (s) | {untrained['short']:.1f} | {untrained['long']:.1f} | {untrained['long'] / untrained['short']:.2f} |
-| history run: flow time (s) | {results['short']['history']['flow_s']:.1f} | {results['long']['history']['flow_s']:.1f} | |
+| +1 day: flow time (s) | {short["flow_s"]:.1f} | {long["flow_s"]:.1f} | **{ratio:.2f}** |
+| +1 day: process wall time (s) | {short["wall_s"]:.1f} | {long["wall_s"]:.1f} | {wall_ratio:.2f} |
+| +1 day: flow time, no training (s) | {untrained["short"]:.1f} | {untrained["long"]:.1f} | {untrained_ratio:.2f} |
+| history run: flow time (s) | {history["short"]:.1f} | {history["long"]:.1f} | |
 
 Where the seconds of the +1 day run go (wall time of each task run, summed by task; the rest of the flow time is
 the flow's own work: artifacts, task submission, result persistence):

@@ -4,7 +4,8 @@ Two parts, following the rule in BENCHMARKS.md ("Pipeline detection defaults"):
 
 ``tune``  for each demo seed and each ``--min-level-std`` (with one ``--relative`` choice), one real ``bearing run``
           (defaults otherwise) in a scratch project; then, on its per-bearing scores, every threshold quantile and alarm
-          rule of the grid (thresholds from the alarm statistic on the model's holdout errors; no retraining). Prints one row per
+          rule of the grid (thresholds from the alarm statistic on the model's holdout errors; no retraining). Prints
+          one row per
           setting and the setting the rule selects.
 ``replay`` the 1st test replayed into raw files (``../shared/ims/replay_ims.py``), one ``bearing run`` with the
           defaults and ``--train-until`` at 20 % of the files; first alarm per bearing against the anchor (3σ on the
@@ -53,8 +54,9 @@ def bearing_cli(project: Path, *args: str) -> tuple[str, float]:
     for key in ("PREFECT_HOME", "FLWR_HOME", "RAY_TMPDIR", "PREFECT_API_URL"):
         env.pop(key, None)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=project, env=env, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], cwd=project, env=env, capture_output=True, text=True
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"bearing {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -140,7 +142,11 @@ def evaluate_demo(scores: pd.DataFrame, truth_path: Path, threshold: float, rule
             false_events += len(starts)
             continue
         defects += 1
-        mine = part[(part["bearing"] == site_truth.bearing) & part["alarm"] & (part["timestamp"] >= pd.Timestamp(site_truth.onset))]
+        mine = part[
+            (part["bearing"] == site_truth.bearing)
+            & part["alarm"]
+            & (part["timestamp"] >= pd.Timestamp(site_truth.onset))
+        ]
         if mine.empty:
             missed += 1
             false_events += len(starts)
@@ -148,8 +154,12 @@ def evaluate_demo(scores: pd.DataFrame, truth_path: Path, threshold: float, rule
         first = mine["timestamp"].min()
         delays.append((first - pd.Timestamp(site_truth.onset)).total_seconds() / 3600)
         false_events += sum(1 for t, _ in starts if t < np.datetime64(first))
-    return {"false_events": false_events, "missed": missed, "defects": defects,
-            "mean_delay_h": float(np.mean(delays)) if delays else float("nan")}
+    return {
+        "false_events": false_events,
+        "missed": missed,
+        "defects": defects,
+        "mean_delay_h": float(np.mean(delays)) if delays else float("nan"),
+    }
 
 
 def tune(args: argparse.Namespace) -> None:
@@ -161,27 +171,51 @@ def tune(args: argparse.Namespace) -> None:
             raw.parent.mkdir(parents=True, exist_ok=True)
             bearing_cli(work, "demo-data", "--out", str(raw), "--seed", str(seed))
         for relative in args.min_level_std:  # one scratch project each: its own registry and champion
-            project = work / f"seed{seed}-{relative}" if args.relative == "off" else work / f"seed{seed}-{relative}-{args.relative}"
+            project = (
+                work / f"seed{seed}-{relative}"
+                if args.relative == "off"
+                else work / f"seed{seed}-{relative}-{args.relative}"
+            )
             project.mkdir(parents=True, exist_ok=True)
-            runs[seed, relative] = run = pipeline_run(project, raw, "--min-level-std", str(relative), "--seed", str(seed),
-                                                      "--relative-inputs", args.relative)
-            print(f"seed {seed} min-level-std {relative}: run {run.wall_s:.0f} s, federated MSE {run.federated_mse:.4g} "
-                  f"vs centralized {run.centralized_mse:.4g} ({run.federated_mse / run.centralized_mse:.2f}x)",
-                  flush=True)
+            runs[seed, relative] = run = pipeline_run(
+                project, raw, "--min-level-std", str(relative), "--seed", str(seed), "--relative-inputs", args.relative
+            )
+            print(
+                f"seed {seed} min-level-std {relative}: run {run.wall_s:.0f} s, federated MSE {run.federated_mse:.4g} "
+                f"vs centralized {run.centralized_mse:.4g} ({run.federated_mse / run.centralized_mse:.2f}x)",
+                flush=True,
+            )
     rows = []
     for relative in args.min_level_std:
-        per_seed = {seed: (read_scores(runs[seed, relative].per_bearing / "scores.parquet"),
-                           holdout_errors(runs[seed, relative])) for seed in args.seeds}
+        per_seed = {
+            seed: (
+                read_scores(runs[seed, relative].per_bearing / "scores.parquet"),
+                holdout_errors(runs[seed, relative]),
+            )
+            for seed in args.seeds
+        }
         for q, p, f, w in itertools.product(QUANTILES, PERSISTENCE_H, FRACTIONS, WARMUP_H):
             rule = AlarmConfig(persistence_h=p, fraction=f, warmup_h=w)
-            results = [evaluate_demo(scores, work / "raw" / f"demo{seed}" / "ground_truth.json",
-                                     threshold_at(errors, q, rule), rule)
-                       for seed, (scores, errors) in per_seed.items()]
-            rows.append({"relative": args.relative, "min_level_std": relative, "q": q, "persistence_h": p, "fraction": f, "warmup_h": w,
-                         "false_events": sum(r["false_events"] for r in results),
-                         "missed": sum(r["missed"] for r in results),
-                         "defects": sum(r["defects"] for r in results),
-                         "mean_delay_h": float(np.nanmean([r["mean_delay_h"] for r in results]))})
+            results = [
+                evaluate_demo(
+                    scores, work / "raw" / f"demo{seed}" / "ground_truth.json", threshold_at(errors, q, rule), rule
+                )
+                for seed, (scores, errors) in per_seed.items()
+            ]
+            rows.append(
+                {
+                    "relative": args.relative,
+                    "min_level_std": relative,
+                    "q": q,
+                    "persistence_h": p,
+                    "fraction": f,
+                    "warmup_h": w,
+                    "false_events": sum(r["false_events"] for r in results),
+                    "missed": sum(r["missed"] for r in results),
+                    "defects": sum(r["defects"] for r in results),
+                    "mean_delay_h": float(np.nanmean([r["mean_delay_h"] for r in results])),
+                }
+            )
     table = pd.DataFrame(rows)
     table.to_csv(work / f"tune-{args.relative}.csv", index=False)
     ok = table[(table["false_events"] == 0) & (table["missed"] == 0)].copy()
@@ -189,8 +223,10 @@ def tune(args: argparse.Namespace) -> None:
     if ok.empty:
         print(table.sort_values(["false_events", "missed", "mean_delay_h"]).head(20).to_string(index=False))
         return
-    ok = ok.sort_values(["mean_delay_h", "persistence_h", "warmup_h", "q", "min_level_std"],
-                        ascending=[True, False, False, False, False])
+    ok = ok.sort_values(
+        ["mean_delay_h", "persistence_h", "warmup_h", "q", "min_level_std"],
+        ascending=[True, False, False, False, False],
+    )
     print(ok.head(15).to_string(index=False))
     print(f"\nselected: {ok.iloc[0].to_dict()}")
     fed = [(s, r, runs[s, r].federated_mse / runs[s, r].centralized_mse) for (s, r) in runs]
@@ -213,25 +249,40 @@ def margin(args: argparse.Namespace) -> None:
         project = work / f"seed{seed}"
         project.mkdir(parents=True, exist_ok=True)
         run = pipeline_run(project, raw, "--seed", str(seed), "--threshold-margin", "0")
-        print(f"seed {seed}: run {run.wall_s:.0f} s, federated MSE {run.federated_mse:.4g} vs centralized "
-              f"{run.centralized_mse:.4g} ({run.federated_mse / run.centralized_mse:.2f}x)", flush=True)
+        print(
+            f"seed {seed}: run {run.wall_s:.0f} s, federated MSE {run.federated_mse:.4g} vs centralized "
+            f"{run.centralized_mse:.4g} ({run.federated_mse / run.centralized_mse:.2f}x)",
+            flush=True,
+        )
         per_seed[seed] = (read_scores(run.per_bearing / "scores.parquet"), load_threshold(run.model).threshold, raw)
     rows = []
     for m in args.margins:
-        results = [evaluate_demo(scores, raw / "ground_truth.json", with_margin(threshold, m), rule)
-                   for scores, threshold, raw in per_seed.values()]
-        rows.append({"margin": m, "false_events": sum(r["false_events"] for r in results),
-                     "per_seed_false": [r["false_events"] for r in results],
-                     "missed": sum(r["missed"] for r in results), "defects": sum(r["defects"] for r in results),
-                     "mean_delay_h": float(np.nanmean([r["mean_delay_h"] for r in results])),
-                     "per_seed_delay_h": [round(r["mean_delay_h"], 1) for r in results]})
+        results = [
+            evaluate_demo(scores, raw / "ground_truth.json", with_margin(threshold, m), rule)
+            for scores, threshold, raw in per_seed.values()
+        ]
+        rows.append(
+            {
+                "margin": m,
+                "false_events": sum(r["false_events"] for r in results),
+                "per_seed_false": [r["false_events"] for r in results],
+                "missed": sum(r["missed"] for r in results),
+                "defects": sum(r["defects"] for r in results),
+                "mean_delay_h": float(np.nanmean([r["mean_delay_h"] for r in results])),
+                "per_seed_delay_h": [round(r["mean_delay_h"], 1) for r in results],
+            }
+        )
     table = pd.DataFrame(rows)
     table.to_csv(work / "margin.csv", index=False)
     print(table.to_string(index=False))
     ok = table[(table["false_events"] == 0) & (table["missed"] == 0)]
-    pick = (ok.sort_values(["mean_delay_h", "margin"], ascending=[True, False]) if not ok.empty else
-            table.sort_values(["false_events", "missed", "mean_delay_h", "margin"],
-                              ascending=[True, True, True, False])).iloc[0]
+    pick = (
+        ok.sort_values(["mean_delay_h", "margin"], ascending=[True, False])
+        if not ok.empty
+        else table.sort_values(
+            ["false_events", "missed", "mean_delay_h", "margin"], ascending=[True, True, True, False]
+        )
+    ).iloc[0]
     print(f"selected margin: {pick['margin']:g}")
 
 
@@ -255,9 +306,17 @@ def replay(args: argparse.Namespace) -> None:
     raw = project / "data" / "raw" / "ims1"
     if not raw.is_dir():
         raw.mkdir(parents=True)
-        subprocess.run([sys.executable, str(SHARED_IMS / "replay_ims.py"),
-                        str(SHARED_IMS / "features" / "1st_test_mean_abs.csv"), str(raw), "--every", str(args.every)],
-                       check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(SHARED_IMS / "replay_ims.py"),
+                str(SHARED_IMS / "features" / "1st_test_mean_abs.csv"),
+                str(raw),
+                "--every",
+                str(args.every),
+            ],
+            check=True,
+        )
     extra = ["--train-until", TRAIN_UNTIL_1ST, *args.extra]
     run = pipeline_run(project, raw, *extra)
     files = sorted(p.name for p in raw.iterdir() if p.is_file())
@@ -278,17 +337,29 @@ def replay(args: argparse.Namespace) -> None:
     anchor = {b: None if v is None else v * args.every for b, v in anchor.items()}
     first_true = min((i for i, b in events if b in ("B3", "B4")), default=None)
     before = [e for e in sorted(events) if first_true is None or e[0] < first_true]
-    print(f"1st-test replay (every {args.every}): bearing run {run.wall_s:.0f} s; federated MSE {run.federated_mse:.4g}"
-          f" vs centralized {run.centralized_mse:.4g} ({run.federated_mse / run.centralized_mse:.2f}x)")
+    print(
+        f"1st-test replay (every {args.every}): bearing run {run.wall_s:.0f} s; federated MSE {run.federated_mse:.4g}"
+        f" vs centralized {run.centralized_mse:.4g} ({run.federated_mse / run.centralized_mse:.2f}x)"
+    )
     print("| bearing | first alarm (file) | anchor (file) | alarm events |")
     print("|---|---:|---:|---:|")
     for bearing in sorted(first):
         print(f"| {bearing} | {first[bearing]} | {anchor.get(bearing)} | {sum(1 for _, b in events if b == bearing)} |")
     print(f"alarm events before the first B3/B4 alarm: {len(before)} {before[:10]}")
     print(f"published anchor: B4 {ANCHOR_B4_FILE}, B3 {ANCHOR_B3_FILE}")
-    (work / "replay.json").write_text(json.dumps({"first": first, "anchor": anchor, "events": events,
-                                                  "wall_s": run.wall_s, "federated_mse": run.federated_mse,
-                                                  "centralized_mse": run.centralized_mse}, indent=1))
+    (work / "replay.json").write_text(
+        json.dumps(
+            {
+                "first": first,
+                "anchor": anchor,
+                "events": events,
+                "wall_s": run.wall_s,
+                "federated_mse": run.federated_mse,
+                "centralized_mse": run.centralized_mse,
+            },
+            indent=1,
+        )
+    )
 
 
 def main() -> None:

@@ -52,8 +52,13 @@ def _env(project: Path) -> dict[str, str]:
 def flow_run(project: Path, params: dict[str, Any]) -> dict[str, Any]:
     """One pipeline flow run in ``project`` (subprocess, cwd = project); its outputs, task durations, wall seconds."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "bench.retrain", "_flow", json.dumps(params)], cwd=project,
-                          env=_env(project), capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.retrain", "_flow", json.dumps(params)],
+        cwd=project,
+        env=_env(project),
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"pipeline run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -83,8 +88,11 @@ def _flow(params_json: str) -> None:
             continue
         name = run.name.rsplit("-", 1)[0]  # task runs are named <task>-<suffix>
         durations[name] = durations.get(name, 0.0) + run.total_run_time.total_seconds()
-    print(json.dumps({"outputs": outputs, "tasks_s": durations, "flow_s": flow.total_run_time.total_seconds()},
-                     default=str))
+    print(
+        json.dumps(
+            {"outputs": outputs, "tasks_s": durations, "flow_s": flow.total_run_time.total_seconds()}, default=str
+        )
+    )
 
 
 def nightly_figures(project: Path, run: dict[str, Any], truth: Path) -> dict[str, Any]:
@@ -120,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         _flow(sys.argv[2])
         return 0
     parser = argparse.ArgumentParser(prog="python -m bench.retrain", description=__doc__.split("\n")[0])
-    parser.add_argument("--work", type=Path, required=True,
-                        help="scratch directory (created; or an earlier run's, whose saved history is reused)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        required=True,
+        help="scratch directory (created; or an earlier run's, whose saved history is reused)",
+    )
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS)[:3])
     parser.add_argument("--sites", type=int, default=2)
     parser.add_argument("--files", type=int, default=150, help="demo files per site")
@@ -140,13 +152,30 @@ def main(argv: list[str] | None = None) -> int:
     else:
         work.mkdir(parents=True)
         project.mkdir()
-        subprocess.run([sys.executable, "-m", "cli.main", "demo-data", "--out", str(raw), "--sites", str(args.sites),
-                        "--files", str(args.files), "--seed", str(args.seed)], cwd=project, env=_env(project),
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "demo-data",
+                "--out",
+                str(raw),
+                "--sites",
+                str(args.sites),
+                "--files",
+                str(args.files),
+                "--seed",
+                str(args.seed),
+            ],
+            cwd=project,
+            env=_env(project),
+            check=True,
+            capture_output=True,
+        )
         moved: list[tuple[Path, Path]] = []
         for site in sorted(p for p in raw.iterdir() if p.is_dir()):
             (aside / site.name).mkdir(parents=True)
-            for path in sorted(site.iterdir())[-args.new:]:
+            for path in sorted(site.iterdir())[-args.new :]:
                 moved.append((path, aside / site.name / path.name))
         for src, dst in moved:
             src.rename(dst)
@@ -166,13 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         run = flow_run(project, {**common, **VARIANTS[name]})
         row = {"variant": name, "rep": i, **nightly_figures(project, run, raw / "ground_truth.json")}
         results.append(row)
-        print(f"{name}: flow {row['flow_s']:.0f} s, federation {row['timings'].get('federation_s', 0):.1f} s, "
-              f"{row['rounds_run']} rounds, MSE {row['federated_mse']:.4g}, detected "
-              f"{row['defects'] - row['missed']}/{row['defects']}, false events {row['false_events']}, "
-              f"delay {row['mean_delay_h']:.1f} h (load {load[-1]:.1f})", flush=True)
+        print(
+            f"{name}: flow {row['flow_s']:.0f} s, federation {row['timings'].get('federation_s', 0):.1f} s, "
+            f"{row['rounds_run']} rounds, MSE {row['federated_mse']:.4g}, detected "
+            f"{row['defects'] - row['missed']}/{row['defects']}, false events {row['false_events']}, "
+            f"delay {row['mean_delay_h']:.1f} h (load {load[-1]:.1f})",
+            flush=True,
+        )
     load.append(os.getloadavg()[0])
-    (work / f"results-{'-'.join(args.variants)}.json").write_text(json.dumps({"history": history, "nightly": results, "load": load},
-                                                  default=str, indent=1), encoding="utf-8")
+    (work / f"results-{'-'.join(args.variants)}.json").write_text(
+        json.dumps({"history": history, "nightly": results, "load": load}, default=str, indent=1), encoding="utf-8"
+    )
     print(f"wrote the results in {work}")
     return 0
 

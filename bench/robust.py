@@ -47,7 +47,12 @@ def parse_case(case: str) -> tuple[str, bool, float, bool]:
 
 
 def run_case(
-    dataset: Path, case: str, hidden: tuple[int, ...], out: Path, rounds: int, clipping_norm: float,
+    dataset: Path,
+    case: str,
+    hidden: tuple[int, ...],
+    out: Path,
+    rounds: int,
+    clipping_norm: float,
     activation: str = "tanh",
 ) -> dict[str, object]:
     """One simulation of ``case`` on the natural partition of ``dataset``; final metrics and threshold."""
@@ -60,11 +65,16 @@ def run_case(
     strategy, screen, noise, attack = parse_case(case)
     clients_dir = scheme_dir(dataset, "natural")
     cfg = FederatedConfig(
-        strategy=strategy, rounds=rounds, hidden=hidden, activation=activation, seed=0,
+        strategy=strategy,
+        rounds=rounds,
+        hidden=hidden,
+        activation=activation,
+        seed=0,
         outlier_factor=10.0 if screen else 0.0,
         manifest=str(clients_dir / MANIFEST_FILE) if screen else "",
         faults=f"1@{rounds}:scale,2@1:sketch" if attack else "",
-        dp_noise_multiplier=noise, clipping_norm=clipping_norm if noise else 0.0,
+        dp_noise_multiplier=noise,
+        clipping_norm=clipping_norm if noise else 0.0,
     )
     start = time.perf_counter()
     result = run_federated(clients_dir, cfg, out / f"{dataset.name}-{case}", baseline=False)
@@ -92,8 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument("--hidden", default="", help="per dataset, ';'-separated widths, e.g. '4,2,4;4,1,4'")
     parser.add_argument("--rounds", type=int, default=20, help="federated rounds (default: 20)")
-    parser.add_argument("--activation", default="tanh", choices=("tanh", "elu", "relu"),
-                        help="hidden activation (default: tanh, the pipeline's)")
+    parser.add_argument(
+        "--activation",
+        default="tanh",
+        choices=("tanh", "elu", "relu"),
+        help="hidden activation (default: tanh, the pipeline's)",
+    )
     parser.add_argument("--clipping-norm", type=float, default=1.0, help="clipping norm of +dp cases (default: 1)")
     args = parser.parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -124,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             write_json_atomic(args.out / "results.json", rows)
     print("\n| dataset | case | final holdout MSE | threshold | excluded | adjusted |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['dataset']} | {r['case']} | {r['eval_mse']:.4g} | {r['threshold']:.4g} | "
-              f"{', '.join(r['excluded']) or '-'} | {', '.join(r['adjusted']) or '-'} |")
+        print(
+            f"| {r['dataset']} | {r['case']} | {r['eval_mse']:.4g} | {r['threshold']:.4g} | "
+            f"{', '.join(r['excluded']) or '-'} | {', '.join(r['adjusted']) or '-'} |"
+        )
     return 0
 
 

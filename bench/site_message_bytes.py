@@ -44,19 +44,32 @@ def main() -> None:
     raw = sum(w.nbytes for w in weights)
     metrics = MetricRecord({"train_loss": 0.1, "train_s": 1.0, PARTITION_KEY: 2, WEIGHT_KEY: 38})
     train = _reply(RecordDict({ARRAYS_KEY: ArrayRecord(weights), METRICS_KEY: metrics}))
-    evaluate = _reply(RecordDict({METRICS_KEY: MetricRecord({"eval_mse": 0.1, "eval_rmse": 0.3, PARTITION_KEY: 2,
-                                                             WEIGHT_KEY: 10})}))
-    print(f"model {cfg.n_inputs}-{args.hidden}-{cfg.n_inputs}: {sum(w.size for w in weights)} parameters, "
-          f"{raw} bytes of arrays ({weights[0].dtype})")
+    evaluate = _reply(
+        RecordDict({METRICS_KEY: MetricRecord({"eval_mse": 0.1, "eval_rmse": 0.3, PARTITION_KEY: 2, WEIGHT_KEY: 10})})
+    )
+    print(
+        f"model {cfg.n_inputs}-{args.hidden}-{cfg.n_inputs}: {sum(w.size for w in weights)} parameters, "
+        f"{raw} bytes of arrays ({weights[0].dtype})"
+    )
     print(f"per round: train reply {train} B + evaluate reply {evaluate} B = {train + evaluate} B")
     X = np.random.default_rng(0).normal(size=(38, cfg.n_inputs))
-    stats = _reply(RecordDict({  # as messages.stats_reply
-        STATS_KEY: ArrayRecord(local_stats(X).to_arrays()),
-        CONFIG_KEY: ConfigRecord({"columns": [f"x_mean_abs_{i}" for i in range(cfg.n_inputs)]}),
-        METRICS_KEY: MetricRecord({PARTITION_KEY: 2, WEIGHT_KEY: 38, "num-holdout": 10})}))
-    sketch = _reply(RecordDict({  # as messages.sketch_reply
-        SKETCH_KEY: ArrayRecord(ErrorSketch.from_errors(np.abs(X[:, 0]) + 1e-3).to_arrays()),
-        METRICS_KEY: MetricRecord({PARTITION_KEY: 2, WEIGHT_KEY: 10})}))
+    stats = _reply(
+        RecordDict(
+            {  # as messages.stats_reply
+                STATS_KEY: ArrayRecord(local_stats(X).to_arrays()),
+                CONFIG_KEY: ConfigRecord({"columns": [f"x_mean_abs_{i}" for i in range(cfg.n_inputs)]}),
+                METRICS_KEY: MetricRecord({PARTITION_KEY: 2, WEIGHT_KEY: 38, "num-holdout": 10}),
+            }
+        )
+    )
+    sketch = _reply(
+        RecordDict(
+            {  # as messages.sketch_reply
+                SKETCH_KEY: ArrayRecord(ErrorSketch.from_errors(np.abs(X[:, 0]) + 1e-3).to_arrays()),
+                METRICS_KEY: MetricRecord({PARTITION_KEY: 2, WEIGHT_KEY: 10}),
+            }
+        )
+    )
     print(f"once a run: scaler moments {stats} B, error sketch {sketch} B")
 
 

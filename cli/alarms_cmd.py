@@ -24,17 +24,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "alarms", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dataset", type=Path, default=argparse.SUPPRESS,
-                        help="processed dataset directory (default: data/processed/demo)")
-    parser.add_argument("--dataset", type=Path, default=None, help="processed dataset directory "
-                        "(default: data/processed/demo)")
+    common.add_argument(
+        "--dataset",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="processed dataset directory (default: data/processed/demo)",
+    )
+    parser.add_argument(
+        "--dataset", type=Path, default=None, help="processed dataset directory (default: data/processed/demo)"
+    )
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     actions.add_parser("list", parents=[common], help="alarms per site and their clearances (the default)")
-    clear = actions.add_parser("clear", parents=[common], help="clear the alarms of SITE/BEARING",
-                               description="Clear the alarms of SITE/BEARING (see bearing alarms --help).")
+    clear = actions.add_parser(
+        "clear",
+        parents=[common],
+        help="clear the alarms of SITE/BEARING",
+        description="Clear the alarms of SITE/BEARING (see bearing alarms --help).",
+    )
     clear.add_argument("site", metavar="SITE/BEARING", help="e.g. site_2/B3 (a site of the scores)")
-    clear.add_argument("--until", type=datetime.fromisoformat, default=None,
-                       help="data time up to which alarms are cleared (default: the site's latest scored snapshot)")
+    clear.add_argument(
+        "--until",
+        type=datetime.fromisoformat,
+        default=None,
+        help="data time up to which alarms are cleared (default: the site's latest scored snapshot)",
+    )
     clear.add_argument("--by", default=None, help="who clears (default: the login name)")
     clear.add_argument("--note", default="", help="why (recorded)")
     parser.set_defaults(func=run)
@@ -82,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
         n, first, last = per_site.loc[site] if site in per_site.index else (0, None, None)
         entry = clearances.get(site)
         cleared = f"until {entry['until']} by {entry['by']} at {entry['at']}" if entry else "-"
-        stamp = (lambda t: "-" if t is None else f"{pd.Timestamp(t):%Y-%m-%d %H:%M:%S}")
+
+        def stamp(t):
+            return "-" if t is None else f"{pd.Timestamp(t):%Y-%m-%d %H:%M:%S}"
+
         print(f"{site:<20} {int(n):>15}  {stamp(first):<19}  {stamp(last):<19}  {cleared}")
     return 0

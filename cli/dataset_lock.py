@@ -34,7 +34,11 @@ def _seconds(text: str) -> float:
 def add_lock_timeout_argument(parser: argparse.ArgumentParser) -> None:
     """``--lock-timeout S`` (``args.lock_timeout_s``): how long to wait for another run holding the lock."""
     parser.add_argument(
-        "--lock-timeout", dest="lock_timeout_s", type=_seconds, default=LOCK_TIMEOUT_S, metavar="S",
+        "--lock-timeout",
+        dest="lock_timeout_s",
+        type=_seconds,
+        default=LOCK_TIMEOUT_S,
+        metavar="S",
         help=f"seconds to wait while another run (e.g. the pipeline) holds the dataset's {PIPELINE_LOCK_FILE}; "
         f"exit code {LOCKED_EXIT_CODE} after that (default: %(default)g)",
     )
@@ -49,8 +53,7 @@ def dataset_lock(dataset_dir: Path, timeout_s: float, prog: str) -> Iterator[Pat
     with exclusive_lock(
         dataset_dir / PIPELINE_LOCK_FILE,
         timeout_s=timeout_s,
-        on_wait=lambda lock: print(f"{prog}: another run holds {lock}: waiting up to {timeout_s:g} s",
-                                   file=sys.stderr),
+        on_wait=lambda lock: print(f"{prog}: another run holds {lock}: waiting up to {timeout_s:g} s", file=sys.stderr),
     ) as lock:
         yield lock
 

@@ -29,7 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--site", default=None, help="evaluate only this site")
     parser.add_argument("--ground-truth", type=Path, default=None, help="ground_truth.json of a demo dataset")
     parser.add_argument(
-        "--per-bearing", metavar="DIR", type=Path, default=None,
+        "--per-bearing",
+        metavar="DIR",
+        type=Path,
+        default=None,
         help="SCORES are of this per-bearing dataset: fold them back to its source's snapshots and sites first",
     )
     parser.add_argument("--plot", type=Path, default=None, help="write the score plot to this PNG")

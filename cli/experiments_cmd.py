@@ -21,11 +21,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("experiments", help=HELP, description=DESCRIPTION)
     parser.add_argument("--preset", choices=("seed", "demo"), default="demo", help="data and recipe (default: demo)")
     parser.add_argument("--raw-dir", type=Path, default=None, help="raw IMS directory (see above)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="report directory (default: reports/experiments/<preset>)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report directory (default: reports/experiments/<preset>)"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="federated rounds (default: 20)")
-    parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
-                        help="run only these experiments (e.g. centralized fedavg-iid fedavg-quantity)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="run only these experiments (e.g. centralized fedavg-iid fedavg-quantity)",
+    )
     parser.add_argument("--clients", type=int, default=10, help="demo: clients of non-natural partitions (default: 10)")
     parser.add_argument("--sites", type=int, default=4, help="demo: sites of generated data (default: 4)")
     parser.add_argument("--files", type=int, default=60, help="demo: files per generated site (default: 60)")
@@ -53,9 +59,14 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = experiments_flow(
-            preset=args.preset, raw_dir=None if args.raw_dir is None else str(args.raw_dir),
-            out=None if args.out is None else str(args.out), rounds=args.rounds, experiments=args.only,
-            clients=args.clients, demo_sites=args.sites, demo_files=args.files,
+            preset=args.preset,
+            raw_dir=None if args.raw_dir is None else str(args.raw_dir),
+            out=None if args.out is None else str(args.out),
+            rounds=args.rounds,
+            experiments=args.only,
+            clients=args.clients,
+            demo_sites=args.sites,
+            demo_files=args.files,
         )
     except ValidationError as exc:
         print(f"bearing experiments: error: {printable(validation_message(exc))}", file=sys.stderr)
@@ -66,8 +77,10 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - a failed run is one line + exit code, the flow logged the traceback
         print(f"bearing experiments: failed: {printable(str(exc))}", file=sys.stderr)
         return 1
-    print(f"summary: {printable(result['summary_csv'])}\nreport:  {printable(result['report_html'])}\n"
-          f"         {printable(result['report_md'])}")
+    print(
+        f"summary: {printable(result['summary_csv'])}\nreport:  {printable(result['report_html'])}\n"
+        f"         {printable(result['report_md'])}"
+    )
     return 0
 
 

@@ -63,24 +63,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--clients", type=int, required=True, help="sites expected in the federation")
     add_training_arguments(parser)
     parser.add_argument(
-        "--out", dest="model_dir", type=Path, required=True,
+        "--out",
+        dest="model_dir",
+        type=Path,
+        required=True,
         help="model directory: new, empty or an earlier model (anything else is refused)",
     )
-    parser.add_argument("--host", type=ip_address, default=LOOPBACK,
-                        help="IP address the Fleet API (the sites' address) binds (default: 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        type=ip_address,
+        default=LOOPBACK,
+        help="IP address the Fleet API (the sites' address) binds (default: 127.0.0.1)",
+    )
     parser.add_argument("--port", type=port_number, default=9093, help="Fleet API port (default: 9093)")
-    parser.add_argument("--control-port", type=port_number, default=9095,
-                        help="Control and Runtime API port, on 127.0.0.1 only (default: 9095)")
+    parser.add_argument(
+        "--control-port",
+        type=port_number,
+        default=9095,
+        help="Control and Runtime API port, on 127.0.0.1 only (default: 9095)",
+    )
     security = parser.add_mutually_exclusive_group(required=True)
     security.add_argument("--ssl-ca-certfile", type=Path, help="CA certificate (TLS; with --ssl-certfile/keyfile)")
     security.add_argument("--insecure", action="store_true", help="plain HTTP, for local tests only")
-    parser.add_argument("--i-know-this-is-insecure", dest="insecure_consent", action="store_true",
-                        help="allow --insecure on a non-loopback --host (unencrypted, unauthenticated sites)")
+    parser.add_argument(
+        "--i-know-this-is-insecure",
+        dest="insecure_consent",
+        action="store_true",
+        help="allow --insecure on a non-loopback --host (unencrypted, unauthenticated sites)",
+    )
     parser.add_argument("--ssl-certfile", type=Path, default=None, help="SuperLink TLS certificate")
     parser.add_argument("--ssl-keyfile", type=Path, default=None, help="SuperLink TLS private key")
     parser.add_argument("--enable-supernode-auth", action="store_true", help="admit registered sites only")
-    parser.add_argument("--timeout", type=positive_seconds, default=6 * 3600.0,
-                        help="give up after this many seconds (default: 21600)")
+    parser.add_argument(
+        "--timeout", type=positive_seconds, default=6 * 3600.0, help="give up after this many seconds (default: 21600)"
+    )
     parser.add_argument("--logs", type=Path, default=Path("reports/federate"), help="SuperLink log directory")
     parser.set_defaults(func=run)
 
@@ -101,9 +117,11 @@ def security_problem(args: argparse.Namespace) -> str | None:
     """Why the address/security combination is refused (``None`` if acceptable)."""
     loopback = ipaddress.ip_address(args.host).is_loopback
     if args.insecure and not loopback and not args.insecure_consent:
-        return (f"--insecure on --host {args.host} would serve unencrypted, unauthenticated federated traffic "
-                "beyond this host; use TLS (--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile), or add "
-                "--i-know-this-is-insecure")
+        return (
+            f"--insecure on --host {args.host} would serve unencrypted, unauthenticated federated traffic "
+            "beyond this host; use TLS (--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile), or add "
+            "--i-know-this-is-insecure"
+        )
     if args.insecure_consent and not args.insecure:
         return "--i-know-this-is-insecure only goes with --insecure"
     if args.control_port == args.port and (loopback or ipaddress.ip_address(args.host).is_unspecified):
@@ -144,8 +162,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_dir(args.model_dir, MODEL_KIND)  # before the SuperLink: the model is saved hours later
         cfg = federated_config(args)
         tls = None if args.insecure else TlsFiles(args.ssl_ca_certfile, args.ssl_certfile, args.ssl_keyfile)
-        cmd = superlink_command(args.host, args.port, tls, args.enable_supernode_auth,
-                                control_port=args.control_port)
+        cmd = superlink_command(args.host, args.port, tls, args.enable_supernode_auth, control_port=args.control_port)
         if tls is not None:
             tls.check()
         check_training_output(args.model_dir)  # not over a registry or a published version
@@ -163,8 +180,11 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.federated.simulation import GLOBAL
 
     if args.insecure:
-        print(f"bearing federate: warning: --insecure: the Fleet API on {args.host}:{args.port} is plain HTTP "
-              "(model updates unencrypted, sites not authenticated); for local tests only", file=sys.stderr)
+        print(
+            f"bearing federate: warning: --insecure: the Fleet API on {args.host}:{args.port} is plain HTTP "
+            "(model updates unencrypted, sites not authenticated); for local tests only",
+            file=sys.stderr,
+        )
     env = flower_env()
     control = f"{LOOPBACK}:{args.control_port}"
     write_connection(control)
@@ -175,8 +195,11 @@ def run(args: argparse.Namespace) -> int:
             wait_for_log(superlink, READY, timeout_s=120)
         except RuntimeError:
             return error(f"the SuperLink did not start; see {superlink.log_path}", 1)
-        print(f"SuperLink: Fleet API on {args.host}:{args.port} (sites), Control API on {control} (this host "
-              f"only); waiting for {cfg.num_clients} sites (log: {superlink.log_path})", flush=True)
+        print(
+            f"SuperLink: Fleet API on {args.host}:{args.port} (sites), Control API on {control} (this host "
+            f"only); waiting for {cfg.num_clients} sites (log: {superlink.log_path})",
+            flush=True,
+        )
         try:
             run_id = submit_run({**cfg.to_run_config(), "out-dir": str(model_dir)}, env=env)
             status = wait_for_run(run_id, args.timeout, env=env)

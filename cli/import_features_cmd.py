@@ -37,7 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("import-features", help=HELP, description=DESCRIPTION)
     parser.add_argument("table", metavar="TABLE", type=Path, help="per-file feature table (.csv)")
     parser.add_argument(
-        "--out", dest="out_dir", metavar="DIR", type=Path, required=True,
+        "--out",
+        dest="out_dir",
+        metavar="DIR",
+        type=Path,
+        required=True,
         help="output dataset dir: new, empty or an earlier import of the same layout",
     )
     parser.add_argument("--site", default=None, help="site name (default: the table's name without _<feature>)")
@@ -75,9 +79,13 @@ def run(args: argparse.Namespace) -> int:
         message = validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
         print(f"bearing import-features: error: {printable(message)}", file=sys.stderr)
         return 2
-    print(printable(f"imported {result.rows} snapshots of site {result.site} ({result.first} .. {result.last}), "
-                    f"channels {', '.join(result.channels)}, feature {result.feature} -> "
-                    f"{args.out_dir if layout is None else layout.out_dir}"))
+    print(
+        printable(
+            f"imported {result.rows} snapshots of site {result.site} ({result.first} .. {result.last}), "
+            f"channels {', '.join(result.channels)}, feature {result.feature} -> "
+            f"{args.out_dir if layout is None else layout.out_dir}"
+        )
+    )
     if layout is not None:
         print(printable(describe(layout, args.log)))
     return 0

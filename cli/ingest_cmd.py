@@ -21,24 +21,33 @@ samples/<rel>.parquet, features.parquet, quarantine.parquet, manifest.parquet an
 Re-runs only parse new or modified files; deleted files disappear from the outputs. Bad files never stop
 the run: they are listed in quarantine.parquet with a precise reason, and the exit code stays 0.
 Waits while a pipeline run (or validate / score) holds OUT_DIR's dataset lock; exit code 3 if it is still held
-after --lock-timeout. Prints one summary line 'ingested N, unchanged M, quarantined Q' on stdout; progress goes to stderr."""
+after --lock-timeout. Prints one summary line 'ingested N, unchanged M, quarantined Q' on stdout; progress goes to
+stderr."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("ingest", help=HELP, description=DESCRIPTION)
     parser.add_argument("raw_dir", metavar="RAW_DIR", type=Path, help="directory of raw IMS files")
     parser.add_argument(
-        "--out", dest="out_dir", metavar="OUT_DIR", type=Path, default=None,
+        "--out",
+        dest="out_dir",
+        metavar="OUT_DIR",
+        type=Path,
+        default=None,
         help="output directory (default: data/processed/<name of RAW_DIR>)",
     )
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     parser.add_argument("--batch-size", type=int, default=None, help="files per worker task (default: 32)")
     parser.add_argument(
-        "--channels", type=int, choices=(4, 8), default=None,
+        "--channels",
+        type=int,
+        choices=(4, 8),
+        default=None,
         help="channels per file (default: from an existing dataset.json, else the first valid file)",
     )
     parser.add_argument(
-        "--follow-symlinks", action="store_true",
+        "--follow-symlinks",
+        action="store_true",
         help="read files that RAW_DIR links to wherever they are (DVC-style folders linking into a cache); each "
         "link is resolved once, its target recorded in manifest.parquet (default: links leaving RAW_DIR are "
         "quarantined, never read)",
@@ -98,7 +107,7 @@ def _first_error(exc: ValidationError) -> str:
 class _ProgressBar:
     """rich progress on stderr: files done/total and MB/s of raw data, refreshed after each batch."""
 
-    def __enter__(self) -> "_ProgressBar":
+    def __enter__(self) -> _ProgressBar:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

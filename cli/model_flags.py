@@ -64,8 +64,9 @@ def _default_text(value: Any) -> str:
     return str(value)
 
 
-def add_field_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, key: str, info: FieldInfo,
-                       aliases: Iterable[str] = ()) -> None:
+def add_field_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, key: str, info: FieldInfo, aliases: Iterable[str] = ()
+) -> None:
     """``--<key>`` for the field ``info``; ``aliases``: older spellings, accepted but not shown in ``--help``."""
     kwargs = _argument(info)
     description = (info.description or info.title or "").replace("%", "%%")
@@ -75,8 +76,12 @@ def add_field_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         parser.add_argument(alias, dest=key, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, fields: Mapping[str, FieldInfo],
-                        prefix: str = "", aliases: Mapping[str, Iterable[str]] | None = None) -> None:
+def add_model_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    fields: Mapping[str, FieldInfo],
+    prefix: str = "",
+    aliases: Mapping[str, Iterable[str]] | None = None,
+) -> None:
     """One flag per field (``model.model_fields``): ``--<prefix><name>``."""
     for name, info in fields.items():
         add_field_argument(parser, prefix + name, info, (aliases or {}).get(prefix + name, ()))

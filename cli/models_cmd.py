@@ -37,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     actions.add_parser("list", parents=[root_flag], help="list published versions by dataset (the default)")
     promote = actions.add_parser(
-        "promote", parents=[root_flag], help="make VERSION the champion ('latest') of DATASET",
+        "promote",
+        parents=[root_flag],
+        help="make VERSION the champion ('latest') of DATASET",
         description="Make VERSION, a published version of DATASET, the champion of DATASET "
         "(data/models/DATASET/latest). Example: bearing models promote demo 20260101T020000Z-1a2b3c4d",
     )
@@ -64,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"bearing models promote: error: {exc}", file=sys.stderr)
             return 2
         before = decision.champion or "none"
-        print(f"{registry_dir(models_root, args.dataset) / LATEST} -> {args.version} (was {before}): "
-              f"{decision.reason}")
+        print(f"{registry_dir(models_root, args.dataset) / LATEST} -> {args.version} (was {before}): {decision.reason}")
         return 0
     versions = list_versions(models_root)
     if not versions:
@@ -73,8 +74,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     header = ("", "version", "created (UTC)", "strategy", "eval MSE", "threshold")
     rows = {
-        v.path: ("*" if v.is_latest else "", v.version, f"{v.created:%Y-%m-%d %H:%M:%S}", v.strategy,
-                 _fmt(v.eval_mse), _fmt(v.threshold))
+        v.path: (
+            "*" if v.is_latest else "",
+            v.version,
+            f"{v.created:%Y-%m-%d %H:%M:%S}",
+            v.strategy,
+            _fmt(v.eval_mse),
+            _fmt(v.threshold),
+        )
         for v in versions
     }
     widths = [max(len(str(r[i])) for r in (header, *rows.values())) for i in range(len(header))]
@@ -86,8 +93,11 @@ def run(args: argparse.Namespace) -> int:
         group = [v for v in versions if v.dataset == dataset]
         champion = next((v.version for v in group if v.is_latest), None)
         link = registry_dir(models_root, dataset) / LATEST
-        print(("\n" if i else "") + f"dataset {dataset}: " + (f"champion {champion} ({link})" if champion
-                                                             else "no champion promoted yet"))
+        print(
+            ("\n" if i else "")
+            + f"dataset {dataset}: "
+            + (f"champion {champion} ({link})" if champion else "no champion promoted yet")
+        )
         print(line(header))
         for v in group:
             print(line(rows[v.path]))

@@ -17,7 +17,8 @@ HELP = "Write the per-bearing layout of a processed dataset (one row and one sit
 DESCRIPTION = """\
 Read the processed dataset DATASET_DIR (bearing ingest, or bearing import-features) and write DIR: one row per
 (snapshot, bearing), site <site>/<bearing>, inputs <axis>_<feature> (a_mean_abs, b_mean_abs on 8-channel IMS data),
-each bearing standardised by the moments of its own healthy training rows (--train-fraction, --holdout-mode: use the same
+each bearing standardised by the moments of its own healthy training rows (--train-fraction, --holdout-mode: use the
+same
 values when training), optionally after a natural log (--log). Train DIR with --partition natural (one client per
 bearing) and a bottleneck narrower than the inputs (--hidden 4,1,4); an alarm's site then names the bearing.
 DIR must be new, empty or an earlier per-bearing layout (anything else, the input included, is refused: exit 2);
@@ -28,7 +29,9 @@ def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the per-bearing layout (shared with ``bearing import-features --per-bearing``)."""
     parser.add_argument("--log", action="store_true", help="natural log of the inputs before standardising")
     parser.add_argument(
-        "--train-fraction", type=float, default=0.2,
+        "--train-fraction",
+        type=float,
+        default=0.2,
         help="healthy period = earliest fraction of each site's snapshots (default: 0.2)",
     )
     add_holdout_argument(parser)
@@ -38,7 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("per-bearing", help=HELP, description=DESCRIPTION)
     parser.add_argument("dataset_dir", metavar="DATASET_DIR", type=Path, help="processed dataset")
     parser.add_argument(
-        "--out", dest="out_dir", metavar="DIR", type=Path, required=True,
+        "--out",
+        dest="out_dir",
+        metavar="DIR",
+        type=Path,
+        required=True,
         help="output dataset dir: new, empty or an earlier per-bearing layout",
     )
     parser.add_argument("--feature", default="mean_abs", help="feature taken for each channel (default: mean_abs)")
@@ -60,8 +67,10 @@ def write_layout(dataset_dir: Path, args: argparse.Namespace) -> PerBearingResul
 
 
 def describe(layout: PerBearingResult, log: bool) -> str:
-    return (f"per-bearing layout: sites {', '.join(layout.sites)}, inputs {', '.join(layout.input_columns)}"
-            f"{' (ln)' if log else ''}, {layout.rows} rows -> {layout.out_dir}")
+    return (
+        f"per-bearing layout: sites {', '.join(layout.sites)}, inputs {', '.join(layout.input_columns)}"
+        f"{' (ln)' if log else ''}, {layout.rows} rows -> {layout.out_dir}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,8 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = ("Run the whole pipeline (ingest -> validate -> federated training + threshold -> publish -> score -> "
-        "evaluate -> report) as one Prefect flow run.")
+HELP = (
+    "Run the whole pipeline (ingest -> validate -> federated training + threshold -> publish -> score -> "
+    "evaluate -> report) as one Prefect flow run."
+)
 
 
 def _retry_hint(state: object) -> str:
@@ -37,8 +39,11 @@ def _retry_hint(state: object) -> str:
 
 
 RUN_ALIASES: dict[str, tuple[str, ...]] = {
-    "out_dir": ("--out",), "relative_inputs": ("--relative",), "holdout_mode": ("--holdout",),
-    "proximal_mu": ("--mu",), "lock_timeout_s": ("--lock-timeout",),
+    "out_dir": ("--out",),
+    "relative_inputs": ("--relative",),
+    "holdout_mode": ("--holdout",),
+    "proximal_mu": ("--mu",),
+    "lock_timeout_s": ("--lock-timeout",),
 }
 """Older spellings of some flags, still accepted (hidden from --help); the alarm rule's are in cli.score_cmd."""
 
@@ -81,8 +86,11 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.validation import ValidationFailed
     from flows.pipeline import pipeline_flow
 
-    state = pipeline_flow(**{section: getattr(params, section) for section in SECTIONS},
-                          lock_timeout_s=params.lock_timeout_s, return_state=True)
+    state = pipeline_flow(
+        **{section: getattr(params, section) for section in SECTIONS},
+        lock_timeout_s=params.lock_timeout_s,
+        return_state=True,
+    )
     try:
         out = state.result()
     except ValidationFailed as exc:

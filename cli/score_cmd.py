@@ -37,25 +37,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("score", help=HELP, description=DESCRIPTION)
     parser.add_argument("dataset_dir", metavar="DATASET_DIR", type=Path, help="processed dataset (bearing ingest)")
     parser.add_argument(
-        "--model", default="latest",
+        "--model",
+        default="latest",
         help="'latest' (this dataset's champion), a published version, or a model directory (default: latest)",
     )
     parser.add_argument(
-        "--out", type=Path, default=None,
+        "--out",
+        type=Path,
+        default=None,
         help="output file, Parquet or .csv (default: DATASET_DIR/scores.parquet)",
     )
     add_alarm_arguments(parser)
     parser.add_argument(
-        "--calibrate", metavar="CLIENTS_DIR", type=Path, default=None,
+        "--calibrate",
+        metavar="CLIENTS_DIR",
+        type=Path,
+        default=None,
         help="(re)calibrate the threshold on this partition's holdout rows first (writes threshold.json)",
     )
     threshold = {  # the names of `bearing run`'s threshold flags; the older spellings stay accepted (hidden)
-        ("--threshold-method", "--method"): {"dest": "method", "choices": ("quantile", "mean_kstd"),
-                                             "default": "quantile", "help": "with --calibrate"},
-        ("--threshold-quantile", "--quantile"): {"dest": "quantile", "type": float, "default": 0.995, "metavar": "Q",
-                                                 "help": "with --calibrate --threshold-method quantile"},
-        ("--threshold-k", "--kstd"): {"dest": "kstd", "type": float, "default": 3.0, "metavar": "K",
-                                      "help": "with --calibrate --threshold-method mean_kstd: mean + k·σ"},
+        ("--threshold-method", "--method"): {
+            "dest": "method",
+            "choices": ("quantile", "mean_kstd"),
+            "default": "quantile",
+            "help": "with --calibrate",
+        },
+        ("--threshold-quantile", "--quantile"): {
+            "dest": "quantile",
+            "type": float,
+            "default": 0.995,
+            "metavar": "Q",
+            "help": "with --calibrate --threshold-method quantile",
+        },
+        ("--threshold-k", "--kstd"): {
+            "dest": "kstd",
+            "type": float,
+            "default": 3.0,
+            "metavar": "K",
+            "help": "with --calibrate --threshold-method mean_kstd: mean + k·σ",
+        },
     }
     for (name, alias), kwargs in threshold.items():
         parser.add_argument(name, **kwargs)
@@ -118,15 +138,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         model_dir = resolve_model(DataPaths().models_root, args.model, dataset=dataset_name(args.dataset_dir))
         if args.calibrate is not None and is_complete(model_dir):
-            raise ValueError(f"--calibrate would rewrite the published version {model_dir.resolve().name} in place "
-                             "(its hashes and model card would go stale): calibrate a training output "
-                             "(`bearing train --out DIR`) and publish that instead")
+            raise ValueError(
+                f"--calibrate would rewrite the published version {model_dir.resolve().name} in place "
+                "(its hashes and model card would go stale): calibrate a training output "
+                "(`bearing train --out DIR`) and publish that instead"
+            )
         with dataset_lock(args.dataset_dir, args.lock_timeout_s, "bearing score"):
             if args.calibrate is not None:
                 cfg = ThresholdConfig(method=args.method, quantile=args.quantile, k=args.kstd, per_site=args.per_site)
                 record = calibrate_from_clients(model_dir, args.calibrate, cfg)
-                print(f"calibrated: threshold {record.threshold:.6g} ({cfg.describe()}, "
-                      f"{record.calibration_size} rows)")
+                print(
+                    f"calibrated: threshold {record.threshold:.6g} ({cfg.describe()}, {record.calibration_size} rows)"
+                )
             result = update_scores(args.dataset_dir, model_dir, args.out, alarms)
     except LockTimeout as exc:
         return report_lock_timeout(exc, "bearing score")
@@ -141,8 +164,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"bearing score: error: {exc}", file=sys.stderr)
         return 2
     scores = result.scores
-    print(f"model {model_dir}: scored {result.n_scored} new snapshots, reused {result.n_reused}; "
-          f"{int(scores['is_anomaly'].sum())} over threshold, {int(scores['alarm'].sum())} in alarm")
+    print(
+        f"model {model_dir}: scored {result.n_scored} new snapshots, reused {result.n_reused}; "
+        f"{int(scores['is_anomaly'].sum())} over threshold, {int(scores['alarm'].sum())} in alarm"
+    )
     print_alarm_summary(alarm_summary(scores))
     print(f"scores: {result.path}")
     return 0
@@ -154,5 +179,7 @@ def print_alarm_summary(summary: pd.DataFrame) -> None:
     for row in summary.itertuples():
         never = row.first_alarm is None or str(row.first_alarm) == "NaT"
         first = "-" if never else f"{row.first_alarm:%Y-%m-%d %H:%M:%S}"
-        print(f"{row.site:<16} {row.snapshots:>9} {row.alarm_snapshots:>7}  {first:<20} "
-              f"{row.first_alarm_file or '-':<20} {row.top_channel or '-'}")
+        print(
+            f"{row.site:<16} {row.snapshots:>9} {row.alarm_snapshots:>7}  {first:<20} "
+            f"{row.first_alarm_file or '-':<20} {row.top_channel or '-'}"
+        )

@@ -59,8 +59,11 @@ def run(args: argparse.Namespace) -> int:
         args.superlink, clients_dir, args.partition_id, args.port, args.root_certificates, args.auth_private_key
     )
     if args.insecure:
-        print(f"bearing site: warning: --insecure: plain HTTP to {args.superlink} (model updates unencrypted, the "
-              "SuperLink not authenticated); for local tests only", file=sys.stderr)
+        print(
+            f"bearing site: warning: --insecure: plain HTTP to {args.superlink} (model updates unencrypted, the "
+            "SuperLink not authenticated); for local tests only",
+            file=sys.stderr,
+        )
     print("starting: " + " ".join(cmd), file=sys.stderr)
     try:
         return subprocess.call(cmd, env=flower_env())

@@ -32,7 +32,8 @@ def add_holdout_argument(parser: argparse.ArgumentParser | argparse._ArgumentGro
     shared by train, per-bearing and import-features; ``--holdout`` is its older spelling (hidden)."""
     kwargs = {"dest": "holdout", "choices": ("last", "interleaved"), "default": "last"}
     parser.add_argument(
-        "--holdout-mode", **kwargs,
+        "--holdout-mode",
+        **kwargs,
         help="healthy rows held back for calibration: 'last' = the latest 20 %% of each client's; 'interleaved' = "
         "every 5th, spread over the healthy period (default: last)",
     )
@@ -50,8 +51,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-epochs", type=int, default=10, help="client epochs per round (default: 10)")
     parser.add_argument("--lr", type=float, default=1e-2, help="client learning rate (default: 1e-2)")
     parser.add_argument("--batch-size", type=int, default=32, help="client mini-batch size (default: 32)")
-    parser.add_argument("--proximal-mu", dest="mu", type=float, default=0.01,
-                        help="FedProx proximal weight (default: 0.01)")
+    parser.add_argument(
+        "--proximal-mu", dest="mu", type=float, default=0.01, help="FedProx proximal weight (default: 0.01)"
+    )
     parser.add_argument("--mu", type=float, default=0.01, help=argparse.SUPPRESS)  # older spelling
     parser.add_argument("--seed", type=int, default=0, help="seed of partitioning, init and shuffling (default: 0)")
     parser.add_argument(
@@ -61,32 +63,46 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--activation", choices=("elu", "relu", "tanh"), default="elu", help="hidden activation (default: elu)"
     )
     parser.add_argument(
-        "--threshold-method", choices=("quantile", "mean_kstd", "max"), default="quantile",
+        "--threshold-method",
+        choices=("quantile", "mean_kstd", "max"),
+        default="quantile",
         help="alarm threshold from healthy holdout errors (default: quantile)",
     )
     parser.add_argument("--threshold-quantile", type=float, default=0.995, help="quantile q (default: 0.995)")
     parser.add_argument("--threshold-k", type=float, default=3.0, help="k of mean + k*std (default: 3)")
-    parser.add_argument("--threshold-margin", type=float, default=0.0,
-                        help="margin in healthy std of the inputs: threshold (sqrt(t) + margin)^2 (default: 0)")
+    parser.add_argument(
+        "--threshold-margin",
+        type=float,
+        default=0.0,
+        help="margin in healthy std of the inputs: threshold (sqrt(t) + margin)^2 (default: 0)",
+    )
     parser.add_argument("--min-fit-fraction", type=float, default=0.5, help="successful replies needed per round")
     parser.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait for replies per step")
     parser.add_argument(
-        "--outlier-factor", type=float, default=10.0,
+        "--outlier-factor",
+        type=float,
+        default=10.0,
         help="screening of client replies against the median over clients: updates with a norm above this x the "
         "round's median, row counts, scaler moments and calibration sketches far outside the others'; 0 = off "
         "(default: 10)",
     )
     parser.add_argument(
-        "--norm-action", choices=("reject", "clip"), default="reject",
+        "--norm-action",
+        choices=("reject", "clip"),
+        default="reject",
         help="an update above the norm bound is left out or scaled down onto it (default: reject)",
     )
     parser.add_argument(
-        "--clipping-norm", type=float, default=0.0,
+        "--clipping-norm",
+        type=float,
+        default=0.0,
         help="absolute bound on every update's L2 norm, also the clipping norm of --dp-noise-multiplier (default: 0 = "
         "none)",
     )
     parser.add_argument(
-        "--dp-noise-multiplier", type=float, default=0.0,
+        "--dp-noise-multiplier",
+        type=float,
+        default=0.0,
         help="central differential privacy: Gaussian noise of std this x clipping norm / clients on every aggregate "
         "(default: 0 = off; needs --clipping-norm)",
     )
@@ -143,8 +159,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help=HELP, description=DESCRIPTION)
     parser.add_argument("dataset_dir", metavar="DATASET_DIR", type=Path, help="processed dataset (bearing ingest)")
     parser.add_argument("--partition", choices=PARTITIONS, default="iid", help="how rows are split among clients")
-    parser.add_argument("--clients", type=int, default=4,
-                        help="number of simulated clients (default: 4; natural: one per site, from the data)")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=4,
+        help="number of simulated clients (default: 4; natural: one per site, from the data)",
+    )
     add_training_arguments(parser)
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (default: 0.5)")
     parser.add_argument("--feature", default="mean_abs", help="feature used per channel (default: mean_abs)")
@@ -157,7 +177,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_holdout_argument(parser)
     parser.add_argument(
-        "--out", dest="model_dir", type=Path, default=None,
+        "--out",
+        dest="model_dir",
+        type=Path,
+        default=None,
         help="model directory: new, empty or an earlier model (anything else is refused)",
     )
     parser.set_defaults(func=run)
@@ -176,8 +199,8 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.partition.build import partition_dataset
     from bearing_core.partition.natural import natural_clients
     from bearing_core.partition.writer import MANIFEST_FILE, scheme_dir
-    from cli.console import printable
     from bearing_core.registry import check_training_output, dataset_name
+    from cli.console import printable
 
     try:
         if args.model_dir is not None:  # before partitioning: a directory the model may not replace stops the run
@@ -194,18 +217,24 @@ def run(args: argparse.Namespace) -> int:
             cfg = cfg.model_copy(update={"num_clients": clients})
         manifest = partition_dataset(args.dataset_dir, args.partition, clients, args.seed, input_cfg, params)
         clients_dir = scheme_dir(args.dataset_dir, args.partition)
-        model_dir = check_training_output(args.model_dir or (  # default: in the dataset's registry, unpublished
-            DataPaths().models_root / dataset_name(args.dataset_dir)
-            / model_version(sha256_file(clients_dir / MANIFEST_FILE), cfg)
-        ))
+        model_dir = check_training_output(
+            args.model_dir
+            or (  # default: in the dataset's registry, unpublished
+                DataPaths().models_root
+                / dataset_name(args.dataset_dir)
+                / model_version(sha256_file(clients_dir / MANIFEST_FILE), cfg)
+            )
+        )
     except ValidationError as exc:
         print(f"bearing train: error: {printable(validation_message(exc))}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as exc:
         print(f"bearing train: error: {printable(exc)}", file=sys.stderr)
         return 2
-    print(f"partition {args.partition}: {manifest.num_clients} clients, train rows "
-          f"{[c.train_rows for c in manifest.clients]}, holdout rows {[c.holdout_rows for c in manifest.clients]}")
+    print(
+        f"partition {args.partition}: {manifest.num_clients} clients, train rows "
+        f"{[c.train_rows for c in manifest.clients]}, holdout rows {[c.holdout_rows for c in manifest.clients]}"
+    )
     try:
         result = run_federated(clients_dir, cfg, model_dir)
     except Exception as exc:  # noqa: BLE001 - report any training failure as one line + exit code
@@ -214,13 +243,18 @@ def run(args: argparse.Namespace) -> int:
     print_table(result.metrics, GLOBAL, f"federated ({cfg.strategy})")
     print_table(result.metrics, CENTRALIZED, "centralized baseline")
     for failure in result.failures:
-        print(printable(f"excluded: round {failure['round']} {failure['step']} client {failure['client']}: "
-                        f"{failure['reason']}"))
+        print(
+            printable(
+                f"excluded: round {failure['round']} {failure['step']} client {failure['client']}: {failure['reason']}"
+            )
+        )
     from bearing_core.threshold import load_threshold
 
     threshold = load_threshold(result.model_dir)
-    print(f"threshold: {threshold.threshold:.6g} ({threshold.config.describe()} of {threshold.calibration_size} "
-          "healthy holdout errors, merged from the clients' sketches)")
+    print(
+        f"threshold: {threshold.threshold:.6g} ({threshold.config.describe()} of {threshold.calibration_size} "
+        "healthy holdout errors, merged from the clients' sketches)"
+    )
     print(f"model:     {printable(result.model_dir)}")
     print(f"metrics:   {printable(result.model_dir / 'metrics.parquet')}")
     return 0

@@ -37,8 +37,10 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("dataset_dir", type=Path, metavar="DATASET_DIR", help="processed dataset (output of bearing ingest)")
     p.add_argument("--expected-samples", type=int, help="samples per snapshot (default: dataset.json, 20480)")
-    p.add_argument("--channels", help="comma-separated expected channel names, in file order: must be the dataset's "
-                   "own (default: dataset.json)")
+    p.add_argument(
+        "--channels",
+        help="comma-separated expected channel names, in file order: must be the dataset's own (default: dataset.json)",
+    )
     p.add_argument("--range", dest="sensor_range_g", type=float, metavar="G", help="sensor range +-G g (default 10)")
     p.add_argument("--flat-std", dest="flat_std_floor_g", type=float, metavar="G",
                    help="std below this (g) = dead sensor (default 1e-4)")  # fmt: skip

@@ -107,16 +107,25 @@ def coordinator_flow(
     online = wait_for_sites_task(link["nodes"], needed, wait_for_sites_s) if keys else {}
     timings["wait for sites"] = time.monotonic() - started - sum(timings.values())
     cfg = FederatedConfig(
-        rounds=rounds, local_epochs=local_epochs, lr=lr, batch_size=batch_size, hidden=tuple(hidden),
-        activation=activation, threshold_method=threshold_method, seed=seed, num_clients=len(sites),
-        min_available_fraction=needed / len(sites), min_fit_fraction=min_fit_fraction,
+        rounds=rounds,
+        local_epochs=local_epochs,
+        lr=lr,
+        batch_size=batch_size,
+        hidden=tuple(hidden),
+        activation=activation,
+        threshold_method=threshold_method,
+        seed=seed,
+        num_clients=len(sites),
+        min_available_fraction=needed / len(sites),
+        min_fit_fraction=min_fit_fraction,
         round_timeout_s=round_timeout_s,
     )
     night = night or datetime.now(UTC).strftime("%Y-%m-%d")
     version = model_version(night + ",".join(sites), cfg)
     registry = registry_dir(models_root, fleet)
-    run = federated_round_task(str(state / "runs" / f"{night}.json"), str(registry / version),
-                               cfg.to_run_config(), run_timeout_s)
+    run = federated_round_task(
+        str(state / "runs" / f"{night}.json"), str(registry / version), cfg.to_run_config(), run_timeout_s
+    )
     timings["federated run"] = time.monotonic() - started - sum(timings.values())
     model_dir = Path(run["model_dir"])
 
@@ -126,36 +135,57 @@ def coordinator_flow(
     by_round = {int(r): sorted(int(c) for c in g["client"] if str(c).isdigit()) for r, g in metrics.groupby("round")}
     reports = read_site_reports(sites)  # tonight's (each site reports its rows before its training window)
     record = {
-        "night": night, "run_id": run["run_id"], "status": run["status"], "resumed": run["resumed"],
-        "sites": {s: {"partition_id": k, "online_at_start": online.get(s, "n/a"), "took_part": k in took_part,
-                      "validation_passed": reports[s].validation_passed if s in reports else None}
-                  for k, s in enumerate(sites)},
+        "night": night,
+        "run_id": run["run_id"],
+        "status": run["status"],
+        "resumed": run["resumed"],
+        "sites": {
+            s: {
+                "partition_id": k,
+                "online_at_start": online.get(s, "n/a"),
+                "took_part": k in took_part,
+                "validation_passed": reports[s].validation_passed if s in reports else None,
+            }
+            for k, s in enumerate(sites)
+        },
         "rounds": {str(r): [sites[k] for k in ks if k < len(sites)] for r, ks in by_round.items()},
         "failures": model.extra.get("failures", []),
     }
     record_path = state / "runs" / f"{night}-{model_dir.name}.json"
     write_json_atomic(record_path, record)
     participants = [reports[sites[k]] for k in took_part if k < len(sites) and sites[k] in reports]
-    published = publish_model(model_dir, fleet_fingerprint(fleet, participants, record_path),
-                              models_root=models_root, version=model_dir.name)
-    decision = decide_champion(participants, published.version, current_champion(models_root, fleet), needed,
-                               tolerance)
+    published = publish_model(
+        model_dir, fleet_fingerprint(fleet, participants, record_path), models_root=models_root, version=model_dir.name
+    )
+    decision = decide_champion(participants, published.version, current_champion(models_root, fleet), needed, tolerance)
     if decision["promoted"]:
         promote(models_root, fleet, published.version, decision["reason"])
     else:
-        decision = {**decision, "promoted": None,
-                    "reason": "waits for the sites' holdout MSE of both models (decided on a later night)"}
+        decision = {
+            **decision,
+            "promoted": None,
+            "reason": "waits for the sites' holdout MSE of both models (decided on a later night)",
+        }
     decisions.append(decision)
     timings["publish"] = time.monotonic() - started - sum(timings.values())
 
     sizes = _message_bytes(model)
-    markdown = _markdown(fleet, record, published.version, current_champion(models_root, fleet), decisions,
-                         metrics, sizes, timings)
-    create_markdown_artifact(key=f"fleet-{_key(fleet)}-night", markdown=markdown,
-                             description=f"Fleet {fleet}: tonight's round")
+    markdown = _markdown(
+        fleet, record, published.version, current_champion(models_root, fleet), decisions, metrics, sizes, timings
+    )
+    create_markdown_artifact(
+        key=f"fleet-{_key(fleet)}-night", markdown=markdown, description=f"Fleet {fleet}: tonight's round"
+    )
     print(markdown)
-    return {"version": published.version, "champion": current_champion(models_root, fleet), "record": record,
-            "decisions": decisions, "bytes": sizes, "timings": timings, "path": str(registry / published.version)}
+    return {
+        "version": published.version,
+        "champion": current_champion(models_root, fleet),
+        "record": record,
+        "decisions": decisions,
+        "bytes": sizes,
+        "timings": timings,
+        "path": str(registry / published.version),
+    }
 
 
 def _key(text: str) -> str:
@@ -182,29 +212,57 @@ def _message_bytes(model: Any) -> dict[str, int]:
     once a run, its scaler moments and its error sketch; metrics are a handful of scalars (a few hundred bytes)."""
     weights = [p.detach().cpu().numpy() for p in model.model.state_dict().values()]
     n_inputs = len(model.input_columns)
-    return {"parameters": int(sum(np.asarray(w).nbytes for w in weights)),
-            "scaler_moments": int(3 * n_inputs * 8 + 8), "n_parameters": int(sum(np.asarray(w).size for w in weights))}
+    return {
+        "parameters": int(sum(np.asarray(w).nbytes for w in weights)),
+        "scaler_moments": int(3 * n_inputs * 8 + 8),
+        "n_parameters": int(sum(np.asarray(w).size for w in weights)),
+    }
 
 
-def _markdown(fleet: str, record: dict, version: str, champion: str | None, decisions: list[dict],
-              metrics: pd.DataFrame, sizes: dict[str, int], timings: dict[str, float]) -> str:
-    lines = [f"# Fleet {fleet}: night {record['night']}", "",
-             (f"Flower run {record['run_id']} ({record['status']}{', resumed' if record['resumed'] else ''}); "
-              f"published `{version}`; champion `{champion}`."), "",
-             "| site | online at start | took part | validation |", "|---|---|---|---|"]
+def _markdown(
+    fleet: str,
+    record: dict,
+    version: str,
+    champion: str | None,
+    decisions: list[dict],
+    metrics: pd.DataFrame,
+    sizes: dict[str, int],
+    timings: dict[str, float],
+) -> str:
+    lines = [
+        f"# Fleet {fleet}: night {record['night']}",
+        "",
+        (
+            f"Flower run {record['run_id']} ({record['status']}{', resumed' if record['resumed'] else ''}); "
+            f"published `{version}`; champion `{champion}`."
+        ),
+        "",
+        "| site | online at start | took part | validation |",
+        "|---|---|---|---|",
+    ]
     for site, info in record["sites"].items():
         valid = {True: "passed", False: "FAILED", None: "no report"}[info["validation_passed"]]
         lines.append(f"| {site} | {info['online_at_start']} | {'yes' if info['took_part'] else 'LEFT OUT'} | {valid} |")
     lines += ["", "| round | sites that replied |", "|---|---|"]
     lines += [f"| {r} | {', '.join(s) or '-'} |" for r, s in record["rounds"].items()]
     if record["failures"]:
-        lines += ["", "Failures:", *[f"- round {f.get('round')}, {f.get('step')}: {f.get('reason')}"
-                                      for f in record["failures"]]]
+        lines += [
+            "",
+            "Failures:",
+            *[f"- round {f.get('round')}, {f.get('step')}: {f.get('reason')}" for f in record["failures"]],
+        ]
     final = metrics[metrics["client"] == GLOBAL].tail(1)
     if len(final):
         lines += ["", f"Final federated holdout MSE: {float(final['eval_mse'].iloc[0]):.5g}"]
     lines += ["", "Champion/challenger:", *[f"- {d['challenger']}: {d['reason']}" for d in decisions]]
-    lines += ["", (f"A site sends per round: model update {sizes['parameters']} bytes ({sizes['n_parameters']} "
-                   f"float32 parameters) + metrics; once a run: scaler moments {sizes['scaler_moments']} bytes and "
-                   "an error sketch."), "", "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())]
+    lines += [
+        "",
+        (
+            f"A site sends per round: model update {sizes['parameters']} bytes ({sizes['n_parameters']} "
+            f"float32 parameters) + metrics; once a run: scaler moments {sizes['scaler_moments']} bytes and "
+            "an error sketch."
+        ),
+        "",
+        "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()),
+    ]
     return "\n".join(lines) + "\n"

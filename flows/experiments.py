@@ -79,8 +79,10 @@ def experiments_flow(
     results = []
     for spec in grid.experiments:
         result = run_cached_experiment(grid, spec.name, manifest, manifest_sha256, out_dir)
-        print(f"{result.spec.name}: final eval MSE {result.final_eval_mse:.6g}, train MSE "
-              f"{result.final_train_mse:.6g}, threshold {result.threshold:.6g}, {result.wall_s:.1f} s")
+        print(
+            f"{result.spec.name}: final eval MSE {result.final_eval_mse:.6g}, train MSE "
+            f"{result.final_train_mse:.6g}, threshold {result.threshold:.6g}, {result.wall_s:.1f} s"
+        )
         results.append(result)
     paths = write_report(out_dir, results, split, grid)
     markdown = (
@@ -88,8 +90,9 @@ def experiments_flow(
         + "\n".join(f"- {line}" for line in paths.findings)
         + f"\n\nReport: {md.code(relative(paths.html))} (self-contained) and {md.code(relative(paths.markdown))}.\n"
     )
-    create_markdown_artifact(key=f"experiments-{preset}", markdown=markdown,
-                             description=f"Experiments grid summary ({preset} preset)")
+    create_markdown_artifact(
+        key=f"experiments-{preset}", markdown=markdown, description=f"Experiments grid summary ({preset} preset)"
+    )
     print(f"report: {paths.html}")
     return {
         "report_md": str(paths.markdown),

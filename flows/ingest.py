@@ -50,6 +50,8 @@ def ingest_flow(
     )
     result = state.result()
     if state.name == "Cached":  # the task logs its summary when it runs; a cache hit did no work: say so
-        print(f"ingest cached: the raw files are unchanged since {relative(result['out_dir'])} was ingested "
-              f"({result['summary']})")
+        print(
+            f"ingest cached: the raw files are unchanged since {relative(result['out_dir'])} was ingested "
+            f"({result['summary']})"
+        )
     return result

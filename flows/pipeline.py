@@ -2,7 +2,8 @@
 calibration) -> publish + champion/challenger -> score -> evaluate -> report.
 
 Each step is a task (the step flows' tasks, run inside this one flow run) cached on the *content* of its inputs,
-so re-running on unchanged data skips the work that is already done, a new raw file re-does only what depends on it, and a run that failed can be retried
+so re-running on unchanged data skips the work that is already done, a new raw file re-does only what depends on it,
+and a run that failed can be retried
 from the Prefect UI (or ``prefect flow-run retry <id> --entrypoint flows/pipeline.py:pipeline_flow``): completed
 steps come back as Cached.
 
@@ -23,7 +24,6 @@ from prefect.states import Failed, State
 from bearing_core.alarms import AlarmConfig
 from bearing_core.config import DataPaths, IngestConfig
 from bearing_core.fingerprint import sha256_file
-from bearing_core.healthy import HealthyPolicy
 from bearing_core.inputs import PER_BEARING_DIR
 from bearing_core.locking import PIPELINE_LOCK_FILE, exclusive_lock, lock_holder
 from bearing_core.model_io import WEIGHTS_FILE
@@ -79,8 +79,15 @@ def pipeline_flow(
     """
     logger = get_run_logger()
     try:
-        params = check_params({"data": data, "federated": federated, "threshold": threshold, "alarms": alarms,
-                               "lock_timeout_s": lock_timeout_s})
+        params = check_params(
+            {
+                "data": data,
+                "federated": federated,
+                "threshold": threshold,
+                "alarms": alarms,
+                "lock_timeout_s": lock_timeout_s,
+            }
+        )
     except ParameterError as exc:  # the run's state message: one line, no traceback, nothing started
         logger.error("%s", exc)
         return Failed(message=str(exc))
@@ -90,8 +97,9 @@ def pipeline_flow(
     with exclusive_lock(
         Path(dataset_out) / PIPELINE_LOCK_FILE,
         timeout_s=params.lock_timeout_s,
-        on_wait=lambda lock: logger.info("dataset %s is locked by another run (%s): waiting for it",
-                                         relative(dataset_out), lock_holder(lock)),
+        on_wait=lambda lock: logger.info(
+            "dataset %s is locked by another run (%s): waiting for it", relative(dataset_out), lock_holder(lock)
+        ),
         label=f"dataset {relative(dataset_out)}",
     ):
         return _run_pipeline(params)
@@ -107,19 +115,28 @@ def _run_pipeline(params: PipelineParams) -> dict[str, Any]:
     data, fed, thr, alarms = params.data, params.federated, params.threshold, params.alarms
     input_cfg = data.input_config()
     raw_dir, layout = data.raw_dir, data.layout
-    ingested = ingest_flow.fn(raw_dir=raw_dir, out_dir=data.out_dir or None, workers=data.workers or None,
-                              follow_symlinks=data.follow_symlinks)
+    ingested = ingest_flow.fn(
+        raw_dir=raw_dir,
+        out_dir=data.out_dir or None,
+        workers=data.workers or None,
+        follow_symlinks=data.follow_symlinks,
+    )
     dataset_dir = ingested["out_dir"]
     report = validate_flow.fn(dataset_dir=dataset_dir)
     headline = portable(report).headline()  # no absolute machine paths in reports and artifacts
     model_dataset = dataset_dir  # what the model's rows come from
     healthy = data.healthy_policy()
     scored_dir = str(Path(dataset_dir) / PER_BEARING_DIR) if layout == PER_BEARING else dataset_dir
-    selection = (healthy_task(dataset_dir, scored_dir, healthy.model_dump()) if healthy.policy == "rolling"
-                 else {"path": None, "detail": healthy.policy})
+    selection = (
+        healthy_task(dataset_dir, scored_dir, healthy.model_dump())
+        if healthy.policy == "rolling"
+        else {"path": None, "detail": healthy.policy}
+    )
     if layout == PER_BEARING:
         derived = per_bearing_task(
-            dataset_dir, str(Path(dataset_dir) / PER_BEARING_DIR), input_cfg.model_dump(mode="json"),
+            dataset_dir,
+            str(Path(dataset_dir) / PER_BEARING_DIR),
+            input_cfg.model_dump(mode="json"),
             data.per_bearing_config().model_dump(mode="json"),
             healthy_file=selection["path"],
         )
@@ -175,13 +192,22 @@ def _run_pipeline(params: PipelineParams) -> dict[str, Any]:
         ingest_summary=ingested["summary"],
         validation_headline=headline,
         validation_warnings=[f"{w.check}: {w.detail()}" for w in report.warnings],
-        training={"strategy": fed.strategy, "partition": fed.partition, "clients": trained["clients"],
-                  "rounds": fed.rounds, "local_epochs": fed.local_epochs, "layout": layout,
-                  "federated_eval_mse": trained["federated_eval_mse"],
-                  "centralized_eval_mse": trained["centralized_eval_mse"], "failures": trained["failures"],
-                  "rounds_run": trained["rounds_run"], "stop_reason": trained["stop_reason"],
-                  "warm_start": trained["warm_start"], "healthy": selection["detail"],
-                  "sites_left_out": trained["sites_left_out"]},
+        training={
+            "strategy": fed.strategy,
+            "partition": fed.partition,
+            "clients": trained["clients"],
+            "rounds": fed.rounds,
+            "local_epochs": fed.local_epochs,
+            "layout": layout,
+            "federated_eval_mse": trained["federated_eval_mse"],
+            "centralized_eval_mse": trained["centralized_eval_mse"],
+            "failures": trained["failures"],
+            "rounds_run": trained["rounds_run"],
+            "stop_reason": trained["stop_reason"],
+            "warm_start": trained["warm_start"],
+            "healthy": selection["detail"],
+            "sites_left_out": trained["sites_left_out"],
+        },
         promotion=decision,
         alarm_rule=alarms.describe(),
         per_bearing_dir=model_dataset if layout == PER_BEARING else None,
@@ -189,32 +215,48 @@ def _run_pipeline(params: PipelineParams) -> dict[str, Any]:
     key = _key(Path(dataset_dir).name)
     create_markdown_artifact(key=f"report-{key}", markdown=reported["artifact"], description="Pipeline run report")
     if reported["detection"]:
-        create_table_artifact(key=f"detection-{key}", table=reported["detection"],
-                              description="Detection against the ground truth, per site")
+        create_table_artifact(
+            key=f"detection-{key}",
+            table=reported["detection"],
+            description="Detection against the ground truth, per site",
+        )
     outputs = {
         "dataset": relative(dataset_dir),
         "ingest": ingested["summary"],
         "validation": headline,
         "validation report": relative(Path(dataset_dir) / "validation" / "index.html"),
-        "layout": layout + (f" ({len(derived['sites'])} bearings, inputs {', '.join(derived['input_columns'])})"
-                            if layout == PER_BEARING else ""),
+        "layout": layout
+        + (
+            f" ({len(derived['sites'])} bearings, inputs {', '.join(derived['input_columns'])})"
+            if layout == PER_BEARING
+            else ""
+        ),
         "trained model": relative(trained["model_dir"]),
         "promotion": ("promoted to latest: " if decision["promoted"] else "champion kept: ") + decision["reason"],
         "champion (latest)": relative(champion),
         "threshold": f"{reported['summary']['threshold']:.6g}",
         "federated holdout MSE": f"{trained['federated_eval_mse']:.5g}",
-        "centralized holdout MSE": (f"{trained['centralized_eval_mse']:.5g}" if trained["centralized_eval_mse"] is not None
-                                    else "skipped (centralized_baseline off)"),
+        "centralized holdout MSE": (
+            f"{trained['centralized_eval_mse']:.5g}"
+            if trained["centralized_eval_mse"] is not None
+            else "skipped (centralized_baseline off)"
+        ),
         "training": f"{trained['rounds_run']} of at most {fed.rounds} rounds: {trained['stop_reason']}",
         "healthy period": selection["detail"],
         "scores": relative(scored["path"]),
         "alarm rule": alarms.describe(),
-        "alarms": ", ".join(f"{a['site']}: {a['alarm_snapshots']} from {a['first_alarm'] or '-'} ({a['top_channel']})"
-                            for a in reported["alarms"] if a["alarm_snapshots"]) or "none",
+        "alarms": ", ".join(
+            f"{a['site']}: {a['alarm_snapshots']} from {a['first_alarm'] or '-'} ({a['top_channel']})"
+            for a in reported["alarms"]
+            if a["alarm_snapshots"]
+        )
+        or "none",
         "report": relative(reported["report"]),
     }
     if reported["summary"]["detected"] is not None:
-        outputs["detection"] = (f"{reported['summary']['detected']} of {reported['summary']['faulty_sites']} "
-                                f"injected defects alarmed after onset, {reported['summary']['false_alarm_events']} "
-                                "false alarm events")
+        outputs["detection"] = (
+            f"{reported['summary']['detected']} of {reported['summary']['faulty_sites']} "
+            f"injected defects alarmed after onset, {reported['summary']['false_alarm_events']} "
+            "false alarm events"
+        )
     return outputs

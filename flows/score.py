@@ -9,8 +9,8 @@ from prefect.artifacts import create_table_artifact
 
 from bearing_core.alarms import AlarmConfig
 from bearing_core.config import DataPaths
-from bearing_core.run_report import relative
 from bearing_core.registry import dataset_name, resolve_model
+from bearing_core.run_report import relative
 from tasks.score import score_task
 
 

@@ -86,13 +86,18 @@ def site_flow(
     ingested = ingest_flow.fn(raw_dir=raw_dir, out_dir=out_dir, workers=workers)
     dataset = ingested["out_dir"]
     try:
-        report = ValidationReport.model_validate(validate_task(
-            dataset_dir=dataset, settings=ValidationConfig().model_dump(mode="json"),
-            inputs_fingerprint=validation_inputs_fingerprint(dataset),
-        ))
+        report = ValidationReport.model_validate(
+            validate_task(
+                dataset_dir=dataset,
+                settings=ValidationConfig().model_dump(mode="json"),
+                inputs_fingerprint=validation_inputs_fingerprint(dataset),
+            )
+        )
         passed = not report.errors
-        headline = (f"{'passed' if passed else 'FAILED'}: {len(report.errors)} blocking errors, "
-                    f"{report.n_valid}/{report.n_rows} snapshots valid")
+        headline = (
+            f"{'passed' if passed else 'FAILED'}: {len(report.errors)} blocking errors, "
+            f"{report.n_valid}/{report.n_rows} snapshots valid"
+        )
     except ValueError as exc:  # e.g. every snapshot quarantined: nothing to validate
         passed, headline = False, f"FAILED: {exc}"
     per_bearing_dir = Path(dataset) / PER_BEARING_DIR
@@ -100,8 +105,12 @@ def site_flow(
     facts: dict[str, Any] = {}
     if passed:
         input_cfg = InputConfig(feature=feature, train_fraction=train_fraction).model_dump(mode="json")
-        derived = per_bearing_task(dataset, str(per_bearing_dir), input_cfg, PerBearingConfig(
-            features=(feature,), log=True, min_std=min_level_std).model_dump(mode="json"))
+        derived = per_bearing_task(
+            dataset,
+            str(per_bearing_dir),
+            input_cfg,
+            PerBearingConfig(features=(feature,), log=True, min_std=min_level_std).model_dump(mode="json"),
+        )
         clients, params = natural_clients(derived["out_dir"])
         parts = partition_task(derived["out_dir"], "natural", clients, seed, input_cfg, params)
         manifest = parts["path"]
@@ -114,8 +123,17 @@ def site_flow(
     window: dict[str, Any] = {"connected": False, "outcome": "not joined"}
     if passed and window_s > 0:
         window = supernode_window_task(
-            superlink, str(per_bearing_dir / TRAINING_DIR), partition_id, runtime_port, root_certificates,
-            auth_private_key, window_s, models_root, fleet, str(Path(out_dir) / "logs" / "supernode.log"))
+            superlink,
+            str(per_bearing_dir / TRAINING_DIR),
+            partition_id,
+            runtime_port,
+            root_certificates,
+            auth_private_key,
+            window_s,
+            models_root,
+            fleet,
+            str(Path(out_dir) / "logs" / "supernode.log"),
+        )
 
     champion = current_champion(models_root, fleet)
     scored: dict[str, Any] | None = None
@@ -130,10 +148,17 @@ def site_flow(
         _write_local_report(Path(out_dir), site, champion, scored)
         if manifest is not None:
             holdout = holdout_mse_task(manifest, models_root, fleet)
-    publish_site_report(_report(site, partition_id, passed, headline, window["connected"], facts, champion, scored,
-                                holdout))
-    return {"site": site, "validation_passed": passed, "window": window, "champion": champion,
-            "scores": scored["path"] if scored else None, "holdout_mse": holdout}
+    publish_site_report(
+        _report(site, partition_id, passed, headline, window["connected"], facts, champion, scored, holdout)
+    )
+    return {
+        "site": site,
+        "validation_passed": passed,
+        "window": window,
+        "champion": champion,
+        "scores": scored["path"] if scored else None,
+        "holdout_mse": holdout,
+    }
 
 
 def _facts(manifest: str, training_file: Path, per_bearing_dir: str) -> dict[str, Any]:
@@ -141,29 +166,56 @@ def _facts(manifest: str, training_file: Path, per_bearing_dir: str) -> dict[str
     entry = load_manifest(manifest)
     stamps = pq.read_table(training_file, columns=["timestamp"]).column("timestamp")
     return {
-        "dataset_sha256": dataset_fingerprint(per_bearing_dir), "input_columns": entry.input_columns,
-        "train_rows": entry.clients[0].train_rows, "holdout_rows": entry.clients[0].holdout_rows,
+        "dataset_sha256": dataset_fingerprint(per_bearing_dir),
+        "input_columns": entry.input_columns,
+        "train_rows": entry.clients[0].train_rows,
+        "holdout_rows": entry.clients[0].holdout_rows,
         "period_start": stamps[0].as_py() if len(stamps) else None,
         "period_end": stamps[len(stamps) - 1].as_py() if len(stamps) else None,
     }
 
 
-def _report(site: str, partition_id: int, passed: bool, headline: str, joined: bool, facts: dict[str, Any],
-            champion: str | None = None, scored: dict[str, Any] | None = None,
-            holdout: dict[str, float] | None = None) -> SiteReport:
+def _report(
+    site: str,
+    partition_id: int,
+    passed: bool,
+    headline: str,
+    joined: bool,
+    facts: dict[str, Any],
+    champion: str | None = None,
+    scored: dict[str, Any] | None = None,
+    holdout: dict[str, float] | None = None,
+) -> SiteReport:
     return SiteReport(
-        site=site, partition_id=partition_id, created=datetime.now(UTC), validation_passed=passed,
+        site=site,
+        partition_id=partition_id,
+        created=datetime.now(UTC),
+        validation_passed=passed,
         validation=headline,
-        joined=joined, scored_with=champion if scored else None, scored_rows=scored["rows"] if scored else 0,
-        alarm_snapshots=scored["alarm_snapshots"] if scored else 0, holdout_mse=holdout or {}, **facts,
+        joined=joined,
+        scored_with=champion if scored else None,
+        scored_rows=scored["rows"] if scored else 0,
+        alarm_snapshots=scored["alarm_snapshots"] if scored else 0,
+        holdout_mse=holdout or {},
+        **facts,
     )
 
 
 def _write_local_report(out_dir: Path, site: str, champion: str, scored: dict[str, Any]) -> Path:
     """The site's alarms as markdown next to its data (local only)."""
-    lines = [f"# Site {site}: alarms", "", (f"Scored with fleet champion `{champion}`: {scored['rows']} rows, "
-                                            f"{scored['alarm_snapshots']} alarm snapshots. Scores: `{scored['path']}`."), "",
-             "| bearing | snapshots | alarm snapshots | first alarm |", "|---|---|---|---|"]
-    lines += [f"| {a['site']} | {a['snapshots']} | {a['alarm_snapshots']} | {a['first_alarm'] or '-'} |"
-              for a in scored["alarms"]]
+    lines = [
+        f"# Site {site}: alarms",
+        "",
+        (
+            f"Scored with fleet champion `{champion}`: {scored['rows']} rows, "
+            f"{scored['alarm_snapshots']} alarm snapshots. Scores: `{scored['path']}`."
+        ),
+        "",
+        "| bearing | snapshots | alarm snapshots | first alarm |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {a['site']} | {a['snapshots']} | {a['alarm_snapshots']} | {a['first_alarm'] or '-'} |"
+        for a in scored["alarms"]
+    ]
     return write_text_atomic(out_dir / "alarms.md", "\n".join(lines) + "\n")

@@ -85,7 +85,8 @@ def train_flow(
     by a policy (:mod:`bearing_core.healthy`) instead of ``train_fraction`` / ``train_until``.
 
     With ``alarms``, the threshold is calibrated on the alarm rule's statistic (see
-    :func:`bearing_core.alarms.window_statistic`) instead of single snapshots. ``model_dir`` defaults to ``data/models/<dataset>/<UTC timestamp>-<hash>`` (in the dataset's registry,
+    :func:`bearing_core.alarms.window_statistic`) instead of single snapshots. ``model_dir`` defaults to
+    ``data/models/<dataset>/<UTC timestamp>-<hash>`` (in the dataset's registry,
     unpublished until :func:`tasks.registry.publish_task` publishes it in place). ``fail_client`` makes that
     client raise in round 1 (to exercise fault tolerance). Returns paths, hashes and final metrics.
     """
@@ -110,11 +111,20 @@ def train_flow(
         patience=patience,
         min_improvement=min_improvement,
         warm_start=_champion(dataset_dir) if warm_start else "",
-        **({} if alarms is None else {"calibrate_persistence_h": alarms.persistence_h,
-                                      "calibrate_fraction": alarms.fraction, "calibrate_warmup_h": alarms.warmup_h}),
+        **(
+            {}
+            if alarms is None
+            else {
+                "calibrate_persistence_h": alarms.persistence_h,
+                "calibrate_fraction": alarms.fraction,
+                "calibrate_warmup_h": alarms.warmup_h,
+            }
+        ),
     )
     input_cfg = InputConfig(
-        feature=feature, train_until=train_until, train_fraction=None if train_until is not None else train_fraction,
+        feature=feature,
+        train_until=train_until,
+        train_fraction=None if train_until is not None else train_fraction,
         holdout_mode=holdout,
     )
     params = partition_params(partition, clients, alpha)
@@ -123,19 +133,26 @@ def train_flow(
         clients, natural, left_out = natural_clients(dataset_dir, healthy_file)
         params.update(natural)
         if left_out:
-            get_run_logger().warning("sites left out of this training (no healthy row: every bearing in alarm or "
-                                     "outside the healthy window): %s", ", ".join(left_out))
+            get_run_logger().warning(
+                "sites left out of this training (no healthy row: every bearing in alarm or "
+                "outside the healthy window): %s",
+                ", ".join(left_out),
+            )
         cfg = cfg.model_copy(update={"num_clients": clients})
-    parts = partition_task(dataset_dir, partition, clients, seed, input_cfg.model_dump(mode="json"), params,
-                           healthy_file=healthy_file)
+    parts = partition_task(
+        dataset_dir, partition, clients, seed, input_cfg.model_dump(mode="json"), params, healthy_file=healthy_file
+    )
     registry = DataPaths().models_root / dataset_name(dataset_dir)
     target = model_dir or str(registry / model_version(parts["sha256"], cfg))
     cfg_dict = cfg.model_dump(mode="json")
     federated = train_federated_task(
         parts["path"], parts["sha256"], target, cfg_dict, SimulationResources().model_dump(mode="json")
     )
-    baseline = (train_centralized_task(parts["path"], parts["sha256"], federated["model_dir"], cfg_dict)
-                if centralized_baseline else None)
+    baseline = (
+        train_centralized_task(parts["path"], parts["sha256"], federated["model_dir"], cfg_dict)
+        if centralized_baseline
+        else None
+    )
     central = f"{baseline['final_eval_mse']:.6f}" if baseline else "skipped (centralized_baseline off)"
 
     metrics = pd.read_parquet(federated["metrics_path"])
@@ -145,22 +162,34 @@ def train_flow(
         table=metrics.round(6).to_dict(orient="records"),
         description=f"Per-round metrics: clients, '{GLOBAL}' (weighted) and '{CENTRALIZED}' baseline",
     )
-    summary = f"# Federated training: {md.text(Path(dataset_dir).name)}\n\n" + md.table(["", "value"], [
-        ["partition", md.cell(f"{partition} ({clients} clients)")],
-        ["sites left out (no healthy row)", md.cell(", ".join(left_out) or "none")],
-        ["strategy", md.cell(cfg.strategy)],
-        ["rounds x local epochs", f"{federated['rounds_run']} (at most {rounds}) x {local_epochs}"],
-        ["why training stopped", md.cell(str(federated["stop_reason"]))],
-        ["initial weights", md.cell(str(federated["warm_start"] or "from scratch (seeded)"))],
-        ["final federated eval MSE", f"{federated['final_eval_mse']:.6f}"],
-        ["final centralized eval MSE", md.cell(central)],
-        ["alarm threshold", md.cell(f"{federated['threshold']:.6g} ({federated['threshold_method']}, "
-                                    f"{federated['calibration_size']} healthy holdout rows, federated sketches)")],
-        ["failed client replies", str(federated["failures"])],
-        ["seconds", md.cell(", ".join(f"{k} {v:.1f}" for k, v in federated["timings_s"].items()))],
-        ["model", md.code(relative(federated["model_dir"]))],
-        ["metrics", md.code(relative(federated["metrics_path"]))],
-    ]) + "\n"
+    summary = (
+        f"# Federated training: {md.text(Path(dataset_dir).name)}\n\n"
+        + md.table(
+            ["", "value"],
+            [
+                ["partition", md.cell(f"{partition} ({clients} clients)")],
+                ["sites left out (no healthy row)", md.cell(", ".join(left_out) or "none")],
+                ["strategy", md.cell(cfg.strategy)],
+                ["rounds x local epochs", f"{federated['rounds_run']} (at most {rounds}) x {local_epochs}"],
+                ["why training stopped", md.cell(str(federated["stop_reason"]))],
+                ["initial weights", md.cell(str(federated["warm_start"] or "from scratch (seeded)"))],
+                ["final federated eval MSE", f"{federated['final_eval_mse']:.6f}"],
+                ["final centralized eval MSE", md.cell(central)],
+                [
+                    "alarm threshold",
+                    md.cell(
+                        f"{federated['threshold']:.6g} ({federated['threshold_method']}, "
+                        f"{federated['calibration_size']} healthy holdout rows, federated sketches)"
+                    ),
+                ],
+                ["failed client replies", str(federated["failures"])],
+                ["seconds", md.cell(", ".join(f"{k} {v:.1f}" for k, v in federated["timings_s"].items()))],
+                ["model", md.code(relative(federated["model_dir"]))],
+                ["metrics", md.code(relative(federated["metrics_path"]))],
+            ],
+        )
+        + "\n"
+    )
     create_markdown_artifact(key=f"{key}-summary", markdown=summary, description="Federated vs centralized")
     return {
         "manifest": parts["path"],

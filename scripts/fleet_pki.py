@@ -37,24 +37,35 @@ def write_fleet_pki(out: Path, hosts: Sequence[str], sites: Sequence[str], days:
     pem, pkcs8, none = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
 
     def builder(subject: str, issuer: x509.Name, key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
-        return (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                .issuer_name(issuer).public_key(key).serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days)))
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+        )
 
     ca_key, server_key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bearing-fl fleet CA")])
-    ca = (builder("bearing-fl fleet CA", ca_name, ca_key.public_key())
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(ca_key, hashes.SHA256()))
+    ca = (
+        builder("bearing-fl fleet CA", ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     names: list[x509.GeneralName] = []
     for host in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             names.append(x509.DNSName(host))
-    server = (builder(hosts[0], ca_name, server_key.public_key())
-              .add_extension(x509.SubjectAlternativeName(names), critical=False)
-              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-              .sign(ca_key, hashes.SHA256()))
+    server = (
+        builder(hosts[0], ca_name, server_key.public_key())
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     paths = {"ca": out / "ca.pem", "cert": out / "server.pem", "key": out / "server.key"}
     _write(paths["ca"], ca.public_bytes(pem))
     _write(paths["cert"], server.public_bytes(pem))
@@ -62,8 +73,10 @@ def write_fleet_pki(out: Path, hosts: Sequence[str], sites: Sequence[str], days:
     for site in sites:
         key = ec.generate_private_key(ec.SECP384R1())
         _write(out / f"{site}.key", key.private_bytes(pem, serialization.PrivateFormat.OpenSSH, none), private=True)
-        _write(out / f"{site}.pub", key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                                  serialization.PublicFormat.OpenSSH))
+        _write(
+            out / f"{site}.pub",
+            key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH),
+        )
         paths[site] = out / f"{site}.key"
     return paths
 

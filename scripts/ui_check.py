@@ -93,11 +93,26 @@ def chromium(binary: str, width: int = 1400, height: int = 1000) -> Iterator[Pag
     """Headless Chromium on a loopback DevTools port; yields its first tab."""
     profile = tempfile.mkdtemp(prefix="ui-check-chromium-")
     proc = subprocess.Popen(
-        [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--disable-extensions", "--disable-background-networking", "--disable-sync", "--hide-scrollbars",
-         "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", f"--user-data-dir={profile}",
-         f"--window-size={width},{height}", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            binary,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     page = None
     try:
@@ -184,16 +199,21 @@ def check_ui(api: str, out: Path, binary: str | None = None, report_key: str | N
     with _client(api) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=report_key or "report-")),
-            sort=ArtifactSort.CREATED_DESC, limit=1,
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
         )
         validation = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="validation-")),
-            sort=ArtifactSort.CREATED_DESC, limit=2,
+            sort=ArtifactSort.CREATED_DESC,
+            limit=2,
         )
         deployment = client.read_deployment_by_name("pipeline/manual-pipeline")
         failed = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.FAILED]))),
-            sort=FlowRunSort.START_TIME_DESC, limit=1,
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.FAILED]))
+            ),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
         )
     with chromium(binary) as page:
         # the run report artifact: every image loads
@@ -201,16 +221,22 @@ def check_ui(api: str, out: Path, binary: str | None = None, report_key: str | N
             found.problems.append("no run report artifact (key report-...) on the server")
         else:
             artifact = artifacts[0]
-            ok = page.goto(f"{ui}/artifacts/artifact/{artifact.id}",
-                           "document.images.length >= 2 && Array.from(document.images).every(i => i.complete)")
+            ok = page.goto(
+                f"{ui}/artifacts/artifact/{artifact.id}",
+                "document.images.length >= 2 && Array.from(document.images).every(i => i.complete)",
+            )
             found.screenshots["report artifact"] = page.screenshot(out / "report-artifact.png")
             images = page.evaluate(_IMAGES_JS) or []
             for k in range(len(images)):  # each plot scrolled into view
                 page.evaluate(f"document.images[{k}].scrollIntoView({{block: 'center'}})")
                 time.sleep(0.5)
-                found.screenshots[f"report artifact, image {k + 1}"] = page.screenshot(out / f"report-image-{k + 1}.png")
-            page.evaluate("Array.from(document.querySelectorAll('h2')).find(h => h.innerText.startsWith('Detection'))"
-                          "?.scrollIntoView({block: 'start'})")
+                found.screenshots[f"report artifact, image {k + 1}"] = page.screenshot(
+                    out / f"report-image-{k + 1}.png"
+                )
+            page.evaluate(
+                "Array.from(document.querySelectorAll('h2')).find(h => h.innerText.startsWith('Detection'))"
+                "?.scrollIntoView({block: 'start'})"
+            )
             time.sleep(0.5)
             found.screenshots["report artifact, detection"] = page.screenshot(out / "report-detection.png")
             text = page.evaluate(_TEXT_JS) or ""
@@ -218,8 +244,9 @@ def check_ui(api: str, out: Path, binary: str | None = None, report_key: str | N
             broken = [i for i in images if not i["complete"] or i["width"] == 0]
             plots = [i for i in images if i["src"].startswith("data:image/png")]
             if not ok or len(plots) < 2:
-                found.problems.append(f"report artifact: expected 2 embedded plots, the page shows {len(plots)} "
-                                      f"({images})")
+                found.problems.append(
+                    f"report artifact: expected 2 embedded plots, the page shows {len(plots)} ({images})"
+                )
             if broken:
                 found.problems.append(f"report artifact: {len(broken)} broken image(s): {broken}")
             for wanted in ("Detection against the ground truth", "lead time (h)", "false alarms", "Outputs"):
@@ -232,8 +259,10 @@ def check_ui(api: str, out: Path, binary: str | None = None, report_key: str | N
         # (unescaped, they are HTML tags the UI drops); the checks table fits the page (its last column visible)
         for artifact in validation:
             kind = "table" if artifact.type == "table" else "markdown"
-            page.goto(f"{ui}/artifacts/artifact/{artifact.id}",
-                      "document.body && document.body.innerText.includes('features.')")
+            page.goto(
+                f"{ui}/artifacts/artifact/{artifact.id}",
+                "document.body && document.body.innerText.includes('features.')",
+            )
             found.screenshots[f"validation {kind}"] = page.screenshot(out / f"validation-{kind}.png")
             if kind == "markdown" and "features.<channel>_" not in (page.evaluate(_TEXT_JS) or ""):
                 found.problems.append("validation artifact: 'features.<channel>_...' is not shown as written")
@@ -242,9 +271,11 @@ def check_ui(api: str, out: Path, binary: str | None = None, report_key: str | N
             if clipped:
                 found.problems.append(f"validation {kind} artifact: columns cut off at the page's edge: {clipped}")
         # the Custom run form of the manual deployment
-        ok = page.goto(f"{ui}/deployments/deployment/{deployment.id}/run",
-                       "document.body && document.body.innerText.includes('raw_dir') "
-                       "|| document.querySelectorAll('form input').length > 3")
+        ok = page.goto(
+            f"{ui}/deployments/deployment/{deployment.id}/run",
+            "document.body && document.body.innerText.includes('raw_dir') "
+            "|| document.querySelectorAll('form input').length > 3",
+        )
         found.screenshots["custom run form"] = page.screenshot(out / "custom-run-form.png")
         if not ok:
             found.problems.append("custom run form: the parameter form did not render")
@@ -254,12 +285,15 @@ def check_ui(api: str, out: Path, binary: str | None = None, report_key: str | N
         page.goto(f"{ui}/deployments", "document.body && document.body.innerText.includes('manual-pipeline')")
         found.screenshots["deployments"] = page.screenshot(out / "deployments.png")
         found.facts["deployments list shows the description"] = bool(
-            deployment.description and deployment.description[:40] in (page.evaluate(_TEXT_JS) or ""))
+            deployment.description and deployment.description[:40] in (page.evaluate(_TEXT_JS) or "")
+        )
         # the deployment's description (prefect.yaml): Prefect 3.7's UI shows it on the deployment's Description
         # tab, not on the deployments list
         description = " ".join((deployment.description or "").split())[:60]
-        ok = page.goto(f"{ui}/deployments/deployment/{deployment.id}?tab=Description",
-                       f"document.body && document.body.innerText.includes({json.dumps(description)})")
+        ok = page.goto(
+            f"{ui}/deployments/deployment/{deployment.id}?tab=Description",
+            f"document.body && document.body.innerText.includes({json.dumps(description)})",
+        )
         found.screenshots["deployment description"] = page.screenshot(out / "deployment-description.png")
         if not description or not ok:
             found.problems.append("deployment page: the description of prefect.yaml is not shown")
@@ -268,8 +302,10 @@ def check_ui(api: str, out: Path, binary: str | None = None, report_key: str | N
             run = failed[0]
             message = run.state.message if run.state else ""
             found.facts["failed run state"] = f"{run.state.name if run.state else '?'}: {message}"
-            page.goto(f"{ui}/runs/flow-run/{run.id}",
-                      f"document.body && document.body.innerText.includes({json.dumps(run.name)})")
+            page.goto(
+                f"{ui}/runs/flow-run/{run.id}",
+                f"document.body && document.body.innerText.includes({json.dumps(run.name)})",
+            )
             time.sleep(2)  # the logs panel loads after the header
             found.screenshots["failed run"] = page.screenshot(out / "failed-run.png")
             text = page.evaluate(_TEXT_JS) or ""

@@ -48,19 +48,25 @@ def write_split(split: EvaluationSplit, split_dir: Path) -> Path:
 
     Same split, same bytes: the manifest's SHA-256 is the content key of every experiment on this split.
     """
-    tables = {"train": split.train.assign(**{_POSITION: split.train_position}),
-              "eval": split.eval.assign(**{_POSITION: split.eval_position})}
+    tables = {
+        "train": split.train.assign(**{_POSITION: split.train_position}),
+        "eval": split.eval.assign(**{_POSITION: split.eval_position}),
+    }
     if split.faulty is not None:
         tables["faulty"] = split.faulty
-    files = {name: sha256_file(write_parquet_atomic(split_dir / f"{name}.parquet", frame))
-             for name, frame in tables.items()}
+    files = {
+        name: sha256_file(write_parquet_atomic(split_dir / f"{name}.parquet", frame)) for name, frame in tables.items()
+    }
     sources: dict[str, str] = {}
     if split.dataset_dir is not None:  # detection scores every snapshot of the dataset, not only T and E
         sources["dataset"] = sha256_files(Path(split.dataset_dir) / f for f in (FEATURES_FILE, QUARANTINE_FILE))
     if split.ground_truth is not None:
         sources["ground_truth"] = sha256_file(split.ground_truth)
     manifest = {
-        "columns": list(split.columns), "description": split.description, "files": files, "sources": sources,
+        "columns": list(split.columns),
+        "description": split.description,
+        "files": files,
+        "sources": sources,
         "dataset_dir": None if split.dataset_dir is None else str(Path(split.dataset_dir).resolve()),
         "ground_truth": None if split.ground_truth is None else str(Path(split.ground_truth).resolve()),
     }
@@ -80,12 +86,17 @@ def read_split(manifest_path: str | Path, manifest_sha256: str) -> EvaluationSpl
     """The split written by :func:`write_split`, after checking the manifest and every table against their hashes."""
     manifest_path = _checked(Path(manifest_path), manifest_sha256, "split manifest")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    frames = {name: pd.read_parquet(_checked(manifest_path.parent / f"{name}.parquet", sha, "split table"))
-              for name, sha in manifest["files"].items()}
+    frames = {
+        name: pd.read_parquet(_checked(manifest_path.parent / f"{name}.parquet", sha, "split table"))
+        for name, sha in manifest["files"].items()
+    }
     train, evaluation = frames["train"], frames["eval"]
     return EvaluationSplit(
-        train=train.drop(columns=_POSITION), eval=evaluation.drop(columns=_POSITION), columns=manifest["columns"],
-        description=manifest["description"], train_position=train[_POSITION].to_numpy(),
+        train=train.drop(columns=_POSITION),
+        eval=evaluation.drop(columns=_POSITION),
+        columns=manifest["columns"],
+        description=manifest["description"],
+        train_position=train[_POSITION].to_numpy(),
         eval_position=evaluation[_POSITION].to_numpy(),
         dataset_dir=None if manifest["dataset_dir"] is None else Path(manifest["dataset_dir"]),
         ground_truth=None if manifest["ground_truth"] is None else Path(manifest["ground_truth"]),
@@ -96,16 +107,32 @@ def read_split(manifest_path: str | Path, manifest_sha256: str) -> EvaluationSpl
 def save_experiment_result(result: ExperimentResult) -> Path:
     """Write ``result`` into its model directory: per-round ``metrics.parquet`` (the centralized baseline writes
     none of its own), ``experiment_*.parquet`` tables and ``experiment.json`` (scalars + the tables' SHA-256s)."""
-    errors = pd.concat([pd.DataFrame({"split": "train", "mse": result.train_errors}),
-                        pd.DataFrame({"split": "eval", "mse": result.eval_errors})], ignore_index=True)
-    tables = {METRICS_FILE: result.metrics, "experiment_errors.parquet": errors,
-              "experiment_clients.parquet": result.clients, "experiment_detection.parquet": result.detection,
-              "experiment_scores.parquet": result.scores}
-    files = {name: sha256_file(write_parquet_atomic(result.model_dir / name, frame))
-             for name, frame in tables.items() if frame is not None}
+    errors = pd.concat(
+        [
+            pd.DataFrame({"split": "train", "mse": result.train_errors}),
+            pd.DataFrame({"split": "eval", "mse": result.eval_errors}),
+        ],
+        ignore_index=True,
+    )
+    tables = {
+        METRICS_FILE: result.metrics,
+        "experiment_errors.parquet": errors,
+        "experiment_clients.parquet": result.clients,
+        "experiment_detection.parquet": result.detection,
+        "experiment_scores.parquet": result.scores,
+    }
+    files = {
+        name: sha256_file(write_parquet_atomic(result.model_dir / name, frame))
+        for name, frame in tables.items()
+        if frame is not None
+    }
     record = {
-        "spec": result.spec.model_dump(mode="json"), "clients_dir": str(result.clients_dir), "wall_s": result.wall_s,
-        "threshold": result.threshold, "failures": result.failures, "files": files,
+        "spec": result.spec.model_dump(mode="json"),
+        "clients_dir": str(result.clients_dir),
+        "wall_s": result.wall_s,
+        "threshold": result.threshold,
+        "failures": result.failures,
+        "files": files,
     }
     return write_json_atomic(result.model_dir / RESULT_FILE, record)
 
@@ -115,16 +142,24 @@ def load_experiment_result(record_path: str | Path, record_sha256: str) -> Exper
     record_path = _checked(Path(record_path), record_sha256, "experiment record")
     record = json.loads(record_path.read_text(encoding="utf-8"))
     model_dir = record_path.parent
-    tables = {name: pd.read_parquet(_checked(model_dir / name, sha, "experiment table"))
-              for name, sha in record["files"].items()}
+    tables = {
+        name: pd.read_parquet(_checked(model_dir / name, sha, "experiment table"))
+        for name, sha in record["files"].items()
+    }
     errors = tables["experiment_errors.parquet"]
     return ExperimentResult(
-        spec=ExperimentSpec.model_validate(record["spec"]), metrics=tables[METRICS_FILE], model_dir=model_dir,
-        clients_dir=Path(record["clients_dir"]), wall_s=float(record["wall_s"]), threshold=float(record["threshold"]),
+        spec=ExperimentSpec.model_validate(record["spec"]),
+        metrics=tables[METRICS_FILE],
+        model_dir=model_dir,
+        clients_dir=Path(record["clients_dir"]),
+        wall_s=float(record["wall_s"]),
+        threshold=float(record["threshold"]),
         train_errors=errors.loc[errors["split"] == "train", "mse"].to_numpy(),
         eval_errors=errors.loc[errors["split"] == "eval", "mse"].to_numpy(),
-        clients=tables["experiment_clients.parquet"], failures=list(record["failures"]),
-        detection=tables.get("experiment_detection.parquet"), scores=tables.get("experiment_scores.parquet"),
+        clients=tables["experiment_clients.parquet"],
+        failures=list(record["failures"]),
+        detection=tables.get("experiment_detection.parquet"),
+        scores=tables.get("experiment_scores.parquet"),
     )
 
 
@@ -150,7 +185,12 @@ def experiment_task(name: str, manifest_path: str, manifest_sha256: str, cfg: di
     with flower_log_to(logger.log):  # Flower's log once, one line a round (bearing_core.federated.logs)
         result = run_experiment(grid.experiments[0], grid, read_split(manifest_path, manifest_sha256), cfg["work_dir"])
     record = save_experiment_result(result)
-    logger.info("%s: final eval MSE %.6g, threshold %.6g, %.1f s", name, result.final_eval_mse, result.threshold,
-                result.wall_s)
-    return {"name": name, "model_dir": str(result.model_dir), "record": str(record),
-            "record_sha256": sha256_file(record)}
+    logger.info(
+        "%s: final eval MSE %.6g, threshold %.6g, %.1f s", name, result.final_eval_mse, result.threshold, result.wall_s
+    )
+    return {
+        "name": name,
+        "model_dir": str(result.model_dir),
+        "record": str(record),
+        "record_sha256": sha256_file(record),
+    }

@@ -44,6 +44,7 @@ from bearing_core.registry import (
     registry_dir,
 )
 from bearing_core.threshold import THRESHOLD_FILE
+from tasks.results import UNCACHED
 
 SUPERLINK_STATE = "superlink.json"
 
@@ -56,18 +57,31 @@ def fleet_versions(models_root: str, fleet: str) -> list[str]:
     return sorted(p.name for p in _version_dirs(registry_dir(models_root, fleet)))
 
 
-@task(name="supernode-window")
+@task(name="supernode-window", **UNCACHED)
 def supernode_window_task(
-    superlink: str, clients_dir: str, partition_id: int, runtime_port: int, root_certificates: str | None,
-    auth_private_key: str | None, window_s: float, models_root: str, fleet: str, log_path: str,
+    superlink: str,
+    clients_dir: str,
+    partition_id: int,
+    runtime_port: int,
+    root_certificates: str | None,
+    auth_private_key: str | None,
+    window_s: float,
+    models_root: str,
+    fleet: str,
+    log_path: str,
 ) -> dict[str, Any]:
     """Run the site's SuperNode (its training file only) until the fleet registry holds a version it did not hold
     when the window opened (tonight's round is done) or ``window_s`` has passed; then stop it."""
     logger = get_run_logger()
     before = set(fleet_versions(models_root, fleet))
-    cmd = supernode_command(superlink, clients_dir, partition_id, runtime_port,
-                            Path(root_certificates) if root_certificates else None,
-                            Path(auth_private_key) if auth_private_key else None)
+    cmd = supernode_command(
+        superlink,
+        clients_dir,
+        partition_id,
+        runtime_port,
+        Path(root_certificates) if root_certificates else None,
+        Path(auth_private_key) if auth_private_key else None,
+    )
     node = start("supernode", cmd, Path(log_path), flower_env())
     started, connected, new = time.monotonic(), False, []
     try:
@@ -82,13 +96,17 @@ def supernode_window_task(
         alive = node.alive()
         node.stop()
     outcome = "new model published" if new else ("SuperNode exited" if not alive else "training window closed")
-    logger.info("SuperNode %s to %s for %.0f s: %s", "connected" if connected else "did not connect", superlink,
-                time.monotonic() - started, outcome)
-    return {"connected": connected, "new_versions": new, "outcome": outcome,
-            "seconds": time.monotonic() - started}
+    logger.info(
+        "SuperNode %s to %s for %.0f s: %s",
+        "connected" if connected else "did not connect",
+        superlink,
+        time.monotonic() - started,
+        outcome,
+    )
+    return {"connected": connected, "new_versions": new, "outcome": outcome, "seconds": time.monotonic() - started}
 
 
-@task(name="holdout-mse")
+@task(name="holdout-mse", **UNCACHED)
 def holdout_mse_task(manifest: str, models_root: str, fleet: str) -> dict[str, float]:
     """This site's holdout MSE (original units) of the fleet's champion and of every newer version (the
     challengers the coordinator has not decided on yet). Only these numbers leave the site."""
@@ -102,9 +120,13 @@ def holdout_mse_task(manifest: str, models_root: str, fleet: str) -> dict[str, f
 
 
 def publish_site_report(report: SiteReport) -> None:
-    """The site's report as a one-row table artifact (the coordinator reads the latest with :func:`read_site_reports`)."""
-    create_table_artifact(key=report_key(report.site), table=[report.model_dump(mode="json")],
-                          description=f"Fleet report of site {report.site}: aggregates only")
+    """The site's report as a one-row table artifact (the coordinator reads the latest with
+    :func:`read_site_reports`)."""
+    create_table_artifact(
+        key=report_key(report.site),
+        table=[report.model_dump(mode="json")],
+        description=f"Fleet report of site {report.site}: aggregates only",
+    )
 
 
 def read_site_reports(sites: list[str]) -> dict[str, SiteReport]:
@@ -122,9 +144,14 @@ def read_site_reports(sites: list[str]) -> dict[str, SiteReport]:
 # ----------------------------------------------------------------------------------------------- coordinator side
 
 
-@task(name="superlink")
+@task(name="superlink", **UNCACHED)
 def superlink_task(
-    state_dir: str, host: str, port: int, control_port: int, tls: dict[str, str] | None, public_keys: dict[str, str],
+    state_dir: str,
+    host: str,
+    port: int,
+    control_port: int,
+    tls: dict[str, str] | None,
+    public_keys: dict[str, str],
 ) -> dict[str, Any]:
     """Start the SuperLink (detached: it outlives this flow run) or reuse the one a previous run started with the
     same ports; admit every site's public key (``--enable-supernode-auth`` whenever keys are given). Returns the
@@ -150,8 +177,14 @@ def superlink_task(
                 raise RuntimeError(f"the SuperLink did not start; see {log}")
             time.sleep(0.3)
         state = {"pid": pid, "host": host, "port": port, "control_port": control_port, "log": str(log), "nodes": {}}
-        logger.info("started the SuperLink (pid %s): Fleet API %s:%s, Control API %s:%s (this host only)",
-                    pid, host, port, LOOPBACK, control_port)
+        logger.info(
+            "started the SuperLink (pid %s): Fleet API %s:%s, Control API %s:%s (this host only)",
+            pid,
+            host,
+            port,
+            LOOPBACK,
+            control_port,
+        )
     for site, key in public_keys.items():
         if site not in state["nodes"]:
             state["nodes"][site] = register_supernode(Path(key), site, env=env)
@@ -160,7 +193,7 @@ def superlink_task(
     return state
 
 
-@task(name="wait-for-sites")
+@task(name="wait-for-sites", **UNCACHED)
 def wait_for_sites_task(nodes: dict[str, int], quorum: int, wait_s: float) -> dict[str, str]:
     """Wait until every site's SuperNode is online or ``wait_s`` has passed; site -> status. ``RuntimeError`` when
     fewer than ``quorum`` are online by then."""
@@ -186,8 +219,10 @@ def model_complete(model_dir: Path) -> bool:
     return all((model_dir / name).is_file() for name in ("weights.pt", "config.json", METRICS_FILE, THRESHOLD_FILE))
 
 
-@task(name="federated-round")
-def federated_round_task(record_path: str, model_dir: str, run_config: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+@task(name="federated-round", **UNCACHED)
+def federated_round_task(
+    record_path: str, model_dir: str, run_config: dict[str, Any], timeout_s: float
+) -> dict[str, Any]:
     """Run tonight's ServerApp on the SuperLink and wait for it; resume instead of starting over when a previous
     attempt of the same night (``record_path``) left a run that is still running or finished with its model.
 
@@ -223,5 +258,10 @@ def federated_round_task(record_path: str, model_dir: str, run_config: dict[str,
         status = run_status(run_id)
     if status != "finished:completed" or not model_complete(target):
         raise RuntimeError(f"run {run_id} ended {status} without a complete model in {target}")
-    return {"run_id": run_id, "model_dir": str(target.resolve()), "status": status, "resumed": previous is not None,
-            "seconds": time.monotonic() - started}
+    return {
+        "run_id": run_id,
+        "model_dir": str(target.resolve()),
+        "status": status,
+        "resumed": previous is not None,
+        "seconds": time.monotonic() - started,
+    }

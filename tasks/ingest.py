@@ -101,7 +101,10 @@ def ingest_task(
     """
     logger = get_run_logger()
     kwargs: dict[str, Any] = {
-        "raw_dir": raw_dir, "out_dir": out_dir, "batch_size": batch_size, "channels": channels,
+        "raw_dir": raw_dir,
+        "out_dir": out_dir,
+        "batch_size": batch_size,
+        "channels": channels,
         "follow_symlinks": follow_symlinks,
     }
     if workers:

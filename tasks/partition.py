@@ -76,7 +76,6 @@ class PartitionContentPolicy(CachePolicy):
         return None if get_result_store().exists(key) else key
 
 
-
 @task(
     name="partition",
     task_run_name="partition",  # the same name on every run (no -xyz suffix)

@@ -21,10 +21,10 @@ from prefect.results import get_result_store
 from prefect.utilities.hashing import hash_objects
 
 from bearing_core.fingerprint import sha256_file, sha256_files
-from bearing_core.inputs import DATASET_FILE, FEATURES_FILE, QUARANTINE_FILE, InputConfig
 from bearing_core.healthy import HealthyPolicy, read_selection, rolling_for_dataset, write_selection
+from bearing_core.inputs import DATASET_FILE, FEATURES_FILE, QUARANTINE_FILE, InputConfig
 from bearing_core.per_bearing import PerBearingConfig, selection_digest, write_per_bearing_dataset
-from tasks.results import persisted
+from tasks.results import UNCACHED, persisted
 from tasks.retry import transient_io_error
 
 
@@ -36,8 +36,9 @@ def _selection_sha(healthy_file: str | None) -> str | None:
     return None if healthy_file is None else sha256_file(healthy_file)
 
 
-def _is_current(out_dir: Path, source_sha: str, input_cfg: dict[str, Any], cfg: dict[str, Any],
-                healthy_file: str | None = None) -> bool:
+def _is_current(
+    out_dir: Path, source_sha: str, input_cfg: dict[str, Any], cfg: dict[str, Any], healthy_file: str | None = None
+) -> bool:
     """The derived dataset on disk was made from this source content with this healthy period and transform."""
     try:
         meta = json.loads((out_dir / DATASET_FILE).read_text(encoding="utf-8"))
@@ -73,8 +74,9 @@ class PerBearingContentPolicy(CachePolicy):
         except (KeyError, OSError, ValueError):
             return None  # the task body raises the precise error
         source_key = TaskSource().compute_key(task_ctx, inputs, flow_parameters)
-        key = hash_objects(str(out_dir.resolve()), source_sha, input_cfg, cfg, selection_sha, source_key,
-                           raise_on_failure=True)
+        key = hash_objects(
+            str(out_dir.resolve()), source_sha, input_cfg, cfg, selection_sha, source_key, raise_on_failure=True
+        )
         if _is_current(out_dir, source_sha, input_cfg, cfg, healthy_file):
             return key
         return None if get_result_store().exists(key) else key
@@ -88,17 +90,23 @@ class PerBearingContentPolicy(CachePolicy):
     retry_delay_seconds=2,
     retry_condition_fn=transient_io_error,
 )
-def per_bearing_task(dataset_dir: str, out_dir: str, input_cfg: dict[str, Any], cfg: dict[str, Any],
-                     healthy_file: str | None = None) -> dict[str, Any]:
+def per_bearing_task(
+    dataset_dir: str, out_dir: str, input_cfg: dict[str, Any], cfg: dict[str, Any], healthy_file: str | None = None
+) -> dict[str, Any]:
     """Write the per-bearing layout of ``dataset_dir`` to ``out_dir``; return its path, sites and input columns.
 
     ``healthy_file``: the rolling policy's selection (:func:`healthy_task`), used for each bearing's moments."""
     result = write_per_bearing_dataset(
-        dataset_dir, out_dir, InputConfig.model_validate(input_cfg), PerBearingConfig.model_validate(cfg),
+        dataset_dir,
+        out_dir,
+        InputConfig.model_validate(input_cfg),
+        PerBearingConfig.model_validate(cfg),
         None if healthy_file is None else read_selection(healthy_file),
     )
     get_run_logger().info(
-        "per-bearing layout: %d rows, %d bearings, inputs %s", result.rows, len(result.sites),
+        "per-bearing layout: %d rows, %d bearings, inputs %s",
+        result.rows,
+        len(result.sites),
         ", ".join(result.input_columns),
     )
     return {
@@ -113,7 +121,7 @@ def _selection_digest_of(healthy_file: str | None) -> str | None:
     return None if healthy_file is None else selection_digest(read_selection(healthy_file))
 
 
-@task(name="healthy-rows", retries=1, retry_delay_seconds=2, retry_condition_fn=transient_io_error)
+@task(name="healthy-rows", **UNCACHED, retries=1, retry_delay_seconds=2, retry_condition_fn=transient_io_error)
 def healthy_task(dataset_dir: str, scored_dir: str, policy: dict[str, Any]) -> dict[str, Any]:
     """The rolling healthy policy's rows for tonight: from the champion's scores in ``<scored_dir>/scores.parquet``
     (the dataset the model runs on: the per-bearing layout, or the dataset itself), the alarm clearances of
@@ -130,8 +138,9 @@ def healthy_task(dataset_dir: str, scored_dir: str, policy: dict[str, Any]) -> d
     logger = get_run_logger()
     champion = current_champion(DataPaths().models_root, dataset_name(scored_dir))
     end = pc.max(pq.read_table(Path(dataset_dir) / FEATURES_FILE, columns=["timestamp"]).column("timestamp")).as_py()
-    chosen, detail = rolling_for_dataset(Path(scored_dir) / SCORES_FILE, champion, end, dataset_dir,
-                                         HealthyPolicy.model_validate(policy))
+    chosen, detail = rolling_for_dataset(
+        Path(scored_dir) / SCORES_FILE, champion, end, dataset_dir, HealthyPolicy.model_validate(policy)
+    )
     (logger.info if chosen is not None else logger.warning)(detail)
     path = None if chosen is None else str(write_selection(dataset_dir, chosen))
     return {"path": path, "detail": detail}

@@ -74,8 +74,9 @@ class PublishedVersionPolicy(CachePolicy):
             return None  # the task body raises the precise error
         source = TaskSource().compute_key(task_ctx, inputs, flow_parameters)
         models_root = Path(inputs.get("models_root") or DataPaths().models_root).resolve()
-        key = hash_objects(str(model_dir), str(models_root), weights_sha, inputs["manifest_sha256"], source,
-                           raise_on_failure=True)
+        key = hash_objects(
+            str(model_dir), str(models_root), weights_sha, inputs["manifest_sha256"], source, raise_on_failure=True
+        )
 
         def still_published(record: dict[str, Any]) -> bool:
             version = Path(record["path"])
@@ -103,7 +104,11 @@ class PromotionPolicy(CachePolicy):
             return None
         source = TaskSource().compute_key(task_ctx, inputs, flow_parameters)
         key = hash_objects(
-            str(version_dir), weights_sha, manifest_sha, float(inputs.get("tolerance", 0.0)), source,
+            str(version_dir),
+            weights_sha,
+            manifest_sha,
+            float(inputs.get("tolerance", 0.0)),
+            source,
             raise_on_failure=True,
         )
 
@@ -122,9 +127,7 @@ class PromotionPolicy(CachePolicy):
     retry_delay_seconds=[2, 10],
     retry_condition_fn=transient_io_error,
 )
-def publish_task(
-    model_dir: str, manifest: str, manifest_sha256: str, models_root: str | None = None
-) -> dict[str, Any]:
+def publish_task(model_dir: str, manifest: str, manifest_sha256: str, models_root: str | None = None) -> dict[str, Any]:
     """Publish ``model_dir`` (weights, threshold, metrics) as a complete version with its MODEL_CARD.md, in the
     registry of the dataset ``manifest`` partitions (``models_root``, default ``data/models``, ``/<dataset>``).
 

@@ -16,6 +16,8 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from bearing_core.evaluation import evaluate_against_ground_truth, plot_scores
 from bearing_core.io import write_text_atomic
+from bearing_core.per_bearing import source_site_scores
+from bearing_core.registry import MODEL_CARD_FILE
 from bearing_core.run_report import (
     METRICS_PNG,
     SCORES_PNG,
@@ -24,8 +26,6 @@ from bearing_core.run_report import (
     render_run_report,
     write_run_report,
 )
-from bearing_core.per_bearing import source_site_scores
-from bearing_core.registry import MODEL_CARD_FILE
 from bearing_core.scoring import alarm_summary, read_scores
 from bearing_core.synthetic import load_ground_truth
 from bearing_core.threshold import load_threshold
@@ -58,7 +58,8 @@ def report_task(
     alarm_rule: str = "",
     per_bearing_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``report_dir/report.md`` (+ PNGs, detection.csv); return the markdown (``markdown`` as written, ``artifact``
+    """Write ``report_dir/report.md`` (+ PNGs, detection.csv); return the markdown (``markdown`` as written,
+    ``artifact``
     with the plots embedded for the Prefect UI) and the tables.
 
     With ``per_bearing_dir`` the scores are per bearing (the per-bearing layout): the alarm table names each bearing,
@@ -82,12 +83,23 @@ def report_task(
         write_text_atomic(out / "detection.csv", detection.to_csv(index=False))
         onset = {s: t.onset for s, t in truth.sites.items()}
         failure = {s: t.failure for s, t in truth.sites.items()}
-    plot_scores(scores, None, out / SCORES_PNG, onset=onset, failure=failure,
-                title=f"Anomaly score per site: {dataset.get('name', '')} (model {Path(model_dir).name})")
+    plot_scores(
+        scores,
+        None,
+        out / SCORES_PNG,
+        onset=onset,
+        failure=failure,
+        title=f"Anomaly score per site: {dataset.get('name', '')} (model {Path(model_dir).name})",
+    )
     plot_round_metrics(metrics, out / METRICS_PNG, f"Federated ({training.get('strategy')}) vs centralized")
-    links = {"dataset": relative(dataset_dir), "model": relative(model_dir), "scores": relative(scores_path),
-             "validation report (Data Docs)": relative(Path(dataset_dir) / "validation" / "index.html"),
-             "model card": relative(Path(model_dir) / MODEL_CARD_FILE), "this report": relative(out / "report.md")}
+    links = {
+        "dataset": relative(dataset_dir),
+        "model": relative(model_dir),
+        "scores": relative(scores_path),
+        "validation report (Data Docs)": relative(Path(dataset_dir) / "validation" / "index.html"),
+        "model card": relative(Path(model_dir) / MODEL_CARD_FILE),
+        "this report": relative(out / "report.md"),
+    }
     if detection is not None:
         links["detection table"] = relative(out / "detection.csv")
     report_args: dict[str, Any] = dict(
@@ -97,8 +109,11 @@ def report_task(
         validation_warnings=validation_warnings,
         metrics=metrics,
         training=training,
-        threshold={"threshold": record.threshold, "method": record.config.describe(),
-                   "calibration_size": record.calibration_size},
+        threshold={
+            "threshold": record.threshold,
+            "method": record.config.describe(),
+            "calibration_size": record.calibration_size,
+        },
         alarms=alarms,
         detection=detection,
         promotion=promotion,
@@ -107,8 +122,9 @@ def report_task(
     )
     # report.md links the PNGs beside it; the artifact embeds them (the UI cannot load a file beside the report)
     markdown = render_run_report(plots={"metrics": METRICS_PNG, "scores": SCORES_PNG}, **report_args)
-    artifact = render_run_report(plots={"metrics": out / METRICS_PNG, "scores": out / SCORES_PNG}, embed_plots=True,
-                                 **report_args)
+    artifact = render_run_report(
+        plots={"metrics": out / METRICS_PNG, "scores": out / SCORES_PNG}, embed_plots=True, **report_args
+    )
     summary = {
         "threshold": record.threshold,
         "alarm_snapshots": int(scores["alarm"].sum()),

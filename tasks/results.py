@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect._internal.compatibility.async_dispatch import async_dispatch
-from prefect.cache_policies import CachePolicy
+from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.filesystems import LocalFileSystem
 from prefect.serializers import JSONSerializer
 from prefect.settings import get_current_settings
@@ -83,6 +83,11 @@ class JsonRecordMetadata(LocalFileSystem):
     @async_dispatch(aread_path)
     def read_path(self, path: str) -> bytes:
         return check_metadata(super().read_path(path, _sync=True), path)
+
+
+UNCACHED: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+"""Task options of a task that must run every time (a live action: a SuperNode window, a round, a champion's
+current scores): no cache record, no stored result."""
 
 
 def persisted(cache_policy: CachePolicy) -> dict[str, Any]:

@@ -56,7 +56,10 @@ class ScoresContentPolicy(CachePolicy):
             return None  # the task body raises the precise error
         source_key = TaskSource().compute_key(task_ctx, inputs, flow_parameters)
         key = hash_objects(
-            str(out.resolve()), data_sha, model_sha, AlarmConfig.model_validate(inputs.get("alarms") or {}).model_dump(),
+            str(out.resolve()),
+            data_sha,
+            model_sha,
+            AlarmConfig.model_validate(inputs.get("alarms") or {}).model_dump(),
             source_key,
             raise_on_failure=True,
         )
@@ -70,7 +73,6 @@ class ScoresContentPolicy(CachePolicy):
         except Exception:  # noqa: BLE001 - an unreadable record is as good as a stale one
             pass
         return None  # record exists but its output is gone or changed: recompute without caching
-
 
 
 @task(
@@ -99,7 +101,10 @@ def score_task(
     summary["first_alarm"] = summary["first_alarm"].map(lambda t: "" if t is None or str(t) == "NaT" else str(t))
     logger.info(
         "scored %d new snapshots of %s (reused %d); %d in alarm",
-        result.n_scored, dataset_dir, result.n_reused, int(result.scores["alarm"].sum()),
+        result.n_scored,
+        dataset_dir,
+        result.n_reused,
+        int(result.scores["alarm"].sum()),
     )
     return {
         "path": str(result.path),

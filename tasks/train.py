@@ -136,14 +136,22 @@ def train_federated_task(
         raise NotADirectoryError(f"cannot write the model: {models_root} is not a directory ({exc})") from exc
     with flower_log_to(logger.log):  # once, no colour codes, one line a round (bearing_core.federated.logs)
         result = run_federated(
-            clients_dir, config, model_dir, resources=SimulationResources.model_validate(resources or {}),
+            clients_dir,
+            config,
+            model_dir,
+            resources=SimulationResources.model_validate(resources or {}),
             baseline=False,
         )
     final = result.final()
     threshold = load_threshold(result.model_dir)
     stop = result.training_stop
-    logger.info("training stopped after %s of at most %d rounds: %s; seconds: %s", stop.get("rounds_run"),
-                config.rounds, stop.get("reason"), ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    logger.info(
+        "training stopped after %s of at most %d rounds: %s; seconds: %s",
+        stop.get("rounds_run"),
+        config.rounds,
+        stop.get("reason"),
+        ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()),
+    )
     logger.info(
         "federated %s, %d clients, %d rounds: final eval MSE %.5f, threshold %.5g (%s, %d calibration rows), "
         "%d failed replies, %.1fs",

@@ -12,7 +12,6 @@ from bearing_core.env import configure_environment
 configure_environment()  # offline and project-local before any test imports prefect (no analytics, no telemetry)
 
 
-
 def _find_shared_ims() -> Path:
     """``$BEARING_SHARED_IMS``, else ``shared/ims`` beside the checkout or beside one of its parent directories
     (``/work/shared/ims`` for ``/work/main`` and for a worktree ``/work/wt/<name>`` alike)."""

@@ -20,8 +20,13 @@ def rule(k: int, n: int, warmup_h: float = 0.0) -> AlarmConfig:
 def _series(flags: dict[str, list[int]]) -> pd.DataFrame:
     """Rows of several sites, 10 minutes apart, interleaved by time; ``is_anomaly`` from 0/1 lists."""
     frames = [
-        pd.DataFrame({"site": site, "is_anomaly": np.array(values, dtype=bool),
-                      "timestamp": pd.Timestamp("2004-01-01") + pd.to_timedelta(np.arange(len(values)) * 10 + s, "min")})
+        pd.DataFrame(
+            {
+                "site": site,
+                "is_anomaly": np.array(values, dtype=bool),
+                "timestamp": pd.Timestamp("2004-01-01") + pd.to_timedelta(np.arange(len(values)) * 10 + s, "min"),
+            }
+        )
         for s, (site, values) in enumerate(flags.items())
     ]
     return pd.concat(frames).sort_values("timestamp").reset_index(drop=True)
@@ -41,7 +46,9 @@ def test_k_of_n_counts_within_each_site_only_and_in_time_order() -> None:
     assert alarm[(df["site"] == "a").to_numpy()].astype(int).tolist() == [0, 0, 1, 0, 0, 0, 1]
     assert alarm[(df["site"] == "b").to_numpy()].astype(int).tolist() == [0, 0, 0, 1, 1, 1, 0]
     shuffled = df.sample(frac=1.0, random_state=0)
-    assert np.array_equal(debounce_alarms(shuffled, rule(2, 3)), alarm[shuffled.index.to_numpy()])  # row order irrelevant
+    assert np.array_equal(
+        debounce_alarms(shuffled, rule(2, 3)), alarm[shuffled.index.to_numpy()]
+    )  # row order irrelevant
     assert debounce_alarms(df, rule(1, 1)).tolist() == df["is_anomaly"].tolist()
     assert debounce_alarms(df.iloc[:0], rule(3, 3)).size == 0
     with pytest.raises(ValidationError, match="fraction"):
@@ -53,8 +60,13 @@ def _with_stops(values: list[int], stops: dict[int, float]) -> pd.DataFrame:
     minutes = np.arange(len(values)) * 10.0
     for i, hours in stops.items():
         minutes[i:] += hours * 60
-    return pd.DataFrame({"site": "s", "is_anomaly": np.array(values, dtype=bool),
-                         "timestamp": pd.Timestamp("2003-11-03") + pd.to_timedelta(minutes, "min")})
+    return pd.DataFrame(
+        {
+            "site": "s",
+            "is_anomaly": np.array(values, dtype=bool),
+            "timestamp": pd.Timestamp("2003-11-03") + pd.to_timedelta(minutes, "min"),
+        }
+    )
 
 
 def test_warmup_after_a_long_stop_does_not_alarm_but_a_lasting_excursion_still_does() -> None:
@@ -90,8 +102,14 @@ def test_persistence_is_a_duration_not_a_count() -> None:
     def site(name: str, every_min: int) -> pd.DataFrame:
         minutes = np.arange(0, 6 * 60, every_min)
         excursion = (minutes >= 120) & (minutes < 180)
-        return pd.DataFrame({"site": name, "is_anomaly": excursion,
-                             "timestamp": pd.Timestamp("2004-02-12") + pd.to_timedelta(minutes, "min")})
+        return pd.DataFrame(
+            {
+                "site": name,
+                "is_anomaly": excursion,
+                "timestamp": pd.Timestamp("2004-02-12") + pd.to_timedelta(minutes, "min"),
+            }
+        )
+
     df = pd.concat([site("fast", 5), site("slow", 20)], ignore_index=True)
     for hours, expected in ((0.5, True), (1.0, True), (1.5, False)):
         alarm = debounce_alarms(df, AlarmConfig(persistence_h=hours, fraction=1.0, warmup_h=0))
@@ -107,7 +125,12 @@ def test_persistence_is_a_duration_not_a_count() -> None:
 def test_a_gap_in_the_data_does_not_shorten_the_evidence_needed() -> None:
     # 10-minute rows, an hour missing, then two anomalous rows: a 30-minute rule needs three rows over threshold
     minutes = np.r_[np.arange(0, 60, 10), np.arange(120, 140, 10)]
-    df = pd.DataFrame({"site": "s", "is_anomaly": [False] * 6 + [True, True],
-                       "timestamp": pd.Timestamp("2004-02-12") + pd.to_timedelta(minutes, "min")})
+    df = pd.DataFrame(
+        {
+            "site": "s",
+            "is_anomaly": [False] * 6 + [True, True],
+            "timestamp": pd.Timestamp("2004-02-12") + pd.to_timedelta(minutes, "min"),
+        }
+    )
     assert not debounce_alarms(df, rule(3, 3)).any()
     assert debounce_alarms(df, rule(2, 3)).tolist() == [False] * 7 + [True]

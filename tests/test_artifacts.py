@@ -36,27 +36,65 @@ def _png(path: Path) -> Path:
 
 
 def _report(tmp_path: Path, embed: bool) -> str:
-    metrics = pd.DataFrame({"round": [1, 1, 2, 2], "client": ["global", "centralized"] * 2,
-                            "train_loss": [1.0, 0.9, 0.5, 0.4], "eval_mse": [1.1, 1.0, 0.6, 0.5],
-                            "eval_rmse": [1.05, 1.0, 0.77, 0.7]})
-    alarms = pd.DataFrame({"site": ["site_1"], "snapshots": [40], "anomalies": [3], "alarm_snapshots": [2],
-                           "first_alarm": [pd.Timestamp("2004-02-13 05:00")], "first_alarm_file": ["site_1/x"],
-                           "top_channel": ["B1_a"]})
-    detection = pd.DataFrame({"site": ["site_1"], "faulty": [True], "bearing": ["B2"], "defect": ["bpfi"],
-                              "onset": [pd.Timestamp("2004-02-13 04:00")], "failure": [pd.Timestamp("2004-02-13 08:00")],
-                              "first_alarm": [pd.Timestamp("2004-02-13 05:00")], "first_alarm_channel": ["B2_a"],
-                              "delay_after_onset_hours": [1.0], "lead_time_hours": [3.0], "false_alarm_events": [0],
-                              "detected_after_onset": [True]})
+    metrics = pd.DataFrame(
+        {
+            "round": [1, 1, 2, 2],
+            "client": ["global", "centralized"] * 2,
+            "train_loss": [1.0, 0.9, 0.5, 0.4],
+            "eval_mse": [1.1, 1.0, 0.6, 0.5],
+            "eval_rmse": [1.05, 1.0, 0.77, 0.7],
+        }
+    )
+    alarms = pd.DataFrame(
+        {
+            "site": ["site_1"],
+            "snapshots": [40],
+            "anomalies": [3],
+            "alarm_snapshots": [2],
+            "first_alarm": [pd.Timestamp("2004-02-13 05:00")],
+            "first_alarm_file": ["site_1/x"],
+            "top_channel": ["B1_a"],
+        }
+    )
+    detection = pd.DataFrame(
+        {
+            "site": ["site_1"],
+            "faulty": [True],
+            "bearing": ["B2"],
+            "defect": ["bpfi"],
+            "onset": [pd.Timestamp("2004-02-13 04:00")],
+            "failure": [pd.Timestamp("2004-02-13 08:00")],
+            "first_alarm": [pd.Timestamp("2004-02-13 05:00")],
+            "first_alarm_channel": ["B2_a"],
+            "delay_after_onset_hours": [1.0],
+            "lead_time_hours": [3.0],
+            "false_alarm_events": [0],
+            "detected_after_onset": [True],
+        }
+    )
     plots = {"metrics": _png(tmp_path / "metrics.png"), "scores": _png(tmp_path / "scores.png")}
     return render_run_report(
         dataset={"name": "demo", "channels": ["B1_a"], "sites": ["site_1"]},
-        ingest_summary="ingested 40", validation_headline="Validation PASSED", validation_warnings=[
-            "features.<channel>_rms.range: 1 of 40 rows fail"],
-        metrics=metrics, training={"strategy": "fedavg", "partition": "natural", "clients": 1, "rounds": 2,
-                                   "local_epochs": 1, "federated_eval_mse": 0.6, "centralized_eval_mse": 0.5},
-        threshold={"threshold": 0.1, "method": "max", "calibration_size": 10}, alarms=alarms, detection=detection,
-        promotion=None, plots=plots if embed else {k: v.name for k, v in plots.items()},
-        links={"report": "reports/demo/v1/report.md"}, embed_plots=embed,
+        ingest_summary="ingested 40",
+        validation_headline="Validation PASSED",
+        validation_warnings=["features.<channel>_rms.range: 1 of 40 rows fail"],
+        metrics=metrics,
+        training={
+            "strategy": "fedavg",
+            "partition": "natural",
+            "clients": 1,
+            "rounds": 2,
+            "local_epochs": 1,
+            "federated_eval_mse": 0.6,
+            "centralized_eval_mse": 0.5,
+        },
+        threshold={"threshold": 0.1, "method": "max", "calibration_size": 10},
+        alarms=alarms,
+        detection=detection,
+        promotion=None,
+        plots=plots if embed else {k: v.name for k, v in plots.items()},
+        links={"report": "reports/demo/v1/report.md"},
+        embed_plots=embed,
     )
 
 
@@ -79,14 +117,27 @@ def test_run_report_tables_are_narrow_enough_for_the_ui(tmp_path: Path) -> None:
 
 def test_validation_markdown_escapes_and_the_log_leaves_passed_checks_out(tmp_path: Path) -> None:
     def outcome(check: str, success: bool, description: str = "") -> ExpectationOutcome:
-        return ExpectationOutcome(check=check, family=check, suite="features", description=description,
-                                  expectation_type="expect_column_values_to_not_be_null", severity="warning",
-                                  success=success, unexpected_count=0 if success else 2, element_count=80)
+        return ExpectationOutcome(
+            check=check,
+            family=check,
+            suite="features",
+            description=description,
+            expectation_type="expect_column_values_to_not_be_null",
+            severity="warning",
+            success=success,
+            unexpected_count=0 if success else 2,
+            element_count=80,
+        )
 
-    report = ValidationReport(target=tmp_path, n_rows=80, n_valid=80, outcomes=[
-        outcome("features.<channel>_<feature>.not_null", True, "one <channel>_<feature> column per channel"),
-        outcome("timeline.gaps", False),
-    ])
+    report = ValidationReport(
+        target=tmp_path,
+        n_rows=80,
+        n_valid=80,
+        outcomes=[
+            outcome("features.<channel>_<feature>.not_null", True, "one <channel>_<feature> column per channel"),
+            outcome("timeline.gaps", False),
+        ],
+    )
     markdown = report.to_markdown()
     assert "one &lt;channel&gt;\\_&lt;feature&gt; column per channel" in markdown
     assert "- **PASS** `features.<channel>_<feature>.not_null` (warning): one &lt;channel&gt;" in markdown
@@ -108,16 +159,21 @@ def test_lock_timeout_names_the_dataset_and_its_holder_and_is_no_timeout_error(t
     thread.start()
     try:
         held.wait(10)
-        with pytest.raises(LockTimeout) as info, exclusive_lock(lock, timeout_s=0.1, poll_s=0.05,
-                                                                label="dataset data/processed/demo"):
+        with (
+            pytest.raises(LockTimeout) as info,
+            exclusive_lock(lock, timeout_s=0.1, poll_s=0.05, label="dataset data/processed/demo"),
+        ):
             pass
     finally:
         release.set()
         thread.join()
     message = str(info.value)
     assert not isinstance(info.value, TimeoutError)  # Prefect would end the flow run as TimedOut
-    assert re.match(rf"dataset data/processed/demo is locked by another run \(pid {os.getpid()} on .+, since "
-                    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\): \.pipeline\.lock is still held", message), message
+    assert re.match(
+        rf"dataset data/processed/demo is locked by another run \(pid {os.getpid()} on .+, since "
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\): \.pipeline\.lock is still held",
+        message,
+    ), message
     assert str(tmp_path) not in message  # no machine path in the UI
 
 
@@ -153,8 +209,20 @@ def test_pipeline_task_runs_have_plain_names() -> None:
     from tasks.train import train_centralized_task, train_federated_task
     from tasks.validate import validate_task
 
-    names = {t.name: t.task_run_name for t in (ingest_task, validate_task, per_bearing_task, partition_task,
-                                                train_federated_task, train_centralized_task, publish_task,
-                                                promote_task, score_task, report_task)}
+    names = {
+        t.name: t.task_run_name
+        for t in (
+            ingest_task,
+            validate_task,
+            per_bearing_task,
+            partition_task,
+            train_federated_task,
+            train_centralized_task,
+            publish_task,
+            promote_task,
+            score_task,
+            report_task,
+        )
+    }
     assert names == {name: name for name in names}
     assert {"ingest", "validate", "partition", "train-federated"} <= set(names)

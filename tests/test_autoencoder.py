@@ -29,8 +29,14 @@ def test_custom_widths_and_activation() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"n_inputs": 0}, {"n_inputs": 8, "hidden": ()}, {"n_inputs": 8, "hidden": (4, 0)},
-               {"n_inputs": 8, "activation": "gelu"}, {"n_inputs": 8, "depth": 3}]
+    "kwargs",
+    [
+        {"n_inputs": 0},
+        {"n_inputs": 8, "hidden": ()},
+        {"n_inputs": 8, "hidden": (4, 0)},
+        {"n_inputs": 8, "activation": "gelu"},
+        {"n_inputs": 8, "depth": 3},
+    ],
 )
 def test_invalid_model_config_is_rejected(kwargs: dict) -> None:
     with pytest.raises(ValidationError):

@@ -12,8 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-FILES = ("2003.10.22.12.06.24", "2003.10.22.12.09.13", "2003.10.22.12.14.13", "2003.10.22.12.19.13",
-         "2003.10.22.12.29.13", "2003.10.22.12.39.13")
+FILES = (
+    "2003.10.22.12.06.24",
+    "2003.10.22.12.09.13",
+    "2003.10.22.12.14.13",
+    "2003.10.22.12.19.13",
+    "2003.10.22.12.29.13",
+    "2003.10.22.12.39.13",
+)
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str], command: str) -> str:
@@ -37,8 +43,9 @@ def dataset(tmp_path: Path) -> Path:
     from bearing_core.features_import import import_features
 
     rng = np.random.default_rng(0)
-    table = write_table(tmp_path / "rig_mean_abs.csv", {f"B{i}": list(rng.uniform(0.05, 0.1, len(FILES)))
-                                                        for i in range(1, 5)})
+    table = write_table(
+        tmp_path / "rig_mean_abs.csv", {f"B{i}": list(rng.uniform(0.05, 0.1, len(FILES))) for i in range(1, 5)}
+    )
     import_features(table, tmp_path / "dataset")
     return tmp_path / "dataset"
 
@@ -64,9 +71,11 @@ def rewrite_config(model_dir: Path, **changes: Any) -> None:
 
 # ---- import-features -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("values", [[1, 2, 3, 4, 5, 6], ["2003-10-22"] * 6])
-def test_import_features_refuses_a_timestamp_column(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                    values: list[Any]) -> None:
+def test_import_features_refuses_a_timestamp_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], values: list[Any]
+) -> None:
     from cli.main import main
 
     table = write_table(tmp_path / "t.csv", {"B1": [0.1] * 6, "timestamp": values})
@@ -79,13 +88,16 @@ def test_import_features_prints_a_site_name_escaped(tmp_path: Path, capsys: pyte
     from cli.main import main
 
     table = write_table(tmp_path / "t.csv", {"B1": [0.1] * 6})
-    assert main(["import-features", str(table), "--out", str(tmp_path / "out"), "--site", "a\nscores: forged\x1b[2K"]) == 0
+    assert (
+        main(["import-features", str(table), "--out", str(tmp_path / "out"), "--site", "a\nscores: forged\x1b[2K"]) == 0
+    )
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "\x1b" not in out
     assert "site a\\nscores: forged\\x1b[2K (" in out
 
 
 # ---- loading a model (bearing score) -------------------------------------------------------------------------------
+
 
 class _Payload:
     def __init__(self, marker: Path) -> None:
@@ -95,8 +107,9 @@ class _Payload:
         return (os.mkdir, (str(self.marker),))
 
 
-def test_score_refuses_crafted_weights_in_one_line(dataset: Path, model_dir: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_score_refuses_crafted_weights_in_one_line(
+    dataset: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import torch
 
     from cli.main import main
@@ -110,8 +123,9 @@ def test_score_refuses_crafted_weights_in_one_line(dataset: Path, model_dir: Pat
     assert not marker.exists()
 
 
-def test_a_config_with_absurd_widths_is_refused_before_allocating(dataset: Path, model_dir: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_config_with_absurd_widths_is_refused_before_allocating(
+    dataset: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from bearing_core.model_io import load_model, parameter_count
     from cli.main import main
 
@@ -123,16 +137,22 @@ def test_a_config_with_absurd_widths_is_refused_before_allocating(dataset: Path,
     assert load_model(model_dir).model_cfg.hidden == (4, 2, 4)  # the real size passes
 
 
-def test_weights_of_another_shape_are_one_line(dataset: Path, model_dir: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_weights_of_another_shape_are_one_line(
+    dataset: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from bearing_core.autoencoder import Autoencoder, ModelConfig
     from bearing_core.model_io import save_model
     from bearing_core.scaling import Scaler
     from cli.main import main
 
     cfg = ModelConfig(n_inputs=4, hidden=(3, 3))  # same size or larger than (2, 2): passes the size check
-    other = save_model(tmp_path / "other", Autoencoder(cfg), cfg, Scaler(mean=np.zeros(4), std=np.ones(4)),
-                       [f"B{i}_mean_abs" for i in range(1, 5)])
+    other = save_model(
+        tmp_path / "other",
+        Autoencoder(cfg),
+        cfg,
+        Scaler(mean=np.zeros(4), std=np.ones(4)),
+        [f"B{i}_mean_abs" for i in range(1, 5)],
+    )
     rewrite_config(other, model={"n_inputs": 4, "hidden": [2, 2], "activation": "relu"})
     assert main(["score", str(dataset), "--model", str(other)]) == 2
     assert "weights.pt does not fit config.json's model" in one_error_line(capsys, "score")
@@ -140,15 +160,22 @@ def test_weights_of_another_shape_are_one_line(dataset: Path, model_dir: Path, t
 
 # ---- experiments: checked before Prefect starts ---------------------------------------------------------------
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--clients", "0"], "--clients must be >= 1, got 0"),
-    (["--only", "bogus"], "unknown experiments ['bogus']; this grid has: centralized, fedavg-iid"),
-    (["--raw-dir", "{tmp}/missing"], "raw directory not found: {tmp}/missing"),
-    (["--preset", "seed", "--raw-dir", "{tmp}/missing"], "raw directory not found: {tmp}/missing"),
-    (["--sites", "0"], "sites: Input should be greater than or equal to 1"),
-])
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--clients", "0"], "--clients must be >= 1, got 0"),
+        (["--only", "bogus"], "unknown experiments ['bogus']; this grid has: centralized, fedavg-iid"),
+        (["--raw-dir", "{tmp}/missing"], "raw directory not found: {tmp}/missing"),
+        (["--preset", "seed", "--raw-dir", "{tmp}/missing"], "raw directory not found: {tmp}/missing"),
+        (["--sites", "0"], "sites: Input should be greater than or equal to 1"),
+    ],
+)
 def test_experiments_arguments_are_checked_before_prefect_starts(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, args: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
     message: str,
 ) -> None:
     import flows.experiments
@@ -166,6 +193,7 @@ def test_experiments_arguments_are_checked_before_prefect_starts(
 
 # ---- evaluate --ground-truth ------------------------------------------------------------------------------------
 
+
 @pytest.fixture()
 def scores(tmp_path: Path) -> Path:
     path = tmp_path / "scores.csv"
@@ -174,11 +202,14 @@ def scores(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ('{"sites": [1, 2]}', "ground truth {gt}: seed: Field required"),
-    ("[1, 2]", "ground truth {gt}: Input should be an object"),
-    ("not json", "ground truth {gt}: Invalid JSON: expected ident at line 1 column 2"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"sites": [1, 2]}', "ground truth {gt}: seed: Field required"),
+        ("[1, 2]", "ground truth {gt}: Input should be an object"),
+        ("not json", "ground truth {gt}: Invalid JSON: expected ident at line 1 column 2"),
+    ],
+)
 def test_evaluate_ground_truth_of_the_wrong_shape_is_one_line(
     scores: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
 ) -> None:
@@ -206,6 +237,7 @@ def test_evaluate_prints_site_names_escaped(scores: Path, tmp_path: Path, capsys
 
 # ---- train ------------------------------------------------------------------------------------------------------
 
+
 def test_train_fraction_zero_is_an_error_not_the_default(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from cli.main import main
 
@@ -222,14 +254,29 @@ def test_printable_escapes_only_what_cannot_be_shown() -> None:
 
 
 @pytest.mark.integration
-def test_train_natural_takes_the_client_count_from_the_sites(dataset: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_natural_takes_the_client_count_from_the_sites(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Issue 15: `--partition natural` failed unless --clients equalled the number of sites ("gives 1 clients ...
     but num_clients=4"); natural is one client per site, as in the pipeline."""
     from cli.main import main
 
-    code = main(["train", str(dataset), "--partition", "natural", "--rounds", "1", "--local-epochs", "1",
-                 "--train-fraction", "1", "--out", str(tmp_path / "model")])
+    code = main(
+        [
+            "train",
+            str(dataset),
+            "--partition",
+            "natural",
+            "--rounds",
+            "1",
+            "--local-epochs",
+            "1",
+            "--train-fraction",
+            "1",
+            "--out",
+            str(tmp_path / "model"),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "partition natural: 1 clients" in out

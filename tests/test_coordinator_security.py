@@ -117,8 +117,14 @@ def write_foreign_app(app_dir: Path, markers: Path) -> Path:
 
 def flwr_run(app_dir: Path, connection: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """The venv's ``flwr run`` (JSON output)."""
-    return subprocess.run(["flwr", "run", str(app_dir), connection, "--format", "json"], capture_output=True,
-                          text=True, env=env, timeout=120, check=False)
+    return subprocess.run(
+        ["flwr", "run", str(app_dir), connection, "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
 
 
 def run_id_of(out: subprocess.CompletedProcess[str]) -> int:
@@ -171,7 +177,7 @@ def listening_sockets(root: int) -> set[tuple[str, int]]:
             except OSError:
                 continue
             if link.startswith("socket:["):
-                inodes.add(link[len("socket:["):-1])
+                inodes.add(link[len("socket:[") : -1])
     found = set()
     for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
         if not Path(table).is_file():
@@ -181,7 +187,7 @@ def listening_sockets(root: int) -> set[tuple[str, int]]:
             if fields[3] != "0A" or fields[9] not in inodes:  # 0A = LISTEN
                 continue
             address, port = fields[1].split(":")
-            raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, len(address), 8))
+            raw = b"".join(bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8))
             found.add((socket.inet_ntop(family, raw), int(port, 16)))
     return found
 
@@ -230,9 +236,17 @@ def test_guarded_superexec_acquires_and_launches_its_own_task_type_only() -> Non
     executor = _guarded_executor("serverapp")
     assert executor.get_eligible_capacity(set(TaskType))[0] == {TaskType.SERVER_APP}
     for task_type in set(TaskType) - {TaskType.SERVER_APP}:  # e.g. a simulation or agent run: never launched
-        spec = ExecutionSpec(task_type=task_type, runtime_api_address="127.0.0.1:9", token="t", insecure=True,
-                             root_certificates_path=None, runtime_dependency_install=False, parent_pid=None,
-                             suppress_output=False, task_id=7)
+        spec = ExecutionSpec(
+            task_type=task_type,
+            runtime_api_address="127.0.0.1:9",
+            token="t",
+            insecure=True,
+            root_certificates_path=None,
+            runtime_dependency_install=False,
+            parent_pid=None,
+            suppress_output=False,
+            task_id=7,
+        )
         result = executor.launch(spec)
         assert result.status == LaunchResultStatus.FAILED and "only bearing-fl's serverapp runs here" in result.message
     assert _guarded_executor("clientapp").get_eligible_capacity(set(TaskType))[0] == {TaskType.CLIENT_APP}
@@ -249,8 +263,16 @@ def test_fleet_listener_serves_fleet_paths_only() -> None:
 
     client = TestClient(FleetOnly(app))
     assert client.post("/v1/fleet/register-node").text == "/v1/fleet/register-node"
-    for path in ("/v1/control/start-run", "/v1/runtime/acquire-task", "/docs", "/openapi.json", "/health",
-                 "/v1/fleet/../control/start-run", "/v1/fleet/", "/v1/fleetx/get-run"):
+    for path in (
+        "/v1/control/start-run",
+        "/v1/runtime/acquire-task",
+        "/docs",
+        "/openapi.json",
+        "/health",
+        "/v1/fleet/../control/start-run",
+        "/v1/fleet/",
+        "/v1/fleetx/get-run",
+    ):
         assert client.post(path).status_code == 404, path
 
 
@@ -258,8 +280,9 @@ def test_fleet_listener_serves_fleet_paths_only() -> None:
 
 
 def _federate(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    cmd = bearing("federate", "--clients", "1", "--out", str(tmp_path / "model"), "--logs", str(tmp_path / "logs"),
-                  *argv)
+    cmd = bearing(
+        "federate", "--clients", "1", "--out", str(tmp_path / "model"), "--logs", str(tmp_path / "logs"), *argv
+    )
     return subprocess.run(cmd, capture_output=True, text=True, env=flower_env(), timeout=120, check=False)
 
 
@@ -273,8 +296,18 @@ def _federate(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
         (("--timeout", "-1", "--insecure"), "argument --timeout: must be a finite number of seconds > 0"),
         (("--timeout", "inf", "--insecure"), "argument --timeout: must be a finite number of seconds > 0"),
         (("--control-port", "0", "--insecure"), "argument --control-port: port must be in 1-65535, got 0"),
-        (("--i-know-this-is-insecure", "--ssl-ca-certfile", "ca.pem", "--ssl-certfile", "s.pem", "--ssl-keyfile",
-          "s.key"), "--i-know-this-is-insecure only goes with --insecure"),
+        (
+            (
+                "--i-know-this-is-insecure",
+                "--ssl-ca-certfile",
+                "ca.pem",
+                "--ssl-certfile",
+                "s.pem",
+                "--ssl-keyfile",
+                "s.key",
+            ),
+            "--i-know-this-is-insecure only goes with --insecure",
+        ),
     ],
 )
 @pytest.mark.integration
@@ -310,10 +343,29 @@ def test_control_and_runtime_apis_listen_on_loopback_whatever_host_says(tmp_path
     env = flower_env()
     env["FLWR_HOME"] = str(tmp_path / "flwr-home")
     port, control_port, logs = free_port(), free_port(), tmp_path / "logs"
-    coordinator = start("federate", bearing(
-        "federate", "--clients", "1", "--out", str(tmp_path / "model"), "--host", "127.0.0.2", "--port", str(port),
-        "--control-port", str(control_port), "--insecure", "--logs", str(logs), "--timeout", "300",
-    ), logs / "federate.log", env)
+    coordinator = start(
+        "federate",
+        bearing(
+            "federate",
+            "--clients",
+            "1",
+            "--out",
+            str(tmp_path / "model"),
+            "--host",
+            "127.0.0.2",
+            "--port",
+            str(port),
+            "--control-port",
+            str(control_port),
+            "--insecure",
+            "--logs",
+            str(logs),
+            "--timeout",
+            "300",
+        ),
+        logs / "federate.log",
+        env,
+    )
     with running([coordinator]):
         wait_for_log(coordinator, "waiting for 1 sites", timeout_s=120)
         assert listening_sockets(coordinator.process.pid) == {("127.0.0.2", port), ("127.0.0.1", control_port)}
@@ -333,16 +385,51 @@ def test_foreign_app_submitted_to_bearing_federate_is_refused_and_runs_nowhere(t
     env["FLWR_HOME"] = str(home)
     port, control_port, logs = free_port(), free_port(), tmp_path / "logs"
     # two sites expected, one joins: bearing's own run waits while the foreign app is submitted
-    coordinator = start("federate", bearing(
-        "federate", "--clients", "2", "--rounds", "1", "--out", str(tmp_path / "model"), "--port", str(port),
-        "--control-port", str(control_port), "--insecure", "--logs", str(logs), "--timeout", "300",
-    ), logs / "federate.log", env)
+    coordinator = start(
+        "federate",
+        bearing(
+            "federate",
+            "--clients",
+            "2",
+            "--rounds",
+            "1",
+            "--out",
+            str(tmp_path / "model"),
+            "--port",
+            str(port),
+            "--control-port",
+            str(control_port),
+            "--insecure",
+            "--logs",
+            str(logs),
+            "--timeout",
+            "300",
+        ),
+        logs / "federate.log",
+        env,
+    )
     processes: list[FlowerProcess] = [coordinator]
     with running(processes):
         wait_for_log(coordinator, "waiting for 2 sites", timeout_s=120)
-        site = start("site", bearing("site", "--superlink", f"127.0.0.1:{port}", "--data", str(dataset),
-                                     "--scheme", "natural", "--partition-id", "0", "--port", str(free_port()),
-                                     "--insecure"), logs / "site.log", env)
+        site = start(
+            "site",
+            bearing(
+                "site",
+                "--superlink",
+                f"127.0.0.1:{port}",
+                "--data",
+                str(dataset),
+                "--scheme",
+                "natural",
+                "--partition-id",
+                "0",
+                "--port",
+                str(free_port()),
+                "--insecure",
+            ),
+            logs / "site.log",
+            env,
+        )
         processes.append(site)
         wait_for_log(site, "SuperNode ID", timeout_s=60)
 
@@ -377,14 +464,42 @@ def test_site_refuses_a_foreign_clientapp_even_from_a_superlink_that_runs_it(tmp
     env = flower_env()
     env["FLWR_HOME"] = str(home)
     port, logs = free_port(), tmp_path / "logs"
-    stock = start("stock-superlink", ["flower-superlink", "--host", "127.0.0.1", "--port", str(port), "--insecure",
-                                      "--disable-runtime-dependency-installation"], logs / "stock.log", env)
+    stock = start(
+        "stock-superlink",
+        [
+            "flower-superlink",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--insecure",
+            "--disable-runtime-dependency-installation",
+        ],
+        logs / "stock.log",
+        env,
+    )
     processes: list[FlowerProcess] = [stock]
     with running(processes):
         wait_for_log(stock, "Uvicorn running on", timeout_s=60)
-        site = start("site", bearing("site", "--superlink", f"127.0.0.1:{port}", "--data", str(dataset),
-                                     "--scheme", "natural", "--partition-id", "0", "--port", str(free_port()),
-                                     "--insecure"), logs / "site.log", env)
+        site = start(
+            "site",
+            bearing(
+                "site",
+                "--superlink",
+                f"127.0.0.1:{port}",
+                "--data",
+                str(dataset),
+                "--scheme",
+                "natural",
+                "--partition-id",
+                "0",
+                "--port",
+                str(free_port()),
+                "--insecure",
+            ),
+            logs / "site.log",
+            env,
+        )
         processes.append(site)
         wait_for_log(site, "SuperNode ID", timeout_s=60)
         write_connection(f"127.0.0.1:{port}", "stock", flwr_home=home)

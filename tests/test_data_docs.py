@@ -71,6 +71,7 @@ def test_failing_page_marks_the_failed_check_in_red(docs: tuple[Path, Validation
     html = page.read_text(encoding="utf-8")
     assert html.count('class="fas fa-times text-danger"') >= 1 and 'class="fas fa-check-circle text-success"' in html
     assert re.search(r'<a class="navbar-brand" href="(\.\./){4}index\.html">', html)  # home link, no remote logo
+
     def icon_before(check: str) -> str:  # the status icon of a check's row comes right before its description
         return re.findall(r'class="fas (fa-[a-z-]+ text-[a-z]+)"', html[: html.index(f"**{check}**")])[-1]
 
@@ -84,7 +85,7 @@ def test_strip_remote_assets_keeps_local_and_inline_content() -> None:
     html = (
         '<link rel="stylesheet" href="https://cdn.example/b.css"/>\n<link rel="shortcut icon" href="./static/f.ico">\n'
         '<script src="http://cdn.example/j.js" integrity="x" crossorigin="anonymous"></script>\n'
-        "<script>var a = 1;</script>\n<a href=\"https://greatexpectations.io\">GX</a>"
+        '<script>var a = 1;</script>\n<a href="https://greatexpectations.io">GX</a>'
     )
     assert strip_remote_assets(html) == (
         '\n<link rel="shortcut icon" href="./static/f.ico">\n\n<script>var a = 1;</script>\n'

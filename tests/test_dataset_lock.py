@@ -1,4 +1,5 @@
-"""``bearing validate``, ``bearing ingest`` (and ``bearing score``, in test_scoring) hold the dataset's pipeline lock: while another
+"""``bearing validate``, ``bearing ingest`` (and ``bearing score``, in test_scoring) hold the dataset's pipeline lock:
+while another
 process holds ``<dataset>/.pipeline.lock`` they wait, and fail with one line and exit code 3 after
 ``--lock-timeout``; once it is released they run."""
 
@@ -82,8 +83,11 @@ def test_ingest_waits_for_the_dataset_lock_and_gives_up_cleanly(
     with lock_held_by_another_process(lock):
         args = parser.parse_args([*argv, "--lock-timeout", "0.2"])
         assert args.func(args) == LOCKED_EXIT_CODE
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
-        f"bearing ingest: error: {lock} is still held by another run after 0.2 s"
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .startswith(f"bearing ingest: error: {lock} is still held by another run after 0.2 s")
     )
     assert sorted(p.name for p in out.iterdir()) == [PIPELINE_LOCK_FILE]  # nothing ingested meanwhile
     with lock_held_by_another_process(lock, hold_s=0.5) as released:

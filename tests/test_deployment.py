@@ -57,33 +57,50 @@ def write_test_pki(out: Path, name: str) -> TlsFiles:
     now = dt.datetime.now(dt.UTC)
 
     def certificate(subject: str, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
-        return (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                .issuer_name(issuer).public_key(public_key).serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1)))
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+        )
 
     ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
-    ca = (certificate(f"{name} test CA", ca_name, ca_key.public_key())
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(ca_key, hashes.SHA256()))
-    server = (certificate("localhost", ca_name, server_key.public_key())
-              .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                          x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                             critical=False)
-              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-              .sign(ca_key, hashes.SHA256()))
+    ca = (
+        certificate(f"{name} test CA", ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server = (
+        certificate("localhost", ca_name, server_key.public_key())
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     (out / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (out / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    (out / "server.key").write_bytes(server_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (out / "server.key").write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return TlsFiles(out / "ca.pem", out / "server.pem", out / "server.key")
-
 
 
 def test_commands_bind_loopback_and_carry_the_node_config(tmp_path: Path) -> None:
     link = superlink_command(port=9999, control_port=9998)
     assert link[:4] == [sys.executable, "-m", "bearing_core.federated.launch", "superlink"] and "--insecure" in link
     assert [link[link.index(flag) + 1] for flag in ("--fleet-host", "--fleet-port", "--control-port")] == [
-        "127.0.0.1", "9999", "9998"]
+        "127.0.0.1",
+        "9999",
+        "9998",
+    ]
     node = supernode_command("127.0.0.1:9999", tmp_path, 3, runtime_port=9100)
     assert node[:4] == [sys.executable, "-m", "bearing_core.federated.launch", "supernode"]
     assert node[node.index("--node-config") + 1] == f"clients-dir='{tmp_path.resolve()}' partition-id=3"
@@ -103,14 +120,29 @@ def test_tls_options_are_passed_and_their_files_checked_before_anything_starts(
     link = superlink_command(port=9999, tls=tls)
     assert "--insecure" not in link
     assert [link[link.index(f"--ssl-{name}") + 1] for name in ("ca-certfile", "certfile", "keyfile")] == [
-        str(tls.ca_certfile), str(tls.certfile), str(tls.keyfile)]
+        str(tls.ca_certfile),
+        str(tls.certfile),
+        str(tls.keyfile),
+    ]
     tls.check()  # all three exist
     with pytest.raises(FileNotFoundError, match="TLS private key not found: .*missing.key"):
         TlsFiles(tls.ca_certfile, tls.certfile, tmp_path / "missing.key").check()
 
     federate = ["federate", "--clients", "2", "--out", str(tmp_path / "model"), "--logs", str(tmp_path / "logs")]
-    assert main([*federate, "--ssl-ca-certfile", str(tls.ca_certfile), "--ssl-certfile", str(tls.certfile),
-                 "--ssl-keyfile", str(tmp_path / "missing.key")]) == 2
+    assert (
+        main(
+            [
+                *federate,
+                "--ssl-ca-certfile",
+                str(tls.ca_certfile),
+                "--ssl-certfile",
+                str(tls.certfile),
+                "--ssl-keyfile",
+                str(tmp_path / "missing.key"),
+            ]
+        )
+        == 2
+    )
     assert "bearing federate: error: TLS private key not found" in capsys.readouterr().err
     assert main([*federate, "--ssl-ca-certfile", str(tls.ca_certfile)]) == 2
     assert "needs certfile and keyfile" in capsys.readouterr().err
@@ -118,8 +150,20 @@ def test_tls_options_are_passed_and_their_files_checked_before_anything_starts(
 
     dataset = write_feature_dataset(tmp_path / "dataset", rows_per_site=10)
     partition_dataset(dataset, "natural", 2, 0, InputConfig(train_fraction=1.0))
-    assert main(["site", "--superlink", "127.0.0.1:9", "--data", str(dataset), "--root-certificates",
-                 str(tmp_path / "nope.pem")]) == 2
+    assert (
+        main(
+            [
+                "site",
+                "--superlink",
+                "127.0.0.1:9",
+                "--data",
+                str(dataset),
+                "--root-certificates",
+                str(tmp_path / "nope.pem"),
+            ]
+        )
+        == 2
+    )
     assert f"bearing site: error: TLS CA certificate not found: {tmp_path / 'nope.pem'}" in capsys.readouterr().err
 
 
@@ -149,19 +193,26 @@ def test_superlink_and_two_supernodes_train_a_model(tmp_path: Path) -> None:
     port, control_port = free_port(), free_port()
     write_connection(f"127.0.0.1:{control_port}", flwr_home=tmp_path / "flwr-home")  # flwr run: the Control API
     logs = tmp_path / "logs"
-    processes = [start("superlink", superlink_command(port=port, control_port=control_port), logs / "superlink.log",
-                       env)]
+    processes = [
+        start("superlink", superlink_command(port=port, control_port=control_port), logs / "superlink.log", env)
+    ]
     with running(processes):
         wait_for_log(processes[0], READY, timeout_s=60)
         for k in range(2):
-            node = start(f"supernode-{k}", supernode_command(f"127.0.0.1:{port}", clients_dir, k, free_port()),
-                         logs / f"supernode-{k}.log", env)
+            node = start(
+                f"supernode-{k}",
+                supernode_command(f"127.0.0.1:{port}", clients_dir, k, free_port()),
+                logs / f"supernode-{k}.log",
+                env,
+            )
             processes.append(node)
         for node in processes[1:]:
             wait_for_log(node, "SuperNode ID", timeout_s=60)
         model_dir = tmp_path / "model"
-        run_config = {**FederatedConfig(rounds=2, num_clients=2, lr=0.01, batch_size=8).to_run_config(),
-                      "out-dir": str(model_dir)}
+        run_config = {
+            **FederatedConfig(rounds=2, num_clients=2, lr=0.01, batch_size=8).to_run_config(),
+            "out-dir": str(model_dir),
+        }
         run_id = submit_run(run_config, env=env)
         status = wait_for_run(run_id, timeout_s=300, env=env)
         assert status == "finished:completed", "\n".join(p.log_tail() for p in processes)
@@ -189,15 +240,54 @@ def test_tls_federation_with_bearing_federate_and_site_rejects_insecure_and_fore
     superlink = f"127.0.0.1:{port}"
 
     def site(name: str, partition_id: int, *security: str) -> FlowerProcess:
-        cmd = bearing("site", "--superlink", superlink, "--data", str(dataset), "--scheme", "natural",
-                      "--partition-id", str(partition_id), "--port", str(free_port()), *security)
+        cmd = bearing(
+            "site",
+            "--superlink",
+            superlink,
+            "--data",
+            str(dataset),
+            "--scheme",
+            "natural",
+            "--partition-id",
+            str(partition_id),
+            "--port",
+            str(free_port()),
+            *security,
+        )
         return start(name, cmd, logs / f"{name}.log", env)
 
-    coordinator = start("federate", bearing(
-        "federate", "--clients", "2", "--rounds", "2", "--lr", "0.01", "--batch-size", "8", "--out", str(model_dir),
-        "--port", str(port), "--control-port", str(free_port()), "--ssl-ca-certfile", str(tls.ca_certfile), "--ssl-certfile", str(tls.certfile),
-        "--ssl-keyfile", str(tls.keyfile), "--logs", str(logs), "--timeout", "300",
-    ), logs / "federate.log", env)
+    coordinator = start(
+        "federate",
+        bearing(
+            "federate",
+            "--clients",
+            "2",
+            "--rounds",
+            "2",
+            "--lr",
+            "0.01",
+            "--batch-size",
+            "8",
+            "--out",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--control-port",
+            str(free_port()),
+            "--ssl-ca-certfile",
+            str(tls.ca_certfile),
+            "--ssl-certfile",
+            str(tls.certfile),
+            "--ssl-keyfile",
+            str(tls.keyfile),
+            "--logs",
+            str(logs),
+            "--timeout",
+            "300",
+        ),
+        logs / "federate.log",
+        env,
+    )
     processes = [coordinator]
     with running(processes):
         wait_for_log(coordinator, "waiting for 2 sites", timeout_s=120)

@@ -11,7 +11,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,7 +27,6 @@ POOL = "bearing-local"
 TZ = "Europe/Paris"  # not the default: proves the schedule's time zone comes from BEARING_TZ
 
 pytestmark = pytest.mark.integration
-
 
 
 def _alive(pid: int) -> bool:
@@ -72,8 +71,12 @@ def _script(name: str, env: dict[str, str], timeout: float) -> subprocess.Comple
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path_factory.mktemp("prefect_home")), BEARING_PREFECT_PORT=str(port),
-               BEARING_TZ=TZ, BEARING_STOP_TIMEOUT="10")
+    env.update(
+        PREFECT_HOME=str(tmp_path_factory.mktemp("prefect_home")),
+        BEARING_PREFECT_PORT=str(port),
+        BEARING_TZ=TZ,
+        BEARING_STOP_TIMEOUT="10",
+    )
     started = _script("serve.sh", env, timeout=240)
     served = Served(env, port, started.stdout + started.stderr)
     try:
@@ -118,8 +121,10 @@ def test_serve_starts_server_and_worker_and_reports_the_ui(served: Served) -> No
 
 def test_both_deployments_exist_with_their_schedules_and_the_pipeline_parameters(served: Served) -> None:
     async def deployments(client: Any) -> dict[str, Any]:
-        return {name: await client.read_deployment_by_name(f"pipeline/{name}")
-                for name in ("nightly-retrain", "manual-pipeline")}
+        return {
+            name: await client.read_deployment_by_name(f"pipeline/{name}")
+            for name in ("nightly-retrain", "manual-pipeline")
+        }
 
     from bearing_core.params import PipelineParams
 
@@ -130,16 +135,16 @@ def test_both_deployments_exist_with_their_schedules_and_the_pipeline_parameters
     for deployment in (nightly, manual):
         assert deployment.entrypoint == "flows/pipeline.py:pipeline_flow"
         assert deployment.work_pool_name == POOL
-        assert deployment.pull_steps == [
-            {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
-        ]
+        assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
         assert deployment.job_variables["working_dir"] == str(ROOT)
         assert deployment.job_variables["env"]["BEARING_PROJECT_DIR"] == str(ROOT)
         schema = deployment.parameter_openapi_schema
         props = schema["properties"]
         assert set(props) == set(flow_defaults)  # the UI form offers every section of the parameters
-        groups = {name: schema["definitions"][props[name]["$ref"].rsplit("/", 1)[1]]["properties"]
-                  for name in ("data", "federated", "threshold", "alarms")}
+        groups = {
+            name: schema["definitions"][props[name]["$ref"].rsplit("/", 1)[1]]["properties"]
+            for name in ("data", "federated", "threshold", "alarms")
+        }
         assert {"raw_dir", "train_until", "relative_inputs"} <= set(groups["data"])
         assert {"rounds", "strategy", "partition", "seed"} <= set(groups["federated"])
         assert groups["federated"]["rounds"]["type"] == "integer" and groups["federated"]["rounds"]["default"] == 20
@@ -162,7 +167,7 @@ def test_both_deployments_exist_with_their_schedules_and_the_pipeline_parameters
     from prefect.server.schemas.schedules import CronSchedule
 
     (due,) = asyncio.run(CronSchedule(cron=schedule.schedule.cron, timezone=TZ).get_dates(n=1))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert now < due <= now + timedelta(days=1)
     local = due.astimezone(ZoneInfo(TZ))
     assert (local.hour, local.minute) == (2, 0)

@@ -39,9 +39,7 @@ def _makefile_exports(root: Path) -> dict[str, str]:
     return exports
 
 
-def test_the_makefile_exports_what_configure_environment_sets(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_the_makefile_exports_what_configure_environment_sets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     root = tmp_path.resolve()
     for key in list(os.environ):
         if key.startswith(("PREFECT_", "FLWR_", "RAY_", "GX_", "DO_NOT_TRACK", "BEARING_")) or key in OFFLINE_DEFAULTS:
@@ -76,9 +74,12 @@ def test_requirements_lock_pins_every_direct_dependency_at_pyprojects_version() 
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     direct = [Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"]["dev"]]]
-    lock = {canonicalize_name(name): version for name, version in (
-        line.split("==") for line in (REPO / "requirements.lock").read_text(encoding="utf-8").split()
-    )}
+    lock = {
+        canonicalize_name(name): version
+        for name, version in (
+            line.split("==") for line in (REPO / "requirements.lock").read_text(encoding="utf-8").split()
+        )
+    }
     assert {canonicalize_name(r.name): str(r.specifier).removeprefix("==") for r in direct} == {
         canonicalize_name(r.name): lock.get(canonicalize_name(r.name)) for r in direct
     }

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bearing_core.evaluation import evaluate_against_ground_truth, evaluate_detection, plot_scores
 from bearing_core.alarms import AlarmConfig, debounce_alarms
+from bearing_core.evaluation import evaluate_against_ground_truth, evaluate_detection, plot_scores
 from bearing_core.scoring import write_scores
 from bearing_core.synthetic import DemoConfig, plan_ground_truth
 
@@ -22,12 +22,18 @@ HOUR = timedelta(hours=1)
 def _scores(anomalous: list[int], site: str = "s1", start: datetime = START, step: timedelta = HOUR) -> pd.DataFrame:
     """Hourly scores: anomalous rows score 2.0, others 0.5, threshold 1.0; 3-of-3 alarms."""
     flags = np.array(anomalous, dtype=bool)
-    df = pd.DataFrame({
-        "timestamp": pd.to_datetime([start + i * step for i in range(len(flags))]).astype("datetime64[us]"),
-        "file": [f"f{i:03d}" for i in range(len(flags))], "site": site, "path": [f"{site}/f{i:03d}" for i in range(len(flags))],
-        "score": np.where(flags, 2.0, 0.5), "threshold": 1.0, "is_anomaly": flags,
-        "top_channel": np.where(flags, "B3_a", "B1_a"),
-    })
+    df = pd.DataFrame(
+        {
+            "timestamp": pd.to_datetime([start + i * step for i in range(len(flags))]).astype("datetime64[us]"),
+            "file": [f"f{i:03d}" for i in range(len(flags))],
+            "site": site,
+            "path": [f"{site}/f{i:03d}" for i in range(len(flags))],
+            "score": np.where(flags, 2.0, 0.5),
+            "threshold": 1.0,
+            "is_anomaly": flags,
+            "top_channel": np.where(flags, "B3_a", "B1_a"),
+        }
+    )
     three_in_a_row = AlarmConfig(persistence_h=3 * step.total_seconds() / 3600, fraction=1.0, warmup_h=0)
     return df.assign(alarm=debounce_alarms(df, three_in_a_row))
 
@@ -92,8 +98,9 @@ def test_evaluate_against_ground_truth_per_site() -> None:
 
 def test_plot_scores_writes_a_png(tmp_path: Path) -> None:
     df = pd.concat([_scores(SERIES, "a"), _scores(SERIES[::-1], "b")])
-    out = plot_scores(df, None, tmp_path / "plot.png", onset={"a": START + 30 * HOUR}, failure=START + 48 * HOUR,
-                      title="test")
+    out = plot_scores(
+        df, None, tmp_path / "plot.png", onset={"a": START + 30 * HOUR}, failure=START + 48 * HOUR, title="test"
+    )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     with pytest.raises(ValueError, match="empty"):
         plot_scores(df.iloc[:0], 1.0, tmp_path / "empty.png")
@@ -105,8 +112,18 @@ def test_evaluate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     write_scores(_scores(SERIES), tmp_path / "scores.csv")
-    args = parser.parse_args(["evaluate", str(tmp_path / "scores.csv"), "--failure-time", "2004-01-03T00:00:00",
-                              "--healthy-until", "2004-01-02T00:00:00", "--plot", str(tmp_path / "p.png")])
+    args = parser.parse_args(
+        [
+            "evaluate",
+            str(tmp_path / "scores.csv"),
+            "--failure-time",
+            "2004-01-03T00:00:00",
+            "--healthy-until",
+            "2004-01-02T00:00:00",
+            "--plot",
+            str(tmp_path / "p.png"),
+        ]
+    )
     assert run(args) == 0
     out = capsys.readouterr().out
     assert "lead time before failure: 6.00 h" in out and "1.00 per day" in out

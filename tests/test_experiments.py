@@ -53,7 +53,9 @@ def test_block_split_is_the_notebooks_in_order_80_20_per_block() -> None:
 
 
 def test_site_split_holds_out_the_latest_fifth_of_each_site() -> None:
-    rows = pd.DataFrame({"site": ["a"] * 10 + ["b"] * 4, "timestamp": pd.date_range("2004-01-01", periods=14, freq="h")})
+    rows = pd.DataFrame(
+        {"site": ["a"] * 10 + ["b"] * 4, "timestamp": pd.date_range("2004-01-01", periods=14, freq="h")}
+    )
     train, evaluation = site_holdout_split(rows, 0.2)
     assert list(evaluation) == [8, 9, 13]  # ceil(0.2*10) = 2 of site a, ceil(0.2*4) = 1 of site b
     assert list(train) == [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12]
@@ -102,7 +104,12 @@ def test_seed_preset_is_the_notebooks_recipe() -> None:
 
     cfg = grid.federated_config(specs["fedavg-iid"], 10)
     assert (cfg.strategy, cfg.rounds, cfg.local_epochs, cfg.lr, cfg.batch_size) == ("fedavg", 20, 1, 1e-3, 128)
-    assert (cfg.scale, cfg.activation, cfg.threshold_method, cfg.threshold_quantile) == (False, "relu", "quantile", 0.95)
+    assert (cfg.scale, cfg.activation, cfg.threshold_method, cfg.threshold_quantile) == (
+        False,
+        "relu",
+        "quantile",
+        0.95,
+    )
     assert grid.federated_config(specs["fedprox-quantity"], 10).strategy == "fedprox"
     model = build_model(ModelConfig(n_inputs=8, hidden=cfg.hidden, activation=cfg.activation), seed=0)
     linear = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -142,8 +149,10 @@ def test_client_files_train_on_their_part_and_hold_a_share_of_the_common_eval_se
     from bearing_core.federated.client_app import load_partition
 
     split = samples_split()
-    for name, partitioner in (("iid", resolve_partitioner(ExperimentSpec(name="i", label="i", partition="blocks"), 10)),
-                              ("skew", resolve_partitioner(ExperimentSpec(name="q", label="q", partition="quantity"), 10))):
+    for name, partitioner in (
+        ("iid", resolve_partitioner(ExperimentSpec(name="i", label="i", partition="blocks"), 10)),
+        ("skew", resolve_partitioner(ExperimentSpec(name="q", label="q", partition="quantity"), 10)),
+    ):
         parts = partitioner.partition(split.train, 10, 0)
         eval_parts = deal_eval_rows(split.eval, [len(p) for p in parts], partitioner.name, {})
         clients_dir = write_experiment_clients(split, parts, eval_parts, tmp_path, name, partitioner.params(), 0)
@@ -201,8 +210,12 @@ def test_split_written_for_the_experiment_tasks_reads_back_identical_and_refuses
     pd.testing.assert_frame_equal(back.eval, split.eval)
     assert np.array_equal(back.train_position, split.train_position)
     assert np.array_equal(back.eval_position, split.eval_position)
-    assert (back.columns, back.description, back.dataset_dir, back.faulty) == (split.columns, split.description,
-                                                                                None, None)
+    assert (back.columns, back.description, back.dataset_dir, back.faulty) == (
+        split.columns,
+        split.description,
+        None,
+        None,
+    )
     (tmp_path / "split" / "eval.parquet").write_bytes((tmp_path / "split" / "train.parquet").read_bytes())
     with pytest.raises(ValueError, match=r"eval.parquet changed since it was recorded"):
         read_split(manifest, sha)
@@ -218,13 +231,21 @@ def harness(tmp_path_factory: pytest.TempPathFactory):
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with (temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results")}),
-          prefect_test_harness(server_startup_timeout=120)):
+    with (
+        temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results")}),
+        prefect_test_harness(server_startup_timeout=120),
+    ):
         yield
 
 
-DEMO_RUN = {"preset": "demo", "rounds": 2, "experiments": [CENTRALIZED, "fedavg-natural"], "demo_sites": 2,
-            "demo_files": 14, "demo_samples": 2048}
+DEMO_RUN = {
+    "preset": "demo",
+    "rounds": 2,
+    "experiments": [CENTRALIZED, "fedavg-natural"],
+    "demo_sites": 2,
+    "demo_files": 14,
+    "demo_samples": 2048,
+}
 """The tiny demo grid every flow test runs (the second and third runs are served from the cache)."""
 
 
@@ -293,8 +314,9 @@ def test_rerun_serves_every_experiment_from_the_cache_and_reruns_one_whose_resul
     third = state.result()
     assert task_run_states(state.state_details.flow_run_id)["experiment"] == ["Cached", "Completed", "Cached"]
     assert (out / "models" / CENTRALIZED / "experiment_errors.parquet").is_file()
-    pd.testing.assert_frame_equal(pd.DataFrame(third["summary"]).drop(columns="wall_s"),
-                                  pd.DataFrame(first["summary"]).drop(columns="wall_s"))
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(third["summary"]).drop(columns="wall_s"), pd.DataFrame(first["summary"]).drop(columns="wall_s")
+    )
 
 
 @pytest.mark.integration

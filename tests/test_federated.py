@@ -52,8 +52,9 @@ def test_flower_app_defaults_equal_federated_config_defaults() -> None:
 
 
 def test_run_config_round_trip() -> None:
-    cfg = FederatedConfig(strategy="fedprox", rounds=3, hidden=(8, 3, 8), proximal_mu=0.1,
-                          fault=FaultInjection(partition_id=2, round=2))
+    cfg = FederatedConfig(
+        strategy="fedprox", rounds=3, hidden=(8, 3, 8), proximal_mu=0.1, fault=FaultInjection(partition_id=2, round=2)
+    )
     run_config = cfg.to_run_config()
     assert run_config["hidden"] == "8,3,8" and run_config["fault-partition-id"] == 2
     assert all(isinstance(v, int | float | str | bool) for v in run_config.values())
@@ -110,8 +111,10 @@ def test_every_strategy_builds_and_aggregates(name: str) -> None:
     strategy = build_strategy(cfg)
     assert type(strategy).__name__.lower() == f"bearing{name}"
     start = ArrayRecord([np.zeros(3, dtype=np.float32), np.zeros((2, 2), dtype=np.float32)])
-    instructions = sorted(strategy.configure_train(1, start, ConfigRecord(), _Nodes([100, 101, 102, 103, 104])),
-                          key=lambda m: m.metadata.dst_node_id)
+    instructions = sorted(
+        strategy.configure_train(1, start, ConfigRecord(), _Nodes([100, 101, 102, 103, 104])),
+        key=lambda m: m.metadata.dst_node_id,
+    )
     assert len(instructions) == 5
     if name == "fedprox":
         assert instructions[0].content["config"]["proximal-mu"] == cfg.proximal_mu
@@ -142,8 +145,11 @@ def test_every_strategy_builds_and_aggregates(name: str) -> None:
 def test_failed_replies_are_excluded_and_logged_until_too_few_remain() -> None:
     cfg = FederatedConfig(num_clients=3, min_fit_fraction=0.5)
     ledger = RoundLedger(cfg, node_partitions={101: 1})
-    replies = [_train_reply(100, 0, 1.0, 10, 0.5), _error_reply(101, "boom Message: injected fault'>"),
-               _train_reply(102, 2, 3.0, 30, 0.7)]
+    replies = [
+        _train_reply(100, 0, 1.0, 10, 0.5),
+        _error_reply(101, "boom Message: injected fault'>"),
+        _train_reply(102, 2, 3.0, 30, 0.7),
+    ]
     kept = ledger.check_replies(1, "train", sampled=3, replies=replies)
     assert [m.has_error() for m in kept] == [False, False, True]
     assert ledger.failures == [{"round": 1, "step": "train", "client": 1, "node_id": 101, "reason": "injected fault"}]
@@ -170,8 +176,14 @@ def test_short_reason_keeps_the_client_message() -> None:
 # ------------------------------------------------------------------------------ one real simulation
 
 
-SIMULATED_CFG = FederatedConfig(rounds=3, local_epochs=2, lr=1e-2, batch_size=16, min_fit_fraction=0.5,
-                                fault=FaultInjection(partition_id=1, round=1))
+SIMULATED_CFG = FederatedConfig(
+    rounds=3,
+    local_epochs=2,
+    lr=1e-2,
+    batch_size=16,
+    min_fit_fraction=0.5,
+    fault=FaultInjection(partition_id=1, round=1),
+)
 
 
 def _torch_settings() -> tuple[int, bool]:
@@ -223,8 +235,16 @@ def test_failing_client_is_excluded_not_fatal(simulated) -> None:
 def test_model_and_metrics_written_with_centralized_baseline(simulated) -> None:
     result, dataset = simulated
     metrics = pq.read_table(result.model_dir / "metrics.parquet").to_pandas()
-    assert list(metrics.columns) == ["round", "client", "train_loss", "eval_mse", "eval_rmse",
-                                     "num_train_examples", "num_eval_examples", "wall_s"]
+    assert list(metrics.columns) == [
+        "round",
+        "client",
+        "train_loss",
+        "eval_mse",
+        "eval_rmse",
+        "num_train_examples",
+        "num_eval_examples",
+        "wall_s",
+    ]
     central = metrics[metrics["client"] == "centralized"].sort_values("round")
     assert list(central["round"]) == [1, 2, 3]
     round2 = metrics[(metrics["client"] == "global") & (metrics["round"] == 2)]
@@ -250,8 +270,9 @@ def test_same_seed_gives_the_same_model_bit_for_bit(simulated, tmp_path: Path) -
     from bearing_core.federated.simulation import run_federated
 
     result, dataset = simulated
-    again = run_federated(dataset, SIMULATED_CFG, tmp_path / "again", baseline=False,
-                          resources=SimulationResources(workers=3))
+    again = run_federated(
+        dataset, SIMULATED_CFG, tmp_path / "again", baseline=False, resources=SimulationResources(workers=3)
+    )
     first, second = load_model(result.model_dir), load_model(again.model_dir)
     for name, tensor in first.model.state_dict().items():
         assert tensor.numpy().tobytes() == second.model.state_dict()[name].numpy().tobytes(), name

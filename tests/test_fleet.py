@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from helpers.feature_datasets import write_feature_dataset
+from helpers.models import train_model
 
 from bearing_core.fleet import (
     SiteReport,
@@ -28,14 +30,19 @@ from bearing_core.registry import (
     publish_model,
     registry_dir,
 )
-from helpers.feature_datasets import write_feature_dataset
-from helpers.models import train_model
 
 
 def _report(site: str, pid: int, holdout_rows: int = 10, **mse: float) -> SiteReport:
-    return SiteReport(site=site, partition_id=pid, created=datetime.now(UTC), validation_passed=True,
-                      dataset_sha256=f"{pid:064d}", train_rows=40, holdout_rows=holdout_rows,
-                      holdout_mse={k.replace("_", "-"): v for k, v in mse.items()})
+    return SiteReport(
+        site=site,
+        partition_id=pid,
+        created=datetime.now(UTC),
+        validation_passed=True,
+        dataset_sha256=f"{pid:064d}",
+        train_rows=40,
+        holdout_rows=holdout_rows,
+        holdout_mse={k.replace("_", "-"): v for k, v in mse.items()},
+    )
 
 
 def test_a_site_trains_as_client_k_of_the_fleet_from_its_one_client_partition(tmp_path: Path) -> None:
@@ -48,8 +55,9 @@ def test_a_site_trains_as_client_k_of_the_fleet_from_its_one_client_partition(tm
     assert staged == out / "client_2.parquet" and sorted(p.name for p in out.iterdir()) == ["client_2.parquet"]
     table = pq.read_table(staged)
     assert table.num_rows == manifest.clients[0].train_rows + manifest.clients[0].holdout_rows
-    two = partition_dataset(write_feature_dataset(tmp_path / "two", rows_per_site=20), "natural", 2, 0,
-                            InputConfig(train_fraction=1.0))
+    two = partition_dataset(
+        write_feature_dataset(tmp_path / "two", rows_per_site=20), "natural", 2, 0, InputConfig(train_fraction=1.0)
+    )
     assert two.num_clients == 2
     with pytest.raises(ValueError, match="one client, this partitioning has 2"):
         stage_training_file(scheme_dir(tmp_path / "two", "natural"), 0, out)

@@ -39,12 +39,14 @@ ALARMS = AlarmConfig(persistence_h=3.0, fraction=1.0, warmup_h=0.0)
 
 def _scores(rows: list[tuple[str, float, bool]]) -> pd.DataFrame:
     """(site, hours after START, alarm) -> a scores frame."""
-    return pd.DataFrame({
-        "timestamp": [START + pd.Timedelta(hours=h) for _, h, _ in rows],
-        "site": [s for s, _, _ in rows],
-        "path": [f"{s}/{h:g}" for s, h, _ in rows],
-        "alarm": [a for _, _, a in rows],
-    })
+    return pd.DataFrame(
+        {
+            "timestamp": [START + pd.Timedelta(hours=h) for _, h, _ in rows],
+            "site": [s for s, _, _ in rows],
+            "path": [f"{s}/{h:g}" for s, h, _ in rows],
+            "alarm": [a for _, _, a in rows],
+        }
+    )
 
 
 def test_rolling_keeps_normal_rows_older_than_the_guard_band_within_the_window() -> None:
@@ -52,8 +54,10 @@ def test_rolling_keeps_normal_rows_older_than_the_guard_band_within_the_window()
     rows = [("s/B1", h, False) for h in hours] + [("s/B2", h, h >= 80) for h in hours]
     end = START + pd.Timedelta(hours=99)
     chosen = rolling_selection(_scores(rows), end, guard_h=24, window_days=3)
-    got = {site: sorted((chosen[chosen["site"] == site]["timestamp"] - START) / pd.Timedelta(hours=1))
-           for site in ("s/B1", "s/B2")}
+    got = {
+        site: sorted((chosen[chosen["site"] == site]["timestamp"] - START) / pd.Timedelta(hours=1))
+        for site in ("s/B1", "s/B2")
+    }
     # window: the last 3 days (>= hour 27); guard: 24 h before the data end (B1) and before the first alarm (B2)
     assert got["s/B1"] == list(np.arange(27, 75, 1.0))
     assert got["s/B2"] == list(np.arange(27, 56, 1.0))
@@ -89,7 +93,9 @@ def test_alarms_cli_clears_a_scored_site_and_refuses_an_unknown_one(tmp_path: Pa
 
 
 def test_without_a_champion_rolling_falls_back_to_first_fraction(tmp_path: Path) -> None:
-    chosen, why = rolling_for_dataset(tmp_path / "scores.parquet", None, START, tmp_path, HealthyPolicy(policy="rolling"))
+    chosen, why = rolling_for_dataset(
+        tmp_path / "scores.parquet", None, START, tmp_path, HealthyPolicy(policy="rolling")
+    )
     assert chosen is None and "no champion" in why and "first-fraction" in why
 
 
@@ -106,8 +112,12 @@ def _source(root: Path, days: float, onset_day: float) -> Path:
     for j, channel in enumerate(CHANNELS):
         level = 0.1 * (1 + 0.1 * j) * np.exp(0.03 * rng.normal(size=len(stamps)))
         frame[f"{channel}_mean_abs"] = level * (defect if channel.startswith("B2") else 1.0)
-    write_features_only_dataset(root, frame, [f"{c}_mean_abs" for c in CHANNELS],
-                                {"channels": CHANNELS, "features": ["mean_abs"], "sites": ["site_1"], "rig": {}})
+    write_features_only_dataset(
+        root,
+        frame,
+        [f"{c}_mean_abs" for c in CHANNELS],
+        {"channels": CHANNELS, "features": ["mean_abs"], "sites": ["site_1"], "rig": {}},
+    )
     return root
 
 
@@ -125,9 +135,16 @@ def _night(source: Path, models: Path, night: int, healthy_file: Path | None, ch
     selection = None if healthy_file is None else read_selection(healthy_file)
     write_per_bearing_dataset(source, derived, input_cfg, PerBearingConfig(log=True), selection)
     partition_dataset(derived, "natural", 1, 0, input_cfg, {"parent": True}, healthy_file)
-    cfg = FederatedConfig(rounds=4, local_epochs=4, hidden=(4, 1, 4), activation="tanh", threshold_method="max",
-                          calibrate_persistence_h=ALARMS.persistence_h, calibrate_fraction=ALARMS.fraction,
-                          warm_start=str(champion or ""))
+    cfg = FederatedConfig(
+        rounds=4,
+        local_epochs=4,
+        hidden=(4, 1, 4),
+        activation="tanh",
+        threshold_method="max",
+        calibrate_persistence_h=ALARMS.persistence_h,
+        calibrate_fraction=ALARMS.fraction,
+        warm_start=str(champion or ""),
+    )
     model_dir = models / f"night{night}"
     run_federated(derived, cfg, model_dir, scheme="natural", baseline=False)
     update_scores(derived, model_dir, alarms=ALARMS)
@@ -148,8 +165,13 @@ def test_rolling_keeps_alarming_after_three_nights_first_fraction_absorbs_a_long
     assert _alarming_last_day(scores) == {"site_1/B1": 0.0, "site_1/B2": pytest.approx(1.0, abs=0.15)}
     for night in (1, 2, 3):  # one more day of data each night, rolling policy from the champion's scores
         _source(source, 6 + night, 5)
-        chosen, why = rolling_for_dataset(source / PER_BEARING_DIR / "scores.parquet", model.name,
-                                          pd.Timestamp(START + pd.Timedelta(days=6 + night, hours=-1)), source, policy)
+        chosen, why = rolling_for_dataset(
+            source / PER_BEARING_DIR / "scores.parquet",
+            model.name,
+            pd.Timestamp(START + pd.Timedelta(days=6 + night, hours=-1)),
+            source,
+            policy,
+        )
         assert chosen is not None, why
         b2 = chosen[chosen["site"] == "site_1/B2"]["timestamp"]
         assert b2.max() < START + pd.Timedelta(days=5, hours=-20)  # a guard band before the alarm (onset day 5)

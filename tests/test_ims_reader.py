@@ -153,7 +153,9 @@ def test_archive_layout_is_parsed_by_the_fast_path_bit_for_bit(file: tuple[bytes
 @given(
     archive_files(),
     st.lists(
-        st.tuples(st.floats(min_value=0, max_value=1, exclude_max=True), st.sampled_from(list(b"0123456789.-+e \t\r\n\x00"))),
+        st.tuples(
+            st.floats(min_value=0, max_value=1, exclude_max=True), st.sampled_from(list(b"0123456789.-+e \t\r\n\x00"))
+        ),
         min_size=1,
         max_size=3,
     ),

@@ -36,13 +36,29 @@ def replay_scores(shared_ims: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """Per-bearing scores of the pipeline run on the replay, with each row's 0-based file index in the 1st test."""
     project = tmp_path_factory.mktemp("replay-project")
     raw = project / "data" / "raw" / "ims_1st"
-    subprocess.run([sys.executable, str(shared_ims / "replay_ims.py"),
-                    str(shared_ims / "features" / "1st_test_mean_abs.csv"), str(raw), "--every", str(EVERY)],
-                   check=True, capture_output=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_HOME", "FLWR_HOME", "RAY_TMPDIR", "PREFECT_API_URL")}
+    subprocess.run(
+        [
+            sys.executable,
+            str(shared_ims / "replay_ims.py"),
+            str(shared_ims / "features" / "1st_test_mean_abs.csv"),
+            str(raw),
+            "--every",
+            str(EVERY),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PREFECT_HOME", "FLWR_HOME", "RAY_TMPDIR", "PREFECT_API_URL")
+    }
     env.update(PYTHONPATH=str(ROOT), BEARING_PROJECT_DIR=str(project))
-    run = subprocess.run([sys.executable, "-m", "cli.main", "run", "--raw-dir", str(raw), "--train-until", TRAIN_UNTIL],
-                         cwd=project, env=env, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "cli.main", "run", "--raw-dir", str(raw), "--train-until", TRAIN_UNTIL],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "layout                   per_bearing (4 bearings" in run.stdout
     files = sorted(p.name for p in raw.iterdir())
@@ -63,8 +79,11 @@ def _events(scores: pd.DataFrame) -> list[tuple[int, str]]:
 
 
 def test_the_failing_bearings_alarm_before_the_anchor(replay_scores: pd.DataFrame) -> None:
-    first = {b: int(part.loc[part["alarm"], "index"].min()) for b, part in replay_scores.groupby("bearing")
-             if part["alarm"].any()}
+    first = {
+        b: int(part.loc[part["alarm"], "index"].min())
+        for b, part in replay_scores.groupby("bearing")
+        if part["alarm"].any()
+    }
     assert first.get("B4", 10**9) < ANCHOR["B4"], first
     assert first.get("B3", 10**9) < ANCHOR["B3"], first
 

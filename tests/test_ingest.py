@@ -342,7 +342,11 @@ def test_killed_run_is_completed_by_the_next_run(tmp_path: Path, kill_at: str, k
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     killed = subprocess.run(
         [sys.executable, "-c", _KILLING_RUN, str(raw), str(out), kill_at, str(kill_after)],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert killed.returncode == -9, killed.stderr
     # Previous outputs stay readable and consistent: every feature row has its samples file.

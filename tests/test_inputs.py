@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,7 @@ def test_train_fraction_is_taken_per_site(tmp_path: Path) -> None:
 
 def test_train_until_is_a_time_cutoff_for_every_site_and_accepts_aware_datetimes(tmp_path: Path) -> None:
     ds = write_dataset(tmp_path / "ds", {"site_1": 20, "site_2": 20})
-    cutoff = datetime(2004, 2, 12, 10, 41, tzinfo=timezone.utc)  # site_1 at :00..:40, site_2 at :01..:41
+    cutoff = datetime(2004, 2, 12, 10, 41, tzinfo=UTC)  # site_1 at :00..:40, site_2 at :01..:41
     healthy = healthy_period(load_features(ds), InputConfig(train_until=cutoff))
     assert healthy["site"].value_counts().to_dict() == {"site_1": 5, "site_2": 5}
     with pytest.raises(ValueError, match="empty healthy period"):
@@ -67,14 +67,19 @@ def test_train_until_is_a_time_cutoff_for_every_site_and_accepts_aware_datetimes
 
 
 def test_quarantined_paths_never_reach_the_model(tmp_path: Path) -> None:
-    ds = write_dataset(tmp_path / "ds", {"site_1": 6, "site_2": 6}, quarantined=("site_1/2004.02.12.10.00.00",
-                                                                                  "site_2/2004.02.12.10.21.00"))
+    ds = write_dataset(
+        tmp_path / "ds",
+        {"site_1": 6, "site_2": 6},
+        quarantined=("site_1/2004.02.12.10.00.00", "site_2/2004.02.12.10.21.00"),
+    )
     df = load_features(ds)
     assert len(df) == 10
     assert not df["path"].isin(["site_1/2004.02.12.10.00.00", "site_2/2004.02.12.10.21.00"]).any()
     assert list(df.columns[:4]) == ["timestamp", "file", "site", "path"]
     assert healthy_period(df, InputConfig(train_fraction=0.2))["path"].tolist() == [
-        "site_2/2004.02.12.10.01.00", "site_1/2004.02.12.10.10.00"]
+        "site_2/2004.02.12.10.01.00",
+        "site_1/2004.02.12.10.10.00",
+    ]
 
 
 def test_samples_mode_gives_20480_rows_per_snapshot(tmp_path: Path) -> None:
@@ -94,8 +99,9 @@ def test_samples_mode_gives_20480_rows_per_snapshot(tmp_path: Path) -> None:
     assert list(rows.columns) == ["timestamp", "file", "site", "path", *IMS_CHANNELS_4]
     assert rows["path"].iloc[0] == order[0] and rows["path"].iloc[-1] == order[1]
     assert rows["site"].value_counts().to_dict() == {s: IMS_SAMPLES_PER_SNAPSHOT for s in ("site_1", "site_2")}
-    np.testing.assert_array_equal(rows[list(IMS_CHANNELS_4)].to_numpy()[:IMS_SAMPLES_PER_SNAPSHOT],
-                                  data[order[0]].astype(np.float32))
+    np.testing.assert_array_equal(
+        rows[list(IMS_CHANNELS_4)].to_numpy()[:IMS_SAMPLES_PER_SNAPSHOT], data[order[0]].astype(np.float32)
+    )
     assert (rows["timestamp"].iloc[:IMS_SAMPLES_PER_SNAPSHOT] == pd.Timestamp("2004-02-12 10:01")).all()
     with pytest.raises(FileNotFoundError, match="samples file for 'site_3/x' not found"):
         load_samples_rows(ds, ["site_3/x"])
@@ -125,8 +131,9 @@ def test_real_ims_1st_test_inputs(tmp_path: Path, shared_ims: Path) -> None:
     assert len(rows) == len(files) * IMS_SAMPLES_PER_SNAPSHOT
     first = rows[rows["path"] == files[0]][list(IMS_CHANNELS_8)].to_numpy(np.float64)
     # mean |x| of the first real snapshot agrees with the published value (which skipped the first sample)
-    np.testing.assert_allclose(np.abs(first[1:]).mean(axis=0), published.loc[0, list(IMS_CHANNELS_8)].to_numpy(float),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.abs(first[1:]).mean(axis=0), published.loc[0, list(IMS_CHANNELS_8)].to_numpy(float), rtol=1e-5
+    )
 
 
 def test_inputs_read_what_ingest_writes(tmp_path: Path, shared_ims: Path) -> None:

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not (PROC / "self" / "net" / "tcp").is_file(), reason="needs Linux /proc")
 
+
 def watch(process: subprocess.Popen, interval_s: float = 0.05) -> tuple[set[Listener], int]:
     """Poll the listening sockets of ``process``'s tree until it exits: everything seen, number of polls."""
     seen: set[Listener] = set()
@@ -113,8 +114,12 @@ def test_bearing_train_listens_on_loopback_only(tmp_path: Path) -> None:
         """
     )
     process = subprocess.Popen(
-        [sys.executable, "-c", driver], cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-c", driver],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         seen, polls = watch(process)

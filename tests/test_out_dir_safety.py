@@ -32,7 +32,8 @@ def _tree(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (relative path -> sha256), to prove a directory was left exactly as it was."""
     return {
         p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -113,9 +114,11 @@ def test_train_out_on_a_foreign_directory_exits_2_before_any_work(
     before = _tree(project)
     assert main(["train", str(dataset), "--clients", "2", "--rounds", "1", "--out", str(project)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"bearing train: error: {project} is not empty and has no {OUTPUT_MARKER} marker, not a model "
-                   "written by bearing: refusing to overwrite it (choose a new or empty directory, or remove it "
-                   "yourself)"]
+    assert err == [
+        f"bearing train: error: {project} is not empty and has no {OUTPUT_MARKER} marker, not a model "
+        "written by bearing: refusing to overwrite it (choose a new or empty directory, or remove it "
+        "yourself)"
+    ]
     assert _tree(project) == before
     assert not (dataset / "clients").exists()  # refused before partitioning
 
@@ -143,9 +146,11 @@ def test_per_bearing_out_on_its_own_input_is_refused(tmp_path: Path, capsys: pyt
     before = _tree(source)
     assert main(["per-bearing", str(source), "--out", str(source), "--train-fraction", "0.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"bearing per-bearing: error: {source} holds a features-only dataset, not a per-bearing dataset "
-                   "written by bearing: refusing to overwrite it (choose a new or empty directory, or remove it "
-                   "yourself)"]
+    assert err == [
+        f"bearing per-bearing: error: {source} holds a features-only dataset, not a per-bearing dataset "
+        "written by bearing: refusing to overwrite it (choose a new or empty directory, or remove it "
+        "yourself)"
+    ]
     assert _tree(source) == before
 
 

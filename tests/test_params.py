@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers.prefect_runs import NIGHTLY_OVERRIDES
 from prefect.utilities.callables import parameter_schema
 
 from bearing_core.alarms import AlarmConfig
 from bearing_core.features import FEATURES
 from bearing_core.federated.config import STRATEGIES, FederatedConfig
 from bearing_core.params import ParameterError, PipelineParams, check_params, nested, settings
-from helpers.prefect_runs import NIGHTLY_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURE_LIST = ", ".join(FEATURES)
@@ -36,12 +36,17 @@ def definition(schema: dict[str, Any], prop: dict[str, Any]) -> dict[str, Any]:
 
 # ---- the form --------------------------------------------------------------------------------------------------
 
+
 def test_the_form_has_one_group_per_section_with_titles_and_descriptions(schema: dict[str, Any]) -> None:
     props = schema["properties"]
     assert list(props) == ["data", "federated", "threshold", "alarms", "lock_timeout_s"]
     titles = {name: definition(schema, props[name])["title"] for name in ("data", "federated", "threshold", "alarms")}
-    assert titles == {"data": "Data", "federated": "Federated training", "threshold": "Alarm threshold",
-                      "alarms": "Alarm rule"}
+    assert titles == {
+        "data": "Data",
+        "federated": "Federated training",
+        "threshold": "Alarm threshold",
+        "alarms": "Alarm rule",
+    }
     assert not schema.get("required")
     for section in titles:
         group = definition(schema, props[section])
@@ -98,21 +103,49 @@ def test_the_form_rejects_out_of_range_values_and_unknown_choices(schema: dict[s
 
 # ---- one source of the defaults --------------------------------------------------------------------------------
 
+
 def test_defaults_are_the_pipelines_previous_ones() -> None:
     """`bearing run --raw-dir X` trains what it trained before the parameters were typed (same values)."""
     params = PipelineParams()
     assert params.data.input_config().model_dump() == {
-        "mode": "features", "feature": "mean_abs", "columns": None, "train_until": None, "train_fraction": 0.2,
-        "holdout_fraction": 0.2, "holdout_mode": "last", "scale": True,
+        "mode": "features",
+        "feature": "mean_abs",
+        "columns": None,
+        "train_until": None,
+        "train_fraction": 0.2,
+        "holdout_fraction": 0.2,
+        "holdout_mode": "last",
+        "scale": True,
     }
     assert params.data.per_bearing_config().model_dump() == {
-        "features": ("mean_abs",), "log": True, "min_std": 0.1, "relative": "off"}
+        "features": ("mean_abs",),
+        "log": True,
+        "min_std": 0.1,
+        "relative": "off",
+    }
     assert (params.data.raw_dir, params.data.out_dir, params.data.layout, params.data.workers) == (
-        "data/raw/demo", "", "per_bearing", 0)
+        "data/raw/demo",
+        "",
+        "per_bearing",
+        0,
+    )
     assert params.federated_config() == FederatedConfig(
-        strategy="fedavg", rounds=20, local_epochs=10, lr=1e-2, batch_size=32, proximal_mu=0.01, seed=0,
-        num_clients=4, hidden=(4, 1, 4), activation="tanh", min_fit_fraction=0.5, round_timeout_s=600.0,
-        threshold_method="max", threshold_quantile=0.99, threshold_k=3.0, threshold_margin=0.5,
+        strategy="fedavg",
+        rounds=20,
+        local_epochs=10,
+        lr=1e-2,
+        batch_size=32,
+        proximal_mu=0.01,
+        seed=0,
+        num_clients=4,
+        hidden=(4, 1, 4),
+        activation="tanh",
+        min_fit_fraction=0.5,
+        round_timeout_s=600.0,
+        threshold_method="max",
+        threshold_quantile=0.99,
+        threshold_k=3.0,
+        threshold_margin=0.5,
     )
     assert (params.federated.partition, params.federated.alpha) == ("natural", 0.5)
     assert params.alarms == AlarmConfig() and params.lock_timeout_s == 3600.0
@@ -147,8 +180,9 @@ BAD = [
 
 
 @pytest.mark.parametrize(("flat", "message"), BAD)
-def test_bad_settings_are_one_sentence(flat: dict[str, Any], message: str, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_settings_are_one_sentence(
+    flat: dict[str, Any], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "raw" / "demo").mkdir(parents=True)
     with pytest.raises(ParameterError) as caught:
@@ -203,6 +237,7 @@ def test_the_flow_run_fails_before_ingest_with_one_line(project: Path, flat: dic
 
 # ---- the CLI -----------------------------------------------------------------------------------------------------
 
+
 def test_bearing_run_flags_are_generated_from_the_model(capsys: pytest.CaptureFixture[str]) -> None:
     from cli.main import main
 
@@ -218,9 +253,13 @@ def test_bearing_run_flags_are_generated_from_the_model(capsys: pytest.CaptureFi
 
 
 @pytest.mark.parametrize(("flat", "message"), BAD)
-def test_bearing_run_gives_the_same_sentence_and_exit_2(flat: dict[str, Any], message: str, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_bearing_run_gives_the_same_sentence_and_exit_2(
+    flat: dict[str, Any],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from cli.main import main
 
     monkeypatch.chdir(tmp_path)
@@ -239,9 +278,27 @@ def test_older_flag_spellings_still_work(monkeypatch: pytest.MonkeyPatch) -> Non
     from cli.run_cmd import pipeline_params
 
     monkeypatch.chdir(REPO)
-    args = build_parser().parse_args(["run", "--raw-dir", ".", "--mu", "0.5", "--holdout", "interleaved",
-                                      "--warmup-hours", "2", "--persistence-hours", "1", "--relative", "add",
-                                      "--lock-timeout", "5", "--out", "x"])
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--raw-dir",
+            ".",
+            "--mu",
+            "0.5",
+            "--holdout",
+            "interleaved",
+            "--warmup-hours",
+            "2",
+            "--persistence-hours",
+            "1",
+            "--relative",
+            "add",
+            "--lock-timeout",
+            "5",
+            "--out",
+            "x",
+        ]
+    )
     params = pipeline_params(args)
     assert params.federated.proximal_mu == 0.5 and params.data.holdout_mode == "interleaved"
     assert params.alarms == AlarmConfig(warmup_h=2, persistence_h=1)

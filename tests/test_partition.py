@@ -36,9 +36,17 @@ def _frame(sites: dict[str, int], seed: int = 0) -> pd.DataFrame:
     for s, (site, n) in enumerate(sites.items()):
         ts = pd.Timestamp("2004-02-12") + pd.to_timedelta(np.arange(n) * 10 + s, unit="min")
         files = ts.strftime("%Y.%m.%d.%H.%M.%S")
-        frames.append(pd.DataFrame({"timestamp": ts.astype("datetime64[us]"), "file": files, "site": site,
-                                    "path": [f"{site}/{f}" for f in files],
-                                    **{c: rng.normal(size=n) for c in INPUTS}}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "timestamp": ts.astype("datetime64[us]"),
+                    "file": files,
+                    "site": site,
+                    "path": [f"{site}/{f}" for f in files],
+                    **{c: rng.normal(size=n) for c in INPUTS},
+                }
+            )
+        )
     return pd.concat(frames).sort_values(["timestamp", "site"]).reset_index(drop=True)
 
 
@@ -143,8 +151,10 @@ def test_dirichlet_deterministic_min_size_and_groupings() -> None:
         (lambda: DirichletPartitioner(alpha=-1.0), "alpha must be > 0"),
         (lambda: DirichletPartitioner(by="machine").partition(_frame({"a": 9}), 2, 0), "column 'machine' not in data"),
         (lambda: DirichletPartitioner(min_size=5).partition(_frame({"a": 9}), 2, 0), "2 clients × min_size 5 > 9"),
-        (lambda: DirichletPartitioner(alpha=0.01, min_size=4, max_tries=3).partition(_frame({"a": 9}), 2, 0),
-         "no draw in 3 tries"),
+        (
+            lambda: DirichletPartitioner(alpha=0.01, min_size=4, max_tries=3).partition(_frame({"a": 9}), 2, 0),
+            "no draw in 3 tries",
+        ),
     ],
 )
 def test_dirichlet_errors(make, message: str) -> None:
@@ -180,8 +190,12 @@ def test_write_partitions_files_split_manifest_and_stale_cleanup(tmp_path: Path)
     parts = IidPartitioner().partition(df, 3, seed=0)
     manifest = write_partitions(df, parts, tmp_path, "iid", INPUTS, {}, 0, 0.2)
     scheme = tmp_path / "clients" / "iid"
-    assert sorted(p.name for p in scheme.iterdir()) == ["client_0.parquet", "client_1.parquet", "client_2.parquet",
-                                                        "manifest.json"]
+    assert sorted(p.name for p in scheme.iterdir()) == [
+        "client_0.parquet",
+        "client_1.parquet",
+        "client_2.parquet",
+        "manifest.json",
+    ]
     assert manifest.sizes == [17, 17, 17]
     assert [(c.train_rows, c.holdout_rows) for c in manifest.clients] == [(13, 4)] * 3  # ceil(0.2 × 17) = 4
     client = read_client(scheme, 1)
@@ -217,8 +231,17 @@ def test_holdout_mask_last_or_spread_evenly() -> None:
 
 def test_write_partitions_interleaved_holdout(tmp_path: Path) -> None:
     df = _frame({"site_1": 30, "site_2": 21})
-    manifest = write_partitions(df, NaturalPartitioner().partition(df, 2, seed=0), tmp_path, "natural", INPUTS, {},
-                                0, 0.2, holdout_mode="interleaved")
+    manifest = write_partitions(
+        df,
+        NaturalPartitioner().partition(df, 2, seed=0),
+        tmp_path,
+        "natural",
+        INPUTS,
+        {},
+        0,
+        0.2,
+        holdout_mode="interleaved",
+    )
     assert manifest.holdout_mode == "interleaved"
     assert [(c.train_rows, c.holdout_rows) for c in manifest.clients] == [(24, 6), (16, 5)]
     client = read_client(tmp_path / "clients" / "natural", 0)
@@ -239,8 +262,12 @@ def test_write_partitions_rejects_bad_parts_and_names(tmp_path: Path) -> None:
 
 
 def test_partition_dataset_end_to_end(tmp_path: Path) -> None:
-    ds = write_dataset(tmp_path / "demo", {"site_1": 40, "site_2": 40, "site_3": 20}, channels=IMS_CHANNELS_4,
-                       quarantined=("site_1/2004.02.12.10.00.00",))
+    ds = write_dataset(
+        tmp_path / "demo",
+        {"site_1": 40, "site_2": 40, "site_3": 20},
+        channels=IMS_CHANNELS_4,
+        quarantined=("site_1/2004.02.12.10.00.00",),
+    )
     manifest = partition_dataset(ds, "natural", 3, seed=0, input_cfg=InputConfig(train_fraction=0.5))
     assert manifest.sizes == [20, 20, 10]  # ceil(0.5 × 39), ceil(0.5 × 40), ceil(0.5 × 20)
     assert [c.sites for c in manifest.clients] == [["site_1"], ["site_2"], ["site_3"]]
@@ -256,7 +283,10 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("results")}):
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("results")}),
+    ):
         yield
 
 

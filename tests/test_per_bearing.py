@@ -104,8 +104,12 @@ def test_log_and_several_features_and_one_axis_bearings(tmp_path: Path) -> None:
 def test_quarantined_snapshots_are_left_out(tmp_path: Path) -> None:
     source = _dataset(tmp_path)
     bad = load_features(source)["path"].iloc[7]
-    pq.write_table(pa.Table.from_pylist([{"file": bad, "reason": "line 3: 7 columns, expected 8", "stage": "ingest"}],
-                                        schema=QUARANTINE_SCHEMA), source / "quarantine.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(
+            [{"file": bad, "reason": "line 3: 7 columns, expected 8", "stage": "ingest"}], schema=QUARANTINE_SCHEMA
+        ),
+        source / "quarantine.parquet",
+    )
     result = write_per_bearing_dataset(source, tmp_path / "pb", HEALTHY)
     paths = load_features(tmp_path / "pb")["path"]
     assert result.rows == 36 and not paths.str.startswith(bad + "/").any()
@@ -161,9 +165,25 @@ def test_per_bearing_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     from cli.main import main
 
     source = _dataset(tmp_path, n_files=20)
-    assert main(["per-bearing", str(source), "--out", str(tmp_path / "pb"), "--log", "--train-fraction", "0.5",
-                 "--holdout", "interleaved"]) == 0
-    assert "sites rig/B1, rig/B2, rig/B3, rig/B4, inputs a_mean_abs, b_mean_abs (ln), 80 rows" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "per-bearing",
+                str(source),
+                "--out",
+                str(tmp_path / "pb"),
+                "--log",
+                "--train-fraction",
+                "0.5",
+                "--holdout",
+                "interleaved",
+            ]
+        )
+        == 0
+    )
+    assert (
+        "sites rig/B1, rig/B2, rig/B3, rig/B4, inputs a_mean_abs, b_mean_abs (ln), 80 rows" in capsys.readouterr().out
+    )
     meta = json.loads((tmp_path / "pb" / "dataset.json").read_text())
     x = np.log(load_features(source)[["B4_a_mean_abs", "B4_b_mean_abs"]].to_numpy())[[0, 1, 2, 3, 5, 6, 7, 8]]
     np.testing.assert_allclose(meta["transform"]["standardisation"]["rig/B4"]["mean"], x.mean(axis=0), rtol=1e-12)
@@ -173,7 +193,9 @@ def test_per_bearing_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "missing columns ['B1_a_kurtosis'" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
-def test_evaluate_folds_per_bearing_scores_back_to_the_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_folds_per_bearing_scores_back_to_the_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from bearing_core.alarms import AlarmConfig, debounce_alarms
     from bearing_core.scoring import write_scores
     from cli.main import main
@@ -181,13 +203,21 @@ def test_evaluate_folds_per_bearing_scores_back_to_the_source(tmp_path: Path, ca
     source = _dataset(tmp_path, n_files=12)
     write_per_bearing_dataset(source, tmp_path / "pb", HEALTHY)
     rows = load_features(tmp_path / "pb")
-    b3_late = (rows["site"] == "rig/B3").to_numpy() & (rows["timestamp"] >= rows["timestamp"].iloc[-1]
-                                                          - pd.Timedelta("30min")).to_numpy()
+    b3_late = (rows["site"] == "rig/B3").to_numpy() & (
+        rows["timestamp"] >= rows["timestamp"].iloc[-1] - pd.Timedelta("30min")
+    ).to_numpy()
     scores = rows[["timestamp", "file", "site", "path"]].assign(
-        score=np.where(b3_late, 5.0, 0.1), threshold=1.0, is_anomaly=b3_late, top_channel="b", top_input="b_mean_abs",
+        score=np.where(b3_late, 5.0, 0.1),
+        threshold=1.0,
+        is_anomaly=b3_late,
+        top_channel="b",
+        top_input="b_mean_abs",
         model_version="v",
     )
-    write_scores(scores.assign(alarm=debounce_alarms(scores, AlarmConfig(persistence_h=0.5, fraction=1.0, warmup_h=0))), tmp_path / "scores.parquet")
+    write_scores(
+        scores.assign(alarm=debounce_alarms(scores, AlarmConfig(persistence_h=0.5, fraction=1.0, warmup_h=0))),
+        tmp_path / "scores.parquet",
+    )
     failure = (rows["timestamp"].iloc[-1] + pd.Timedelta("1h")).isoformat()
     args = ["evaluate", str(tmp_path / "scores.parquet"), "--failure-time", failure]
     assert main([*args, "--per-bearing", str(tmp_path / "pb")]) == 0

@@ -41,8 +41,17 @@ PARAMS: dict[str, Any] = {
     "train_fraction": 0.3,
     "workers": 1,
 }
-STEPS = ("ingest", "validate", "partition", "train-federated", "train-centralized", "publish-model",
-         "promote-if-better", "score", "report")
+STEPS = (
+    "ingest",
+    "validate",
+    "partition",
+    "train-federated",
+    "train-centralized",
+    "publish-model",
+    "promote-if-better",
+    "score",
+    "report",
+)
 
 
 @pytest.fixture(scope="module")
@@ -161,17 +170,28 @@ def test_end_to_end_outputs_report_and_artifacts(overlapping, project: Path) -> 
     assert faulty == 1  # the demo's last site stays healthy
     assert summary["faulty_sites"] == faulty and 0 <= summary["detected"] <= faulty
     assert summary["false_alarm_events"] >= 0
-    assert out["detection"] == (f"{summary['detected']} of {faulty} injected defects alarmed after onset, "
-                                f"{summary['false_alarm_events']} false alarm events")
+    assert out["detection"] == (
+        f"{summary['detected']} of {faulty} injected defects alarmed after onset, "
+        f"{summary['false_alarm_events']} false alarm events"
+    )
 
-    keys = {"report-demo", "detection-demo", "alarms-demo", "validation-demo", "validation-demo-checks",
-            "train-demo-natural-fedavg-metrics", "train-demo-natural-fedavg-summary"}
+    keys = {
+        "report-demo",
+        "detection-demo",
+        "alarms-demo",
+        "validation-demo",
+        "validation-demo-checks",
+        "train-demo-natural-fedavg-metrics",
+        "train-demo-natural-fedavg-summary",
+    }
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=sorted(keys))))
     assert {a.key for a in artifacts} == keys
     report = next(a for a in artifacts if a.key == "report-demo")
     # the demo stops for hours between runs, like the real IMS tests: at most the timeline-gap warning
-    assert report.type == "markdown" and re.search(r"Validation PASSED( with warnings)?: data/processed/demo", report.data)
+    assert report.type == "markdown" and re.search(
+        r"Validation PASSED( with warnings)?: data/processed/demo", report.data
+    )
     for artifact in artifacts:  # no absolute machine paths in what the UI shows
         assert str(project) not in f"{artifact.data} {artifact.description}", artifact.key
     alarms = next(a for a in artifacts if a.key == "alarms-demo")
@@ -241,12 +261,27 @@ def test_failed_training_then_retry_of_the_same_flow_run_reruns_only_from_the_fa
     models.unlink()
     aside.rename(models)
     flow_run_id = state.state_details.flow_run_id
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": PREFECT_API_URL.value(),
-           "PREFECT_LOCAL_STORAGE_PATH": str(PREFECT_LOCAL_STORAGE_PATH.value())}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_LOCAL_STORAGE_PATH": str(PREFECT_LOCAL_STORAGE_PATH.value()),
+    }
     retry = subprocess.run(
-        [str(Path(sys.executable).parent / "prefect"), "flow-run", "retry", str(flow_run_id),
-         "--entrypoint", f"{REPO}/flows/pipeline.py:pipeline_flow"],
-        check=False, cwd=project, env=env, capture_output=True, text=True, timeout=600,
+        [
+            str(Path(sys.executable).parent / "prefect"),
+            "flow-run",
+            "retry",
+            str(flow_run_id),
+            "--entrypoint",
+            f"{REPO}/flows/pipeline.py:pipeline_flow",
+        ],
+        check=False,
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert retry.returncode == 0, retry.stdout[-3000:] + retry.stderr[-3000:]
     with get_client(sync_client=True) as client:
@@ -334,8 +369,9 @@ def test_deployment_parameters_equal_the_flow_defaults() -> None:
         assert PipelineParams.model_validate(deployment["parameters"]) == expected, deployment["name"]
 
 
-def test_each_dataset_has_its_own_champion_across_alternating_runs(project: Path, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_dataset_has_its_own_champion_across_alternating_runs(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 13: the demo (8 channels), then a 4-channel IMS run, then the demo again, in one project. Each run
     completes and each dataset is scored by its own champion (one registry per dataset): before, the 4-channel
     model was never promoted over the demo's (other inputs), and the demo's champion scored the 4-channel data."""
@@ -361,7 +397,9 @@ def test_each_dataset_has_its_own_champion_across_alternating_runs(project: Path
     assert champions["demo"] != champions["ims4"]
     assert not Path("data/models/latest").exists()  # no registry-wide champion any more
     assert [o["champion (latest)"] for o in outputs] == [
-        f"data/models/demo/{champions['demo'].name}", f"data/models/ims4/{champions['ims4'].name}",
-        f"data/models/demo/{champions['demo'].name}"]
+        f"data/models/demo/{champions['demo'].name}",
+        f"data/models/ims4/{champions['ims4'].name}",
+        f"data/models/demo/{champions['demo'].name}",
+    ]
     assert outputs[1]["promotion"].startswith("promoted to latest: first model")  # not compared with the demo's
     assert outputs[2] == outputs[0]  # the demo's third run: same champion, same results (served from the cache)

@@ -11,6 +11,8 @@ wreck both (so the attacks are real and the assertions can fail).
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -91,8 +93,11 @@ def test_poisoned_scaler_statistics_are_rejected_and_the_honest_merge_kept() -> 
 
 def test_inflated_counts_are_capped_keeping_the_site_mean_and_variance() -> None:
     honest = [local_stats(x) for x in _sites()]
-    liar = ScalerStats(count=SCALE_ATTACK_ROWS, sum=honest[3].sum / 50 * SCALE_ATTACK_ROWS,
-                       sumsq=honest[3].sumsq / 50 * SCALE_ATTACK_ROWS)
+    liar = ScalerStats(
+        count=SCALE_ATTACK_ROWS,
+        sum=honest[3].sum / 50 * SCALE_ATTACK_ROWS,
+        sumsq=honest[3].sumsq / 50 * SCALE_ATTACK_ROWS,
+    )
     # the manifest's rows win; without one the cap is factor x the median claim
     assert cap_counts([50, 50, 50, SCALE_ATTACK_ROWS], 10, [50, 50, 50, 50]) == [50, 50, 50, 50]
     assert cap_counts([50, 50, 50, SCALE_ATTACK_ROWS], 10) == [500] * 4
@@ -147,8 +152,9 @@ class _Nodes:
 
 
 def _reply(node_id: int, pid: int, arrays: list[np.ndarray], n: int) -> Message:
-    instruction = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=node_id,
-                          message_type=MessageType.TRAIN)
+    instruction = Message(
+        RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=node_id, message_type=MessageType.TRAIN
+    )
     metrics = MetricRecord({"train_loss": 0.1, "train_s": 0.1, PARTITION_KEY: pid, WEIGHT_KEY: n})
     return Message(RecordDict({ARRAYS_KEY: ArrayRecord(arrays), METRICS_KEY: metrics}), reply_to=instruction)
 
@@ -210,10 +216,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("poison")
     dataset = write_feature_dataset(root / "dataset", rows_per_site=80)
     partition_dataset(dataset, "iid", 5, 0, InputConfig(train_fraction=1.0))
-    base = FederatedConfig(rounds=ROUNDS, local_epochs=2, batch_size=16, seed=0,
-                           manifest=str(scheme_dir(dataset, "iid") / MANIFEST_FILE))
-    attacks = (FaultInjection(partition_id=ATTACKER, round=ROUNDS, mode="scale"),
-               FaultInjection(partition_id=SKETCHER, mode="sketch"))
+    base = FederatedConfig(
+        rounds=ROUNDS, local_epochs=2, batch_size=16, seed=0, manifest=str(scheme_dir(dataset, "iid") / MANIFEST_FILE)
+    )
+    attacks = (
+        FaultInjection(partition_id=ATTACKER, round=ROUNDS, mode="scale"),
+        FaultInjection(partition_id=SKETCHER, mode="sketch"),
+    )
     cases = {
         "honest": base,
         "attacked": base.model_copy(update={"faults": attacks}),
@@ -256,20 +265,28 @@ def test_every_rejection_and_cap_is_logged_with_its_site(runs) -> None:
 @pytest.mark.slow
 def test_model_card_names_the_screened_site(runs) -> None:
     import json
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from bearing_core.model_card import DataFingerprint, render_model_card
     from bearing_core.model_io import load_model
 
     result = runs["attacked"]
     fingerprint = DataFingerprint(
-        dataset="dataset", dataset_dir="dataset", dataset_sha256="0", partition_manifest=result.config.manifest,
-        partition_manifest_sha256="0", partition_scheme="iid", num_clients=5, sites=["site_1", "site_2"],
-        train_rows=1, holdout_rows=1,
+        dataset="dataset",
+        dataset_dir="dataset",
+        dataset_sha256="0",
+        partition_manifest=result.config.manifest,
+        partition_manifest_sha256="0",
+        partition_scheme="iid",
+        num_clients=5,
+        sites=["site_1", "site_2"],
+        train_rows=1,
+        holdout_rows=1,
     )
     threshold = json.loads((result.model_dir / "threshold.json").read_text())
-    card = render_model_card("v1", datetime.now(timezone.utc), load_model(result.model_dir), fingerprint,
-                             result.metrics, threshold)
+    card = render_model_card(
+        "v1", datetime.now(UTC), load_model(result.model_dir), fingerprint, result.metrics, threshold
+    )
     assert "1 client reply failed or was rejected by the server's screening" in card
     assert f"- round {ROUNDS} train, client {ATTACKER}: claimed {SCALE_ATTACK_ROWS} train rows" in card
     assert f'"{SKETCHER}": "error sketch rejected: its median error 1e+06' in card
@@ -302,8 +319,9 @@ def test_private_strategy_clips_adds_calibrated_noise_and_keeps_logging_errors()
     start = [np.zeros(20_000, dtype=np.float64)]
     list(strategy.configure_train(1, ArrayRecord(start), ConfigRecord(), _Nodes([100, 101, 102, 103])))
     replies = [_reply(100 + k, k, [np.full(20_000, 1.0)], 10) for k in range(3)]  # norm sqrt(20000) >> 2
-    instruction = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=103,
-                          message_type=MessageType.TRAIN)
+    instruction = Message(
+        RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=103, message_type=MessageType.TRAIN
+    )
     replies.append(Message(Error(code=0, reason="boom Message: disk full'>"), reply_to=instruction))
     np.random.seed(0)
     arrays, _ = strategy.aggregate_train(1, replies)
@@ -339,8 +357,10 @@ def test_train_cli_rejects_bad_screening_settings_in_one_line(capsys: pytest.Cap
 
     parser = argparse.ArgumentParser(prog="bearing")
     train_cmd.register(parser.add_subparsers())
-    for flags, message in ((["--outlier-factor", "0.5"], "outlier_factor must be 0 (off) or above 1, got 0.5"),
-                           (["--dp-noise-multiplier", "1"], "dp_noise_multiplier > 0 needs clipping_norm > 0")):
+    for flags, message in (
+        (["--outlier-factor", "0.5"], "outlier_factor must be 0 (off) or above 1, got 0.5"),
+        (["--dp-noise-multiplier", "1"], "dp_noise_multiplier > 0 needs clipping_norm > 0"),
+    ):
         args = parser.parse_args(["train", str(tmp_path), *flags])
         assert args.func(args) == 2
         error = capsys.readouterr().err.strip().splitlines()

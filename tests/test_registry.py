@@ -50,15 +50,22 @@ def _write_dataset(root: Path, rows_per_site: int = 200) -> Path:
         frame["path"] = site + "/" + frame["file"]
         latent = rng.normal(size=rows_per_site)
         for j, channel in enumerate(IMS_CHANNELS_4):
-            frame[f"{channel}_mean_abs"] = 0.1 + 0.01 * offset + 0.01 * (j + 1) * latent + 0.001 * rng.normal(
-                size=rows_per_site
+            frame[f"{channel}_mean_abs"] = (
+                0.1 + 0.01 * offset + 0.01 * (j + 1) * latent + 0.001 * rng.normal(size=rows_per_site)
             )
             frame[f"{channel}_rms"] = 2.0 * frame[f"{channel}_mean_abs"]
         frames.append(frame)
     root.mkdir(parents=True)
     pd.concat(frames).sort_values(["timestamp", "site"]).to_parquet(root / "features.parquet", index=False)
-    meta = {"name": root.name, "channels": list(IMS_CHANNELS_4), "expected_samples": 20480, "fs_hz": 20000.0,
-            "features": ["mean_abs", "rms"], "sites": ["site_1", "site_2"], "rig": {}}
+    meta = {
+        "name": root.name,
+        "channels": list(IMS_CHANNELS_4),
+        "expected_samples": 20480,
+        "fs_hz": 20000.0,
+        "features": ["mean_abs", "rms"],
+        "sites": ["site_1", "site_2"],
+        "rig": {},
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
 
@@ -88,7 +95,6 @@ def other_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return scheme_dir(dataset, "iid") / "manifest.json"
 
 
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, manifest: Path) -> dict[str, Path]:
     """Training outputs outside any registry: 'good' (10 rounds), 'better' (40), 'untrained' (no training)."""
@@ -113,14 +119,23 @@ def test_publish_writes_a_complete_version_with_card_and_fingerprint(
     tmp_path: Path, manifest: Path, trained: dict[str, Path]
 ) -> None:
     models = tmp_path / "models"
-    info = publish_model(trained["good"], manifest, partition_manifest_sha256=sha256_file(manifest),
-                         models_root=models, version="v1")
+    info = publish_model(
+        trained["good"], manifest, partition_manifest_sha256=sha256_file(manifest), models_root=models, version="v1"
+    )
     vdir = models / "plant_a" / "v1"  # in the registry of the dataset the manifest partitions
     assert info.path == vdir and info.version == "v1" and info.dataset == "plant_a" and not info.is_latest
     assert sorted(p.name for p in models.iterdir()) == ["plant_a"]
     names = {p.name for p in vdir.iterdir()}
-    assert {"weights.pt", "config.json", "scaler.json", "metrics.parquet", "threshold.json",
-            "fingerprint.json", MODEL_CARD_FILE, COMPLETE_FILE} <= names
+    assert {
+        "weights.pt",
+        "config.json",
+        "scaler.json",
+        "metrics.parquet",
+        "threshold.json",
+        "fingerprint.json",
+        MODEL_CARD_FILE,
+        COMPLETE_FILE,
+    } <= names
     complete = json.loads((vdir / COMPLETE_FILE).read_text())
     assert complete["version"] == "v1"
     assert complete["files"]["weights.pt"] == sha256_file(trained["good"] / "weights.pt")
@@ -134,16 +149,28 @@ def test_publish_writes_a_complete_version_with_card_and_fingerprint(
     assert fp["period_start"].startswith("2004-02-12T10:32:39")
 
     card = (vdir / MODEL_CARD_FILE).read_text()
-    for section in ("## What it is", "## Intended use", "## Training data", "## Inputs", "## Architecture",
-                    "## Strategy and hyper-parameters", "## Final metrics (round 10)", "## Federated vs centralized",
-                    "## Threshold", "## Limitations"):
+    for section in (
+        "## What it is",
+        "## Intended use",
+        "## Training data",
+        "## Inputs",
+        "## Architecture",
+        "## Strategy and hyper-parameters",
+        "## Final metrics (round 10)",
+        "## Federated vs centralized",
+        "## Threshold",
+        "## Limitations",
+    ):
         assert section in card, section
     final_mse = load_model(vdir).extra["final_eval_mse"]
     assert f"| federated (fedavg) | {final_mse:.6g} |" in card
     assert f"| centralized baseline (same rows, same epochs) | {0.9 * final_mse:.6g} |" in card
     assert "Cost of federation (relative MSE gap): +11.1 %" in card
     assert "| train rows | 160 |" in card and "| sites | site_1, site_2 |" in card
-    assert fp["holdout_mode"] == "last" and "| holdout rows (evaluation, calibration) | 40 (the latest healthy rows in time) |" in card
+    assert (
+        fp["holdout_mode"] == "last"
+        and "| holdout rows (evaluation, calibration) | 40 (the latest healthy rows in time) |" in card
+    )
     threshold = load_threshold(vdir)  # copied with the weights it was calibrated for
     assert f"| threshold | {threshold.threshold:.6g} |" in card and "| calibration_size | 40 |" in card
     assert "| layers | 4 → 4 → 2 → 4 → 4 |" in card and "`B1_mean_abs`" in card
@@ -235,8 +262,14 @@ def test_a_recorded_layout_change_replaces_the_champion_even_with_the_same_colum
     publish_model(trained["good"], manifest, models_root=models, version="v1")
     promote_if_better(plant_a / "v1", holdout_data(manifest))
     loaded = load_model(trained["better"])
-    relaid = save_model(tmp_path / "relaid", loaded.model, loaded.model_cfg, loaded.scaler, loaded.input_columns,
-                        extra={**loaded.extra, "layout": "per_bearing"})  # same columns, another layout
+    relaid = save_model(
+        tmp_path / "relaid",
+        loaded.model,
+        loaded.model_cfg,
+        loaded.scaler,
+        loaded.input_columns,
+        extra={**loaded.extra, "layout": "per_bearing"},
+    )  # same columns, another layout
     shutil.copy2(trained["better"] / "metrics.parquet", relaid / "metrics.parquet")
     publish_model(relaid, manifest, models_root=models, version="v2")
     decision = promote_if_better(plant_a / "v2", holdout_data(manifest))
@@ -260,7 +293,9 @@ def test_champion_challenger_stays_within_a_dataset(
     assert resolve_model(models, LATEST, dataset="plant_b") == (models / "plant_b" / "b1").resolve()
     assert registry.datasets(models) == ["plant_a", "plant_b"]
     assert [(v.dataset, v.version, v.is_latest) for v in list_versions(models)] == [
-        ("plant_a", "a1", True), ("plant_b", "b1", True)]
+        ("plant_a", "a1", True),
+        ("plant_b", "b1", True),
+    ]
     with pytest.raises(FileNotFoundError, match="belongs to dataset 'plant_b', not 'plant_a'"):
         promote(models, "plant_a", "b1")
     with pytest.raises(FileNotFoundError, match="no champion for dataset 'plant_c'"):
@@ -389,8 +424,9 @@ def test_publish_sweeps_old_debris_of_killed_writers_and_keeps_recent_work(
             path.mkdir(parents=True)
             (path / "weights.pt").write_bytes(b"partial")
         os.utime(path, (path.stat().st_atime - age, path.stat().st_mtime - age))
-    publish_model(trained["good"], manifest, partition_manifest_sha256=sha256_file(manifest), models_root=models,
-                  version="v1")
+    publish_model(
+        trained["good"], manifest, partition_manifest_sha256=sha256_file(manifest), models_root=models, version="v1"
+    )
     assert [p.name for p in debris if p.exists()] == [".v8.staging-running"]
     assert registry.is_complete(models / "plant_a" / "v1")
 
@@ -423,8 +459,11 @@ def test_original_units_mse_is_independent_of_the_scaler(trained: dict[str, Path
     data = holdout_data(manifest)
     mse, rows = original_units_mse(loaded, data)
     assert rows == len(data) and mse == pytest.approx(_expected_mse(trained["good"], data), rel=1e-6)
-    with pytest.raises(ValueError, match=r"inputs \['B1_mean_abs', .*'B4_mean_abs'\] are not all among the "
-                                         r"validation rows' columns \['B2_mean_abs', .*\(missing: \['B1_mean_abs'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"inputs \['B1_mean_abs', .*'B4_mean_abs'\] are not all among the "
+        r"validation rows' columns \['B2_mean_abs', .*\(missing: \['B1_mean_abs'\]",
+    ):
         original_units_mse(loaded, data.drop(columns=["B1_mean_abs"]))
 
 
@@ -436,7 +475,10 @@ def _bearing_models(*argv: str) -> int:
 
 
 def test_models_command_groups_versions_by_dataset_marks_champions_and_promotes(
-    tmp_path: Path, manifest: Path, other_manifest: Path, trained: dict[str, Path],
+    tmp_path: Path,
+    manifest: Path,
+    other_manifest: Path,
+    trained: dict[str, Path],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     models = tmp_path / "models"
@@ -482,7 +524,10 @@ def _flatten(models: Path, dataset: str) -> list[str]:
 
 
 def test_a_flat_registry_is_migrated_once_with_one_line_per_move(
-    tmp_path: Path, manifest: Path, other_manifest: Path, trained: dict[str, Path],
+    tmp_path: Path,
+    manifest: Path,
+    other_manifest: Path,
+    trained: dict[str, Path],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     models = tmp_path / "models"
@@ -507,7 +552,10 @@ def test_a_flat_registry_is_migrated_once_with_one_line_per_move(
     assert not (models / LATEST).exists() and not (models / LATEST).is_symlink()
     assert current_champion(models, "plant_b") is None  # the flat champion was plant_a's
     assert [(v.dataset, v.version, v.is_latest) for v in list_versions(models)] == [
-        ("plant_a", "a1", False), ("plant_a", "a2", True), ("plant_b", "b1", False)]
+        ("plant_a", "a1", False),
+        ("plant_a", "a2", True),
+        ("plant_b", "b1", False),
+    ]
     for version in list_versions(models):  # moved whole: every file still matches COMPLETE
         files = json.loads((version.path / COMPLETE_FILE).read_text())["files"]
         assert {name: sha256_file(version.path / name) for name in files} == files
@@ -516,7 +564,10 @@ def test_a_flat_registry_is_migrated_once_with_one_line_per_move(
 
 
 def test_training_never_writes_over_a_registry_or_a_published_version(
-    tmp_path: Path, manifest: Path, trained: dict[str, Path], capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    manifest: Path,
+    trained: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A model directory is written by replacing it whole: `bearing train --out data/models/<dataset>` (the
@@ -536,13 +587,18 @@ def test_training_never_writes_over_a_registry_or_a_published_version(
     assert main([*argv, "--out", str(models / "plant_a")]) == 2
     assert capsys.readouterr().err.strip() == (
         f"bearing train: error: {models / 'plant_a'} is a dataset's model registry (published versions inside): "
-        f"training would replace it; write into {models / 'plant_a' / '<name>'} instead")
+        f"training would replace it; write into {models / 'plant_a' / '<name>'} instead"
+    )
     assert registry.is_complete(models / "plant_a" / "v1")
 
 
 def test_bearing_score_latest_is_the_champion_of_the_dataset_scored(
-    tmp_path: Path, manifest: Path, other_manifest: Path, trained: dict[str, Path],
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    manifest: Path,
+    other_manifest: Path,
+    trained: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`bearing score DATASET_DIR` (--model latest) scores with DATASET_DIR's own champion, never with another
     dataset's (issue 13: the one registry-wide champion scored every dataset, or failed to)."""
@@ -557,7 +613,8 @@ def test_bearing_score_latest_is_the_champion_of_the_dataset_scored(
     assert main(["score", str(plant_a), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("bearing score: error: no champion for dataset 'plant_a' in data/models/plant_a") and (
-        "published: plant_b: b1" in err)
+        "published: plant_b: b1" in err
+    )
     publish_model(trained["good"], manifest, models_root=models, version="a1")
     promote(models, "plant_a", "a1")
     assert main(["score", str(plant_a), "--out", str(out)]) == 0
@@ -568,7 +625,10 @@ def test_bearing_score_latest_is_the_champion_of_the_dataset_scored(
 
 
 def test_score_calibrate_refuses_to_rewrite_a_published_version(
-    tmp_path: Path, manifest: Path, trained: dict[str, Path], capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    manifest: Path,
+    trained: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`bearing score --calibrate` used to rewrite a published champion's threshold.json in place (stale hashes in its

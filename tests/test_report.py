@@ -127,8 +127,13 @@ def test_rendering_escapes_text_and_embeds_images(tmp_path: Path) -> None:
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
     _save(fig, tmp_path / "p.png")
-    blocks = [("h1", "T <1>"), ("p", "**bold** and `code` & more"), ("ul", ["a|b"]),
-              ("table", pd.DataFrame({"x": [1.23456789, float("nan")], "y": ["a|b", "c"]})), ("img", ("p.png", "alt"))]
+    blocks = [
+        ("h1", "T <1>"),
+        ("p", "**bold** and `code` & more"),
+        ("ul", ["a|b"]),
+        ("table", pd.DataFrame({"x": [1.23456789, float("nan")], "y": ["a|b", "c"]})),
+        ("img", ("p.png", "alt")),
+    ]
     markdown = render_markdown(blocks)
     assert "# T <1>" in markdown and "| 1.235 | a\\|b |" in markdown and "| – | c |" in markdown
     assert "![alt](p.png)" in markdown

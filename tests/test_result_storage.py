@@ -92,11 +92,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BEARING_"))}
     env.update(HOME=str(home), PYTHONPATH=str(REPO), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
     marker = root / "pwned"
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(marker)], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(marker)], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return {"root": root.resolve(), "home": home, "marker": marker, **json.loads(lines[-1][len("REPORT "):])}
+    return {"root": root.resolve(), "home": home, "marker": marker, **json.loads(lines[-1][len("REPORT ") :])}
 
 
 @pytest.mark.integration
@@ -142,9 +143,11 @@ def store(tmp_path: Path) -> Any:
 
     from tasks.results import RESULT_SERIALIZER, JsonRecordMetadata
 
-    return ResultStore(result_storage=LocalFileSystem(basepath=str(tmp_path / "results")),
-                       metadata_storage=JsonRecordMetadata(basepath=str(tmp_path / "metadata")),
-                       serializer=RESULT_SERIALIZER)
+    return ResultStore(
+        result_storage=LocalFileSystem(basepath=str(tmp_path / "results")),
+        metadata_storage=JsonRecordMetadata(basepath=str(tmp_path / "metadata")),
+        serializer=RESULT_SERIALIZER,
+    )
 
 
 def test_a_json_record_round_trips(store: Any, tmp_path: Path) -> None:
@@ -154,14 +157,29 @@ def test_a_json_record_round_trips(store: Any, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "results" / "k").read_text())["sizes"] == [1, 2]
 
 
-@pytest.mark.parametrize("serializer", [
-    {"type": "pickle", "picklelib": "pickle"},
-    {"type": "json", "jsonlib": "json", "object_encoder": None, "object_decoder": "subprocess.run",
-     "dumps_kwargs": {}, "loads_kwargs": {}},
-    {"type": "json", "jsonlib": "pickle", "object_encoder": None, "object_decoder": None,
-     "dumps_kwargs": {}, "loads_kwargs": {}},
-    {"type": "json"},  # Prefect's default JSON serializer: object hooks that import the class a record names
-])
+@pytest.mark.parametrize(
+    "serializer",
+    [
+        {"type": "pickle", "picklelib": "pickle"},
+        {
+            "type": "json",
+            "jsonlib": "json",
+            "object_encoder": None,
+            "object_decoder": "subprocess.run",
+            "dumps_kwargs": {},
+            "loads_kwargs": {},
+        },
+        {
+            "type": "json",
+            "jsonlib": "pickle",
+            "object_encoder": None,
+            "object_decoder": None,
+            "dumps_kwargs": {},
+            "loads_kwargs": {},
+        },
+        {"type": "json"},  # Prefect's default JSON serializer: object hooks that import the class a record names
+    ],
+)
 def test_metadata_naming_another_serializer_is_refused(store: Any, tmp_path: Path, serializer: dict) -> None:
     from tasks.results import RefusedRecord, check_metadata
 
@@ -198,6 +216,7 @@ def test_every_cached_task_persists_plain_json_through_the_checked_metadata_stor
     import pkgutil
 
     from prefect import Task
+    from prefect.cache_policies import NO_CACHE
 
     import tasks
     from tasks.results import RESULT_SERIALIZER, JsonRecordMetadata
@@ -206,9 +225,22 @@ def test_every_cached_task_persists_plain_json_through_the_checked_metadata_stor
     for info in pkgutil.iter_modules(tasks.__path__):
         module = importlib.import_module(f"tasks.{info.name}")
         found.update({obj.name: obj for obj in vars(module).values() if isinstance(obj, Task)})
-    assert {"ingest", "validate", "partition", "train-federated", "train-centralized", "publish-model",
-            "promote-if-better", "score", "report", "experiment"} <= set(found)
+    assert {
+        "ingest",
+        "validate",
+        "partition",
+        "train-federated",
+        "train-centralized",
+        "publish-model",
+        "promote-if-better",
+        "score",
+        "report",
+        "experiment",
+    } <= set(found)
     for name, task in found.items():
+        if task.persist_result is False:  # a live action (tasks.results.UNCACHED): nothing stored, nothing read
+            assert task.cache_policy is NO_CACHE, name
+            continue
         assert task.persist_result is True, name
         assert task.result_serializer == RESULT_SERIALIZER, name
         assert isinstance(task.cache_policy.key_storage, JsonRecordMetadata), name

@@ -20,7 +20,10 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("results")}):
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("results")}),
+    ):
         yield
 
 
@@ -53,7 +56,10 @@ def test_score_flow_publishes_alarms_and_caches_on_content(demo_model: DemoModel
     rebuilt = score_flow(str(demo_model.dataset), model=str(demo_model.model), alarms=THREE_IN_A_ROW)
     assert rebuilt["n_scored"] == 47 and (demo_model.dataset / "scores.parquet").is_file()
 
-    other = score_flow(str(demo_model.dataset), model=str(demo_model.model),
-                       alarms=AlarmConfig(persistence_h=0.1, fraction=1.0, warmup_h=0))
+    other = score_flow(
+        str(demo_model.dataset),
+        model=str(demo_model.model),
+        alarms=AlarmConfig(persistence_h=0.1, fraction=1.0, warmup_h=0),
+    )
     assert other["n_scored"] == 0 and other["n_reused"] == 47  # new parameters: re-run, rows reused
     assert other["alarm_snapshots"] == int(pd.read_parquet(other["path"])["is_anomaly"].sum())

@@ -31,9 +31,11 @@ from bearing_core.scoring import (
 def test_channel_of_inputs_maps_feature_columns_to_channels() -> None:
     channels = ["B1_a", "B1_b", "B3_a"]
     assert channel_of_inputs(["B1_a_mean_abs", "B1_b_env_bpfi", "B3_a", "other"], channels) == [
-        "B1_a", "B1_b", "B3_a", "other"
+        "B1_a",
+        "B1_b",
+        "B3_a",
+        "other",
     ]
-
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +71,9 @@ def test_update_scores_scores_only_new_snapshots(demo_model: DemoModel, tmp_path
     pd.testing.assert_frame_equal(again.scores, first.scores)
 
     shutil.copy(demo_model.held_back, demo_model.raw / "site_1" / demo_model.held_back.name)
-    ingest_directory(IngestConfig(raw_dir=demo_model.raw, out_dir=demo_model.dataset, workers=1,
-                                  expected_samples=N_SAMPLES))
+    ingest_directory(
+        IngestConfig(raw_dir=demo_model.raw, out_dir=demo_model.dataset, workers=1, expected_samples=N_SAMPLES)
+    )
     third = update_scores(demo_model.dataset, demo_model.model, tmp_path / "scores.parquet", THREE_IN_A_ROW)
     assert (third.n_scored, third.n_reused, len(third.scores)) == (1, 47, 48)
     new_row = third.scores[third.scores["file"] == demo_model.held_back.name].iloc[0]
@@ -89,13 +92,16 @@ def test_update_scores_scores_only_new_snapshots(demo_model: DemoModel, tmp_path
     assert summary.loc["site_1", "first_alarm"] == third.scores.loc[third.scores["alarm"], "timestamp"].min()
 
 
-def test_score_cli_prints_alarm_summary(demo_model: DemoModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_score_cli_prints_alarm_summary(
+    demo_model: DemoModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from cli.score_cmd import register, run
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    args = parser.parse_args(["score", str(demo_model.dataset), "--model", str(demo_model.model),
-                              "--out", str(tmp_path / "s.parquet")])
+    args = parser.parse_args(
+        ["score", str(demo_model.dataset), "--model", str(demo_model.model), "--out", str(tmp_path / "s.parquet")]
+    )
     assert run(args) == 0
     out = capsys.readouterr().out
     assert "site_1" in out and "site_2" in out and str(tmp_path / "s.parquet") in out

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SITES = ["site-a", "site-b", "site-c"]
 ROUNDS = 2
 
-AUDIT_HOOK = '''
+AUDIT_HOOK = """
 import os, sys
 _roots = [r for r in os.environ.get("BEARING_AUDIT_ROOTS", "").split(os.pathsep) if r]
 _log = os.environ.get("BEARING_AUDIT_LOG")
@@ -43,7 +43,7 @@ if _roots and _log:
                 with open(_log + "." + str(os.getpid()), "a") as f:  # under no audited root
                     f.write(_role + "\\t" + path + "\\n")
     sys.addaudithook(_hook)
-'''
+"""
 
 
 def _free_port() -> int:
@@ -88,21 +88,33 @@ def test_one_night_across_three_sites(tmp_path: Path) -> None:
 
     api_port, fleet_port, control_port = _free_port(), _free_port(), _free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FLWR_", "BEARING_"))}
-    base.update({
-        "PREFECT_API_URL": f"http://127.0.0.1:{api_port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1", "PREFECT_CLI_PROMPT": "false", "PREFECT_RESULTS_DEFAULT_SERIALIZER": "json",
-        "BEARING_PROJECT_DIR": str(ROOT), "BEARING_TZ": "UTC", "OMP_NUM_THREADS": "1",
-        "PREFECT_WORKER_QUERY_SECONDS": "2",  # pick a scheduled run up within 2 s (default 10)
-        "BEARING_AUDIT_ROOTS": os.pathsep.join(str(sites_root / s) + os.sep for s in SITES),
-        "BEARING_AUDIT_LOG": str(audit / "opens"),
-    })
+    base.update(
+        {
+            "PREFECT_API_URL": f"http://127.0.0.1:{api_port}/api",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_CLI_PROMPT": "false",
+            "PREFECT_RESULTS_DEFAULT_SERIALIZER": "json",
+            "BEARING_PROJECT_DIR": str(ROOT),
+            "BEARING_TZ": "UTC",
+            "OMP_NUM_THREADS": "1",
+            "PREFECT_WORKER_QUERY_SECONDS": "2",  # pick a scheduled run up within 2 s (default 10)
+            "BEARING_AUDIT_ROOTS": os.pathsep.join(str(sites_root / s) + os.sep for s in SITES),
+            "BEARING_AUDIT_LOG": str(audit / "opens"),
+        }
+    )
 
     def env_for(role: str) -> dict[str, str]:
         home = tmp_path / "homes" / role
         (home / ".prefect").mkdir(parents=True, exist_ok=True)
-        return {**base, "PREFECT_HOME": str(home / ".prefect"), "FLWR_HOME": str(home / ".flwr"),
-                "PREFECT_LOCAL_STORAGE_PATH": str(home / ".prefect" / "storage"), "BEARING_AUDIT_ROLE": role,
-                "PYTHONPATH": os.pathsep.join([str(audit), str(ROOT)])}
+        return {
+            **base,
+            "PREFECT_HOME": str(home / ".prefect"),
+            "FLWR_HOME": str(home / ".flwr"),
+            "PREFECT_LOCAL_STORAGE_PATH": str(home / ".prefect" / "storage"),
+            "BEARING_AUDIT_ROLE": role,
+            "PYTHONPATH": os.pathsep.join([str(audit), str(ROOT)]),
+        }
 
     prefect = [sys.executable, "-m", "prefect"]
     logs = tmp_path / "logs"
@@ -111,16 +123,18 @@ def test_one_night_across_three_sites(tmp_path: Path) -> None:
 
     def spawn(name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         with open(logs / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+            )
         processes.append(proc)
         return proc
 
     server_env = {**env_for("server"), "PREFECT_SERVER_API_HOST": "127.0.0.1"}
     superlink_pid = None
     try:
-        server = spawn("server", [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(api_port)],
-                       server_env)
+        server = spawn(
+            "server", [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(api_port)], server_env
+        )
         import urllib.request
 
         def healthy() -> bool:
@@ -133,14 +147,34 @@ def test_one_night_across_three_sites(tmp_path: Path) -> None:
         _wait(healthy, 120, "the Prefect server")
         cli_env = env_for("cli")
         for pool in ["bearing-coordinator", *(f"bearing-{s}" for s in SITES)]:
-            subprocess.run([*prefect, "work-pool", "create", pool, "--type", "process"], env=cli_env, check=True,
-                           capture_output=True, cwd=ROOT)
-        deploy = subprocess.run([*prefect, "--no-prompt", "deploy", "--prefect-file", str(ROOT / "prefect.yaml"),
-                                 "-n", "fleet-coordinator", *(x for s in SITES for x in ("-n", s))],
-                                env=cli_env, capture_output=True, text=True, cwd=ROOT, check=False)
+            subprocess.run(
+                [*prefect, "work-pool", "create", pool, "--type", "process"],
+                env=cli_env,
+                check=True,
+                capture_output=True,
+                cwd=ROOT,
+            )
+        deploy = subprocess.run(
+            [
+                *prefect,
+                "--no-prompt",
+                "deploy",
+                "--prefect-file",
+                str(ROOT / "prefect.yaml"),
+                "-n",
+                "fleet-coordinator",
+                *(x for s in SITES for x in ("-n", s)),
+            ],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-        spawn("worker-coordinator", [*prefect, "worker", "start", "--pool", "bearing-coordinator"],
-              env_for("coordinator"))
+        spawn(
+            "worker-coordinator", [*prefect, "worker", "start", "--pool", "bearing-coordinator"], env_for("coordinator")
+        )
         for site in SITES:
             spawn(f"worker-{site}", [*prefect, "worker", "start", "--pool", f"bearing-{site}"], env_for(site))
         timings["server + workers up"] = time.monotonic() - t0
@@ -153,23 +187,57 @@ def test_one_night_across_three_sites(tmp_path: Path) -> None:
 
         def submit(deployment: str, role: str, parameters: dict) -> str:
             env = env_for(role)
-            run = run_deployment(deployment, parameters=parameters, timeout=0,
-                                 job_variables={"env": {k: env[k] for k in (
-                                     "PYTHONPATH", "PREFECT_HOME", "FLWR_HOME", "PREFECT_LOCAL_STORAGE_PATH",
-                                     "BEARING_AUDIT_ROLE")}})
+            run = run_deployment(
+                deployment,
+                parameters=parameters,
+                timeout=0,
+                job_variables={
+                    "env": {
+                        k: env[k]
+                        for k in (
+                            "PYTHONPATH",
+                            "PREFECT_HOME",
+                            "FLWR_HOME",
+                            "PREFECT_LOCAL_STORAGE_PATH",
+                            "BEARING_AUDIT_ROLE",
+                        )
+                    }
+                },
+            )
             return str(run.id)
 
         state_dir, models = coord / "state", coord / "models"
-        coordinator_run = submit("coordinator/fleet-coordinator", "coordinator", {
-            "sites": SITES, "fleet": "fleet", "models_root": str(models), "state_dir": str(state_dir),
-            "public_keys_dir": str(keys), "ssl_ca_certfile": str(pki["ca"]), "ssl_certfile": str(pki["cert"]),
-            "ssl_keyfile": str(pki["key"]), "port": fleet_port, "control_port": control_port, "quorum": 0.6,
-            "wait_for_sites_s": 400.0, "round_timeout_s": 90.0, "min_fit_fraction": 0.5, "run_timeout_s": 900.0,
-            "rounds": ROUNDS, "local_epochs": 1, "batch_size": 16, "night": "test-night",
-        })
+        coordinator_run = submit(
+            "coordinator/fleet-coordinator",
+            "coordinator",
+            {
+                "sites": SITES,
+                "fleet": "fleet",
+                "models_root": str(models),
+                "state_dir": str(state_dir),
+                "public_keys_dir": str(keys),
+                "ssl_ca_certfile": str(pki["ca"]),
+                "ssl_certfile": str(pki["cert"]),
+                "ssl_keyfile": str(pki["key"]),
+                "port": fleet_port,
+                "control_port": control_port,
+                "quorum": 0.6,
+                "wait_for_sites_s": 400.0,
+                "round_timeout_s": 90.0,
+                "min_fit_fraction": 0.5,
+                "run_timeout_s": 900.0,
+                "rounds": ROUNDS,
+                "local_epochs": 1,
+                "batch_size": 16,
+                "night": "test-night",
+            },
+        )
         link_state = state_dir / "superlink.json"
-        _wait(lambda: link_state.is_file() and len(json.loads(link_state.read_text())["nodes"]) == 3, 150,
-              "the SuperLink with the three sites admitted")
+        _wait(
+            lambda: link_state.is_file() and len(json.loads(link_state.read_text())["nodes"]) == 3,
+            150,
+            "the SuperLink with the three sites admitted",
+        )
         superlink_pid = int(json.loads(link_state.read_text())["pid"])
         # the sites' address serves the Fleet API only (TLS): the Control API (flwr run/ls) is not there
         import ssl
@@ -188,14 +256,24 @@ def test_one_night_across_three_sites(tmp_path: Path) -> None:
         assert fleet_address_status("/v1/fleet/get-run") not in (200, 404)  # there, refusing an empty body
 
         def site_parameters(k: int, site: str, window_s: float) -> dict:
-            return {"site": site, "partition_id": k, "raw_dir": str(sites_root / site / "raw"),
-                    "out_dir": str(sites_root / site / "processed"), "fleet": "fleet", "models_root": str(models),
-                    "superlink": f"127.0.0.1:{fleet_port}", "root_certificates": str(pki["ca"]),
-                    "auth_private_key": str(pki[site]), "runtime_port": _free_port(), "window_s": window_s,
-                    "train_fraction": 0.5}
+            return {
+                "site": site,
+                "partition_id": k,
+                "raw_dir": str(sites_root / site / "raw"),
+                "out_dir": str(sites_root / site / "processed"),
+                "fleet": "fleet",
+                "models_root": str(models),
+                "superlink": f"127.0.0.1:{fleet_port}",
+                "root_certificates": str(pki["ca"]),
+                "auth_private_key": str(pki[site]),
+                "runtime_port": _free_port(),
+                "window_s": window_s,
+                "train_fraction": 0.5,
+            }
 
-        site_runs = {site: submit(f"site/{site}", site, site_parameters(k, site, 900.0))
-                     for k, site in enumerate(SITES)}
+        site_runs = {
+            site: submit(f"site/{site}", site, site_parameters(k, site, 900.0)) for k, site in enumerate(SITES)
+        }
 
         # kill site c's SuperNode (and its ClientApp) once it has answered round 1 and received round 2
         node_log = sites_root / "site-c" / "processed" / "logs" / "supernode.log"

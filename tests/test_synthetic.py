@@ -8,7 +8,7 @@ import argparse
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +187,7 @@ def test_invalid_configuration_is_rejected() -> None:
     with pytest.raises(ValidationError, match="channels"):
         DemoConfig(channels=5)
     with pytest.raises(ValidationError, match="naive"):
-        DemoConfig(start=datetime(2004, 1, 1, tzinfo=timezone.utc))
+        DemoConfig(start=datetime(2004, 1, 1, tzinfo=UTC))
     with pytest.raises(ValidationError, match="files_per_site"):
         DemoConfig(files_per_site=1)
 
@@ -216,10 +216,12 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[GroundTruth, dict[st
     measured = {}
     for site, site_truth in truth.sites.items():
         snapshots = [read_ims_file(p, expected_samples=REAL_SAMPLES) for p in sorted((out / site).iterdir())]
-        mean_abs = np.concatenate([
-            compute_features_batch(np.stack([s.data for s in snapshots[i : i + 32]]), RIG)[:, :, IDX["mean_abs"]]
-            for i in range(0, len(snapshots), 32)
-        ])
+        mean_abs = np.concatenate(
+            [
+                compute_features_batch(np.stack([s.data for s in snapshots[i : i + 32]]), RIG)[:, :, IDX["mean_abs"]]
+                for i in range(0, len(snapshots), 32)
+            ]
+        )
         planned = nuisance_factors(truth, site, range(len(snapshots)))
         healthy = slice(site_truth.onset_index)  # before the defect (None: every file)
         base = np.median(mean_abs[healthy] / planned[healthy], axis=0)  # the undisturbed level, fitted
@@ -240,7 +242,9 @@ def test_several_days_per_site_with_stops_and_interval_changes(
         gaps = np.flatnonzero(steps >= 60)  # stops: an hour or more without a file
         restarts = sorted({e.start for e in site_truth.nuisances if e.kind == "restart"})
         assert len(gaps) >= 2 and [stamps[i + 1] for i in gaps] == restarts
-        assert all(e.stopped_at == stamps[stamps.index(e.start) - 1] for e in site_truth.nuisances if e.kind == "restart")
+        assert all(
+            e.stopped_at == stamps[stamps.index(e.start) - 1] for e in site_truth.nuisances if e.kind == "restart"
+        )
         regular = steps[steps < 60]
         intervals |= set(np.unique(regular))
         if site == "site_1":  # the IMS 1st test: every 5 minutes for the first hours, then every 10

@@ -44,7 +44,7 @@ def test_sketch_quantile_is_within_the_stated_bound_of_np_quantile(q: float) -> 
 def test_coarse_bins_widen_the_bound_and_it_still_holds() -> None:
     errors = _lognormal(5_000, seed=2)
     sketch = ErrorSketch.from_errors(errors, bins_per_decade=5)
-    assert sketch.relative_error_bound == pytest.approx(10 ** 0.1 - 1)
+    assert sketch.relative_error_bound == pytest.approx(10**0.1 - 1)
     ratios = [sketch.quantile(q) / np.quantile(errors, q) for q in np.linspace(0.01, 0.99, 50)]
     assert max(abs(r - 1) for r in ratios) <= sketch.relative_error_bound
     assert max(abs(r - 1) for r in ratios) > 0.01  # coarse bins really are approximate
@@ -83,7 +83,11 @@ def test_sketch_travels_as_arrays_and_handles_out_of_range_values() -> None:
     back = ErrorSketch.from_arrays(sketch.to_arrays())
     assert np.array_equal(back.counts, sketch.counts)
     assert (back.count, back.mean, back.m2, back.min, back.max) == (
-        sketch.count, sketch.mean, sketch.m2, sketch.min, sketch.max
+        sketch.count,
+        sketch.mean,
+        sketch.m2,
+        sketch.min,
+        sketch.max,
     )
     assert back.quantile(1.0) == 5e5 and back.quantile(0.0) == 0.0  # extremes are exact (clamped to min/max)
     empty = ErrorSketch.empty()
@@ -110,9 +114,17 @@ def _clients(tmp_path: Path, columns: list[str]) -> Path:
     for s, site in enumerate(("a", "b")):
         ts = pd.Timestamp("2004-02-12") + pd.to_timedelta(np.arange(40) * 10 + s, unit="min")
         files = ts.strftime("%Y.%m.%d.%H.%M.%S")
-        frames.append(pd.DataFrame({"timestamp": ts.astype("datetime64[us]"), "file": files, "site": site,
-                                    "path": [f"{site}/{f}" for f in files],
-                                    **{c: rng.normal(1.0 + s, 0.1, size=40) for c in columns}}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "timestamp": ts.astype("datetime64[us]"),
+                    "file": files,
+                    "site": site,
+                    "path": [f"{site}/{f}" for f in files],
+                    **{c: rng.normal(1.0 + s, 0.1, size=40) for c in columns},
+                }
+            )
+        )
     df = pd.concat(frames).sort_values(["timestamp", "site"]).reset_index(drop=True)
     parts = [np.flatnonzero(df["site"] == "a"), np.flatnonzero(df["site"] == "b")]
     write_partitions(df, parts, tmp_path, "natural", columns, {}, 0, holdout_fraction=0.25)
@@ -135,12 +147,16 @@ def test_calibrate_from_clients_uses_holdout_rows_only_and_saves_threshold_json(
     pooled = np.concatenate(errors)
     assert record.calibration_size == pooled.size == 20  # 10 holdout rows per client, never train rows
     assert abs(record.threshold / np.quantile(pooled, 0.995) - 1) <= ErrorSketch.empty().relative_error_bound
-    assert record.model_version == "v1" and record.weights_sha256 == json.loads(
-        (model_dir / "config.json").read_text())["weights_sha256"]
+    assert (
+        record.model_version == "v1"
+        and record.weights_sha256 == json.loads((model_dir / "config.json").read_text())["weights_sha256"]
+    )
     assert set(record.site_thresholds) == {"a", "b"} and record.site_calibration_sizes == {"a": 10, "b": 10}
     assert abs(record.site_thresholds["b"] / np.quantile(errors[1], 0.995) - 1) <= 0.0116
     assert list(record.for_sites(["b", "a", "elsewhere"])) == [
-        record.site_thresholds["b"], record.site_thresholds["a"], record.threshold
+        record.site_thresholds["b"],
+        record.site_thresholds["a"],
+        record.threshold,
     ]
     assert load_threshold(model_dir) == record
     assert client_error_sketch(loaded, holdout[0][columns].to_numpy()).count == 10

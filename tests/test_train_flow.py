@@ -30,8 +30,16 @@ def test_train_flow_trains_caches_and_publishes_artifacts(harness, tmp_path: Pat
     from flows.train import train_flow
 
     dataset = write_feature_dataset(tmp_path / "dataset", rows_per_site=60)
-    kwargs = dict(dataset_dir=str(dataset), partition="iid", clients=2, rounds=2, lr=0.01, batch_size=8,
-                  train_fraction=1.0, model_dir=str(tmp_path / "model"))
+    kwargs = dict(
+        dataset_dir=str(dataset),
+        partition="iid",
+        clients=2,
+        rounds=2,
+        lr=0.01,
+        batch_size=8,
+        train_fraction=1.0,
+        model_dir=str(tmp_path / "model"),
+    )
     out = train_flow(**kwargs)
     assert out["model_dir"] == str(tmp_path / "model")
     metrics = pd.read_parquet(out["metrics_path"])
@@ -80,9 +88,12 @@ def _two_site_per_bearing(root: Path) -> Path:
             frame[f"{channel}_mean_abs"] = 0.1 * (1 + 0.1 * j) * np.exp(0.03 * rng.normal(size=len(stamps)))
         frames.append(frame)
     features = pd.concat(frames).sort_values(["timestamp", "site"], kind="stable").reset_index(drop=True)
-    write_features_only_dataset(root, features, [f"{c}_mean_abs" for c in channels],
-                                {"channels": channels, "features": ["mean_abs"], "sites": ["site_1", "site_2"],
-                                 "rig": {}})
+    write_features_only_dataset(
+        root,
+        features,
+        [f"{c}_mean_abs" for c in channels],
+        {"channels": channels, "features": ["mean_abs"], "sites": ["site_1", "site_2"], "rig": {}},
+    )
     write_per_bearing_dataset(root, root / PER_BEARING_DIR, InputConfig(train_fraction=0.5), PerBearingConfig(log=True))
     return root / PER_BEARING_DIR
 
@@ -98,20 +109,39 @@ def test_a_site_without_healthy_rows_is_left_out_and_the_others_train(harness, t
     rows = pd.read_parquet(derived / "features.parquet")
     site_1 = rows[rows["site"].str.startswith("site_1/")]
     selection = write_selection(derived, site_1[["timestamp", "site", "path"]])
-    out = train_flow(dataset_dir=str(derived), partition="natural", rounds=2, local_epochs=1, batch_size=8,
-                     hidden=(4, 1, 4), activation="tanh", healthy_file=str(selection), centralized_baseline=False,
-                     model_dir=str(tmp_path / "model"))
+    out = train_flow(
+        dataset_dir=str(derived),
+        partition="natural",
+        rounds=2,
+        local_epochs=1,
+        batch_size=8,
+        hidden=(4, 1, 4),
+        activation="tanh",
+        healthy_file=str(selection),
+        centralized_baseline=False,
+        model_dir=str(tmp_path / "model"),
+    )
     assert out["clients"] == 1
     assert out["sites_left_out"] == ["site_2"]
     assert out["centralized_eval_mse"] is None
     metrics = pd.read_parquet(out["metrics_path"])
     assert set(metrics["client"]) == {"0", "global"}
-    assert sorted(json.loads((tmp_path / "model" / "config.json").read_text())["extra"]["train_rows_per_client"]) \
-        == ["0"]
+    assert sorted(json.loads((tmp_path / "model" / "config.json").read_text())["extra"]["train_rows_per_client"]) == [
+        "0"
+    ]
 
     # no site has a healthy row: one clear error before any training
     empty = write_selection(derived, site_1[["timestamp", "site", "path"]].iloc[:0])
     with pytest.raises(ValueError, match="no site has a healthy row"):
-        train_flow(dataset_dir=str(derived), partition="natural", rounds=2, local_epochs=1, batch_size=8,
-                   hidden=(4, 1, 4), activation="tanh", healthy_file=str(empty), centralized_baseline=False,
-                   model_dir=str(tmp_path / "model2"))
+        train_flow(
+            dataset_dir=str(derived),
+            partition="natural",
+            rounds=2,
+            local_epochs=1,
+            batch_size=8,
+            hidden=(4, 1, 4),
+            activation="tanh",
+            healthy_file=str(empty),
+            centralized_baseline=False,
+            model_dir=str(tmp_path / "model2"),
+        )

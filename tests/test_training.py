@@ -23,7 +23,6 @@ from bearing_core.training import (
 )
 
 
-
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     """Tiny models: intra-op threads only add contention (the caller owns torch.set_num_threads)."""
@@ -157,8 +156,11 @@ def test_real_ims_healthy_model_flags_the_failing_end_of_the_1st_test(shared_ims
     healthy, holdout, end = X[:400], X[400:432], X[-50:]  # first ~20 % healthy; bearings 3 and 4 fail at the end
     scaler = Scaler.from_stats(local_stats(healthy))
     result = train_centralized(
-        scaler.transform(healthy), scaler.transform(holdout), ModelConfig(n_inputs=8),
-        TrainConfig(lr=5e-3, batch_size=32, local_epochs=5, seed=0), rounds=6,
+        scaler.transform(healthy),
+        scaler.transform(holdout),
+        ModelConfig(n_inputs=8),
+        TrainConfig(lr=5e-3, batch_size=32, local_epochs=5, seed=0),
+        rounds=6,
     )
     holdout_err, _ = reconstruction_errors(result.model, scaler.transform(holdout))
     end_err, _ = reconstruction_errors(result.model, scaler.transform(end))

@@ -36,7 +36,6 @@ POSTGRES = bool(shutil.which("pg_config") or list(Path("/usr/lib/postgresql").gl
 PROJECT_FILES = ("bearing_core", "tasks", "flows", "cli", "scripts", "prefect.yaml", "pyproject.toml")
 
 
-
 def _params(schema: dict[str, Any], **values: Any) -> dict[str, Any]:
     """Deployment parameters setting ``values`` wherever the pipeline's parameter model puts each one (top level or
     one group down)."""
@@ -86,12 +85,23 @@ def served():
         (project / folder).mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     port = free_port()
-    env.update(BEARING_PREFECT_PORT=str(port), PREFECT_HOME=str(project / ".prefect"), PYTHONPATH=str(project),
-               BEARING_DB="postgres" if POSTGRES else "sqlite", BEARING_PG_PORT=str(free_port()))
-    subprocess.run([sys.executable, "-m", "cli.main", "demo-data", "--out", "data/raw/demo", "--sites", "2",
-                    "--files", "30"], cwd=project, env=env, check=True, capture_output=True)
-    started = subprocess.run(["bash", "scripts/serve.sh"], cwd=project, env=env, capture_output=True, text=True,
-                             timeout=300)
+    env.update(
+        BEARING_PREFECT_PORT=str(port),
+        PREFECT_HOME=str(project / ".prefect"),
+        PYTHONPATH=str(project),
+        BEARING_DB="postgres" if POSTGRES else "sqlite",
+        BEARING_PG_PORT=str(free_port()),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "cli.main", "demo-data", "--out", "data/raw/demo", "--sites", "2", "--files", "30"],
+        cwd=project,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    started = subprocess.run(
+        ["bash", "scripts/serve.sh"], cwd=project, env=env, capture_output=True, text=True, timeout=300
+    )
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"database {env['BEARING_DB']}" in started.stdout

@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers.processed_datasets import T0, _write_samples, rewrite_features, write_dataset
+from helpers.processed_datasets import N_SAMPLES, T0, _write_samples, rewrite_features, write_dataset
 
 from bearing_core.config import IMS_SAMPLES_PER_SNAPSHOT, RigConfig, channel_names
 from bearing_core.features import FEATURES, compute_features_batch, feature_columns
@@ -29,20 +29,18 @@ from bearing_core.validation import (
     ValidationConfig,
     ValidationFailed,
     ValidationReport,
+    summary_cache,
     validate_dataset,
     validate_partitions,
 )
-from bearing_core.validation import summary_cache
 from bearing_core.validation.summaries import feature_timeline, summarize_snapshot
 
 # --------------------------------------------------------------------------------------------------- fixtures
 
 
-
 def rewrite_samples(ds: Path, rel: str, fn: Callable[[pa.Table], pa.Table]) -> None:
     path = ds / "samples" / f"{rel}.parquet"
     pq.write_table(fn(pq.read_table(path)), path)
-
 
 
 def set_channel(table: pa.Table, channel: str, values: np.ndarray | pa.Array) -> pa.Table:
@@ -344,9 +342,7 @@ def _cli(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_cli_warnings_only_exits_zero_and_lists_shutdown(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_warnings_only_exits_zero_and_lists_shutdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_dataset(tmp_path, {"site_2": 8}, scale=lambda site, i: 0.01 if i == 7 else 1.0)
     assert _cli([str(tmp_path), "--no-docs"]) == 0
     out = capsys.readouterr().out
@@ -504,7 +500,9 @@ def test_second_run_reads_only_the_new_snapshot(tmp_path: Path, monkeypatch: pyt
     _write_manifest(ds, sha)
     read: list[str] = []
     summarize = summary_cache.summarize_snapshot
-    monkeypatch.setattr(summary_cache, "summarize_snapshot", lambda d, rel, *a: read.append(rel) or summarize(d, rel, *a))
+    monkeypatch.setattr(
+        summary_cache, "summarize_snapshot", lambda d, rel, *a: read.append(rel) or summarize(d, rel, *a)
+    )
     second = validate_dataset(ds, cfg)
     monkeypatch.undo()
     assert read == [new]

@@ -70,8 +70,11 @@ class InProcessBackend(Backend):
         return True
 
     def build(self, app_fn: Callable[[], ClientApp]) -> None:
-        self._torch_state = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-                             torch.get_rng_state())
+        self._torch_state = (
+            torch.get_num_threads(),
+            torch.are_deterministic_algorithms_enabled(),
+            torch.get_rng_state(),
+        )
         self.app = app_fn()
 
     def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
@@ -121,13 +124,21 @@ def run_inprocess(server_app: ServerApp, client_app: ClientApp, num_supernodes: 
     errors: Queue[BaseException] = Queue()
     context = Context(run_id=run_id, node_id=0, node_config=UserConfig(), state=RecordDict(), run_config=UserConfig())
     server = run_serverapp_th(
-        server_app_attr=None, server_app=server_app, server_app_context=context, grid=grid, app_dir="",
-        f_stop=stop, exception_queue=errors, enable_tf_gpu_growth=False, ctx_queue=Queue(),
+        server_app_attr=None,
+        server_app=server_app,
+        server_app_context=context,
+        grid=grid,
+        app_dir="",
+        f_stop=stop,
+        exception_queue=errors,
+        enable_tf_gpu_growth=False,
+        ctx_queue=Queue(),
     )
     try:
         # returns once `stop` is set (the server thread sets it when it ends) and the worker threads are done
-        vce_api.run_api(lambda: client_app, lambda: InProcessBackend(workers), nodes, state_factory, node_stores,
-                        stop, VceMetrics())
+        vce_api.run_api(
+            lambda: client_app, lambda: InProcessBackend(workers), nodes, state_factory, node_stores, stop, VceMetrics()
+        )
     finally:
         stop.set()
     server.join()

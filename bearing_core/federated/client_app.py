@@ -217,8 +217,11 @@ def build_client_app(clients_dir: str | os.PathLike[str] | None = None) -> Clien
         set_weights(model, msg.content[ARRAYS_KEY].to_numpy_ndarrays())
         persistence_h = float(config.get("calibrate-persistence-h", 0.0))
         if persistence_h > 0:  # the alarm rule's statistic over every healthy row: bursts and warm-ups cannot set it
-            rule = AlarmConfig(persistence_h=persistence_h, fraction=float(config["calibrate-fraction"]),
-                               warmup_h=float(config["calibrate-warmup-h"]))
+            rule = AlarmConfig(
+                persistence_h=persistence_h,
+                fraction=float(config["calibrate-fraction"]),
+                warmup_h=float(config["calibrate-warmup-h"]),
+            )
             X_all = np.vstack([X_train, X_holdout])
             errors = reconstruction_errors(model, scaler.transform(X_all))[0] if len(X_all) else np.zeros(0)
             stat = window_statistic(_row_times(where, pid), errors, rule)

@@ -109,8 +109,13 @@ class FaultInjection(BaseModel):
         found: list[FaultInjection] = []
         if "fault-partition-id" in config:
             found.append(
-                cls(**{key.removeprefix("fault-").replace("-", "_"): v for key, v in config.items()
-                       if key.startswith("fault-")})
+                cls(
+                    **{
+                        key.removeprefix("fault-").replace("-", "_"): v
+                        for key, v in config.items()
+                        if key.startswith("fault-")
+                    }
+                )
             )
         found.extend(parse_fault_specs(str(config.get(FAULTS_KEY, ""))))
         return tuple(found)
@@ -178,9 +183,11 @@ class FederatedConfig(BaseModel):
         0.0, ge=0, le=100, description="Threshold margin in units of the inputs' healthy std: (sqrt(t) + margin)^2"
     )
     calibrate_persistence_h: float = Field(
-        0.0, ge=0, description="Calibrate on the alarm rule's statistic over this persistence (hours), on every healthy "
+        0.0,
+        ge=0,
+        description="Calibrate on the alarm rule's statistic over this persistence (hours), on every healthy "
         "row (train and holdout): the level at least calibrate_fraction of a site's snapshots in the window exceed; "
-        "0 = on single holdout snapshots"
+        "0 = on single holdout snapshots",
     )
     calibrate_fraction: float = Field(1.0, gt=0, le=1, description="Fraction of the alarm rule (with persistence)")
     calibrate_warmup_h: float = Field(0.0, ge=0, description="Warm-up of the alarm rule: its rows do not calibrate")
@@ -271,8 +278,12 @@ class FederatedConfig(BaseModel):
         """The :class:`~bearing_core.threshold.ThresholdConfig` of the federated calibration step."""
         from bearing_core.threshold import ThresholdConfig
 
-        return ThresholdConfig(method=self.threshold_method, quantile=self.threshold_quantile, k=self.threshold_k,
-                               margin=self.threshold_margin)
+        return ThresholdConfig(
+            method=self.threshold_method,
+            quantile=self.threshold_quantile,
+            k=self.threshold_k,
+            margin=self.threshold_margin,
+        )
 
     @property
     def min_available_clients(self) -> int:

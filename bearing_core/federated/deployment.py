@@ -75,8 +75,11 @@ class TlsFiles:
 
     def check(self) -> None:
         """``FileNotFoundError`` naming the first given file that does not exist (before any process starts)."""
-        for label, path in (("CA certificate", self.ca_certfile), ("certificate", self.certfile),
-                            ("private key", self.keyfile)):
+        for label, path in (
+            ("CA certificate", self.ca_certfile),
+            ("certificate", self.certfile),
+            ("private key", self.keyfile),
+        ):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"TLS {label} not found: {path}")
 
@@ -107,15 +110,31 @@ def superlink_command(
 ) -> list[str]:
     """The SuperLink: Fleet API on ``host:port`` (``--insecure`` without TLS), Control and Runtime APIs on
     ``127.0.0.1:control_port``, the guarded SuperExec (see :mod:`bearing_core.federated.launch`)."""
-    cmd = [sys.executable, "-m", "bearing_core.federated.launch", "superlink", "--fleet-host", host,
-           "--fleet-port", str(port), "--control-port", str(control_port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bearing_core.federated.launch",
+        "superlink",
+        "--fleet-host",
+        host,
+        "--fleet-port",
+        str(port),
+        "--control-port",
+        str(control_port),
+    ]
     if tls is None:
         cmd.append("--insecure")
     else:
         if tls.certfile is None or tls.keyfile is None:
             raise ValueError("a TLS SuperLink needs certfile and keyfile besides ca_certfile")
-        cmd += ["--ssl-ca-certfile", str(tls.ca_certfile), "--ssl-certfile", str(tls.certfile),
-                "--ssl-keyfile", str(tls.keyfile)]
+        cmd += [
+            "--ssl-ca-certfile",
+            str(tls.ca_certfile),
+            "--ssl-certfile",
+            str(tls.certfile),
+            "--ssl-keyfile",
+            str(tls.keyfile),
+        ]
     if enable_supernode_auth:
         cmd.append("--enable-supernode-auth")
     if database is not None:
@@ -141,8 +160,18 @@ def supernode_command(
 ) -> list[str]:
     """One site's SuperNode dialing ``superlink`` (HOST:PORT; ``--insecure`` without a CA file), its Runtime API
     on ``127.0.0.1:runtime_port``, and the guarded SuperExec (see :mod:`bearing_core.federated.launch`)."""
-    cmd = [sys.executable, "-m", "bearing_core.federated.launch", "supernode", "--superlink", superlink,
-           "--runtime-port", str(runtime_port), "--node-config", node_config(clients_dir, partition_id)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bearing_core.federated.launch",
+        "supernode",
+        "--superlink",
+        superlink,
+        "--runtime-port",
+        str(runtime_port),
+        "--node-config",
+        node_config(clients_dir, partition_id),
+    ]
     cmd += ["--insecure"] if root_certificates is None else ["--root-certificates", str(root_certificates)]
     if auth_private_key is not None:
         cmd += ["--auth-supernode-private-key", str(auth_private_key)]
@@ -258,8 +287,12 @@ def submit_run(
 ) -> int:
     """Submit the bearing app with ``flwr run``; returns the run id."""
     out = subprocess.run(
-        flwr_run_command(run_config, connection), capture_output=True, text=True, env=dict(env or flower_env()),
-        timeout=120, check=False,
+        flwr_run_command(run_config, connection),
+        capture_output=True,
+        text=True,
+        env=dict(env or flower_env()),
+        timeout=120,
+        check=False,
     )
     try:
         reply = json.loads(out.stdout)
@@ -274,7 +307,11 @@ def run_status(run_id: int, connection: str = CONNECTION, env: Mapping[str, str]
     """Status of a run as ``flwr ls`` reports it (e.g. ``running``, ``finished:completed``, ``finished:failed``)."""
     out = subprocess.run(
         ["flwr", "ls", connection, "--run-id", str(run_id), "--format", "json"],
-        capture_output=True, text=True, env=dict(env or flower_env()), timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env=dict(env or flower_env()),
+        timeout=60,
+        check=False,
     )
     try:
         runs = json.loads(out.stdout).get("runs", [])
@@ -284,7 +321,10 @@ def run_status(run_id: int, connection: str = CONNECTION, env: Mapping[str, str]
 
 
 def wait_for_run(
-    run_id: int, timeout_s: float, connection: str = CONNECTION, env: Mapping[str, str] | None = None,
+    run_id: int,
+    timeout_s: float,
+    connection: str = CONNECTION,
+    env: Mapping[str, str] | None = None,
     poll_s: float = 3.0,
 ) -> str:
     """Poll until the run finishes; returns its final status, ``TimeoutError`` after ``timeout_s``."""
@@ -299,20 +339,29 @@ def wait_for_run(
 
 def _flwr_json(args: Sequence[str], env: Mapping[str, str] | None) -> dict[str, Any]:
     """Run ``flwr ARGS --format json`` and return its JSON reply (``RuntimeError`` unless it reports success)."""
-    out = subprocess.run(["flwr", *args, "--format", "json"], capture_output=True, text=True,
-                         env=dict(env or flower_env()), timeout=60, check=False)
+    out = subprocess.run(
+        ["flwr", *args, "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=dict(env or flower_env()),
+        timeout=60,
+        check=False,
+    )
     try:
         reply = json.loads(out.stdout)
     except json.JSONDecodeError:
         reply = {}
     if out.returncode != 0 or not reply.get("success"):
-        raise RuntimeError(f"flwr {args[0]} {args[1] if len(args) > 1 else ''} failed ({out.returncode}): "
-                           f"{out.stdout.strip()} {out.stderr.strip()}")
+        raise RuntimeError(
+            f"flwr {args[0]} {args[1] if len(args) > 1 else ''} failed ({out.returncode}): "
+            f"{out.stdout.strip()} {out.stderr.strip()}"
+        )
     return reply
 
 
-def register_supernode(public_key: Path, name: str, connection: str = CONNECTION,
-                       env: Mapping[str, str] | None = None) -> int:
+def register_supernode(
+    public_key: Path, name: str, connection: str = CONNECTION, env: Mapping[str, str] | None = None
+) -> int:
     """Admit a site's SuperNode (``--enable-supernode-auth``): ``flwr supernode register KEY.pub`` through the
     Control API (this host only); returns the node id the SuperLink gave it."""
     reply = _flwr_json(["supernode", "register", str(public_key), connection, "--name", name], env)

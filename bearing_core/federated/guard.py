@@ -138,8 +138,16 @@ def _guarded_executor(role: str) -> Any:
                 message = f"refused task {spec.task_id} of type {spec.task_type}: only bearing-fl's {role} runs here"
                 log(logging.ERROR, message)
                 return LaunchResult.failed(message)
-            args = [sys.executable, "-m", MODULE, role, "--runtime-api-address", spec.runtime_api_address,
-                    "--token", spec.token]
+            args = [
+                sys.executable,
+                "-m",
+                MODULE,
+                role,
+                "--runtime-api-address",
+                spec.runtime_api_address,
+                "--token",
+                spec.token,
+            ]
             if spec.insecure:
                 args.append("--insecure")
             elif spec.root_certificates_path is not None:
@@ -152,21 +160,34 @@ def _guarded_executor(role: str) -> Any:
     return GuardedExecutor()
 
 
-def run_superexec(role: str, runtime_api_address: str, insecure: bool, root_certificates: str | None,
-                  parent_pid: int | None) -> None:
+def run_superexec(
+    role: str, runtime_api_address: str, insecure: bool, root_certificates: str | None, parent_pid: int | None
+) -> None:
     """flwr's SuperExec loop for one role with the :class:`GuardedExecutor` (never installs dependencies)."""
     module = "flwr.supercore.superexec.run_superexec"
     _replace(module, "get_executor", lambda *args, **kwargs: _guarded_executor(role))
     importlib.import_module(module).run_superexec(
-        runtime_api_address=runtime_api_address, insecure=insecure, root_certificates_path=root_certificates,
-        parent_pid=parent_pid, runtime_dependency_install=False,
+        runtime_api_address=runtime_api_address,
+        insecure=insecure,
+        root_certificates_path=root_certificates,
+        parent_pid=parent_pid,
+        runtime_dependency_install=False,
     )
 
 
 def superexec_command(role: str, runtime_api_address: str, parent_pid: int | None = None) -> list[str]:
     """The guarded SuperExec for ``role`` against a plain-HTTP Runtime API on this host."""
-    cmd = [sys.executable, "-m", MODULE, "superexec", "--role", role, "--runtime-api-address",
-           runtime_api_address, "--insecure"]
+    cmd = [
+        sys.executable,
+        "-m",
+        MODULE,
+        "superexec",
+        "--role",
+        role,
+        "--runtime-api-address",
+        runtime_api_address,
+        "--insecure",
+    ]
     return cmd + ([] if parent_pid is None else ["--parent-pid", str(parent_pid)])
 
 

@@ -57,8 +57,13 @@ class FleetOnly:
             await self.app(scope, receive, send)
             return
         if scope["type"] == "http":
-            await send({"type": "http.response.start", "status": 404,
-                        "headers": [(b"content-type", b"text/plain"), (b"content-length", b"10")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"10")],
+                }
+            )
             await send({"type": "http.response.body", "body": b"not found\n"})
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
@@ -130,13 +135,26 @@ def run_superlink(args: argparse.Namespace) -> None:
 
     cli = importlib.import_module("flwr.superlink.cli.flower_superlink")  # the module, not the function
 
-    flwr_args = ["--host", LOOPBACK, "--port", str(args.control_port), "--isolation", "process",
-                 "--disable-runtime-dependency-installation"]
+    flwr_args = [
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(args.control_port),
+        "--isolation",
+        "process",
+        "--disable-runtime-dependency-installation",
+    ]
     if args.insecure:
         flwr_args.append("--insecure")
     else:
-        flwr_args += ["--ssl-ca-certfile", args.ssl_ca_certfile, "--ssl-certfile", args.ssl_certfile,
-                      "--ssl-keyfile", args.ssl_keyfile]
+        flwr_args += [
+            "--ssl-ca-certfile",
+            args.ssl_ca_certfile,
+            "--ssl-certfile",
+            args.ssl_certfile,
+            "--ssl-keyfile",
+            args.ssl_keyfile,
+        ]
     if args.enable_supernode_auth:
         flwr_args.append("--enable-supernode-auth")
     if args.database is not None:
@@ -146,14 +164,34 @@ def run_superlink(args: argparse.Namespace) -> None:
     app = create_app(config, cli.SuperLinkLifespan)
 
     server = _server_class()
-    control = server(uvicorn.Config(app, host=LOOPBACK, port=args.control_port, access_log=True, workers=1,
-                                    log_config=get_uvicorn_log_config(console_handler.level)))
-    fleet = server(uvicorn.Config(FleetOnly(app), host=args.fleet_host, port=args.fleet_port, lifespan="off",
-                                  access_log=True, workers=1, log_config=None,
-                                  ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile))
+    control = server(
+        uvicorn.Config(
+            app,
+            host=LOOPBACK,
+            port=args.control_port,
+            access_log=True,
+            workers=1,
+            log_config=get_uvicorn_log_config(console_handler.level),
+        )
+    )
+    fleet = server(
+        uvicorn.Config(
+            FleetOnly(app),
+            host=args.fleet_host,
+            port=args.fleet_port,
+            lifespan="off",
+            access_log=True,
+            workers=1,
+            log_config=None,
+            ssl_certfile=config.ssl_certfile,
+            ssl_keyfile=config.ssl_keyfile,
+        )
+    )
     scheme = "http" if args.insecure else "https"
-    ready = (f"{READY}: Fleet API on {scheme}://{args.fleet_host}:{args.fleet_port} (sites); Control and "
-             f"Runtime APIs on http://{LOOPBACK}:{args.control_port} (this host only)")
+    ready = (
+        f"{READY}: Fleet API on {scheme}://{args.fleet_host}:{args.fleet_port} (sites); Control and "
+        f"Runtime APIs on http://{LOOPBACK}:{args.control_port} (this host only)"
+    )
     runtime = f"{LOOPBACK}:{args.control_port}"
     asyncio.run(_serve([control, fleet], ready, "serverapp", runtime))
 
@@ -161,15 +199,27 @@ def run_superlink(args: argparse.Namespace) -> None:
 def run_supernode(args: argparse.Namespace) -> None:
     flower_supernode = importlib.import_module("flwr.supernode.cli.flower_supernode").flower_supernode
 
-    flwr_args = ["--superlink", args.superlink, "--isolation", "process", "--host", LOOPBACK,
-                 "--port", str(args.runtime_port), "--node-config", args.node_config]
+    flwr_args = [
+        "--superlink",
+        args.superlink,
+        "--isolation",
+        "process",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(args.runtime_port),
+        "--node-config",
+        args.node_config,
+    ]
     flwr_args += ["--insecure"] if args.insecure else ["--root-certificates", args.root_certificates]
     if args.auth_supernode_private_key is not None:
         flwr_args += ["--auth-supernode-private-key", args.auth_supernode_private_key]
     sys.argv = ["flower-supernode", *flwr_args]
     with _guarded_superexec("clientapp", f"{LOOPBACK}:{args.runtime_port}"):
-        print(f"{READY}: SuperNode dialing {args.superlink}; ClientApp runtime on {LOOPBACK}:{args.runtime_port}",
-              flush=True)
+        print(
+            f"{READY}: SuperNode dialing {args.superlink}; ClientApp runtime on {LOOPBACK}:{args.runtime_port}",
+            flush=True,
+        )
         flower_supernode()
 
 

@@ -111,8 +111,9 @@ def federated_scaler(grid: Grid, nodes: list[int], ledger: RoundLedger) -> tuple
         ledger.row_caps = {pid: _least(n, cap) for pid, n, cap in zip(pids, counts, train_caps)}
         ledger.holdout_caps = {pid: _least(n, cap) for pid, n, cap in zip(pids, holdouts, holdout_caps)}
     kept = []
-    for msg, pid, (stats, note) in zip(ok, pids, screen_stats([s for _, s, _, _ in parsed], cfg.outlier_factor,
-                                                               train_caps, columns)):
+    for msg, pid, (stats, note) in zip(
+        ok, pids, screen_stats([s for _, s, _, _ in parsed], cfg.outlier_factor, train_caps, columns)
+    ):
         if stats is None:
             ledger.reject(0, "scaler-stats", msg.metadata.src_node_id, pid, str(note))
             continue
@@ -121,8 +122,10 @@ def federated_scaler(grid: Grid, nodes: list[int], ledger: RoundLedger) -> tuple
         kept.append(stats)
     needed = cfg.min_successful(len(messages))
     if len(kept) < needed:
-        raise NotEnoughClients(f"scaler statistics: {len(kept)} of {len(messages)} clients passed the screening, "
-                               f"{needed} required; " + "; ".join(f["reason"] for f in ledger.failures))
+        raise NotEnoughClients(
+            f"scaler statistics: {len(kept)} of {len(messages)} clients passed the screening, "
+            f"{needed} required; " + "; ".join(f["reason"] for f in ledger.failures)
+        )
     scaler = Scaler.from_stats(merge_stats(kept)) if cfg.scale else Scaler.identity(len(columns))
     return scaler, columns, {pid: ledger.row_caps.get(pid, n) for pid, n in zip(pids, counts)}
 
@@ -156,9 +159,14 @@ def federated_threshold(
     cfg = ledger.cfg
     threshold_cfg = cfg.threshold_config()
     config = ConfigRecord(
-        {**dict(config), "bins-per-decade": threshold_cfg.bins_per_decade, **cfg.fault_config(),
-         "calibrate-persistence-h": cfg.calibrate_persistence_h, "calibrate-fraction": cfg.calibrate_fraction,
-         "calibrate-warmup-h": cfg.calibrate_warmup_h}
+        {
+            **dict(config),
+            "bins-per-decade": threshold_cfg.bins_per_decade,
+            **cfg.fault_config(),
+            "calibrate-persistence-h": cfg.calibrate_persistence_h,
+            "calibrate-fraction": cfg.calibrate_fraction,
+            "calibrate-warmup-h": cfg.calibrate_warmup_h,
+        }
     )
     content = RecordDict({ARRAYS_KEY: ArrayRecord(get_weights(model)), CONFIG_KEY: config})
     messages = [
@@ -171,8 +179,10 @@ def federated_threshold(
     sketches = [parse_sketch_reply(msg)[1] for msg in ok]
     pids = [ledger.partition_of(msg) for msg in ok]
     if cfg.calibrate_persistence_h > 0:  # the alarm statistic over every healthy row (train + holdout)
-        caps = [None if ledger.holdout_caps.get(pid) is None else ledger.holdout_caps[pid] + ledger.row_caps.get(pid, 0)
-                for pid in pids]
+        caps = [
+            None if ledger.holdout_caps.get(pid) is None else ledger.holdout_caps[pid] + ledger.row_caps.get(pid, 0)
+            for pid in pids
+        ]
     else:
         caps = [ledger.holdout_caps.get(pid) for pid in pids]
     notes = screen_sketches(sketches, cfg.outlier_factor, threshold_cfg.quantile, caps)
@@ -183,10 +193,13 @@ def federated_threshold(
             rejected[str(pid)] = note
     kept = [sketch for sketch, note in zip(sketches, notes) if note is None]
     if not kept or (merged := merge_sketches(kept)).count == 0:
-        raise ValueError("no client has holdout rows to calibrate the threshold on (holdout_fraction > 0 needed)"
-                         + (f"; rejected sketches: {rejected}" if rejected else ""))
-    return save_threshold(model_dir, merged, threshold_cfg, source=f"federated: {len(kept)} clients",
-                          rejected_sketches=rejected)
+        raise ValueError(
+            "no client has holdout rows to calibrate the threshold on (holdout_fraction > 0 needed)"
+            + (f"; rejected sketches: {rejected}" if rejected else "")
+        )
+    return save_threshold(
+        model_dir, merged, threshold_cfg, source=f"federated: {len(kept)} clients", rejected_sketches=rejected
+    )
 
 
 def warm_start_weights(source: str, model_cfg: ModelConfig, columns: list[str]) -> tuple[list[np.ndarray] | None, str]:

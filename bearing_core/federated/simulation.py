@@ -3,7 +3,8 @@
 :func:`run_federated` runs the bearing ServerApp and one virtual ClientApp per partition file in this process
 (:func:`bearing_core.federated.backend.run_inprocess`: Flower's simulation engine without Ray, no socket opened),
 then :func:`run_centralized` trains the same model on the union of the same clients' train rows for the same
-number of epochs (``rounds × local_epochs``), evaluated on the union of their holdout rows, and appends its per-round rows (``client="centralized"``) to ``metrics.parquet``: what federation
+number of epochs (``rounds × local_epochs``), evaluated on the union of their holdout rows, and appends its per-round
+rows (``client="centralized"``) to ``metrics.parquet``: what federation
 costs is read off one table.
 """
 
@@ -14,7 +15,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def partition_params(scheme: str, num_clients: int, alpha: float = 0.5) -> dict[
 
 def model_version(manifest_sha256: str, cfg: FederatedConfig, now: datetime | None = None) -> str:
     """``<UTC timestamp>-<8 hex>``: when the model was trained and a short hash of its data + configuration."""
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     digest = hashlib.sha256(json.dumps([manifest_sha256, cfg.model_dump(mode="json")], sort_keys=True).encode())
     return f"{stamp}-{digest.hexdigest()[:8]}"
 
@@ -124,8 +125,9 @@ def run_federated(
     model_dir = Path(model_dir)
     resources = resources or SimulationResources()
     start = time.perf_counter()
-    run_inprocess(build_server_app(cfg, model_dir), build_client_app(clients_dir), manifest.num_clients,
-                  resources.workers)
+    run_inprocess(
+        build_server_app(cfg, model_dir), build_client_app(clients_dir), manifest.num_clients, resources.workers
+    )
     wall_s = time.perf_counter() - start
     if not (model_dir / METRICS_FILE).is_file():
         raise RuntimeError(f"the federated run ended without writing {model_dir / METRICS_FILE} (see the log above)")
@@ -137,12 +139,14 @@ def run_federated(
         timings = record_timings(model_dir, centralized_s=time.perf_counter() - start)
     extra = load_model(model_dir).extra
     failures = list(extra.get("failures", []))
-    return FederatedResult(metrics, model_dir, clients_dir, cfg, failures, wall_s, timings,
-                           dict(extra.get("training_stop") or {}))
+    return FederatedResult(
+        metrics, model_dir, clients_dir, cfg, failures, wall_s, timings, dict(extra.get("training_stop") or {})
+    )
 
 
-def record_timings(model_dir: str | os.PathLike[str], *, wall_s: float | None = None,
-                   centralized_s: float | None = None) -> dict[str, float]:
+def record_timings(
+    model_dir: str | os.PathLike[str], *, wall_s: float | None = None, centralized_s: float | None = None
+) -> dict[str, float]:
     """Add the simulation's own steps to the server's ``timings.json`` in ``model_dir`` and return it.
 
     ``wall_s`` (the whole in-process federation): ``backend_s`` = what the server's steps do not account for
@@ -178,7 +182,8 @@ def run_centralized(
 
     Same model shape and initialisation, same scaler (the federated one, read from ``model_dir``), same
     hyper-parameters and number of epochs (the rounds the federated run actually ran, when it stopped early); rows
-    of every client pooled. It always starts from the seed's weights, also when the federated run was warm-started. ``wall_s`` is the mean time per round.
+    of every client pooled. It always starts from the seed's weights, also when the federated run was warm-started.
+    ``wall_s`` is the mean time per round.
     Re-running replaces earlier centralized rows.
     """
     from bearing_core.training import TrainConfig, train_centralized

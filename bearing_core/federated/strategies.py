@@ -52,8 +52,8 @@ from flwr.supercore import log
 
 from bearing_core.federated.config import STRATEGY_CLASSES, FederatedConfig
 from bearing_core.federated.messages import ARRAYS_KEY, PARTITION_KEY, WEIGHT_KEY
-from bearing_core.scaling import MIN_ROBUST_SITES, cap_counts, robust_median
 from bearing_core.privacy import DEFAULT_DELTA, effective_noise_multiplier, gaussian_epsilon
+from bearing_core.scaling import MIN_ROBUST_SITES, cap_counts, robust_median
 
 
 class NotEnoughClients(RuntimeError):
@@ -111,7 +111,10 @@ class RoundLedger:
                 continue
             pid = _partition_id(msg)
             self._fail(
-                server_round, step, msg.metadata.src_node_id, f"client {pid} round {server_round}: {problem} rejected",
+                server_round,
+                step,
+                msg.metadata.src_node_id,
+                f"client {pid} round {server_round}: {problem} rejected",
                 client=pid,
             )
         if step == "train":
@@ -140,8 +143,12 @@ class RoundLedger:
             cap = self.row_caps.get(pid, median_cap)
             if cap is not None and claim > cap:
                 _metrics(msg)[WEIGHT_KEY] = cap
-                self.adjust(server_round, "train", msg, f"claimed {claim} train rows, more than its cap {cap}: "
-                            f"weighted as {cap}")
+                self.adjust(
+                    server_round,
+                    "train",
+                    msg,
+                    f"claimed {claim} train rows, more than its cap {cap}: weighted as {cap}",
+                )
         if reference is None:
             return replies
         replies = self._screen_norms(server_round, replies, reference) if len(replies) >= MIN_ROBUST_SITES else replies
@@ -151,8 +158,12 @@ class RoundLedger:
                 norm = update_norm(_arrays(msg), reference)
                 if norm > bound:
                     msg.content[ARRAYS_KEY] = ArrayRecord(clip_update(_arrays(msg), reference, bound))
-                    self.adjust(server_round, "train", msg, f"update norm {norm:.4g} above clipping_norm {bound:g}: "
-                                "clipped to it")
+                    self.adjust(
+                        server_round,
+                        "train",
+                        msg,
+                        f"update norm {norm:.4g} above clipping_norm {bound:g}: clipped to it",
+                    )
         return replies
 
     def _screen_norms(self, server_round: int, replies: list[Message], reference: list[np.ndarray]) -> list[Message]:
@@ -210,9 +221,7 @@ class RoundLedger:
             who = f"client {client}" if client is not None else f"node {node_id}"
             self._fail(server_round, step, node_id, f"{who} round {server_round}: no reply within {timeout}")
 
-    def _fail(
-        self, server_round: int, step: str, node_id: int | None, reason: str, client: int | None = None
-    ) -> None:
+    def _fail(self, server_round: int, step: str, node_id: int | None, reason: str, client: int | None = None) -> None:
         if client is None and node_id is not None:
             client = self.node_partitions.get(node_id)
         reason = short_reason(reason)
@@ -262,8 +271,16 @@ class RoundLedger:
         }
         self.rows.append(glob)
         # the one line a round in the log (Flower's own per-round lines are dropped: bearing_core.federated.logs)
-        log(INFO, "round %d/%d: train loss %.4g, holdout MSE %.4g, %d clients replied, %.1f s", server_round,
-            self.cfg.rounds, glob["train_loss"], glob["eval_mse"], len(rows), glob["wall_s"])
+        log(
+            INFO,
+            "round %d/%d: train loss %.4g, holdout MSE %.4g, %d clients replied, %.1f s",
+            server_round,
+            self.cfg.rounds,
+            glob["train_loss"],
+            glob["eval_mse"],
+            len(rows),
+            glob["wall_s"],
+        )
 
 
 @dataclass
@@ -306,8 +323,10 @@ class EarlyStopping:
     def reason(self) -> str:
         """Why training stopped, in one line (model card, run report, logs)."""
         if self.stopped_early:
-            return (f"converged: holdout MSE improved by less than {self.min_improvement:.2%} for {self.patience} "
-                    f"rounds (after round {self.rounds_run} of at most {self.max_rounds})")
+            return (
+                f"converged: holdout MSE improved by less than {self.min_improvement:.2%} for {self.patience} "
+                f"rounds (after round {self.rounds_run} of at most {self.max_rounds})"
+            )
         if self.patience == 0:
             return f"fixed rounds: early stopping off (patience 0), {self.rounds_run} rounds"
         return f"reached the maximum of {self.max_rounds} rounds before converging (patience {self.patience})"
@@ -558,9 +577,7 @@ def strategy_params(cfg: FederatedConfig) -> dict[str, Any]:
     return {}
 
 
-def build_strategy(
-    cfg: FederatedConfig, ledger: RoundLedger | None = None
-) -> flwr_strategy.FedAvg | Private:
+def build_strategy(cfg: FederatedConfig, ledger: RoundLedger | None = None) -> flwr_strategy.FedAvg | Private:
     """The flwr strategy named by ``cfg.strategy`` (validated by :class:`FederatedConfig`), with a ledger; wrapped
     in :class:`Private` when ``cfg.dp_noise_multiplier`` > 0."""
     base: type[flwr_strategy.FedAvg] = getattr(flwr_strategy, STRATEGY_CLASSES[cfg.strategy])

@@ -84,6 +84,8 @@ def natural_clients(
 
     chosen = {group(s) for s in pd.unique(read_selection(healthy_file)["site"].astype(str))}
     if not chosen:
-        raise ValueError(f"no site has a healthy row in {healthy_file}: every bearing of every site is in alarm or "
-                         "outside the healthy window; clear alarms (bearing alarms clear) or widen the window")
+        raise ValueError(
+            f"no site has a healthy row in {healthy_file}: every bearing of every site is in alarm or "
+            "outside the healthy window; clear alarms (bearing alarms clear) or widen the window"
+        )
     return len(chosen), params, sorted(groups - chosen)

@@ -92,7 +92,8 @@ class OfflineIndexPageView(_OfflineViewMixin, DefaultJinjaIndexPageView):
 
 
 def site_config(docs_dir: Path) -> dict[str, Any]:
-    """GX ``data_docs_sites`` entry of a local site in ``docs_dir`` rendered with the offline views (no how-to buttons)."""
+    """GX ``data_docs_sites`` entry of a local site in ``docs_dir`` rendered with the offline views (no how-to
+    buttons)."""
     page_view = {"module_name": __name__, "class_name": OfflinePageView.__name__}
     return {
         "class_name": "SiteBuilder",

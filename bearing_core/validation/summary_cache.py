@@ -236,8 +236,12 @@ def cached_summaries(
 
 def _compact(directory: Path, parts: list[tuple[int, Path]], rows: pa.Table) -> None:
     """Replace every part by one holding the current, storable row of each snapshot (one per path)."""
-    keep = rows.filter(pc.and_(pc.and_(pc.equal(rows["read_error"], ""), pc.is_valid(rows["sha256"])),
-                               pc.greater_equal(rows["samples_size"], 0)))
+    keep = rows.filter(
+        pc.and_(
+            pc.and_(pc.equal(rows["read_error"], ""), pc.is_valid(rows["sha256"])),
+            pc.greater_equal(rows["samples_size"], 0),
+        )
+    )
     order = pa.array(np.arange(keep.num_rows, dtype=np.int64))
     last = keep.append_column("_row", order).group_by("path").aggregate([("_row", "max")])
     keep = keep.take(np.sort(last["_row_max"].to_numpy()))

@@ -1,1 +1,2 @@
-"""Code shared by test modules (test modules never import each other): data writers, process helpers, Prefect queries."""
+"""Code shared by test modules (test modules never import each other): data writers, process helpers, Prefect
+queries."""

@@ -44,7 +44,8 @@ def task_run_states(flow_run_id: UUID) -> dict[str, list[str]]:
 
 
 def task_name(run_name: str) -> str:
-    """``train-federated-fb5`` -> ``train-federated``; ``ingest raw/demo`` -> ``ingest``; ``validate /x`` -> ``validate``."""
+    """``train-federated-fb5`` -> ``train-federated``; ``ingest raw/demo`` -> ``ingest``; ``validate /x`` ->
+    ``validate``."""
     head = run_name.split(" ", 1)[0]
     base, _, suffix = head.rpartition("-")
     return base if base and len(suffix) == 3 and all(c in "0123456789abcdef" for c in suffix) else head

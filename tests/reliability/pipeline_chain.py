@@ -63,11 +63,33 @@ STAGES = ("ingest", "validate", "partition", "train", "publish", "promote", "sco
 PIPELINE_STAGE = "pipeline"
 """The label of every counted call under ``bearing`` (the CLI's steps are not labelled)."""
 BEARING_RUN_ARGS = (
-    "run", "--raw-dir", str(RAW_DIR), "--rounds", str(ROUNDS), "--local-epochs", str(LOCAL_EPOCHS),
-    "--train-fraction", str(TRAIN_FRACTION), "--seed", str(SEED), "--layout", "snapshot", "--activation", "elu",
-    "--alarm-persistence-h", str(ALARMS.persistence_h), "--alarm-fraction", str(ALARMS.fraction),
-    "--alarm-warmup-h", str(ALARMS.warmup_h), "--workers", "1",
-    "--threshold-method", THRESHOLD_METHOD, "--threshold-quantile", str(THRESHOLD_QUANTILE),
+    "run",
+    "--raw-dir",
+    str(RAW_DIR),
+    "--rounds",
+    str(ROUNDS),
+    "--local-epochs",
+    str(LOCAL_EPOCHS),
+    "--train-fraction",
+    str(TRAIN_FRACTION),
+    "--seed",
+    str(SEED),
+    "--layout",
+    "snapshot",
+    "--activation",
+    "elu",
+    "--alarm-persistence-h",
+    str(ALARMS.persistence_h),
+    "--alarm-fraction",
+    str(ALARMS.fraction),
+    "--alarm-warmup-h",
+    str(ALARMS.warmup_h),
+    "--workers",
+    "1",
+    "--threshold-method",
+    THRESHOLD_METHOD,
+    "--threshold-quantile",
+    str(THRESHOLD_QUANTILE),
 )
 """``bearing`` arguments of the Prefect pipeline run that :func:`run_chain` mirrors step for step."""
 
@@ -85,7 +107,11 @@ class KillSwitch:
         trace: Path | None = None,
     ) -> None:
         self.root, self.kill_at, self.kill_match, self.mid_write, self.trace = (
-            root, kill_at, kill_match, mid_write, trace
+            root,
+            kill_at,
+            kill_match,
+            mid_write,
+            trace,
         )
         self.kill_target = re.compile(kill_target) if kill_target is not None else None
         self.outputs = tuple(root / name for name in OUTPUT_DIRS)
@@ -151,7 +177,7 @@ def run_chain(
     dataset = IngestConfig(raw_dir=RAW_DIR).resolved_out_dir(paths)
     manifest = scheme_dir(dataset, "natural") / MANIFEST_FILE
     registry = paths.models_root / dataset_name(dataset)  # the dataset's registry, as in flows/train.py
-    todo = STAGES[STAGES.index(start):]
+    todo = STAGES[STAGES.index(start) :]
 
     def begin(stage: str) -> bool:
         """Label the counted calls with ``stage``; take the snapshot due before it; True when it is to run."""
@@ -170,10 +196,17 @@ def run_chain(
         partition_dataset(dataset, "natural", clients, SEED, inputs, partition_params("natural", clients))
     manifest_sha = sha256_file(manifest)
     # as flows/train.py builds it: the threshold is calibrated on the alarm rule's statistic
-    fed_cfg = FederatedConfig(rounds=ROUNDS, local_epochs=LOCAL_EPOCHS, seed=SEED, num_clients=clients,
-                              threshold_method=THRESHOLD_METHOD, threshold_quantile=THRESHOLD_QUANTILE,
-                              calibrate_persistence_h=ALARMS.persistence_h, calibrate_fraction=ALARMS.fraction,
-                              calibrate_warmup_h=ALARMS.warmup_h)
+    fed_cfg = FederatedConfig(
+        rounds=ROUNDS,
+        local_epochs=LOCAL_EPOCHS,
+        seed=SEED,
+        num_clients=clients,
+        threshold_method=THRESHOLD_METHOD,
+        threshold_quantile=THRESHOLD_QUANTILE,
+        calibrate_persistence_h=ALARMS.persistence_h,
+        calibrate_fraction=ALARMS.fraction,
+        calibrate_warmup_h=ALARMS.warmup_h,
+    )
     begin("train")
     if model_dir is None or not _trained(model_dir):
         model_dir = registry / model_version(manifest_sha, fed_cfg)
@@ -249,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bearing":
         from cli.main import main as bearing_main
 
-        return bearing_main(argv[cut + 1:])
+        return bearing_main(argv[cut + 1 :])
     run_chain(switch, args.start, args.model_dir, args.snapshot_before)
     return 0
 

@@ -1,7 +1,8 @@
 """Bad input at scale for ``ingest_directory``: a 1 GiB garbage file, 10,000 empty files, odd names, symlinks.
 
 The large cases run the ingest in a subprocess that reports its own peak RSS and its workers' (``VmHWM`` of
-the process / ``ru_maxrss`` of RUSAGE_CHILDREN): memory must stay bounded whatever the input, and the run must finish within a
+the process / ``ru_maxrss`` of RUSAGE_CHILDREN): memory must stay bounded whatever the input, and the run must finish
+within a
 generous timeout (no timing assertions). The 1 GiB file is sparse, so it costs neither disk nor RAM to create.
 
 Rule under test (bearing-fl's reliability and security requirements): nothing outside the configured raw and
@@ -102,7 +103,11 @@ def test_1gib_garbage_file_and_10000_empty_files_are_quarantined_in_bounded_memo
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
         [sys.executable, str(script), str(raw), str(out), str(N)],
-        capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+        env=env,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     measured = json.loads(done.stdout.strip().splitlines()[-1])

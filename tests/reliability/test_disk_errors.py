@@ -114,7 +114,9 @@ def files_state(root: Path) -> dict[str, str]:
             if name.endswith(".lock"):
                 continue
             rel = path.relative_to(root).as_posix()
-            state[rel] = f"-> {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir() else sha256_file(path)
+            state[rel] = (
+                f"-> {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir() else sha256_file(path)
+            )
     return state
 
 
@@ -342,7 +344,9 @@ def test_scoring_fails_on_a_full_disk_and_keeps_the_previous_scores(project: Pat
     before = files_state(dataset)
     disk_full(dataset)
     with pytest.raises(OSError) as exc:
-        update_scores(dataset, project / "models" / "dataset" / LATEST, dataset / "old.parquet", AlarmConfig(fraction=0.5))
+        update_scores(
+            dataset, project / "models" / "dataset" / LATEST, dataset / "old.parquet", AlarmConfig(fraction=0.5)
+        )
     assert_no_space_named(exc, dataset / "old.parquet")
     assert files_state(dataset) == before
 

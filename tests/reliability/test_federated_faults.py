@@ -74,8 +74,11 @@ class _Nodes:
 def test_several_faults_round_trip_through_the_flat_run_config() -> None:
     cfg = FederatedConfig(
         fault=FaultInjection(partition_id=1, round=2),
-        faults=(FaultInjection(partition_id=RAISING), FaultInjection(partition_id=HANGING, mode="sleep", sleep_s=2.5),
-                FaultInjection(partition_id=POISONING, mode="nan")),
+        faults=(
+            FaultInjection(partition_id=RAISING),
+            FaultInjection(partition_id=HANGING, mode="sleep", sleep_s=2.5),
+            FaultInjection(partition_id=POISONING, mode="nan"),
+        ),
     )
     run_config = cfg.to_run_config()
     assert run_config["fault-partition-id"] == 1 and run_config["fault-round"] == 2  # the single fault: as before
@@ -136,8 +139,12 @@ def test_non_finite_update_is_rejected_before_aggregation(name: str) -> None:
     one_inf = np.ones((2, 2), dtype=np.float32)
     one_inf[1, 0] = np.inf
     poisoned = _train_reply(102, 2, 1.0, 10, arrays=[np.ones(3, dtype=np.float32), one_inf])
-    replies = [_train_reply(100, 0, 1.0, 10), _train_reply(101, 1, 2.0, 10), poisoned,
-               _train_reply(103, 3, 3.0, 20, loss=float("nan"))]
+    replies = [
+        _train_reply(100, 0, 1.0, 10),
+        _train_reply(101, 1, 2.0, 10),
+        poisoned,
+        _train_reply(103, 3, 3.0, 20, loss=float("nan")),
+    ]
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert all(np.isfinite(a).all() for a in arrays.to_numpy_ndarrays())
     assert np.isfinite(metrics["train_loss"])
@@ -182,7 +189,11 @@ def faulty_run(tmp_path_factory: pytest.TempPathFactory):
     dataset = write_feature_dataset(tmp_path_factory.mktemp("faults") / "dataset", rows_per_site=60)
     partition_dataset(dataset, "iid", 10, 0, InputConfig(train_fraction=1.0))
     cfg = FederatedConfig(
-        rounds=2, local_epochs=1, batch_size=16, min_fit_fraction=0.5, round_timeout_s=ROUND_TIMEOUT_S,
+        rounds=2,
+        local_epochs=1,
+        batch_size=16,
+        min_fit_fraction=0.5,
+        round_timeout_s=ROUND_TIMEOUT_S,
         faults=(
             FaultInjection(partition_id=RAISING),
             FaultInjection(partition_id=HANGING, mode="sleep", sleep_s=HANG_S),

@@ -97,7 +97,7 @@ MODELS = Path("data") / "models"
 REGISTRY = MODELS / chain.RAW_DIR.name
 """The registry of the demo dataset's models (one registry per dataset): its versions and its ``latest``."""
 BEFORE_PUBLISH = chain.STAGES[: chain.STAGES.index("publish")]
-AFTER_TRAIN = chain.STAGES[chain.STAGES.index("publish"):]
+AFTER_TRAIN = chain.STAGES[chain.STAGES.index("publish") :]
 EXTRA_BEFORE_PUBLISH, EXTRA_AFTER_TRAIN = 1, 2
 LOCK_FILES = {".ingest.lock", ".pipeline.lock", ".registry.lock"}
 PERMANENT_HIDDEN = {*LOCK_FILES, OUTPUT_MARKER}
@@ -172,7 +172,11 @@ def run_script(command: str, project: Path, *options: str, killed: bool) -> list
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, str(CHAIN), command, str(project), "--trace", str(trace), *options],
-            cwd=project, env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=project,
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             proc.wait(timeout=900)
@@ -304,8 +308,9 @@ def assert_only_unused_leftovers(project: Path) -> list[str]:
             if name.startswith("."):
                 assert HIDDEN_TEMPORARY.fullmatch(name), f"unexpected hidden entry {rel}"
                 found.append(rel)
-            elif (path.parent == project / REGISTRY and path.is_dir() and not path.is_symlink()
-                  and not is_complete(path)):
+            elif (
+                path.parent == project / REGISTRY and path.is_dir() and not path.is_symlink() and not is_complete(path)
+            ):
                 found.append(rel)  # a training run killed before publishing: never listed, never served
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
     return found
@@ -341,8 +346,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     from bearing_core.synthetic import generate_demo
 
     project = tmp_path_factory.mktemp("reference")
-    generate_demo(project / chain.RAW_DIR, sites=chain.SITES, files_per_site=chain.FILES_PER_SITE,
-                  seed=chain.DEMO_SEED)
+    generate_demo(project / chain.RAW_DIR, sites=chain.SITES, files_per_site=chain.FILES_PER_SITE, seed=chain.DEMO_SEED)
     before_publish = tmp_path_factory.mktemp("before-publish") / "data"
     trace = run_chain(project, "--snapshot-before", f"publish:{before_publish}")
     assert_readable_as_complete(project)
@@ -364,10 +368,13 @@ def test_kill_plan_is_reproducible_and_covers_every_step(reference: Reference) -
     assert any(p.mid_write for p in plan if p.stage in AFTER_TRAIN)
     assert any(not p.mid_write for p in plan)
     # the uninterrupted run committed every output through os.replace, step by step
-    assert [c["stage"] for c in reference.trace] == sorted((c["stage"] for c in reference.trace),
-                                                           key=chain.STAGES.index)
+    assert [c["stage"] for c in reference.trace] == sorted(
+        (c["stage"] for c in reference.trace), key=chain.STAGES.index
+    )
     assert {pattern(c["target"]) for c in reference.trace if c["stage"] == "promote"} == {
-        f"{REGISTRY.as_posix()}/<version>/promotion.json", f"{REGISTRY.as_posix()}/latest"}
+        f"{REGISTRY.as_posix()}/<version>/promotion.json",
+        f"{REGISTRY.as_posix()}/latest",
+    }
 
 
 @pytest.mark.e2e
@@ -413,8 +420,17 @@ def test_killed_prefect_pipeline_run_is_completed_by_the_next_run(reference: Ref
     # publishing set the trained model aside and was killed before renaming the new version into place
     # matched by training's save and publish's swap
     version_dir = rf"{REGISTRY.as_posix()}/\d{{8}}T\d{{6}}Z-[0-9a-f]{{8}}"
-    trace = run_script("bearing", project, "--kill-target", version_dir, "--kill-match", "2", "--",
-                       *chain.BEARING_RUN_ARGS, killed=True)
+    trace = run_script(
+        "bearing",
+        project,
+        "--kill-target",
+        version_dir,
+        "--kill-match",
+        "2",
+        "--",
+        *chain.BEARING_RUN_ARGS,
+        killed=True,
+    )
     assert pattern(trace[-2]["target"]).startswith(f"{REGISTRY.as_posix()}/.<version>.old-*/")
     assert_readable_as_complete(project)
     assert not (project / REGISTRY / LATEST).exists()

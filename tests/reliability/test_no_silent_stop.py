@@ -90,8 +90,10 @@ def test_validate_channels_not_the_datasets_own_exit_2_and_quarantine_nothing(
     before = (dataset / "quarantine.parquet").read_bytes()
     assert main(["validate", str(dataset), "--channels", "3", "--no-docs"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"bearing validate: error: --channels 3: {dataset} has 4 channels (B1, B2, B3, B4), 3 not among "
-                   "them; name exactly those, in file order, or omit --channels"]
+    assert err == [
+        f"bearing validate: error: --channels 3: {dataset} has 4 channels (B1, B2, B3, B4), 3 not among "
+        "them; name exactly those, in file order, or omit --channels"
+    ]
     assert main(["validate", str(dataset), "--channels", "B2,B1,B3,B4", "--no-docs"]) == 2
     assert "has 4 channels (B1, B2, B3, B4), not in that order or not all of them" in capsys.readouterr().err
     assert (dataset / "quarantine.parquet").read_bytes() == before
@@ -146,16 +148,15 @@ def prefect_harness(tmp_path: Path) -> Iterator[None]:
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120), temporary_settings(
-        {PREFECT_LOCAL_STORAGE_PATH: tmp_path / "results"}
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path / "results"}),
     ):
         yield
 
 
 @pytest.mark.integration
-def test_score_flow_fails_with_the_reason(
-    dataset: Path, monitored: tuple[Path, Path], prefect_harness: None
-) -> None:
+def test_score_flow_fails_with_the_reason(dataset: Path, monitored: tuple[Path, Path], prefect_harness: None) -> None:
     from flows.score import score_flow
 
     _quarantine(dataset, _paths(dataset))

@@ -92,8 +92,9 @@ def test_arbitrary_bytes_are_refused_with_a_reason(raw: bytes) -> None:
 @FUZZ
 @given(
     raw=st.lists(
-        st.lists(st.sampled_from(["0.125", "-1.5", "7", "", " ", "nan", "x", "1e3", "+.5"]), min_size=1, max_size=9)
-        .map("\t".join),
+        st.lists(
+            st.sampled_from(["0.125", "-1.5", "7", "", " ", "nan", "x", "1e3", "+.5"]), min_size=1, max_size=9
+        ).map("\t".join),
         min_size=N - 2,
         max_size=N + 2,
     ).map(lambda lines: ("\n".join(lines) + "\n").encode())

@@ -109,8 +109,11 @@ def test_site_supernode_listens_on_loopback_and_needs_explicit_security(
     flwr_argv: list[str] = []
     with monkeypatch.context() as patch:  # launch.importlib is the importlib module: undo before going on
         patch.setattr(launch, "_guarded_superexec", lambda *a, **k: contextlib.nullcontext())
-        patch.setattr(launch.importlib, "import_module",
-                      lambda name: types.SimpleNamespace(flower_supernode=lambda: flwr_argv.extend(sys.argv)))
+        patch.setattr(
+            launch.importlib,
+            "import_module",
+            lambda name: types.SimpleNamespace(flower_supernode=lambda: flwr_argv.extend(sys.argv)),
+        )
         patch.setattr(sys, "argv", list(sys.argv))
         launch.main(command[3:])
     assert flwr_argv[flwr_argv.index("--host") + 1] == LOOPBACK and flwr_argv.count("--host") == 1
@@ -155,7 +158,9 @@ def test_pickle_bomb_weights_are_refused_and_never_run(model_dir: Path, tmp_path
     config["weights_sha256"] = hashlib.sha256((model_dir / WEIGHTS_FILE).read_bytes()).hexdigest()
     (model_dir / CONFIG_FILE).write_text(json.dumps(config))  # checksum matches: torch.load itself must refuse
 
-    with pytest.raises(ValueError, match=r"weights\.pt: not a plain state_dict, refused to load \(Weights only load failed"):
+    with pytest.raises(
+        ValueError, match=r"weights\.pt: not a plain state_dict, refused to load \(Weights only load failed"
+    ):
         load_model(model_dir)
     assert not marker.exists()
     torch.load(model_dir / WEIGHTS_FILE, weights_only=False)  # the bomb is real: a full unpickle runs it
@@ -202,11 +207,23 @@ def _exit_code_and_stderr(argv: list[str], capsys: pytest.CaptureFixture[str]) -
         (["train", "missing"], "bearing train: error: missing/dataset.json not found"),
         (["run", "--raw-dir", "missing"], "bearing run: error: --raw-dir missing does not exist"),
         (["run", "--raw-dir", ".", "--rounds", "-3"], "bearing run: error: --rounds must be >= 1, got -3"),
-        (["run", "--raw-dir", ".", "--alarm-warmup-h", "-1"], "bearing run: error: --alarm-warmup-h must be >= 0, got -1.0"),
-        (["run", "--raw-dir", ".", "--alarm-warmup-h", "nan"], "bearing run: error: --alarm-warmup-h: Input should be a finite number, got nan"),
-        (["score", ".", "--model", ".", "--alarm-warmup-h", "-1"], "bearing score: error: --alarm-warmup-h must be >= 0"),
+        (
+            ["run", "--raw-dir", ".", "--alarm-warmup-h", "-1"],
+            "bearing run: error: --alarm-warmup-h must be >= 0, got -1.0",
+        ),
+        (
+            ["run", "--raw-dir", ".", "--alarm-warmup-h", "nan"],
+            "bearing run: error: --alarm-warmup-h: Input should be a finite number, got nan",
+        ),
+        (
+            ["score", ".", "--model", ".", "--alarm-warmup-h", "-1"],
+            "bearing score: error: --alarm-warmup-h must be >= 0",
+        ),
         (["score", ".", "--alarm-fraction", "1.5"], "bearing score: error: --alarm-fraction must be <= 1, got 1.5"),
-        (["run", "--raw-dir", ".", "--holdout-mode", "random"], "bearing run: error: --holdout-mode 'random' is not one of: last, interleaved"),
+        (
+            ["run", "--raw-dir", ".", "--holdout-mode", "random"],
+            "bearing run: error: --holdout-mode 'random' is not one of: last, interleaved",
+        ),
         (["ingest", "missing", "--out", "out"], "bearing ingest: error: raw_dir does not exist or is not a directory"),
         (["ingest", ".", "--out", "out", "--workers", "0"], "bearing ingest: error: workers: Input should be greater"),
     ],
@@ -228,8 +245,11 @@ def test_unknown_strategy_is_refused_by_the_parser_before_any_work(
     code, lines = _exit_code_and_stderr([*argv, "--strategy", "fedsgd"], capsys)
     assert code == 2
     assert len(lines) == 1, lines  # one line, no usage block
-    refused = ("argument --strategy: invalid choice: 'fedsgd'" if command == "train"  # argparse's choices
-               else "--strategy 'fedsgd' is not one of:")  # the pipeline's parameter model (bearing_core/params.py)
+    refused = (
+        "argument --strategy: invalid choice: 'fedsgd'"
+        if command == "train"  # argparse's choices
+        else "--strategy 'fedsgd' is not one of:"
+    )  # the pipeline's parameter model (bearing_core/params.py)
     assert lines[0].startswith(f"bearing {command}: error: {refused}")
     assert "fedavg" in lines[0]
     assert sorted(p.name for p in workdir.iterdir()) == []
