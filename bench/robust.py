@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for k, dataset in enumerate(args.datasets):
-        clients, params = natural_clients(dataset)  # one client per site (per-bearing layout: per parent site)
+        clients, params, _ = natural_clients(dataset)  # one client per site (per-bearing layout: per parent site)
         partition_dataset(dataset, "natural", clients, 0, InputConfig(train_fraction=0.2), params)
         for case in cases:
             hidden = widths[k] if widths else (4, 2, 4)

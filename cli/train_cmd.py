@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         input_cfg = InputConfig(feature=args.feature, holdout_mode=args.holdout, **period)
         clients, params = args.clients, partition_params(args.partition, args.clients, args.alpha)
         if args.partition == "natural":  # one client per site: the count comes from the data (as in flows/train.py)
-            clients, natural = natural_clients(args.dataset_dir)
+            clients, natural, _ = natural_clients(args.dataset_dir)
             params.update(natural)
             cfg = cfg.model_copy(update={"num_clients": clients})
         manifest = partition_dataset(args.dataset_dir, args.partition, clients, args.seed, input_cfg, params)

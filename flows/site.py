@@ -111,7 +111,7 @@ def site_flow(
             input_cfg,
             PerBearingConfig(features=(feature,), log=True, min_std=min_level_std).model_dump(mode="json"),
         )
-        clients, params = natural_clients(derived["out_dir"])
+        clients, params, _ = natural_clients(derived["out_dir"])
         parts = partition_task(derived["out_dir"], "natural", clients, seed, input_cfg, params)
         manifest = parts["path"]
         training_file = stage_training_file(manifest, partition_id, per_bearing_dir / TRAINING_DIR)
