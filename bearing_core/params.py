@@ -192,6 +192,14 @@ class FederatedParams(_Section):
     round_timeout_s: float = _like(FederatedConfig, "round_timeout_s", title="Round timeout (seconds)")
     patience: int = _like(FederatedConfig, "patience", title="Early-stopping patience (rounds)")
     min_improvement: float = _like(FederatedConfig, "min_improvement", title="Early stopping: minimum improvement")
+    clipping_norm: float = _like(FederatedConfig, "clipping_norm", title="Clipping norm (update L2 bound)")
+    dp_noise_multiplier: float = _like(
+        FederatedConfig,
+        "dp_noise_multiplier",
+        title="Differential privacy: noise multiplier",
+        description="Central differential privacy: Gaussian noise of std this x the clipping norm / clients on every "
+        "aggregate; the privacy budget (epsilon at delta) is in the model card. 0: off; needs a clipping norm > 0",
+    )
     warm_start: bool = Field(
         False,
         title="Warm start",
@@ -211,6 +219,15 @@ class FederatedParams(_Section):
         if any(width < 1 for width in value):
             raise ValueError(f"hidden layer widths must be positive, got {','.join(map(str, value))}")
         return value
+
+    @model_validator(mode="after")
+    def _privacy_needs_a_clipping_norm(self) -> FederatedParams:
+        if self.dp_noise_multiplier > 0 and self.clipping_norm <= 0:
+            raise ValueError(
+                f"differential privacy (noise multiplier {self.dp_noise_multiplier:g}) needs a clipping norm > 0: "
+                "the noise is scaled by it"
+            )
+        return self
 
     def widths(self, layout: str) -> tuple[int, ...]:
         """``hidden``, or the layout's default widths."""
@@ -273,6 +290,8 @@ class PipelineParams(_Section):
             activation=fed.activation,
             min_fit_fraction=fed.min_fit_fraction,
             round_timeout_s=fed.round_timeout_s,
+            clipping_norm=fed.clipping_norm,
+            dp_noise_multiplier=fed.dp_noise_multiplier,
             threshold_method=self.threshold.method,
             threshold_quantile=self.threshold.quantile,
             threshold_k=self.threshold.k,
@@ -364,6 +383,8 @@ def error_line(
     if kind == "extra_forbidden":
         return f"unknown parameter {'.'.join(map(str, loc))}: not a setting of the pipeline"
     message = str(error["msg"])
+    if kind == "value_error" and len(loc) == 1 and loc[0] in FLAG_PREFIX:  # a section's own check: names its fields
+        return message.removeprefix("Value error, ")
     if kind == "value_error":  # our validators' messages name the value already
         return f"{label}: {message.removeprefix('Value error, ')}"
     return f"{label}: {message}" + ("" if isinstance(value, Mapping) or value is None else f", got {value!r}")

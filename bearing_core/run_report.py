@@ -68,6 +68,17 @@ def _client_order(name: str) -> tuple[int, str]:
     return (int(name), "") if name.isdigit() else (1 << 30, name)
 
 
+def _privacy_line(privacy: dict[str, Any] | None) -> str:
+    """One line on differential privacy: what the model's weights guarantee (the model card has the details)."""
+    if not privacy:
+        return "- differential privacy: off (only aggregates leave the sites; see the model card)"
+    return (
+        f"- differential privacy: noise multiplier {privacy['noise_multiplier']:g}, clipping norm "
+        f"{privacy['clipping_norm']:g}, {privacy['rounds']} rounds: epsilon {privacy['epsilon']:g} at delta "
+        f"{privacy['delta']:g} (one site's whole contribution; weights only)"
+    )
+
+
 def _md_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
     """A GitHub markdown table (no tabulate dependency); every cell escaped (:func:`bearing_core.markdown.cell`)."""
 
@@ -193,6 +204,7 @@ def render_run_report(
         *([f"- initial weights: {training['warm_start']}"] if training.get("warm_start") else []),
         *([f"- healthy period: {training['healthy']}"] if training.get("healthy") else []),
         f"- failed client replies: {training.get('failures', 0)}",
+        _privacy_line(training.get("privacy")),
         "",
         _md_table(per_round),
         "",

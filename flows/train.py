@@ -66,6 +66,8 @@ def train_flow(
     holdout: Literal["last", "interleaved"] = "last",
     min_fit_fraction: float = 0.5,
     round_timeout_s: float = 600.0,
+    clipping_norm: float = 0.0,
+    dp_noise_multiplier: float = 0.0,
     model_dir: str | None = None,
     fail_client: int | None = None,
     alarms: AlarmConfig | None = None,
@@ -101,6 +103,8 @@ def train_flow(
         num_clients=clients,
         min_fit_fraction=min_fit_fraction,
         round_timeout_s=round_timeout_s,
+        clipping_norm=clipping_norm,
+        dp_noise_multiplier=dp_noise_multiplier,
         fault=None if fail_client is None else FaultInjection(partition_id=fail_client, round=1),
         hidden=tuple(hidden),
         activation=activation,
@@ -207,4 +211,5 @@ def train_flow(
         "threshold": federated["threshold"],
         "clients": clients,
         "sites_left_out": left_out,
+        "privacy": federated.get("privacy"),
     }

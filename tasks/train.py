@@ -145,6 +145,7 @@ def train_federated_task(
     final = result.final()
     threshold = load_threshold(result.model_dir)
     stop = result.training_stop
+    extra = load_model_extra(result.model_dir)
     logger.info(
         "training stopped after %s of at most %d rounds: %s; seconds: %s",
         stop.get("rounds_run"),
@@ -178,7 +179,8 @@ def train_federated_task(
         "calibration_size": threshold.calibration_size,
         "rounds_run": int(stop.get("rounds_run", config.rounds)),
         "stop_reason": str(stop.get("reason", "")),
-        "warm_start": (load_model_extra(result.model_dir).get("warm_start") or {}).get("detail"),
+        "warm_start": (extra.get("warm_start") or {}).get("detail"),
+        "privacy": extra.get("privacy"),
         "timings_s": result.timings,
     }
 

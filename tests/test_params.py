@@ -190,6 +190,21 @@ def test_bad_settings_are_one_sentence(
     assert str(caught.value) == message
 
 
+def test_differential_privacy_is_a_pipeline_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14.9: the noise multiplier and clipping norm reach the training configuration; noise without a
+    clipping norm is one sentence, before anything runs."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raw" / "demo").mkdir(parents=True)
+    params = check_params(nested({"raw_dir": "raw/demo", "dp_noise_multiplier": 0.3, "clipping_norm": 2.0}))
+    cfg = params.federated_config()
+    assert (cfg.dp_noise_multiplier, cfg.clipping_norm) == (0.3, 2.0)
+    with pytest.raises(ParameterError) as caught:
+        check_params(nested({"raw_dir": "raw/demo", "dp_noise_multiplier": 0.3}))
+    assert str(caught.value) == (
+        "differential privacy (noise multiplier 0.3) needs a clipping norm > 0: the noise is scaled by it"
+    )
+
+
 def test_an_unknown_setting_is_named() -> None:
     with pytest.raises(ParameterError, match=r"^unknown parameter data\.rwa_dir: not a setting of the pipeline$"):
         check_params({"data": {"rwa_dir": "x"}})

@@ -49,3 +49,15 @@ def test_model_card_privacy_summary_reports_epsilon() -> None:
     skewed = privacy_summary(cfg, {0: 70, 1: 10, 2: 10, 3: 10}, rounds=5)
     assert skewed["rounds"] == 5 and skewed["effective_noise_multiplier"] == pytest.approx(1 / 2.8, rel=1e-5)
     assert skewed["epsilon"] == pytest.approx(gaussian_epsilon(1 / 2.8, 5), rel=1e-4)
+
+
+def test_the_run_report_states_the_privacy_budget() -> None:
+    from bearing_core.run_report import _privacy_line
+
+    assert _privacy_line(None).startswith("- differential privacy: off")
+    cfg = FederatedConfig(dp_noise_multiplier=1.0, clipping_norm=0.5, num_clients=4, rounds=20)
+    summary = privacy_summary(cfg)
+    assert summary is not None
+    line = _privacy_line(summary)
+    assert f"epsilon {summary['epsilon']:g} at delta 1e-05" in line
+    assert "noise multiplier 1, clipping norm 0.5, 20 rounds" in line
