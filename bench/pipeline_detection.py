@@ -248,7 +248,7 @@ def margin(args: argparse.Namespace) -> None:
             bearing_cli(work, "demo-data", "--out", str(raw), "--seed", str(seed))
         project = work / f"seed{seed}"
         project.mkdir(parents=True, exist_ok=True)
-        run = pipeline_run(project, raw, "--seed", str(seed), "--threshold-margin", "0")
+        run = pipeline_run(project, raw, "--seed", str(seed), "--threshold-margin", "0", *args.extra)
         print(
             f"seed {seed}: run {run.wall_s:.0f} s, federated MSE {run.federated_mse:.4g} vs centralized "
             f"{run.centralized_mse:.4g} ({run.federated_mse / run.centralized_mse:.2f}x)",
@@ -369,6 +369,7 @@ def main() -> None:
     m.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     m.add_argument("--margins", type=float, nargs="+", default=[0, 0.5, 1, 1.5, 2, 3])
     m.add_argument("--work", default="/tmp/bearing-margin")
+    m.add_argument("extra", nargs="*", help="extra `bearing run` arguments (after --), e.g. differential privacy")
     m.set_defaults(func=margin)
     t = sub.add_parser("tune")
     t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

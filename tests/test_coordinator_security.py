@@ -12,8 +12,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -372,6 +374,35 @@ def test_control_and_runtime_apis_listen_on_loopback_whatever_host_says(tmp_path
         log = coordinator.log_path.read_text()
         assert "bearing federate: warning: --insecure" in log
         assert f"Control API on 127.0.0.1:{control_port} (this host only)" in log
+
+
+def test_a_terminated_coordinator_stops_its_superlink(tmp_path: Path) -> None:
+    """SIGTERM to ``bearing federate`` (a service manager stopping it, a test's cleanup) stops the SuperLink it
+    started in its own process group, instead of leaving it listening."""
+    env = flower_env()
+    env["FLWR_HOME"] = str(tmp_path / "flwr-home")
+    logs = tmp_path / "logs"
+    args = ["--clients", "1", "--out", str(tmp_path / "model"), "--port", str(free_port())]
+    args += ["--control-port", str(free_port()), "--insecure", "--logs", str(logs), "--timeout", "300"]
+    coordinator = start("federate", bearing("federate", *args), logs / "federate.log", env)
+    with running([coordinator]):
+        wait_for_log(coordinator, "waiting for 1 sites", timeout_s=120)
+        children = _process_tree(coordinator.process.pid) - {coordinator.process.pid}
+        superlinks = [pid for pid in children if b"superlink" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert superlinks, "no SuperLink under the coordinator"
+        os.kill(coordinator.process.pid, signal.SIGTERM)  # the leader only, as a service manager would
+        assert coordinator.process.wait(30) != 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(pid) for pid in superlinks):
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in superlinks), "the SuperLink outlived its coordinator"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @pytest.mark.integration

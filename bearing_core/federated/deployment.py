@@ -44,6 +44,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
@@ -262,12 +263,26 @@ def start(name: str, cmd: Sequence[str], log_path: Path, env: Mapping[str, str] 
 
 @contextmanager
 def running(processes: list[FlowerProcess]) -> Iterator[list[FlowerProcess]]:
-    """Stop every process on exit, whatever happens inside the block."""
+    """Stop every process on exit, whatever happens inside the block, SIGTERM included.
+
+    The processes run in their own process groups (so a Ctrl-C at the terminal reaches them once, through us), so a
+    SIGTERM to our group does not reach them: while the block runs in the main thread, SIGTERM raises
+    ``SystemExit`` here, and the ``finally`` stops them instead of leaving them orphaned.
+    """
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         yield processes
     finally:
         for proc in reversed(processes):
             proc.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def wait_for_log(proc: FlowerProcess, text: str, timeout_s: float = 60.0) -> None:
