@@ -46,9 +46,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from flows.pipeline import pipeline_flow
 
-raw, out, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+params = json.loads(sys.argv[1])
 start = time.perf_counter()
-state = pipeline_flow(raw_dir=raw, out_dir=out, rounds=rounds, return_state=True)
+state = pipeline_flow(**params, return_state=True)
 wall = time.perf_counter() - start
 run_id = state.state_details.flow_run_id
 with get_client(sync_client=True) as client:
@@ -81,10 +81,28 @@ def link(files: list[Path], raw: Path) -> None:
             os.link(f, target)
 
 
-def run_pipeline(project: Path, raw: Path, out: Path, rounds: int) -> dict:
+def deployment_parameters(name: str) -> dict:
+    """The parameters of the pipeline deployment ``name`` in prefect.yaml (sections given in part)."""
+    import yaml
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))
+    (deployment,) = [d for d in spec["deployments"] if d["name"] == name]
+    return json.loads(json.dumps(deployment.get("parameters") or {}))
+
+
+def pipeline_parameters(raw: Path, out: Path, rounds: int, deployment: str) -> dict:
+    """``deployment``'s parameters with this case's raw and processed directories and rounds."""
+    params = deployment_parameters(deployment)
+    params.setdefault("data", {}).update(raw_dir=str(raw), out_dir=str(out))
+    params.setdefault("federated", {}).update(rounds=rounds)
+    return params
+
+
+def run_pipeline(project: Path, raw: Path, out: Path, rounds: int, deployment: str = "nightly-retrain") -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "BEARING_PROJECT_DIR": str(project)}
+    params = pipeline_parameters(raw, out, rounds, deployment)
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(raw), str(out), str(rounds)],
+        [sys.executable, "-c", _CHILD, json.dumps(params)],
         cwd=project,
         env=env,
         capture_output=True,
@@ -245,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-runs", action="store_true", help="only the bookkeeping measurement (no replay, no pipeline runs)"
     )
+    parser.add_argument(
+        "--deployment",
+        default="nightly-retrain",
+        choices=("nightly-retrain", "manual-pipeline"),
+        help="whose parameters (prefect.yaml) every run uses (default: %(default)s, what runs every night)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (else deleted at the end)")
     parser.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file to update")
     args = parser.parse_args(argv)
@@ -277,10 +301,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(raw, ignore_errors=True)
             shutil.rmtree(out, ignore_errors=True)
             link(files[:n_history], raw)
-            history = run_pipeline(project, raw, out, args.rounds)
+            history = run_pipeline(project, raw, out, args.rounds, args.deployment)
             print(f"{case}: history of {n_history} files: flow {history['flow_s']:.1f} s", flush=True)
             link(files[n_history : n_history + DAY], raw)
-            day = run_pipeline(project, raw, out, args.rounds)
+            day = run_pipeline(project, raw, out, args.rounds, args.deployment)
             print(
                 f"{case}: +1 day ({DAY} files): flow {day['flow_s']:.1f} s, wall {day['wall_s']:.1f} s; "
                 + ", ".join(f"{k} {v:.1f}" for k, v in per_task(day).items()),
@@ -318,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     history = {case: results[case]["history"]["flow_s"] for case in ("short", "long")}
     section = f"""## Nightly run (+1 day)
 
-Command: `.venv/bin/python -m bench.nightly --rounds {args.rounds}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)
+Command: `.venv/bin/python -m bench.nightly --rounds {args.rounds} --deployment {args.deployment}`
+({datetime.now(UTC):%Y-%m-%d %H:%M} UTC; every run with that deployment's parameters from prefect.yaml)
 
 Machine: {os.cpu_count()} CPU cores, Python {platform.python_version()}, shared with other jobs. Data: the 1st-test
 replay ({len(files)} raw files, one site). `bearing run` on a history, then on the same history + {DAY} files (one
