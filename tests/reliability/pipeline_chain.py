@@ -58,6 +58,7 @@ TRAIN_FRACTION = 0.5
 ALARMS = AlarmConfig(persistence_h=0.5, fraction=1.0, warmup_h=0.0)
 THRESHOLD_METHOD = "max"
 THRESHOLD_QUANTILE = 0.99
+THRESHOLD_MARGIN = 0.5
 OUTPUT_DIRS = ("data", "reports")
 STAGES = ("ingest", "validate", "partition", "train", "publish", "promote", "score")
 PIPELINE_STAGE = "pipeline"
@@ -90,6 +91,8 @@ BEARING_RUN_ARGS = (
     THRESHOLD_METHOD,
     "--threshold-quantile",
     str(THRESHOLD_QUANTILE),
+    "--threshold-margin",
+    str(THRESHOLD_MARGIN),
 )
 """``bearing`` arguments of the Prefect pipeline run that :func:`run_chain` mirrors step for step."""
 
@@ -203,6 +206,7 @@ def run_chain(
         num_clients=clients,
         threshold_method=THRESHOLD_METHOD,
         threshold_quantile=THRESHOLD_QUANTILE,
+        threshold_margin=THRESHOLD_MARGIN,
         calibrate_persistence_h=ALARMS.persistence_h,
         calibrate_fraction=ALARMS.fraction,
         calibrate_warmup_h=ALARMS.warmup_h,
