@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from bearing_core.locking import LockTimeout
     from bearing_core.validation import ValidationFailed
+    from cli.dataset_lock import report_lock_timeout
     from flows.pipeline import pipeline_flow
 
     state = pipeline_flow(
@@ -97,9 +98,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"bearing run: validation failed, nothing was trained:\n{exc}", file=sys.stderr)
         print(_retry_hint(state), file=sys.stderr)
         return 1
-    except LockTimeout as exc:
-        print(f"bearing run: {exc}", file=sys.stderr)
-        return 1
+    except LockTimeout as exc:  # exit 3, as every command that waits for a dataset lock
+        return report_lock_timeout(exc, "bearing run")
     except Exception as exc:  # noqa: BLE001 - any failed step: report it with the retry procedure, exit 1
         print(f"bearing run: the pipeline failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print(_retry_hint(state), file=sys.stderr)

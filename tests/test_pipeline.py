@@ -349,6 +349,36 @@ def test_dataset_lock_waits_for_the_holder_and_times_out_with_the_lock_named(tmp
     assert order == ["holder done", "waiter in"] and waited == [lock]
 
 
+def test_bearing_run_exits_3_when_the_dataset_stays_locked(project, capsys: pytest.CaptureFixture[str]) -> None:
+    """Like ingest, validate and score: a lock wait that times out is one line and exit 3 (issue 16.4)."""
+    from cli.main import main
+
+    lock = Path("data/processed/demo/.pipeline.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with exclusive_lock(lock):
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        held.wait(10)
+        code = main(["run", "--raw-dir", "raw/demo", "--lock-timeout-s", "0.2"])
+    finally:
+        release.set()
+        thread.join()
+    assert code == 3
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bearing run")]
+    assert len(errors) == 1 and re.match(
+        r"bearing run: error: dataset data/processed/demo is locked by another run \(pid \d+ on .+\): "
+        r"\.pipeline\.lock is still held by another run after 0\.2 s",
+        errors[0],
+    ), errors
+
+
 def test_deployment_parameters_equal_the_flow_defaults() -> None:
     """prefect.yaml's parameters are the pipeline's own defaults: the nightly run trains what `bearing run` trains,
     but for the nightly overrides (exactly these, in the nightly deployment only)."""
