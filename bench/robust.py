@@ -24,6 +24,7 @@ adjusted replies) and writes ``results.json`` to ``--out`` (a new directory).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -77,14 +78,15 @@ def run_case(
         clipping_norm=clipping_norm if noise else 0.0,
     )
     start = time.perf_counter()
-    result = run_federated(clients_dir, cfg, out / f"{dataset.name}-{case}", baseline=False)
+    label = f"{dataset.parent.name}-{dataset.name}"  # per-bearing datasets are all named per_bearing
+    result = run_federated(clients_dir, cfg, out / f"{label}-{case}", baseline=False)
     threshold = load_threshold(result.model_dir)
     extra_failures = [f"r{f['round']} {f['step']} c{f['client']}" for f in result.failures]
     extra_failures += [f"c{k} calibrate" for k in threshold.rejected_sketches]
     screening = load_model(result.model_dir).extra.get("screening", [])
     adjusted = [f"r{a['round']} {a['step']} c{a['client']}" for a in screening]
     return {
-        "dataset": dataset.name,
+        "dataset": label,
         "case": case,
         "eval_mse": float(result.final(GLOBAL)["eval_mse"]),
         "threshold": float(threshold.threshold),
@@ -101,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="new directory for the models and results.json")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument("--hidden", default="", help="per dataset, ';'-separated widths, e.g. '4,2,4;4,1,4'")
+    parser.add_argument(
+        "--bearing-clients",
+        action="store_true",
+        help="one client per bearing (per-bearing datasets) instead of one per site, so that a one-site run has "
+        "several clients to aggregate",
+    )
     parser.add_argument("--rounds", type=int, default=20, help="federated rounds (default: 20)")
     parser.add_argument(
         "--activation",
@@ -123,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.out} exists: pass a new directory")
     args.out.mkdir(parents=True)
 
-    from bearing_core.inputs import InputConfig
+    from bearing_core.inputs import DATASET_FILE, InputConfig
     from bearing_core.io import write_json_atomic
     from bearing_core.partition.build import partition_dataset
     from bearing_core.partition.natural import natural_clients
@@ -131,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for k, dataset in enumerate(args.datasets):
         clients, params, _ = natural_clients(dataset)  # one client per site (per-bearing layout: per parent site)
+        if args.bearing_clients:  # one client per bearing: a one-site run (the 1st test) gets several clients
+            clients, params = len(json.loads((dataset / DATASET_FILE).read_text(encoding="utf-8"))["sites"]), {}
         partition_dataset(dataset, "natural", clients, 0, InputConfig(train_fraction=0.2), params)
         for case in cases:
             hidden = widths[k] if widths else (4, 2, 4)
