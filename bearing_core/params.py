@@ -171,6 +171,7 @@ class FederatedParams(_Section):
     strategy: Strategy = _like(FederatedConfig, "strategy", title="Aggregation strategy")
     rounds: int = _like(FederatedConfig, "rounds", title="Rounds")
     local_epochs: int = _like(FederatedConfig, "local_epochs", title="Local epochs")
+    max_local_steps: int = _like(FederatedConfig, "max_local_steps", title="Most local steps a round (0: no cap)")
     lr: float = _like(FederatedConfig, "lr", title="Learning rate")
     batch_size: int = _like(FederatedConfig, "batch_size", title="Batch size")
     hidden: tuple[int, ...] = Field(
@@ -281,6 +282,7 @@ class PipelineParams(_Section):
             strategy=fed.strategy,
             rounds=fed.rounds,
             local_epochs=fed.local_epochs,
+            max_local_steps=fed.max_local_steps,
             lr=fed.lr,
             batch_size=fed.batch_size,
             proximal_mu=fed.proximal_mu,

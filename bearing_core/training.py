@@ -32,6 +32,12 @@ class TrainConfig(BaseModel):
     local_epochs: int = Field(1, ge=1, description="Passes over the local rows per call of train_local (per round)")
     proximal_mu: float = Field(0.0, ge=0, description="FedProx proximal weight mu; 0 = plain FedAvg local training")
     seed: int = Field(0, ge=0, description="Seed of model init and mini-batch order")
+    max_steps: int = Field(
+        0,
+        ge=0,
+        description="At most this many mini-batch steps per call of train_local (per round), however many rows: "
+        "a round's cost no longer grows with the data; 0 = every epoch in full",
+    )
 
 
 @dataclass
@@ -107,7 +113,11 @@ def train_local(
     default: the model's weights at the start of this call, which is the same thing in a Flower client that has
     just loaded them). A fresh optimizer is used per call, as a Flower client does per round.
 
-    Returns ``{"train_loss": mean reconstruction MSE over the last epoch, "num_examples": len(X)}``.
+    With ``cfg.max_steps > 0`` training stops after that many mini-batch steps (the last epoch may be partial): the
+    cost of a call is then bounded whatever ``len(X)``.
+
+    Returns ``{"train_loss": mean reconstruction MSE over the last (possibly partial) epoch, "num_examples":
+    len(X)}``.
     """
     n_inputs = _n_inputs(model)
     data = _as_tensor(X, n_inputs)
@@ -119,19 +129,27 @@ def train_local(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     model.train()
     epoch_loss = float("nan")
+    steps, budget = 0, cfg.max_steps or None
     with deterministic_algorithms():
         for _ in range(cfg.local_epochs):
+            if budget is not None and steps >= budget:
+                break
             order = torch.randperm(n, generator=generator)
             sse = torch.zeros((), dtype=torch.float64)
+            seen = 0
             for start in range(0, n, cfg.batch_size):
+                if budget is not None and steps >= budget:
+                    break
                 batch = data[order[start : start + cfg.batch_size]]
                 optimizer.zero_grad(set_to_none=True)
                 mse = torch.mean((model(batch) - batch) ** 2)
                 loss = mse if anchor is None else mse + proximal_term(model, anchor, cfg.proximal_mu)
                 loss.backward()
                 optimizer.step()
+                steps += 1
                 sse += mse.detach().double() * batch.shape[0]
-            epoch_loss = float(sse / n)
+                seen += batch.shape[0]
+            epoch_loss = float(sse / seen)
     model.eval()
     return {"train_loss": epoch_loss, "num_examples": int(n)}
 

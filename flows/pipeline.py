@@ -148,6 +148,7 @@ def _run_pipeline(params: PipelineParams) -> dict[str, Any]:
         rounds=fed.rounds,
         strategy=fed.strategy,
         local_epochs=fed.local_epochs,
+        max_local_steps=fed.max_local_steps,
         lr=fed.lr,
         batch_size=fed.batch_size,
         hidden=fed.widths(layout),

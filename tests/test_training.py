@@ -72,6 +72,34 @@ def test_train_local_is_deterministic_for_a_seed() -> None:
     assert not torch.are_deterministic_algorithms_enabled()  # the global flag is restored after training
 
 
+def _count_steps(model: torch.nn.Module) -> list[int]:
+    """A list whose length grows by one per forward pass in training mode (= per mini-batch step)."""
+    calls: list[int] = []
+    model.register_forward_hook(lambda module, args, out: calls.append(1) if module.training else None)
+    return calls
+
+
+def test_max_steps_bounds_a_rounds_work_whatever_the_rows() -> None:
+    """Issue 17.1: with a step cap, a round costs the same on 100 rows and on 10,000 (13 batches an epoch at 100
+    rows, 10 epochs: 130 steps uncapped)."""
+    steps = {}
+    for rows, cap in ((100, 0), (100, 25), (10_000, 25), (100, 500)):
+        model = build_model(ModelConfig(n_inputs=8), seed=0)
+        calls = _count_steps(model)
+        metrics = train_local(
+            model, _low_rank_rows(rows), TrainConfig(lr=1e-2, local_epochs=10, batch_size=8, seed=1, max_steps=cap)
+        )
+        steps[rows, cap] = len(calls)
+        assert metrics["num_examples"] == rows and np.isfinite(metrics["train_loss"])
+    assert steps == {(100, 0): 130, (100, 25): 25, (10_000, 25): 25, (100, 500): 130}
+    # below the cap nothing changes: the same weights as without it
+    capped, free = (build_model(ModelConfig(n_inputs=8), seed=0) for _ in range(2))
+    X = _low_rank_rows(100)
+    train_local(capped, X, TrainConfig(lr=1e-2, local_epochs=3, batch_size=8, seed=1, max_steps=39))
+    train_local(free, X, TrainConfig(lr=1e-2, local_epochs=3, batch_size=8, seed=1))
+    assert all(np.array_equal(a, b) for a, b in zip(get_weights(capped), get_weights(free)))
+
+
 def test_proximal_term_equals_the_hand_computed_penalty() -> None:
     model = build_model(ModelConfig(n_inputs=8), seed=0)
     global_weights = get_weights(build_model(ModelConfig(n_inputs=8), seed=1))
@@ -165,3 +193,14 @@ def test_real_ims_healthy_model_flags_the_failing_end_of_the_1st_test(shared_ims
     holdout_err, _ = reconstruction_errors(result.model, scaler.transform(holdout))
     end_err, _ = reconstruction_errors(result.model, scaler.transform(end))
     assert np.median(end_err) > 10 * np.median(holdout_err)
+
+
+def test_the_step_cap_travels_to_the_clients_with_the_round_config() -> None:
+    from bearing_core.federated.messages import parse_round_config, round_config
+
+    scaler = Scaler(mean=np.zeros(2), std=np.ones(2))
+    model_cfg = ModelConfig(n_inputs=2, hidden=(4, 1, 4), activation="tanh")
+    for cap in (0, 200):
+        record = round_config(model_cfg, scaler, TrainConfig(lr=1e-2, local_epochs=10, seed=3, max_steps=cap))
+        assert ("max-local-steps" in record) == (cap > 0)  # no key without a cap: what older sites send
+        assert parse_round_config(record)[2].max_steps == cap

@@ -150,6 +150,12 @@ class FederatedConfig(BaseModel):
         "architecture equal this run's (fine-tuning); otherwise, or empty, training starts from the seed's weights",
     )
     local_epochs: int = Field(10, ge=1, description="Epochs each client trains on its own rows per round")
+    max_local_steps: int = Field(
+        0,
+        ge=0,
+        description="At most this many mini-batch steps a client trains per round (and the centralized baseline "
+        "per round), so a round costs the same on a day of data and on a month; 0 = every local epoch in full",
+    )
     lr: float = Field(1e-2, gt=0, description="Client learning rate (Adam)")
     batch_size: int = Field(32, ge=1, description="Client mini-batch size")
     proximal_mu: float = Field(0.01, ge=0, description="FedProx proximal term weight (used by 'fedprox' only)")

@@ -77,6 +77,8 @@ def round_config(
         "local-epochs": train_cfg.local_epochs,
         "seed": train_cfg.seed,
     }
+    if train_cfg.max_steps:  # absent = no cap (what a site of an older version sends and expects)
+        record["max-local-steps"] = train_cfg.max_steps
     record.update(extra or {})
     return ConfigRecord(record)
 
@@ -101,6 +103,7 @@ def parse_round_config(config: ConfigRecord) -> tuple[ModelConfig, Scaler, Train
         local_epochs=int(config["local-epochs"]),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         seed=int(config["seed"]),
+        max_steps=int(config.get("max-local-steps", 0)),
     )
     return model_cfg, scaler, train_cfg
 

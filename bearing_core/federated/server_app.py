@@ -237,7 +237,13 @@ def run_server(grid: Grid, cfg: FederatedConfig, out_dir: str | os.PathLike[str]
             set_weights(model, initial)
         warm = {"source": cfg.warm_start, "used": initial is not None, "detail": how}
         log(INFO, "warm start: %s", how)
-    train_cfg = TrainConfig(lr=cfg.lr, batch_size=cfg.batch_size, local_epochs=cfg.local_epochs, seed=cfg.seed)
+    train_cfg = TrainConfig(
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        local_epochs=cfg.local_epochs,
+        seed=cfg.seed,
+        max_steps=cfg.max_local_steps,
+    )
     fault = {} if cfg.fault is None else cfg.fault.to_config()
     strategy = build_strategy(cfg, ledger)
     start = time.perf_counter()
