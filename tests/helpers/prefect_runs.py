@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from uuid import UUID
 
-NIGHTLY_OVERRIDES = {
-    "data": {"healthy": "rolling"},
-    "federated": {"centralized_baseline": False, "max_local_steps": 200},
-}
+NIGHTLY_OVERRIDES = {"data": {"healthy": "rolling"}, "federated": {"centralized_baseline": False}}
 """What prefect.yaml's nightly deployment sets differently from `bearing run` (issue 17): a healthy period a retrain
-cannot poison, no centralized baseline every night and a round's cost bounded. Every other parameter is the flow's
-default."""
+cannot poison, and no centralized baseline every night. Every other parameter is the flow's default."""
 
 
 def task_run_states(flow_run_id: UUID) -> dict[str, list[str]]:
