@@ -7,12 +7,12 @@ import io
 import logging
 import os
 import re
-import threading
 from contextlib import redirect_stderr
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers.locks import lock_held_elsewhere
 
 from bearing_core import markdown as md
 from bearing_core.locking import LockTimeout, exclusive_lock
@@ -148,25 +148,12 @@ def test_validation_markdown_escapes_and_the_log_leaves_passed_checks_out(tmp_pa
 
 def test_lock_timeout_names_the_dataset_and_its_holder_and_is_no_timeout_error(tmp_path: Path) -> None:
     lock = tmp_path / "demo" / ".pipeline.lock"
-    held, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with exclusive_lock(lock):
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    try:
-        held.wait(10)
-        with (
-            pytest.raises(LockTimeout) as info,
-            exclusive_lock(lock, timeout_s=0.1, poll_s=0.05, label="dataset data/processed/demo"),
-        ):
-            pass
-    finally:
-        release.set()
-        thread.join()
+    with (
+        lock_held_elsewhere(lock),
+        pytest.raises(LockTimeout) as info,
+        exclusive_lock(lock, timeout_s=0.1, poll_s=0.05, label="dataset data/processed/demo"),
+    ):
+        pass
     message = str(info.value)
     assert not isinstance(info.value, TimeoutError)  # Prefect would end the flow run as TimedOut
     assert re.match(

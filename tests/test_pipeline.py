@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers.ims_files import write_ims_file
+from helpers.locks import lock_held_elsewhere
 from helpers.prefect_runs import NIGHTLY_OVERRIDES, task_run_states
 
 from bearing_core.locking import LockTimeout, exclusive_lock
@@ -355,21 +356,8 @@ def test_bearing_run_exits_3_when_the_dataset_stays_locked(project, capsys: pyte
 
     lock = Path("data/processed/demo/.pipeline.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    held, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with exclusive_lock(lock):
-            held.set()
-            release.wait(60)
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    try:
-        held.wait(10)
+    with lock_held_elsewhere(lock):
         code = main(["run", "--raw-dir", "raw/demo", "--lock-timeout-s", "0.2"])
-    finally:
-        release.set()
-        thread.join()
     assert code == 3
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bearing run")]
     assert len(errors) == 1 and re.match(

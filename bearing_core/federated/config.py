@@ -20,6 +20,7 @@ from bearing_core.config import HiddenWidths
 
 if TYPE_CHECKING:  # bearing_core.threshold imports pandas and pyarrow: keep this module light for `bearing --help`
     from bearing_core.threshold import ThresholdConfig
+    from bearing_core.training import TrainConfig
 
 #: Strategy name -> class name in ``flwr.serverapp.strategy``. Order = order shown in errors and ``--help``.
 STRATEGY_CLASSES: dict[str, str] = {
@@ -299,6 +300,18 @@ class FederatedConfig(BaseModel):
     def min_successful(self, sampled: int) -> int:
         """Successful replies needed out of ``sampled`` for a step to count (at least 1)."""
         return max(1, math.ceil(self.min_fit_fraction * sampled))
+
+    def train_config(self) -> TrainConfig:
+        """The local training settings of a round (a client's, and a round of the centralized baseline)."""
+        from bearing_core.training import TrainConfig  # torch: only where training happens
+
+        return TrainConfig(
+            lr=self.lr,
+            batch_size=self.batch_size,
+            local_epochs=self.local_epochs,
+            seed=self.seed,
+            max_steps=self.max_local_steps,
+        )
 
     def to_run_config(self) -> dict[str, int | float | str | bool]:
         """Flat Flower run config (kebab-case keys; tuples as comma-separated strings; no fault = no keys)."""

@@ -64,7 +64,6 @@ from bearing_core.model_io import METRICS_FILE, load_model, save_model
 from bearing_core.partition.writer import load_manifest
 from bearing_core.scaling import Scaler, cap_counts, merge_stats, screen_stats
 from bearing_core.threshold import ThresholdRecord, merge_sketches, save_threshold, screen_sketches
-from bearing_core.training import TrainConfig
 
 OUT_DIR_KEY = "out-dir"
 TIMINGS_FILE = "timings.json"
@@ -237,13 +236,7 @@ def run_server(grid: Grid, cfg: FederatedConfig, out_dir: str | os.PathLike[str]
             set_weights(model, initial)
         warm = {"source": cfg.warm_start, "used": initial is not None, "detail": how}
         log(INFO, "warm start: %s", how)
-    train_cfg = TrainConfig(
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        local_epochs=cfg.local_epochs,
-        seed=cfg.seed,
-        max_steps=cfg.max_local_steps,
-    )
+    train_cfg = cfg.train_config()
     fault = {} if cfg.fault is None else cfg.fault.to_config()
     strategy = build_strategy(cfg, ledger)
     start = time.perf_counter()

@@ -186,7 +186,7 @@ def run_centralized(
     ``wall_s`` is the mean time per round.
     Re-running replaces earlier centralized rows.
     """
-    from bearing_core.training import TrainConfig, train_centralized
+    from bearing_core.training import train_centralized
 
     clients_dir = resolve_clients_dir(source)
     model_dir = Path(model_dir)
@@ -194,13 +194,7 @@ def run_centralized(
     columns, X_train, X_holdout = _union(clients_dir, load_manifest(clients_dir))
     if columns != loaded.input_columns:
         raise ValueError(f"{clients_dir} has input columns {columns}, the model in {model_dir} {loaded.input_columns}")
-    train_cfg = TrainConfig(
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        local_epochs=cfg.local_epochs,
-        seed=cfg.seed,
-        max_steps=cfg.max_local_steps,
-    )
+    train_cfg = cfg.train_config()
     X_eval = loaded.scaler.transform(X_holdout) if len(X_holdout) else None
     start = time.perf_counter()
     rounds = int((loaded.extra.get("training_stop") or {}).get("rounds_run") or cfg.rounds)  # as many as federated
