@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.evaluation import evaluate_against_ground_truth, evaluate_detection, plot_scores
     from bearing_core.scoring import read_scores
     from bearing_core.synthetic import load_ground_truth
+    from cli.common import validation_message
     from cli.console import printable
-    from cli.train_cmd import validation_message
 
     if args.failure_time is None and args.ground_truth is None:
         print("bearing evaluate: error: give --failure-time or --ground-truth", file=sys.stderr)

@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     """Exit 0 on success, 2 on bad input or configuration (found before Prefect starts), 1 when a run fails."""
     from pydantic import ValidationError
 
+    from cli.common import validation_message
     from cli.console import printable
-    from cli.train_cmd import validation_message
 
     try:
         problem = check_arguments(args)

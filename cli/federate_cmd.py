@@ -156,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.io import check_output_dir
     from bearing_core.model_io import MODEL_KIND
     from bearing_core.registry import check_training_output
-    from cli.train_cmd import federated_config, print_table, validation_message
+    from cli.common import validation_message
+    from cli.train_cmd import federated_config, print_table
 
     try:
         check_output_dir(args.model_dir, MODEL_KIND)  # before the SuperLink: the model is saved hours later

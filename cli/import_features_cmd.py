@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core import features_import, per_bearing
     from bearing_core.features_import import import_features
     from bearing_core.locking import LockTimeout
+    from cli.common import validation_message
     from cli.console import printable
-    from cli.train_cmd import validation_message
 
     if args.log and not args.per_bearing:
         print("bearing import-features: error: --log needs --per-bearing", file=sys.stderr)

@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING
 from cli.dataset_lock import add_lock_timeout_argument, dataset_lock, report_lock_timeout
 
 if TYPE_CHECKING:  # type hints only: the real imports stay inside run() so `bearing --help` is fast
-    from pydantic import ValidationError
-
     from bearing_core.ingest import IngestProgress
 
 HELP = "Parse raw IMS snapshot files into Parquet samples, features and a quarantine list (incremental)."
@@ -64,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.config import DataPaths, IngestConfig
     from bearing_core.ingest import IngestError, ingest_directory
     from bearing_core.locking import LockTimeout
+    from cli.common import validation_message
 
     overrides = {
         key: value
@@ -75,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             raw_dir=args.raw_dir, out_dir=args.out_dir, follow_symlinks=args.follow_symlinks, **overrides
         )
     except ValidationError as exc:
-        print(f"bearing ingest: error: {_first_error(exc)}", file=sys.stderr)
+        print(f"bearing ingest: error: {validation_message(exc)}", file=sys.stderr)
         return 2
     out_dir = cfg.resolved_out_dir(DataPaths())
     try:
@@ -94,14 +93,6 @@ def run(args: argparse.Namespace) -> int:
     if report.rebuilt_reason:
         print(f"note: everything was re-ingested: {report.rebuilt_reason}", file=sys.stderr)
     return 0
-
-
-def _first_error(exc: ValidationError) -> str:
-    """One line for the first pydantic error: ``field: message`` (without pydantic's 'Value error, ')."""
-    error = exc.errors()[0]
-    message = str(error["msg"]).removeprefix("Value error, ")
-    location = ".".join(str(part) for part in error.get("loc", ()))
-    return f"{location}: {message}" if location else message
 
 
 class _ProgressBar:

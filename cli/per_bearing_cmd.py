@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bearing_core.locking import LockTimeout
     from bearing_core.per_bearing import OUTPUT_KIND
-    from cli.train_cmd import validation_message
+    from cli.common import validation_message
 
     try:
         with claimed_output_lock(args.out_dir, OUTPUT_KIND, args.lock_timeout_s, "bearing per-bearing"):

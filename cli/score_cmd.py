@@ -124,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.registry import dataset_name, is_complete, resolve_model
     from bearing_core.scoring import TooFewValidSnapshots, alarm_summary, update_scores
     from bearing_core.threshold import ThresholdConfig, calibrate_from_clients
+    from cli.common import validation_message
 
     problem = None
     try:
@@ -157,8 +158,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"bearing score: error: {exc}", file=sys.stderr)
         return 1
     except ValidationError as exc:
-        error = exc.errors()[0]
-        print(f"bearing score: error: {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
+        print(f"bearing score: error: {validation_message(exc)}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as exc:
         print(f"bearing score: error: {exc}", file=sys.stderr)

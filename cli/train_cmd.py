@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # type hints only: heavy imports stay inside run() so `bearing --help` is fast
     import pandas as pd
-    from pydantic import ValidationError
 
     from bearing_core.federated.config import FederatedConfig
 
@@ -147,14 +146,6 @@ def _widths(text: str) -> tuple[int, ...]:
     return widths
 
 
-def validation_message(exc: ValidationError) -> str:
-    """One line for the first pydantic error: ``field: message``."""
-    error = exc.errors()[0]
-    location = ".".join(str(part) for part in error.get("loc", ()))
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{location}: {message}" if location else message
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help=HELP, description=DESCRIPTION)
     parser.add_argument("dataset_dir", metavar="DATASET_DIR", type=Path, help="processed dataset (bearing ingest)")
@@ -200,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     from bearing_core.partition.natural import natural_clients
     from bearing_core.partition.writer import MANIFEST_FILE, scheme_dir
     from bearing_core.registry import check_training_output, dataset_name
+    from cli.common import validation_message
     from cli.console import printable
 
     try:
