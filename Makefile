@@ -44,9 +44,12 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# a pip without known vulnerabilities first (23.3 fixes CVE-2023-5752; a new venv may bring an older one)
 	$(BIN)/python -m pip install --quiet "pip>=23.3"
-	# torch next, at requirements.lock's pin: the local CPU wheel, so nothing later pulls a CUDA build
-	$(BIN)/python -m pip install --quiet -c requirements.lock torch
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	# every dependency at requirements.lock's version and SHA-256 (torch's: the local CPU wheel, so a CUDA build
+	# cannot slip in); regenerate the hashes with scripts/hash_lock.py after changing a pin
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements.lock
+	# the project itself, editable (pip's hash-checking mode refuses editable installs): its dependencies are above
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)

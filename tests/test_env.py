@@ -74,21 +74,21 @@ def test_requirements_lock_pins_every_direct_dependency_at_pyprojects_version() 
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     direct = [Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"]["dev"]]]
-    lock = {
-        canonicalize_name(name): version
-        for name, version in (
-            line.split("==") for line in (REPO / "requirements.lock").read_text(encoding="utf-8").split()
-        )
-    }
+    text = (REPO / "requirements.lock").read_text(encoding="utf-8").replace("\\\n", " ")
+    requirements = [Requirement(line.split(" --hash=")[0]) for line in text.splitlines() if line.strip()]
+    assert all(len(r.specifier) == 1 and next(iter(r.specifier)).operator == "==" for r in requirements)
+    lock = {canonicalize_name(r.name): str(r.specifier).removeprefix("==") for r in requirements}
+    # every pin carries its SHA-256: `make install` runs pip in hash-checking mode (issue 14.8)
+    assert text.count("--hash=sha256:") == len(requirements)
     assert {canonicalize_name(r.name): str(r.specifier).removeprefix("==") for r in direct} == {
         canonicalize_name(r.name): lock.get(canonicalize_name(r.name)) for r in direct
     }
     assert lock["torch"] == "2.13.0"
 
 
-def test_make_install_upgrades_pip_first_and_takes_torch_from_the_lock() -> None:
-    """What `make install` runs (make's dry run, not the Makefile's text): pip >= 23.3, then torch at the lock's
-    pin, then the project with its dev extras under the lock."""
+def test_make_install_upgrades_pip_first_and_installs_the_lock_with_hashes() -> None:
+    """What `make install` runs (make's dry run, not the Makefile's text): pip >= 23.3, then every dependency from
+    the lock in hash-checking mode without resolving anything else, then the project alone, then pip check."""
     import shlex
     import shutil
     import subprocess
@@ -99,6 +99,7 @@ def test_make_install_upgrades_pip_first_and_takes_torch_from_the_lock() -> None
     installs = [shlex.split(line) for line in dry.stdout.splitlines() if "pip install" in line]
     args = [cmd[cmd.index("install") + 1 :] for cmd in installs]
     assert [a for a in args[0] if not a.startswith("-")] == ["pip>=23.3"]
-    assert [a for a in args[1] if not a.startswith("-")] == ["requirements.lock", "torch"] and "-c" in args[1]
-    assert args[2][-2:] == ["-e", ".[dev]"] and args[2][args[2].index("-c") + 1] == "requirements.lock"
+    assert {"--require-hashes", "--no-deps"} <= set(args[1]) and args[1][args[1].index("-r") + 1] == "requirements.lock"
+    assert "--no-deps" in args[2] and args[2][-2:] == ["-e", "."]
     assert len(installs) == 3
+    assert any(line.startswith(".venv/bin/python -m pip check") for line in dry.stdout.splitlines())
