@@ -292,6 +292,8 @@ class PipelineParams(_Section):
             activation=fed.activation,
             min_fit_fraction=fed.min_fit_fraction,
             round_timeout_s=fed.round_timeout_s,
+            patience=fed.patience,
+            min_improvement=fed.min_improvement,
             clipping_norm=fed.clipping_norm,
             dp_noise_multiplier=fed.dp_noise_multiplier,
             threshold_method=self.threshold.method,

@@ -112,7 +112,7 @@ def _run_pipeline(params: PipelineParams) -> dict[str, Any]:
     runs. A sub-flow run costs about 1 s even when all its tasks are cached (flow-run bookkeeping and the heartbeat
     thread's shutdown), which was most of a cached pipeline run; the standalone flows are unchanged.
     """
-    data, fed, thr, alarms = params.data, params.federated, params.threshold, params.alarms
+    data, fed, alarms = params.data, params.federated, params.alarms
     input_cfg = data.input_config()
     raw_dir, layout = data.raw_dir, data.layout
     ingested = ingest_flow.fn(
@@ -143,34 +143,11 @@ def _run_pipeline(params: PipelineParams) -> dict[str, Any]:
         model_dataset = derived["out_dir"]
     trained = train_flow.fn(
         dataset_dir=model_dataset,
+        config=params.federated_config(),
+        inputs=input_cfg,
         partition=fed.partition,
-        clients=fed.clients,
-        rounds=fed.rounds,
-        strategy=fed.strategy,
-        local_epochs=fed.local_epochs,
-        max_local_steps=fed.max_local_steps,
-        lr=fed.lr,
-        batch_size=fed.batch_size,
-        hidden=fed.widths(layout),
-        activation=fed.activation,
-        threshold_method=thr.method,
-        threshold_quantile=thr.quantile,
-        threshold_k=thr.k,
-        threshold_margin=thr.margin,
-        mu=fed.proximal_mu,
         alpha=fed.alpha,
-        seed=fed.seed,
-        feature=input_cfg.feature,
-        train_fraction=input_cfg.train_fraction,
-        train_until=input_cfg.train_until,
-        holdout=input_cfg.holdout_mode,
-        min_fit_fraction=fed.min_fit_fraction,
-        round_timeout_s=fed.round_timeout_s,
-        clipping_norm=fed.clipping_norm,
-        dp_noise_multiplier=fed.dp_noise_multiplier,
         alarms=alarms,
-        patience=fed.patience,
-        min_improvement=fed.min_improvement,
         warm_start=fed.warm_start,
         centralized_baseline=fed.centralized_baseline,
         healthy_file=selection["path"],

@@ -6,7 +6,6 @@ a table artifact and a markdown summary (final MSE federated vs centralized, whe
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,48 +43,28 @@ def _artifact_key(text: str) -> str:
 @flow(name="train", log_prints=True)
 def train_flow(
     dataset_dir: str,
+    config: FederatedConfig = FederatedConfig(num_clients=4),  # noqa: B008 - frozen: one shared default is safe
+    inputs: InputConfig = InputConfig(),  # noqa: B008
     partition: Literal["iid", "quantity", "dirichlet", "natural"] = "iid",
-    clients: int = 4,
-    rounds: int = 20,
-    strategy: str = "fedavg",
-    local_epochs: int = 10,
-    max_local_steps: int = 0,
-    lr: float = 1e-2,
-    batch_size: int = 32,
-    hidden: tuple[int, ...] = (4, 2, 4),
-    activation: Literal["elu", "relu", "tanh"] = "elu",
-    threshold_method: Literal["quantile", "mean_kstd", "max"] = "quantile",
-    threshold_quantile: float = 0.995,
-    threshold_k: float = 3.0,
-    threshold_margin: float = 0.0,
-    mu: float = 0.01,
     alpha: float = 0.5,
-    seed: int = 0,
-    feature: str = "mean_abs",
-    train_fraction: float | None = 0.2,
-    train_until: datetime | None = None,
-    holdout: Literal["last", "interleaved"] = "last",
-    min_fit_fraction: float = 0.5,
-    round_timeout_s: float = 600.0,
-    clipping_norm: float = 0.0,
-    dp_noise_multiplier: float = 0.0,
     model_dir: str | None = None,
     fail_client: int | None = None,
     alarms: AlarmConfig | None = None,
-    patience: int = 0,
-    min_improvement: float = 0.01,
     warm_start: bool = False,
     centralized_baseline: bool = True,
     healthy_file: str | None = None,
 ) -> dict[str, Any]:
     """Train a federated autoencoder on ``dataset_dir`` and its centralized baseline.
 
-    ``rounds`` is a maximum when ``patience`` > 0: training stops once the federated holdout MSE has not improved by
-    ``min_improvement`` (relative) for ``patience`` rounds. ``warm_start``: round 1 starts from the weights of the
-    dataset's champion (``latest``) when its inputs and architecture match this run's (fine-tuning), else from the
-    seed's. ``centralized_baseline`` off skips the centralized baseline (the nightly deployment: it measures the
-    cost of federation, not needed every night); the result then says so. ``healthy_file``: the healthy rows chosen
-    by a policy (:mod:`bearing_core.healthy`) instead of ``train_fraction`` / ``train_until``.
+    ``config`` is the training configuration (the pipeline's :meth:`~bearing_core.params.PipelineParams.
+    federated_config`): model, strategy, rounds (a maximum when ``patience`` > 0), threshold calibration,
+    screening, privacy; ``inputs`` the model inputs and healthy period; ``partition`` / ``alpha`` how the healthy rows
+    are split into ``config.num_clients`` clients ('natural': one per site, the count comes from the data).
+    ``warm_start``: round 1 starts from the weights of the dataset's champion (``latest``) when its inputs and
+    architecture match this run's (fine-tuning), else from the seed's. ``centralized_baseline`` off skips the
+    centralized baseline (the nightly deployment: it measures the cost of federation, not needed every night); the
+    result then says so. ``healthy_file``: the healthy rows chosen by a policy (:mod:`bearing_core.healthy`) instead
+    of the healthy period of ``inputs``.
 
     With ``alarms``, the threshold is calibrated on the alarm rule's statistic (see
     :func:`bearing_core.alarms.window_statistic`) instead of single snapshots. ``model_dir`` defaults to
@@ -93,46 +72,17 @@ def train_flow(
     unpublished until :func:`tasks.registry.publish_task` publishes it in place). ``fail_client`` makes that
     client raise in round 1 (to exercise fault tolerance). Returns paths, hashes and final metrics.
     """
-    cfg = FederatedConfig(
-        strategy=strategy,
-        rounds=rounds,
-        local_epochs=local_epochs,
-        max_local_steps=max_local_steps,
-        lr=lr,
-        batch_size=batch_size,
-        proximal_mu=mu,
-        seed=seed,
-        num_clients=clients,
-        min_fit_fraction=min_fit_fraction,
-        round_timeout_s=round_timeout_s,
-        clipping_norm=clipping_norm,
-        dp_noise_multiplier=dp_noise_multiplier,
-        fault=None if fail_client is None else FaultInjection(partition_id=fail_client, round=1),
-        hidden=tuple(hidden),
-        activation=activation,
-        threshold_method=threshold_method,
-        threshold_quantile=threshold_quantile,
-        threshold_k=threshold_k,
-        threshold_margin=threshold_margin,
-        patience=patience,
-        min_improvement=min_improvement,
-        warm_start=_champion(dataset_dir) if warm_start else "",
-        **(
-            {}
-            if alarms is None
-            else {
-                "calibrate_persistence_h": alarms.persistence_h,
-                "calibrate_fraction": alarms.fraction,
-                "calibrate_warmup_h": alarms.warmup_h,
-            }
-        ),
-    )
-    input_cfg = InputConfig(
-        feature=feature,
-        train_until=train_until,
-        train_fraction=None if train_until is not None else train_fraction,
-        holdout_mode=holdout,
-    )
+    update: dict[str, Any] = {"warm_start": _champion(dataset_dir) if warm_start else ""}
+    if fail_client is not None:
+        update["fault"] = FaultInjection(partition_id=fail_client, round=1)
+    if alarms is not None:
+        update.update(
+            calibrate_persistence_h=alarms.persistence_h,
+            calibrate_fraction=alarms.fraction,
+            calibrate_warmup_h=alarms.warmup_h,
+        )
+    cfg = config.model_copy(update=update)
+    clients, seed, input_cfg = cfg.num_clients, cfg.seed, inputs
     params = partition_params(partition, clients, alpha)
     left_out: list[str] = []
     if partition == "natural":  # one client per site: the count comes from the data
@@ -162,7 +112,7 @@ def train_flow(
     central = f"{baseline['final_eval_mse']:.6f}" if baseline else "skipped (centralized_baseline off)"
 
     metrics = pd.read_parquet(federated["metrics_path"])
-    key = _artifact_key(f"train-{Path(dataset_dir).name}-{partition}-{strategy}")
+    key = _artifact_key(f"train-{Path(dataset_dir).name}-{partition}-{cfg.strategy}")
     create_table_artifact(
         key=f"{key}-metrics",
         table=metrics.round(6).to_dict(orient="records"),
@@ -176,7 +126,7 @@ def train_flow(
                 ["partition", md.cell(f"{partition} ({clients} clients)")],
                 ["sites left out (no healthy row)", md.cell(", ".join(left_out) or "none")],
                 ["strategy", md.cell(cfg.strategy)],
-                ["rounds x local epochs", f"{federated['rounds_run']} (at most {rounds}) x {local_epochs}"],
+                ["rounds x local epochs", f"{federated['rounds_run']} (at most {cfg.rounds}) x {cfg.local_epochs}"],
                 ["why training stopped", md.cell(str(federated["stop_reason"]))],
                 ["initial weights", md.cell(str(federated["warm_start"] or "from scratch (seeded)"))],
                 ["final federated eval MSE", f"{federated['final_eval_mse']:.6f}"],

@@ -27,17 +27,16 @@ def harness(tmp_path_factory: pytest.TempPathFactory):
 def test_train_flow_trains_caches_and_publishes_artifacts(harness, tmp_path: Path) -> None:
     from prefect.artifacts import Artifact
 
+    from bearing_core.federated.config import FederatedConfig
+    from bearing_core.inputs import InputConfig
     from flows.train import train_flow
 
     dataset = write_feature_dataset(tmp_path / "dataset", rows_per_site=60)
     kwargs = dict(
         dataset_dir=str(dataset),
+        config=FederatedConfig(num_clients=2, rounds=2, lr=0.01, batch_size=8),
+        inputs=InputConfig(train_fraction=1.0),
         partition="iid",
-        clients=2,
-        rounds=2,
-        lr=0.01,
-        batch_size=8,
-        train_fraction=1.0,
         model_dir=str(tmp_path / "model"),
     )
     out = train_flow(**kwargs)
@@ -102,21 +101,19 @@ def _two_site_per_bearing(root: Path) -> Path:
 def test_a_site_without_healthy_rows_is_left_out_and_the_others_train(harness, tmp_path: Path) -> None:
     """Rolling policy: every bearing of site_2 in alarm -> no healthy row there; the natural partition used to count
     the dataset's two sites and fail with a num_clients mismatch. Now site_2 is left out, site_1 trains alone."""
+    from bearing_core.federated.config import FederatedConfig
     from bearing_core.healthy import write_selection
     from flows.train import train_flow
 
     derived = _two_site_per_bearing(tmp_path / "demo")
+    per_bearing_cfg = FederatedConfig(rounds=2, local_epochs=1, batch_size=8, hidden=(4, 1, 4), activation="tanh")
     rows = pd.read_parquet(derived / "features.parquet")
     site_1 = rows[rows["site"].str.startswith("site_1/")]
     selection = write_selection(derived, site_1[["timestamp", "site", "path"]])
     out = train_flow(
         dataset_dir=str(derived),
         partition="natural",
-        rounds=2,
-        local_epochs=1,
-        batch_size=8,
-        hidden=(4, 1, 4),
-        activation="tanh",
+        config=per_bearing_cfg,
         healthy_file=str(selection),
         centralized_baseline=False,
         model_dir=str(tmp_path / "model"),
@@ -136,11 +133,7 @@ def test_a_site_without_healthy_rows_is_left_out_and_the_others_train(harness, t
         train_flow(
             dataset_dir=str(derived),
             partition="natural",
-            rounds=2,
-            local_epochs=1,
-            batch_size=8,
-            hidden=(4, 1, 4),
-            activation="tanh",
+            config=per_bearing_cfg,
             healthy_file=str(empty),
             centralized_baseline=False,
             model_dir=str(tmp_path / "model2"),
