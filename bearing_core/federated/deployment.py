@@ -193,11 +193,6 @@ def run_config_arg(run_config: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def flwr_run_command(run_config: Mapping[str, Any], connection: str = CONNECTION, app_dir: Path = APP_DIR) -> list[str]:
-    """``flwr run`` submitting the bearing app to the SuperLink named ``connection`` (JSON output, no stream)."""
-    return ["flwr", "run", str(app_dir), connection, "--run-config", run_config_arg(run_config), "--format", "json"]
-
-
 def write_connection(address: str, name: str = CONNECTION, flwr_home: Path | None = None) -> Path:
     """Add/replace ``[superlink.<name>]`` in ``$FLWR_HOME/config.toml`` (what ``flwr run <name>`` dials): the
     SuperLink's Control API at ``address``, plain HTTP because it listens on 127.0.0.1 only."""
@@ -300,22 +295,9 @@ def wait_for_log(proc: FlowerProcess, text: str, timeout_s: float = 60.0) -> Non
 def submit_run(
     run_config: Mapping[str, Any], connection: str = CONNECTION, env: Mapping[str, str] | None = None
 ) -> int:
-    """Submit the bearing app with ``flwr run``; returns the run id."""
-    out = subprocess.run(
-        flwr_run_command(run_config, connection),
-        capture_output=True,
-        text=True,
-        env=dict(env or flower_env()),
-        timeout=120,
-        check=False,
-    )
-    try:
-        reply = json.loads(out.stdout)
-    except json.JSONDecodeError:
-        reply = {}
-    if out.returncode != 0 or not reply.get("success"):
-        raise RuntimeError(f"flwr run failed ({out.returncode}): {out.stdout.strip()} {out.stderr.strip()}")
-    return int(reply["run-id"])
+    """Submit the bearing app with ``flwr run`` (no log stream); returns the run id."""
+    args = ["run", str(APP_DIR), connection, "--run-config", run_config_arg(run_config)]
+    return int(_flwr_json(args, env, timeout_s=120)["run-id"])
 
 
 def run_status(run_id: int, connection: str = CONNECTION, env: Mapping[str, str] | None = None) -> str:
@@ -352,14 +334,14 @@ def wait_for_run(
     raise TimeoutError(f"run {run_id} not finished within {timeout_s:g}s")
 
 
-def _flwr_json(args: Sequence[str], env: Mapping[str, str] | None) -> dict[str, Any]:
+def _flwr_json(args: Sequence[str], env: Mapping[str, str] | None, timeout_s: float = 60) -> dict[str, Any]:
     """Run ``flwr ARGS --format json`` and return its JSON reply (``RuntimeError`` unless it reports success)."""
     out = subprocess.run(
         ["flwr", *args, "--format", "json"],
         capture_output=True,
         text=True,
         env=dict(env or flower_env()),
-        timeout=60,
+        timeout=timeout_s,
         check=False,
     )
     try:
