@@ -194,6 +194,16 @@ def listening_sockets(root: int) -> set[tuple[str, int]]:
     return found
 
 
+def start_site(port: int, dataset: Path, logs: Path, env: dict[str, str]) -> FlowerProcess:
+    """``bearing site --insecure`` as partition 0 of ``dataset``, dialling 127.0.0.1:``port``; returns once its
+    SuperNode has registered."""
+    cmd = bearing("site", "--superlink", f"127.0.0.1:{port}", "--data", str(dataset), "--scheme", "natural")
+    cmd += ["--partition-id", "0", "--port", str(free_port()), "--insecure"]
+    site = start("site", cmd, logs / "site.log", env)
+    wait_for_log(site, "SuperNode ID", timeout_s=60)
+    return site
+
+
 # --- the app check ---------------------------------------------------------------------------------------------
 
 
@@ -442,27 +452,8 @@ def test_foreign_app_submitted_to_bearing_federate_is_refused_and_runs_nowhere(t
     processes: list[FlowerProcess] = [coordinator]
     with running(processes):
         wait_for_log(coordinator, "waiting for 2 sites", timeout_s=120)
-        site = start(
-            "site",
-            bearing(
-                "site",
-                "--superlink",
-                f"127.0.0.1:{port}",
-                "--data",
-                str(dataset),
-                "--scheme",
-                "natural",
-                "--partition-id",
-                "0",
-                "--port",
-                str(free_port()),
-                "--insecure",
-            ),
-            logs / "site.log",
-            env,
-        )
+        site = start_site(port, dataset, logs, env)
         processes.append(site)
-        wait_for_log(site, "SuperNode ID", timeout_s=60)
 
         # the address the sites dial has no Control API: the submission fails there
         write_connection(f"127.0.0.1:{port}", "sites-address", flwr_home=home)
@@ -512,27 +503,8 @@ def test_site_refuses_a_foreign_clientapp_even_from_a_superlink_that_runs_it(tmp
     processes: list[FlowerProcess] = [stock]
     with running(processes):
         wait_for_log(stock, "Uvicorn running on", timeout_s=60)
-        site = start(
-            "site",
-            bearing(
-                "site",
-                "--superlink",
-                f"127.0.0.1:{port}",
-                "--data",
-                str(dataset),
-                "--scheme",
-                "natural",
-                "--partition-id",
-                "0",
-                "--port",
-                str(free_port()),
-                "--insecure",
-            ),
-            logs / "site.log",
-            env,
-        )
+        site = start_site(port, dataset, logs, env)
         processes.append(site)
-        wait_for_log(site, "SuperNode ID", timeout_s=60)
         write_connection(f"127.0.0.1:{port}", "stock", flwr_home=home)
         run_id = run_id_of(flwr_run(app, "stock", env))
         wait_for_run(run_id, timeout_s=180, connection="stock", env=env, poll_s=1.0)

@@ -3,14 +3,13 @@ before the first step, and the `bearing run` flags generated from them."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers.prefect_runs import NIGHTLY_OVERRIDES
+from helpers.prefect_runs import NIGHTLY_OVERRIDES, project_under_harness
 from prefect.utilities.callables import parameter_schema
 
 from bearing_core.alarms import AlarmConfig
@@ -216,24 +215,14 @@ def test_an_unknown_setting_is_named() -> None:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A tiny demo (1 site x 4 files) in a project directory (the cwd), under a Prefect test harness."""
     from prefect.logging.configuration import setup_logging
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
 
     from bearing_core.synthetic import generate_demo
 
     setup_logging(incremental=False)  # Prefect's console handler on this stderr, not a closed one of an earlier test
     root = tmp_path_factory.mktemp("project")
     generate_demo(root / "raw" / "demo", sites=1, files_per_site=4, seed=1, workers=1)
-    previous = os.getcwd()
-    os.chdir(root)
-    try:
-        with (
-            temporary_settings({PREFECT_LOCAL_STORAGE_PATH: root / ".prefect-results"}),
-            prefect_test_harness(server_startup_timeout=120),
-        ):
-            yield root
-    finally:
-        os.chdir(previous)
+    with project_under_harness(root):
+        yield root
 
 
 @pytest.mark.parametrize(("flat", "message"), [BAD[0], BAD[1], BAD[2]])

@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 from helpers.ims_files import write_ims_file
 from helpers.locks import lock_held_elsewhere
-from helpers.prefect_runs import NIGHTLY_OVERRIDES, task_run_states
+from helpers.prefect_runs import NIGHTLY_OVERRIDES, project_under_harness, task_run_states
 
 from bearing_core.locking import LockTimeout, exclusive_lock
 from bearing_core.synthetic import generate_demo, load_ground_truth
@@ -58,21 +58,10 @@ STEPS = (
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A project directory (the cwd: data/, reports/ go there) with 2 demo sites x 30 files, under a harness."""
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
     root = tmp_path_factory.mktemp("project")
     generate_demo(root / "raw" / "demo", sites=2, files_per_site=30, seed=1, workers=1)
-    previous = os.getcwd()
-    os.chdir(root)
-    try:
-        with (
-            temporary_settings({PREFECT_LOCAL_STORAGE_PATH: root / ".prefect-results"}),
-            prefect_test_harness(server_startup_timeout=120),
-        ):
-            yield root
-    finally:
-        os.chdir(previous)
+    with project_under_harness(root):
+        yield root
 
 
 def run_pipeline(**overrides: Any) -> tuple[Any, dict[str, list[str]], float]:

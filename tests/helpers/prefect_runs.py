@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from uuid import UUID
 
 NIGHTLY_OVERRIDES = {"data": {"healthy": "rolling"}, "federated": {"centralized_baseline": False}}
 """What prefect.yaml's nightly deployment sets differently from `bearing run` (issue 17): a healthy period a retrain
 cannot poison, and no centralized baseline every night. Every other parameter is the flow's default."""
+
+
+@contextmanager
+def project_under_harness(root: Path) -> Iterator[Path]:
+    """``root`` as the working directory (data/, reports/ go there) under a Prefect test harness whose task results
+    are stored in ``root/.prefect-results``; the previous working directory is restored on exit."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    previous = os.getcwd()
+    os.chdir(root)
+    try:
+        with (
+            temporary_settings({PREFECT_LOCAL_STORAGE_PATH: root / ".prefect-results"}),
+            prefect_test_harness(server_startup_timeout=120),
+        ):
+            yield root
+    finally:
+        os.chdir(previous)
 
 
 def task_run_states(flow_run_id: UUID) -> dict[str, list[str]]:
