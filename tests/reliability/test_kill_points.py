@@ -66,6 +66,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -482,9 +483,16 @@ def test_killed_prefect_pipeline_run_is_completed_by_the_next_run(reference: Ref
     assert_readable_as_complete(project)
     # Within 1e-4: one CI run in about seven, this re-run's first-layer weights came out up to 1e-6 (2.6e-5
     # relative) off the reference's, every other tensor bit-identical; not reproduced in 20 runs here, cause not found
-    assert_same_outputs(
-        outputs(project), reference.outputs, "Prefect pipeline killed while publishing, re-run", trained_rtol=1e-4
-    )
+    rerun = outputs(project)
+    assert_same_outputs(rerun, reference.outputs, "Prefect pipeline killed while publishing, re-run", trained_rtol=1e-4)
+    differing = sorted(k for k, v in reference.outputs["weights"].items() if rerun["weights"][k] != v)
+    if differing:  # within tolerance, but not bit-identical: leave what a diagnosis needs in the test report
+        logs = "".join(p.read_text(errors="replace") for p in sorted(project.glob("run-*.log")))
+        notes = [line for line in logs.splitlines() if re.search(r"retr|warning|timed? ?out|late", line, re.I)]
+        warnings.warn(
+            f"Prefect re-run's weights not bit-identical to the reference's: {differing}; log lines: {notes[-20:]}",
+            stacklevel=1,
+        )
     champion = resolve_model(project / MODELS, LATEST, REGISTRY.name)
     assert champion.name != set_aside[0].name  # trained again: the training cache saw its model gone
     assert (project / "reports" / chain.RAW_DIR.name / champion.name / "report.md").is_file()
