@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class AlarmConfig(BaseModel):
     """How anomalous snapshots become an alarm (one definition for the CLI, the flows and the UI form)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, title="Alarm rule")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     persistence_h: float = Field(
         3.0,

@@ -57,8 +57,6 @@ class _Section(BaseModel):
 class DataParams(_Section):
     """Where the data is, which feature the model sees, the healthy period and the model rows' layout."""
 
-    model_config = ConfigDict(title="Data")
-
     raw_dir: str = Field(
         "data/raw/demo",
         min_length=1,
@@ -153,8 +151,6 @@ class DataParams(_Section):
 class FederatedParams(_Section):
     """How the healthy rows are split into clients and how the federation trains the autoencoder."""
 
-    model_config = ConfigDict(title="Federated training")
-
     partition: Partition = Field(
         "natural",
         title="Partition",
@@ -238,8 +234,6 @@ class FederatedParams(_Section):
 class ThresholdParams(_Section):
     """How the alarm threshold is calibrated on the healthy period (federated, from the clients' sketches)."""
 
-    model_config = ConfigDict(title="Alarm threshold")
-
     method: Literal["max", "quantile", "mean_kstd"] = _like(
         FederatedConfig,
         "threshold_method",
@@ -263,6 +257,8 @@ class ThresholdParams(_Section):
 class PipelineParams(_Section):
     """Every setting of one pipeline run; each section is one parameter of the flow (one group of the form)."""
 
+    # each section's title is here only: Prefect's form shows it (via :func:`form_title`), so do `bearing run
+    # --help`'s groups; a model title equal to it would make pydantic drop it from the flow's parameter schema
     data: DataParams = Field(default_factory=DataParams, title="Data")
     federated: FederatedParams = Field(default_factory=FederatedParams, title="Federated training")
     threshold: ThresholdParams = Field(default_factory=ThresholdParams, title="Alarm threshold")
@@ -311,6 +307,13 @@ FLAG_PREFIX: dict[str, str] = {"data": "", "federated": "", "threshold": "thresh
 
 def section_model(section: str) -> type[BaseModel]:
     return PipelineParams.model_fields[section].annotation  # type: ignore[return-value]
+
+
+def form_title(name: str) -> FieldInfo:
+    """Metadata that gives the flow parameter ``name`` (a field of :class:`PipelineParams`) that field's title in
+    Prefect's form: ``Annotated[DataParams, form_title("data")]``. Prefect titles every flow parameter with its
+    Python name ("data", "lock_timeout_s") unless the parameter's annotation says otherwise."""
+    return Field(json_schema_extra={"title": PipelineParams.model_fields[name].title})
 
 
 def flag_name(loc: tuple[Any, ...]) -> str:

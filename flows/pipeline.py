@@ -15,7 +15,7 @@ registry has its own lock (tasks.registry), since several datasets share it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -34,6 +34,7 @@ from bearing_core.params import (
     PipelineParams,
     ThresholdParams,
     check_params,
+    form_title,
 )
 from bearing_core.per_bearing import LAYOUT_NAME as PER_BEARING
 from bearing_core.run_report import relative
@@ -57,11 +58,11 @@ def _key(text: str) -> str:
 
 @flow(name="pipeline", log_prints=True, validate_parameters=False)  # checked below: one line, before any step
 def pipeline_flow(
-    data: DataParams = DEFAULTS.data,
-    federated: FederatedParams = DEFAULTS.federated,
-    threshold: ThresholdParams = DEFAULTS.threshold,
-    alarms: AlarmConfig = DEFAULTS.alarms,
-    lock_timeout_s: float = DEFAULTS.lock_timeout_s,
+    data: Annotated[DataParams, form_title("data")] = DEFAULTS.data,
+    federated: Annotated[FederatedParams, form_title("federated")] = DEFAULTS.federated,
+    threshold: Annotated[ThresholdParams, form_title("threshold")] = DEFAULTS.threshold,
+    alarms: Annotated[AlarmConfig, form_title("alarms")] = DEFAULTS.alarms,
+    lock_timeout_s: Annotated[float, form_title("lock_timeout_s")] = DEFAULTS.lock_timeout_s,
 ) -> dict[str, Any] | State:
     """Raw IMS files -> validated dataset -> federated model + threshold -> champion -> scores, alarms, report.
 

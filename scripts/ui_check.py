@@ -3,7 +3,8 @@
     .venv/bin/python scripts/ui_check.py [--api http://127.0.0.1:4200/api] [--out DIR]
 
 against a running ``make serve`` with at least one finished pipeline run: the latest run report artifact (every
-image must load: a broken image has naturalWidth 0), the Custom run form of the manual deployment, the
+image must load: a broken image has naturalWidth 0), the Custom run form of the manual deployment (every
+parameter headed by its title, not its Python name: Prefect's fallback), the
 deployments list and the latest failed flow run (its state message must be one readable line, not a traceback).
 PNG screenshots go to ``--out``; exit 1 with one line per problem. tests/test_ui_browser.py runs it on a
 throw-away server.
@@ -178,6 +179,17 @@ def _client(api: str) -> Iterator[Any]:
         yield client
 
 
+def form_labels(schema: dict[str, Any]) -> dict[str, str]:
+    """The heading Prefect's form shows above each flow parameter: its title, else the title of the model its
+    ``$ref`` names, else the parameter's name."""
+    definitions = schema.get("definitions") or {}
+    labels = {}
+    for name, prop in (schema.get("properties") or {}).items():
+        ref = str(prop.get("$ref") or "").rsplit("/", 1)[-1]
+        labels[name] = str(prop.get("title") or (definitions.get(ref) or {}).get("title") or name)
+    return labels
+
+
 def check_ui(api: str, out: Path, binary: str | None = None, report_key: str | None = None) -> Findings:
     """Render and check the pages (see the module doc); screenshots in ``out``."""
     from prefect.client.schemas.filters import (
@@ -281,6 +293,14 @@ def check_ui(api: str, out: Path, binary: str | None = None, report_key: str | N
             found.problems.append("custom run form: the parameter form did not render")
         form_text = page.evaluate(_TEXT_JS) or ""
         found.facts["form mentions data/processed/"] = "data/processed/" in form_text
+        (out / "custom-run-form.txt").write_text(form_text, encoding="utf-8")  # beside its screenshot
+        labels = form_labels(deployment.parameter_openapi_schema or {})
+        found.facts["custom run form: section titles"] = labels
+        for name, label in labels.items():
+            if label == name:
+                found.problems.append(f"custom run form: parameter {name!r} is headed by its Python name")
+            elif f"{label} (Optional)" not in form_text and f"\n{label}\n" not in form_text:
+                found.problems.append(f"custom run form: no section headed {label!r} (parameter {name!r})")
         # the deployments list: the descriptions of prefect.yaml
         page.goto(f"{ui}/deployments", "document.body && document.body.innerText.includes('manual-pipeline')")
         found.screenshots["deployments"] = page.screenshot(out / "deployments.png")

@@ -135,6 +135,12 @@ def test_report_form_and_failed_runs_read_well_in_a_browser(served, tmp_path: Pa
     found = check_ui(api, Path(os.environ.get("BEARING_UI_SCREENSHOTS") or tmp_path / "screenshots"))
     shots = "\n".join(f"{name}: {path}" for name, path in found.screenshots.items())
     assert not found.problems, "\n".join(found.problems) + "\nscreenshots:\n" + shots
+    from bearing_core.params import PipelineParams
+
+    # the form's sections are headed by PipelineParams' titles ("Federated training"), not the flow's parameter names
+    assert found.facts["custom run form: section titles"] == {
+        name: field.title for name, field in PipelineParams.model_fields.items()
+    }
     images = found.facts["report images"]
     assert len(images) == 2 and all(i["width"] > 0 for i in images)
     print(shots)
