@@ -2,7 +2,8 @@
 # pyproject.toml or requirements.lock change).
 #   make run    demo data (if data/raw has none) -> the pipeline -> prints where the outputs are
 #   make test   the whole test suite (what CI runs)
-#   make test-fast  the unit tests only (no Prefect server, pipeline, federated simulation or subprocess)
+#   make test-fast  the unit tests only (no Prefect server, pipeline, federated simulation or subprocess),
+#                   on every core (pytest-xdist)
 #   make lint   formatting, lint rules and the layer contracts (pyproject.toml [tool.ruff], [tool.importlinter])
 #   make bench  benchmarks, written to BENCHMARKS.md
 
@@ -65,7 +66,7 @@ test: install
 	$(BIN)/python -m pytest
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not (e2e or integration or slow or browser)"
+	$(BIN)/python -m pytest -n auto -m "not (e2e or integration or slow or browser)"
 
 lint: install
 	$(BIN)/ruff format --check . && $(BIN)/ruff check . && $(BIN)/lint-imports
