@@ -52,6 +52,7 @@ from bearing_core.inputs import (
     load_features,
 )
 from bearing_core.io import write_json_atomic, write_parquet_atomic
+from bearing_core.model_io import CENTRALIZED_CLIENT, GLOBAL_CLIENT
 from bearing_core.partition import Partitioner, get_partitioner
 from bearing_core.partition.base import largest_remainder, split_by_sizes
 from bearing_core.partition.writer import (
@@ -556,7 +557,7 @@ class ExperimentResult:
     @property
     def curve(self) -> pd.DataFrame:
         """The experiment's per-round row (global or centralized), sorted by round."""
-        rows = self.metrics[self.metrics["client"].astype(str).isin(["global", CENTRALIZED])]
+        rows = self.metrics[self.metrics["client"].astype(str).isin([GLOBAL_CLIENT, CENTRALIZED_CLIENT])]
         return rows.sort_values("round").reset_index(drop=True)
 
     @property
@@ -718,7 +719,7 @@ def _train_centralized(
     rows = [
         {
             "round": int(h["round"]),
-            "client": CENTRALIZED,
+            "client": CENTRALIZED_CLIENT,
             "train_loss": h["train_loss"],
             "eval_mse": h["mse"],
             "eval_rmse": h["rmse"],

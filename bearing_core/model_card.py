@@ -17,12 +17,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from bearing_core.model_io import LoadedModel
-
-GLOBAL_CLIENT = "global"
-"""``client`` value of the weighted global rows in ``metrics.parquet`` (see bearing_core.federated.simulation)."""
-CENTRALIZED_CLIENT = "centralized"
-"""``client`` value of the centralized baseline's rows in ``metrics.parquet``."""
+from bearing_core.model_io import CENTRALIZED_CLIENT, GLOBAL_CLIENT, LoadedModel
 
 
 class DataFingerprint(BaseModel):

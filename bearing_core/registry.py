@@ -65,9 +65,10 @@ from bearing_core.config import DataPaths
 from bearing_core.fingerprint import sha256_file, sha256_files
 from bearing_core.inputs import DATASET_FILE, FEATURES_FILE, META_COLUMNS, PER_BEARING_DIR, QUARANTINE_FILE
 from bearing_core.io import remove_stale_temp_files, replace_dir, write_json_atomic, write_text_atomic
-from bearing_core.model_card import GLOBAL_CLIENT, DataFingerprint, render_model_card
+from bearing_core.model_card import DataFingerprint, render_model_card
 from bearing_core.model_io import (
     CONFIG_FILE,
+    GLOBAL_CLIENT,
     METRICS_FILE,
     MODEL_KIND,
     SCALER_FILE,

@@ -18,6 +18,7 @@ import pandas as pd
 
 from bearing_core import markdown as md
 from bearing_core.io import write_text_atomic
+from bearing_core.model_io import CENTRALIZED_CLIENT, GLOBAL_CLIENT
 
 REPORT_FILE = "report.md"
 METRICS_PNG = "metrics.png"
@@ -39,18 +40,20 @@ def plot_round_metrics(metrics: pd.DataFrame, out_png: str | os.PathLike[str], t
     from bearing_core.plotting import pyplot, save_png
 
     fig, (ax_loss, ax_eval) = pyplot().subplots(1, 2, figsize=(11, 3.8))
-    clients = sorted({c for c in metrics["client"].astype(str)} - {"global", "centralized"}, key=_client_order)
+    clients = sorted(
+        {c for c in metrics["client"].astype(str)} - {GLOBAL_CLIENT, CENTRALIZED_CLIENT}, key=_client_order
+    )
     for client in clients:
         part = metrics[metrics["client"].astype(str) == client].sort_values("round")
         ax_eval.plot(part["round"], part["eval_mse"], lw=0.8, alpha=0.45, label=f"client {client}")
     for name, style in (
-        ("global", dict(color="tab:blue", lw=2.0)),
-        ("centralized", dict(color="black", lw=2.0, ls="--")),
+        (GLOBAL_CLIENT, dict(color="tab:blue", lw=2.0)),
+        (CENTRALIZED_CLIENT, dict(color="black", lw=2.0, ls="--")),
     ):
         part = metrics[metrics["client"].astype(str) == name].sort_values("round")
         if part.empty:
             continue
-        label = "federated (weighted)" if name == "global" else "centralized baseline"
+        label = "federated (weighted)" if name == GLOBAL_CLIENT else "centralized baseline"
         ax_loss.plot(part["round"], part["train_loss"], label=label, **style)
         ax_eval.plot(part["round"], part["eval_mse"], label=label, **style)
     for ax, what in ((ax_loss, "train loss (MSE, scaled units)"), (ax_eval, "holdout MSE (scaled units)")):
@@ -173,8 +176,8 @@ def render_run_report(
     ]
     out += ["## Validation", "", f"- {t(validation_headline)}"]
     out += [f"- warning: {t(w)}" for w in validation_warnings] + [""]
-    glob = metrics[metrics["client"].astype(str) == "global"].sort_values("round")
-    central = metrics[metrics["client"].astype(str) == "centralized"].sort_values("round")
+    glob = metrics[metrics["client"].astype(str) == GLOBAL_CLIENT].sort_values("round")
+    central = metrics[metrics["client"].astype(str) == CENTRALIZED_CLIENT].sort_values("round")
     per_round = glob[["round", "train_loss", "eval_mse", "eval_rmse"]].rename(
         columns={"train_loss": "FL train loss", "eval_mse": "FL holdout MSE", "eval_rmse": "FL holdout RMSE"}
     )

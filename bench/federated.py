@@ -130,8 +130,9 @@ def scale_case(dataset: Path, clients: int, rounds: int, out: Path, lr: float) -
     import torch  # noqa: F401 - the imports' memory counts as the base, not as the run's
 
     from bearing_core.federated.config import FederatedConfig
-    from bearing_core.federated.simulation import GLOBAL, partition_params, run_federated
+    from bearing_core.federated.simulation import partition_params, run_federated
     from bearing_core.inputs import InputConfig
+    from bearing_core.model_io import GLOBAL_CLIENT
     from bearing_core.partition.build import partition_dataset
 
     base_mb = _rss_mb()
@@ -140,7 +141,7 @@ def scale_case(dataset: Path, clients: int, rounds: int, out: Path, lr: float) -
     )
     cfg = FederatedConfig(rounds=rounds, lr=lr, batch_size=32, local_epochs=1, seed=0)
     result = run_federated(dataset, cfg, out, scheme="iid", baseline=False)
-    glob = result.metrics[result.metrics["client"] == GLOBAL].sort_values("round")
+    glob = result.metrics[result.metrics["client"] == GLOBAL_CLIENT].sort_values("round")
     return {
         "clients": clients,
         "min_client_rows": int(min(c.train_rows for c in manifest.clients)),
@@ -269,8 +270,9 @@ def replace_subsection(document: str, section: str, heading: str, text: str) -> 
 def run_case(dataset: Path, scheme: str, clients: int, rounds: int, out: Path, lr: float) -> dict[str, float]:
     """Partition + one simulation; returns timing and final MSEs."""
     from bearing_core.federated.config import FederatedConfig
-    from bearing_core.federated.simulation import CENTRALIZED, GLOBAL, partition_params, run_federated
+    from bearing_core.federated.simulation import partition_params, run_federated
     from bearing_core.inputs import InputConfig
+    from bearing_core.model_io import CENTRALIZED_CLIENT, GLOBAL_CLIENT
     from bearing_core.partition.build import partition_dataset
 
     manifest = partition_dataset(
@@ -278,8 +280,8 @@ def run_case(dataset: Path, scheme: str, clients: int, rounds: int, out: Path, l
     )
     cfg = FederatedConfig(rounds=rounds, lr=lr, batch_size=32, local_epochs=1, seed=0)
     result = run_federated(dataset, cfg, out, scheme=scheme)
-    glob = result.metrics[result.metrics["client"] == GLOBAL].sort_values("round")
-    central = result.metrics[result.metrics["client"] == CENTRALIZED].sort_values("round")
+    glob = result.metrics[result.metrics["client"] == GLOBAL_CLIENT].sort_values("round")
+    central = result.metrics[result.metrics["client"] == CENTRALIZED_CLIENT].sort_values("round")
     return {
         "clients": clients,
         "train_rows": int(sum(c.train_rows for c in manifest.clients)),

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True)
 
     from bearing_core.federated.config import FederatedConfig
-    from bearing_core.federated.simulation import CENTRALIZED, GLOBAL, run_federated
+    from bearing_core.federated.simulation import run_federated
+    from bearing_core.model_io import CENTRALIZED_CLIENT, GLOBAL_CLIENT
 
     rows = []
     for k, project in enumerate(args.projects):
@@ -59,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             cfg = FederatedConfig(**{**fed, **VARIANTS[name]})
             result = run_federated(clients, cfg, args.out / f"{k}-{name.split()[0]}-{len(rows)}")
-            fl, central = float(result.final(GLOBAL)["eval_mse"]), float(result.final(CENTRALIZED)["eval_mse"])
+            fl, central = (
+                float(result.final(GLOBAL_CLIENT)["eval_mse"]),
+                float(result.final(CENTRALIZED_CLIENT)["eval_mse"]),
+            )
             rows.append(
                 {
                     "project": str(project),

@@ -58,8 +58,8 @@ def run_case(
 ) -> dict[str, object]:
     """One simulation of ``case`` on the natural partition of ``dataset``; final metrics and threshold."""
     from bearing_core.federated.config import FederatedConfig
-    from bearing_core.federated.simulation import GLOBAL, run_federated
-    from bearing_core.model_io import load_model
+    from bearing_core.federated.simulation import run_federated
+    from bearing_core.model_io import GLOBAL_CLIENT, load_model
     from bearing_core.partition.writer import MANIFEST_FILE, scheme_dir
     from bearing_core.threshold import load_threshold
 
@@ -88,7 +88,7 @@ def run_case(
     return {
         "dataset": label,
         "case": case,
-        "eval_mse": float(result.final(GLOBAL)["eval_mse"]),
+        "eval_mse": float(result.final(GLOBAL_CLIENT)["eval_mse"]),
         "threshold": float(threshold.threshold),
         "calibration_size": threshold.calibration_size,
         "excluded": extra_failures,

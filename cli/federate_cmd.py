@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     # every refusal above comes before the heavy imports (torch, flwr): it is immediate
     from bearing_core.federated.launch import READY
     from bearing_core.federated.server_app import METRICS_FILE
-    from bearing_core.federated.simulation import GLOBAL
+    from bearing_core.model_io import GLOBAL_CLIENT
 
     if args.insecure:
         print(
@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         return error(f"run {run_id} ended {status}; see {superlink.log_path}", 1)
     import pandas as pd
 
-    print_table(pd.read_parquet(model_dir / METRICS_FILE), GLOBAL, f"federated ({cfg.strategy}), run {run_id}")
+    print_table(pd.read_parquet(model_dir / METRICS_FILE), GLOBAL_CLIENT, f"federated ({cfg.strategy}), run {run_id}")
     print(f"model:   {model_dir}")
     print(f"metrics: {model_dir / METRICS_FILE}")
     return 0

@@ -182,11 +182,11 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from bearing_core.config import DataPaths
-    from bearing_core.federated.simulation import CENTRALIZED, GLOBAL, model_version, partition_params, run_federated
+    from bearing_core.federated.simulation import model_version, partition_params, run_federated
     from bearing_core.fingerprint import sha256_file
     from bearing_core.inputs import InputConfig
     from bearing_core.io import check_output_dir
-    from bearing_core.model_io import MODEL_KIND
+    from bearing_core.model_io import CENTRALIZED_CLIENT, GLOBAL_CLIENT, MODEL_KIND
     from bearing_core.partition.build import partition_dataset
     from bearing_core.partition.natural import natural_clients
     from bearing_core.partition.writer import MANIFEST_FILE, scheme_dir
@@ -232,8 +232,8 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - report any training failure as one line + exit code
         print(f"bearing train: training failed: {printable(exc)}", file=sys.stderr)
         return 1
-    print_table(result.metrics, GLOBAL, f"federated ({cfg.strategy})")
-    print_table(result.metrics, CENTRALIZED, "centralized baseline")
+    print_table(result.metrics, GLOBAL_CLIENT, f"federated ({cfg.strategy})")
+    print_table(result.metrics, CENTRALIZED_CLIENT, "centralized baseline")
     for failure in result.failures:
         print(
             printable(

@@ -27,10 +27,10 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from bearing_core.federated.config import FederatedConfig
-from bearing_core.federated.simulation import GLOBAL, model_version
+from bearing_core.federated.simulation import model_version
 from bearing_core.fleet import decide_champion, fleet_fingerprint
 from bearing_core.io import write_json_atomic
-from bearing_core.model_io import METRICS_FILE, load_model
+from bearing_core.model_io import GLOBAL_CLIENT, METRICS_FILE, load_model
 from bearing_core.registry import current_champion, promote, publish_model, registry_dir
 from tasks.fleet import (
     federated_round_task,
@@ -251,7 +251,7 @@ def _markdown(
             "Failures:",
             *[f"- round {f.get('round')}, {f.get('step')}: {f.get('reason')}" for f in record["failures"]],
         ]
-    final = metrics[metrics["client"] == GLOBAL].tail(1)
+    final = metrics[metrics["client"] == GLOBAL_CLIENT].tail(1)
     if len(final):
         lines += ["", f"Final federated holdout MSE: {float(final['eval_mse'].iloc[0]):.5g}"]
     lines += ["", "Champion/challenger:", *[f"- {d['challenger']}: {d['reason']}" for d in decisions]]

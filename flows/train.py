@@ -17,8 +17,9 @@ from bearing_core import markdown as md
 from bearing_core.alarms import AlarmConfig
 from bearing_core.config import DataPaths
 from bearing_core.federated.config import FaultInjection, FederatedConfig, SimulationResources
-from bearing_core.federated.simulation import CENTRALIZED, GLOBAL, model_version, partition_params
+from bearing_core.federated.simulation import model_version, partition_params
 from bearing_core.inputs import InputConfig
+from bearing_core.model_io import CENTRALIZED_CLIENT, GLOBAL_CLIENT
 from bearing_core.partition.natural import natural_clients
 from bearing_core.registry import dataset_name, resolve_model
 from bearing_core.run_report import relative
@@ -116,7 +117,7 @@ def train_flow(
     create_table_artifact(
         key=f"{key}-metrics",
         table=metrics.round(6).to_dict(orient="records"),
-        description=f"Per-round metrics: clients, '{GLOBAL}' (weighted) and '{CENTRALIZED}' baseline",
+        description=f"Per-round metrics: clients, '{GLOBAL_CLIENT}' (weighted) and '{CENTRALIZED_CLIENT}' baseline",
     )
     summary = (
         f"# Federated training: {md.text(Path(dataset_dir).name)}\n\n"

@@ -28,7 +28,7 @@ from prefect.utilities.hashing import hash_objects
 from bearing_core.federated.config import FederatedConfig, SimulationResources
 from bearing_core.federated.logs import flower_log_to
 from bearing_core.fingerprint import sha256_file
-from bearing_core.model_io import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
+from bearing_core.model_io import CENTRALIZED_CLIENT, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
 from bearing_core.threshold import THRESHOLD_FILE, load_threshold
 from tasks.results import persisted
 from tasks.retry import PERMANENT_OS_ERRORS
@@ -58,7 +58,7 @@ def _model_complete(model_dir: str | None, need_centralized: bool) -> bool:
         import pyarrow.parquet as pq
 
         clients = pq.read_table(path / METRICS_FILE, columns=["client"]).column("client").to_pylist()
-        return "centralized" in clients
+        return CENTRALIZED_CLIENT in clients
     return True
 
 
@@ -202,12 +202,12 @@ def train_centralized_task(
     manifest_path: str, manifest_sha256: str, model_dir: str, cfg: dict[str, Any]
 ) -> dict[str, Any]:
     """Centralized baseline for the federated model in ``model_dir``: rows appended to its ``metrics.parquet``."""
-    from bearing_core.federated.simulation import CENTRALIZED, run_centralized
+    from bearing_core.federated.simulation import run_centralized
 
     if sha256_file(manifest_path) != manifest_sha256:
         raise ValueError(f"{manifest_path} changed since partitioning (sha256 mismatch): re-run the partition task")
     metrics = run_centralized(Path(manifest_path).parent, FederatedConfig.model_validate(cfg), model_dir)
-    final = metrics[metrics["client"] == CENTRALIZED].sort_values("round").iloc[-1]
+    final = metrics[metrics["client"] == CENTRALIZED_CLIENT].sort_values("round").iloc[-1]
     get_run_logger().info("centralized baseline: final eval MSE %.5f", final["eval_mse"])
     return {
         "model_dir": model_dir,

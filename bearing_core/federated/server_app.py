@@ -60,7 +60,7 @@ from bearing_core.federated.strategies import (
     strategy_params,
 )
 from bearing_core.io import write_json_atomic, write_parquet_atomic
-from bearing_core.model_io import METRICS_FILE, load_model, save_model
+from bearing_core.model_io import GLOBAL_CLIENT, METRICS_FILE, load_model, save_model
 from bearing_core.partition.writer import load_manifest
 from bearing_core.scaling import Scaler, cap_counts, merge_stats, screen_stats
 from bearing_core.threshold import ThresholdRecord, merge_sketches, save_threshold, screen_sketches
@@ -254,7 +254,7 @@ def run_server(grid: Grid, cfg: FederatedConfig, out_dir: str | os.PathLike[str]
 
     out_dir = Path(out_dir)
     frame = metrics_frame(ledger.rows)
-    final = frame[frame["client"] == "global"].iloc[-1]
+    final = frame[frame["client"] == GLOBAL_CLIENT].iloc[-1]
     extra: dict[str, object] = {
         "trained_by": "federated",
         "strategy": cfg.strategy,

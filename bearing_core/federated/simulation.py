@@ -25,12 +25,9 @@ import pandas as pd
 from bearing_core.env import configure_environment
 from bearing_core.federated.config import FederatedConfig, SimulationResources
 from bearing_core.io import write_parquet_atomic
-from bearing_core.model_io import METRICS_FILE, load_model
+from bearing_core.model_io import CENTRALIZED_CLIENT, GLOBAL_CLIENT, METRICS_FILE, load_model
 from bearing_core.partition.quantity import NOTEBOOK_RATIOS
 from bearing_core.partition.writer import CLIENTS_DIR, MANIFEST_FILE, PartitionManifest, load_manifest
-
-CENTRALIZED = "centralized"
-GLOBAL = "global"
 
 
 @dataclass
@@ -48,7 +45,7 @@ class FederatedResult:
     training_stop: dict[str, Any] = field(default_factory=dict)
     """Rounds run and why training stopped (:meth:`~bearing_core.federated.strategies.EarlyStopping.summary`)."""
 
-    def final(self, client: str = GLOBAL) -> pd.Series:
+    def final(self, client: str = GLOBAL_CLIENT) -> pd.Series:
         """The last round's metrics row of ``client`` ("global", "centralized" or a partition id)."""
         rows = self.metrics[self.metrics["client"] == client]
         if rows.empty:
@@ -203,7 +200,7 @@ def run_centralized(
     rows = [
         {
             "round": int(h["round"]),
-            "client": CENTRALIZED,
+            "client": CENTRALIZED_CLIENT,
             "train_loss": h["train_loss"],
             "eval_mse": h.get("mse", float("nan")),
             "eval_rmse": h.get("rmse", float("nan")),
@@ -214,7 +211,7 @@ def run_centralized(
         for h in result.history
     ]
     previous = pd.read_parquet(model_dir / METRICS_FILE)
-    previous = previous[previous["client"] != CENTRALIZED]
+    previous = previous[previous["client"] != CENTRALIZED_CLIENT]
     from bearing_core.federated.strategies import metrics_frame  # flwr: imported only when training
 
     metrics = pd.concat([previous, metrics_frame(rows)], ignore_index=True)

@@ -52,6 +52,7 @@ from flwr.supercore import log
 
 from bearing_core.federated.config import STRATEGY_CLASSES, FederatedConfig
 from bearing_core.federated.messages import ARRAYS_KEY, PARTITION_KEY, WEIGHT_KEY
+from bearing_core.model_io import GLOBAL_CLIENT
 from bearing_core.privacy import DEFAULT_DELTA, effective_noise_multiplier, gaussian_epsilon
 from bearing_core.scaling import MIN_ROBUST_SITES, cap_counts, robust_median
 
@@ -261,7 +262,7 @@ class RoundLedger:
         self.rows.extend(rows)
         glob = {
             "round": server_round,
-            "client": "global",
+            "client": GLOBAL_CLIENT,
             "train_loss": float(train["train_loss"]) if train else float("nan"),
             "eval_mse": float(evaluation["eval_mse"]) if evaluation else float("nan"),
             "eval_rmse": float(evaluation["eval_rmse"]) if evaluation else float("nan"),
