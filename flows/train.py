@@ -83,7 +83,7 @@ def train_flow(
             calibrate_warmup_h=alarms.warmup_h,
         )
     cfg = config.model_copy(update=update)
-    clients, seed, input_cfg = cfg.num_clients, cfg.seed, inputs
+    clients = cfg.num_clients
     params = partition_params(partition, clients, alpha)
     left_out: list[str] = []
     if partition == "natural":  # one client per site: the count comes from the data
@@ -97,7 +97,7 @@ def train_flow(
             )
         cfg = cfg.model_copy(update={"num_clients": clients})
     parts = partition_task(
-        dataset_dir, partition, clients, seed, input_cfg.model_dump(mode="json"), params, healthy_file=healthy_file
+        dataset_dir, partition, clients, cfg.seed, inputs.model_dump(mode="json"), params, healthy_file=healthy_file
     )
     registry = DataPaths().models_root / dataset_name(dataset_dir)
     target = model_dir or str(registry / model_version(parts["sha256"], cfg))
